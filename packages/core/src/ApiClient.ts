@@ -1,0 +1,125 @@
+/**
+ * HTTP requests bound to a connection: the provider's auth headers are added, a token the API
+ * rejects (401, or what the provider classifies as an invalid token) is refreshed once and the
+ * request retried once, and a 429 waits for `Retry-After` (bounded) before retrying. Responses are
+ * returned as they are; only a request that could not be completed fails, with an `ApiError` that
+ * never contains a token.
+ */
+import { Clock, Context, Effect, Layer, Redacted } from "effect"
+import { LatchkeyConfig } from "./Config.ts"
+import { ApiError } from "./Errors.ts"
+import { parseRetryAfter } from "./OAuth.ts"
+import type { ApiResponseInfo, Credential } from "./Provider.ts"
+import { type TokenError, TokenManager } from "./TokenManager.ts"
+
+export interface ApiClientShape {
+  /** `fetch` for a connection. A relative URL resolves against the provider's `apiBaseUrl`. */
+  readonly fetch: (
+    connectionId: string,
+    input: string | URL,
+    init?: RequestInit
+  ) => Effect.Effect<Response, ApiError | TokenError>
+}
+
+/** How many times a 429 answer is waited out and retried. */
+const RATE_LIMIT_RETRIES = 2
+
+const readBody = async (response: Response): Promise<unknown> => {
+  const type = response.headers.get("content-type") ?? ""
+  if (!type.includes("json")) return undefined
+  try {
+    return await response.clone().json()
+  } catch {
+    return undefined
+  }
+}
+
+const credentialValue = (c: Credential) => (c.kind === "oauth" ? c.accessToken : c.apiKey)
+
+export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@latchkey/core/ApiClient") {
+  static readonly layer = Layer.effect(
+    ApiClient,
+    Effect.gen(function* () {
+      const tokens = yield* TokenManager
+      const config = yield* LatchkeyConfig
+
+      const send = (
+        connectionId: string,
+        url: URL,
+        init: RequestInit | undefined,
+        credential: Credential,
+        headersFor: (c: Credential) => Record<string, string>
+      ) =>
+        Effect.tryPromise({
+          try: () => {
+            const headers = new Headers(init?.headers)
+            for (const [k, v] of Object.entries(headersFor(credential))) headers.set(k, v)
+            return config.fetch(url, {
+              ...init,
+              headers,
+              signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs)
+            })
+          },
+          catch: (cause) => {
+            const name = (cause as { name?: string } | undefined)?.name
+            const timeout = name === "TimeoutError" || name === "AbortError"
+            return new ApiError({
+              reason: timeout ? "timeout" : "network",
+              connectionId,
+              message: `${init?.method ?? "GET"} ${url.origin}${url.pathname} ${timeout ? "timed out" : "failed: network error"}`
+            })
+          }
+        })
+
+      const fetchFor = Effect.fn("ApiClient.fetch")(function* (
+        connectionId: string,
+        input: string | URL,
+        init?: RequestInit
+      ) {
+        let { credential, provider } = yield* tokens.credential(connectionId)
+        const url = new URL(input, provider.apiBaseUrl)
+        let refreshed = false
+        let rateLimitedRetries = 0
+        for (;;) {
+          const response = yield* send(connectionId, url, init, credential, provider.authorizeRequest)
+          if (response.ok) return response
+          const info: ApiResponseInfo = {
+            status: response.status,
+            headers: response.headers,
+            body: yield* Effect.promise(() => readBody(response))
+          }
+          const verdict = provider.classifyResponse(info)
+          if (verdict === "token_invalid" && credential.kind === "oauth" && !refreshed) {
+            refreshed = true
+            const used = credentialValue(credential)
+            // Refresh only if the stored token is still the one that was refused.
+            const fresh = yield* tokens.refreshIf(
+              connectionId,
+              (c) => Redacted.value(c.tokens.accessToken) === used
+            )
+            yield* Effect.promise(() => response.body?.cancel() ?? Promise.resolve())
+            credential = {
+              kind: "oauth",
+              accessToken: Redacted.value(fresh.tokens.accessToken),
+              tokenType: fresh.tokens.tokenType
+            }
+            continue
+          }
+          if (verdict === "rate_limited" && rateLimitedRetries < RATE_LIMIT_RETRIES) {
+            const now = yield* Clock.currentTimeMillis
+            const wait = parseRetryAfter(response.headers.get("retry-after"), now) ?? 1_000
+            if (wait <= config.apiMaxRetryAfterMs) {
+              rateLimitedRetries++
+              yield* Effect.promise(() => response.body?.cancel() ?? Promise.resolve())
+              yield* Effect.sleep(wait)
+              continue
+            }
+          }
+          return response
+        }
+      })
+
+      return ApiClient.of({ fetch: fetchFor })
+    })
+  )
+}

@@ -1,0 +1,420 @@
+/**
+ * Linking an account: `start` builds the authorize URL and keeps a single-use pending record
+ * server-side (state, PKCE verifier, provider, redirect URI, owner, expiry); `complete` checks the
+ * callback (state, `error`, RFC 9207 `iss`, expiry), exchanges the code, identifies the account and
+ * stores the connection. Nothing is stored when any step fails.
+ */
+import { randomBytes, randomUUID } from "node:crypto"
+import { Clock, Context, Effect, Layer, Redacted } from "effect"
+import * as oidc from "openid-client"
+import { LatchkeyConfig, type LatchkeyConfigShape } from "./Config.ts"
+import * as Connection from "./Connection.ts"
+import type { PendingAuthorization } from "./ConnectionStore.ts"
+import { ConnectionStore } from "./ConnectionStore.ts"
+import { AuthorizationError, type StoreError, type VaultError } from "./Errors.ts"
+import { Events } from "./Events.ts"
+import { refreshDueAt } from "./internal/due.ts"
+import * as OAuth from "./OAuth.ts"
+import type { AccountIdentity, Credential, Provider } from "./Provider.ts"
+import { Providers } from "./Providers.ts"
+import * as TokenSet from "./TokenSet.ts"
+import { Vault } from "./Vault.ts"
+
+export interface StartInput {
+  readonly providerId: string
+  /** The app's user who is linking an account. */
+  readonly ownerId: string
+  /** Scopes to request; default: the provider's. */
+  readonly scopes?: ReadonlyArray<string> | undefined
+  /** Extra authorize-URL parameters for this request (e.g. `login_hint`). */
+  readonly params?: Readonly<Record<string, string>> | undefined
+  /** JSON the app wants back at `complete` (e.g. where to return to). */
+  readonly metadata?: Record<string, unknown> | undefined
+}
+
+export interface StartResult {
+  readonly url: string
+  readonly state: string
+  readonly expiresAt: number
+}
+
+export interface CompleteInput {
+  /** The callback URL as received, or just its query parameters. */
+  readonly callback: string | URL | URLSearchParams
+  /** When given, the state must have been issued for this provider. */
+  readonly providerId?: string | undefined
+  /** When given, the state must have been issued for this owner (the signed-in user). */
+  readonly ownerId?: string | undefined
+}
+
+export interface CompleteResult {
+  readonly connection: Connection.ConnectionSummary
+  /** True when the same account was linked before and its tokens were replaced. */
+  readonly relinked: boolean
+  readonly metadata: Record<string, unknown> | undefined
+}
+
+export interface ProviderInitiatedInput {
+  readonly providerId: string
+  readonly ownerId: string
+  readonly callback: string | URL | URLSearchParams
+}
+
+export interface ApiKeyInput {
+  readonly providerId: string
+  readonly ownerId: string
+  readonly apiKey: string | Redacted.Redacted<string>
+}
+
+type FlowError = AuthorizationError | StoreError | VaultError
+
+export interface AuthorizationFlowShape {
+  readonly start: (input: StartInput) => Effect.Effect<StartResult, AuthorizationError | StoreError>
+  readonly complete: (input: CompleteInput) => Effect.Effect<CompleteResult, FlowError>
+  /**
+   * A provider-initiated install (HighLevel public marketplace app): a code with no state of ours.
+   * Only for providers that declare `providerInitiated: true`; `complete` never accepts such a callback.
+   */
+  readonly completeProviderInitiated: (
+    input: ProviderInitiatedInput
+  ) => Effect.Effect<CompleteResult, FlowError>
+  /** Link with an API key instead of OAuth (providers with `apiKeys: true`). */
+  readonly linkApiKey: (input: ApiKeyInput) => Effect.Effect<CompleteResult, FlowError>
+}
+
+const toParams = (callback: string | URL | URLSearchParams): URLSearchParams => {
+  if (callback instanceof URLSearchParams) return callback
+  if (callback instanceof URL) return callback.searchParams
+  const q = callback.indexOf("?")
+  return new URLSearchParams(
+    q >= 0 ? callback.slice(q + 1).split("#")[0] : callback.startsWith("http") ? "" : callback
+  )
+}
+
+const authError = (
+  reason: AuthorizationError["reason"],
+  providerId: string | undefined,
+  message: string,
+  extra: { providerError?: string | undefined; providerErrorDescription?: string | undefined } = {}
+) =>
+  new AuthorizationError({
+    reason,
+    providerId,
+    message,
+    ...(extra.providerError !== undefined ? { providerError: extra.providerError } : {}),
+    ...(extra.providerErrorDescription !== undefined
+      ? { providerErrorDescription: extra.providerErrorDescription }
+      : {})
+  })
+
+const fromProtocol = (providerId: string, failure: OAuth.ProtocolFailure): AuthorizationError => {
+  const reason: AuthorizationError["reason"] =
+    failure.kind === "invalid_grant"
+      ? "invalid_grant"
+      : failure.kind === "invalid_client"
+        ? "invalid_client"
+        : failure.retryable
+          ? "transient"
+          : "exchange_failed"
+  return authError(reason, providerId, `${providerId}: ${failure.message}`, {
+    providerError: failure.details.error,
+    providerErrorDescription: failure.details.description
+  })
+}
+
+/** A fetch that carries the provider's auth headers, resolving relative URLs against its API base. */
+export const authorizedFetch =
+  (provider: Provider, credential: Credential, config: LatchkeyConfigShape) =>
+  (input: string | URL, init?: RequestInit): Promise<Response> => {
+    const url = new URL(input, provider.apiBaseUrl)
+    const headers = new Headers(init?.headers)
+    for (const [k, v] of Object.entries(provider.authorizeRequest(credential))) headers.set(k, v)
+    return config.fetch(url, {
+      ...init,
+      headers,
+      signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs)
+    })
+  }
+
+export class AuthorizationFlow extends Context.Service<AuthorizationFlow, AuthorizationFlowShape>()(
+  "@latchkey/core/AuthorizationFlow"
+) {
+  static readonly layer = Layer.effect(
+    AuthorizationFlow,
+    Effect.gen(function* () {
+      const providers = yield* Providers
+      const store = yield* ConnectionStore
+      const vault = yield* Vault
+      const events = yield* Events
+      const config = yield* LatchkeyConfig
+      const protocol: OAuth.ProtocolOptions = { timeoutMs: config.requestTimeoutMs, fetch: config.fetch }
+
+      const start = Effect.fn("AuthorizationFlow.start")(function* (input: StartInput) {
+        const provider = yield* providers.get(input.providerId)
+        const now = yield* Clock.currentTimeMillis
+        const state = randomBytes(32).toString("base64url")
+        const verifier = provider.pkce === "S256" ? oidc.randomPKCECodeVerifier() : undefined
+        const challenge =
+          verifier === undefined
+            ? undefined
+            : yield* Effect.promise(() => oidc.calculatePKCECodeChallenge(verifier))
+        const scopes = input.scopes ?? provider.scopes
+        const url = yield* OAuth.authorizationUrl(provider, protocol, {
+          state,
+          redirectUri: provider.redirectUri,
+          scopes,
+          codeChallenge: challenge,
+          extraParams: input.params
+        }).pipe(Effect.mapError((f) => fromProtocol(provider.id, f)))
+        const pending: PendingAuthorization = {
+          state,
+          providerId: provider.id,
+          ownerId: input.ownerId,
+          redirectUri: provider.redirectUri,
+          codeVerifier:
+            verifier === undefined
+              ? null
+              : vault.seal(verifier, { connectionId: `pending:${state}`, field: "pkce" }),
+          scopes: [...scopes],
+          createdAt: now,
+          expiresAt: now + config.pendingTtlMs,
+          metadata: input.metadata ?? null
+        }
+        yield* store.putPending(pending)
+        return { url: url.href, state, expiresAt: pending.expiresAt }
+      })
+
+      const identify = (provider: Provider, tokens: TokenSet.TokenSet, credential: Credential) =>
+        Effect.tryPromise({
+          try: () => provider.identify({ tokens, fetch: authorizedFetch(provider, credential, config) }),
+          catch: (cause) =>
+            authError(
+              "identity_failed",
+              provider.id,
+              `${provider.name}: could not identify the linked account (${cause instanceof Error ? cause.message : "unknown error"})`
+            )
+        }).pipe(
+          Effect.flatMap((identity: AccountIdentity) =>
+            typeof identity?.accountId === "string" && identity.accountId.length > 0
+              ? Effect.succeed(identity)
+              : Effect.fail(
+                  authError(
+                    "identity_failed",
+                    provider.id,
+                    `${provider.name}: identify returned no accountId`
+                  )
+                )
+          )
+        )
+
+      /** Insert, or replace the tokens of the same account linked before by the same owner. */
+      const save = Effect.fnUntraced(function* (
+        provider: Provider,
+        ownerId: string,
+        kind: Connection.ConnectionKind,
+        tokens: TokenSet.TokenSet,
+        identity: AccountIdentity,
+        metadata: Record<string, unknown> | undefined
+      ): Effect.fn.Return<CompleteResult, StoreError | VaultError> {
+        for (let attempt = 0; ; attempt++) {
+          const now = yield* Clock.currentTimeMillis
+          const existing = yield* store.findByAccount(ownerId, provider.id, identity.accountId)
+          const base: Connection.Connection = {
+            id: existing?.id ?? `conn_${randomUUID()}`,
+            ownerId,
+            providerId: provider.id,
+            accountId: identity.accountId,
+            label: identity.label,
+            kind,
+            tokens,
+            status: "active",
+            version: existing ? existing.version + 1 : 1,
+            createdAt: existing?.createdAt ?? now,
+            updatedAt: now,
+            lastRefreshAt: undefined,
+            lastError: undefined,
+            profile: identity.profile
+          }
+          const record = Connection.toRecord(vault, base, refreshDueAt(tokens, "active", config))
+          const written = yield* (
+            existing ? store.update(record, existing.version) : store.insert(record)
+          ).pipe(
+            Effect.as(true),
+            Effect.catchTag("StoreError", (e) =>
+              e.reason === "conflict" && attempt < 3 ? Effect.succeed(false) : Effect.fail(e)
+            )
+          )
+          if (!written) continue
+          const connection = Connection.summary(base)
+          yield* events.publish({ type: "linked", at: now, connection, relinked: existing !== undefined })
+          return { connection, relinked: existing !== undefined, metadata }
+        }
+      })
+
+      const exchangeAndSave = Effect.fnUntraced(function* (
+        provider: Provider,
+        params: URLSearchParams,
+        ownerId: string,
+        redirectUri: string,
+        expectedState: string | undefined,
+        codeVerifier: string | undefined,
+        scopes: ReadonlyArray<string>,
+        metadata: Record<string, unknown> | undefined
+      ) {
+        const iss = params.get("iss")
+        const expectedIssuer = provider.endpoints?.issuer
+        if (iss !== null && expectedIssuer !== undefined && iss !== expectedIssuer) {
+          return yield* authError(
+            "iss_mismatch",
+            provider.id,
+            `${provider.name}: the callback's iss does not match the provider's issuer (RFC 9207); it may come from another server`
+          )
+        }
+        const error = params.get("error")
+        if (error !== null) {
+          const description = params.get("error_description") ?? undefined
+          return yield* authError(
+            error === "access_denied" ? "access_denied" : "provider_error",
+            provider.id,
+            error === "access_denied"
+              ? `${provider.name}: the user denied access${description ? ` (${description})` : ""}`
+              : `${provider.name} returned an error: ${error}${description ? ` (${description})` : ""}`,
+            { providerError: error, providerErrorDescription: description }
+          )
+        }
+        if (!params.get("code")) {
+          return yield* authError("missing_code", provider.id, `${provider.name}: the callback has no code`)
+        }
+        const response = yield* OAuth.exchangeCode(provider, protocol, {
+          callbackParams: params,
+          redirectUri,
+          expectedState,
+          codeVerifier
+        }).pipe(Effect.mapError((f) => fromProtocol(provider.id, f)))
+        const now = yield* Clock.currentTimeMillis
+        const tokens = yield* Effect.try({
+          try: () => TokenSet.fromResponse(provider, response, now, undefined, scopes),
+          catch: () =>
+            authError(
+              "exchange_failed",
+              provider.id,
+              `${provider.name}: the token response has invalid extra fields`
+            )
+        })
+        const identity = yield* identify(provider, tokens, {
+          kind: "oauth",
+          accessToken: Redacted.value(tokens.accessToken),
+          tokenType: tokens.tokenType
+        })
+        return yield* save(provider, ownerId, "oauth", tokens, identity, metadata)
+      })
+
+      const complete = Effect.fn("AuthorizationFlow.complete")(function* (input: CompleteInput) {
+        const params = toParams(input.callback)
+        const state = params.get("state")
+        if (state === null || state === "") {
+          return yield* authError(
+            "missing_state",
+            input.providerId,
+            "The callback has no state; it was not started by this app (provider-initiated installs have their own entry point)"
+          )
+        }
+        const now = yield* Clock.currentTimeMillis
+        const taken = yield* store.takePending(state, now)
+        if (taken._tag === "Missing") {
+          return yield* authError("unknown_state", input.providerId, "The callback's state is unknown")
+        }
+        if (taken._tag === "Consumed") {
+          return yield* authError("reused_state", input.providerId, "The callback's state was already used")
+        }
+        const pending = taken.pending
+        if (pending.expiresAt <= now) {
+          return yield* authError(
+            "expired_state",
+            pending.providerId,
+            "The authorization request expired; start again"
+          )
+        }
+        if (
+          (input.providerId !== undefined && input.providerId !== pending.providerId) ||
+          (input.ownerId !== undefined && input.ownerId !== pending.ownerId)
+        ) {
+          return yield* authError(
+            "foreign_state",
+            input.providerId ?? pending.providerId,
+            "The callback's state was issued for another provider or user"
+          )
+        }
+        const provider = yield* providers.get(pending.providerId)
+        const verifier =
+          pending.codeVerifier === null
+            ? undefined
+            : yield* vault.open(pending.codeVerifier, { connectionId: `pending:${state}`, field: "pkce" })
+        return yield* exchangeAndSave(
+          provider,
+          params,
+          pending.ownerId,
+          pending.redirectUri,
+          state,
+          verifier,
+          pending.scopes,
+          pending.metadata ?? undefined
+        )
+      })
+
+      const completeProviderInitiated = Effect.fn("AuthorizationFlow.completeProviderInitiated")(function* (
+        input: ProviderInitiatedInput
+      ) {
+        const provider = yield* providers.get(input.providerId)
+        if (provider.providerInitiated !== true) {
+          return yield* authError(
+            "missing_state",
+            provider.id,
+            `${provider.name} does not start installs itself; callbacks without state are refused`
+          )
+        }
+        const params = toParams(input.callback)
+        if (params.get("state")) {
+          return yield* authError(
+            "foreign_state",
+            provider.id,
+            "A callback with a state belongs to a flow this app started; complete it with complete()"
+          )
+        }
+        return yield* exchangeAndSave(
+          provider,
+          params,
+          input.ownerId,
+          provider.redirectUri,
+          undefined,
+          undefined,
+          provider.scopes,
+          undefined
+        )
+      })
+
+      const linkApiKey = Effect.fn("AuthorizationFlow.linkApiKey")(function* (input: ApiKeyInput) {
+        const provider = yield* providers.get(input.providerId)
+        if (provider.apiKeys !== true) {
+          return yield* authError("provider_error", provider.id, `${provider.name} does not support API keys`)
+        }
+        const key = Redacted.isRedacted(input.apiKey) ? input.apiKey : Redacted.make(input.apiKey)
+        const now = yield* Clock.currentTimeMillis
+        const tokens: TokenSet.TokenSet = {
+          accessToken: key,
+          refreshToken: undefined,
+          tokenType: "api_key",
+          obtainedAt: now,
+          expiresAt: undefined,
+          refreshExpiresAt: undefined,
+          scopes: [],
+          extras: {}
+        }
+        const identity = yield* identify(provider, tokens, { kind: "api_key", apiKey: Redacted.value(key) })
+        return yield* save(provider, input.ownerId, "api_key", tokens, identity, undefined)
+      })
+
+      return AuthorizationFlow.of({ start, complete, completeProviderInitiated, linkApiKey })
+    })
+  )
+}

@@ -1,0 +1,55 @@
+/**
+ * Engine settings shared by every service. Defaults are chosen for production and documented here.
+ */
+import { Context } from "effect"
+
+export interface LatchkeyConfigShape {
+  /**
+   * Refresh an access token this long before it expires (default 5 minutes, as Google's and
+   * Microsoft's client libraries do: it covers clock drift between us and the provider and the time a
+   * request spends in flight). Never more than a quarter of the token's lifetime, so that tokens
+   * living seconds are not refreshed on every call.
+   */
+  readonly skewMs: number
+  /** How long a refresh lease is held before another process may take over (default 30 s). */
+  readonly leaseTtlMs: number
+  /** Timeout of one HTTP request to a token endpoint (default 10 s). */
+  readonly requestTimeoutMs: number
+  /** Attempts for one refresh when failures are transient (default 4). */
+  readonly maxAttempts: number
+  /** First backoff between attempts (default 250 ms), doubled each time, with full jitter. */
+  readonly baseBackoffMs: number
+  /** Longest wait honoured for a `Retry-After` or a backoff (default 10 s). */
+  readonly maxBackoffMs: number
+  /** How long a pending authorization (state, PKCE verifier) lives (default 10 minutes). */
+  readonly pendingTtlMs: number
+  /** The Refresher refreshes access tokens this long before expiry (default 10 minutes, at most half the lifetime). */
+  readonly refreshAheadMs: number
+  /** The Refresher rotates refresh tokens this long before they expire (default 30 days, at most a tenth of their lifetime). */
+  readonly refreshTokenAheadMs: number
+  /** Longest wait for a rate-limited API request's `Retry-After` (default 30 s). */
+  readonly apiMaxRetryAfterMs: number
+  /** Identifies this process as a lease holder. */
+  readonly holderId: string
+  /** The fetch used for every outbound request. */
+  readonly fetch: typeof fetch
+}
+
+export const defaults = (): LatchkeyConfigShape => ({
+  skewMs: 5 * 60_000,
+  leaseTtlMs: 30_000,
+  requestTimeoutMs: 10_000,
+  maxAttempts: 4,
+  baseBackoffMs: 250,
+  maxBackoffMs: 10_000,
+  pendingTtlMs: 10 * 60_000,
+  refreshAheadMs: 10 * 60_000,
+  refreshTokenAheadMs: 30 * 24 * 3600_000,
+  apiMaxRetryAfterMs: 30_000,
+  holderId: `${process.pid}-${crypto.randomUUID()}`,
+  fetch: (input, init) => fetch(input, init)
+})
+
+export class LatchkeyConfig extends Context.Service<LatchkeyConfig, LatchkeyConfigShape>()(
+  "@latchkey/core/LatchkeyConfig"
+) {}

@@ -1,0 +1,191 @@
+/**
+ * One linked account: an owner (the app's user) linked to an account at a provider. `Connection` is
+ * the decoded form apps see; `ConnectionRecord` is the JSON-safe stored form, in which the token
+ * fields are sealed by the Vault.
+ */
+import { Effect, Redacted } from "effect"
+import type { VaultError } from "./Errors.ts"
+import type { TokenSet } from "./TokenSet.ts"
+import type { VaultShape } from "./Vault.ts"
+
+export type ConnectionStatus = "active" | "needs_reauth" | "revoked"
+export type ConnectionKind = "oauth" | "api_key"
+
+export interface LastError {
+  readonly code: string
+  readonly description?: string | undefined
+  readonly at: number
+}
+
+export interface Connection {
+  readonly id: string
+  readonly ownerId: string
+  readonly providerId: string
+  readonly accountId: string
+  readonly label: string
+  readonly kind: ConnectionKind
+  readonly tokens: TokenSet
+  readonly status: ConnectionStatus
+  /** Incremented by every write; stores use it for compare-and-set. */
+  readonly version: number
+  readonly createdAt: number
+  readonly updatedAt: number
+  readonly lastRefreshAt: number | undefined
+  readonly lastError: LastError | undefined
+  readonly profile: Readonly<Record<string, unknown>> | undefined
+}
+
+/** What a store persists. Every field is JSON-safe; token fields are sealed strings. */
+export interface ConnectionRecord {
+  readonly id: string
+  readonly ownerId: string
+  readonly providerId: string
+  readonly accountId: string
+  readonly label: string
+  readonly kind: ConnectionKind
+  readonly status: ConnectionStatus
+  readonly version: number
+  readonly createdAt: number
+  readonly updatedAt: number
+  readonly lastRefreshAt: number | null
+  readonly lastError: LastError | null
+  readonly profile: Record<string, unknown> | null
+  readonly accessToken: string
+  readonly refreshToken: string | null
+  readonly tokenType: string
+  readonly obtainedAt: number
+  readonly expiresAt: number | null
+  readonly refreshExpiresAt: number | null
+  readonly scopes: ReadonlyArray<string>
+  /** Sealed JSON of the provider extras (they may hold secrets). */
+  readonly extras: string
+  /** When the background Refresher should next look at this connection (null: never). */
+  readonly refreshDueAt: number | null
+}
+
+/** A connection as apps see it, without any token value: safe to send to a browser or a log. */
+export interface ConnectionSummary {
+  readonly id: string
+  readonly ownerId: string
+  readonly providerId: string
+  readonly accountId: string
+  readonly label: string
+  readonly kind: ConnectionKind
+  readonly status: ConnectionStatus
+  readonly version: number
+  readonly createdAt: number
+  readonly updatedAt: number
+  readonly lastRefreshAt: number | undefined
+  readonly lastError: LastError | undefined
+  readonly profile: Readonly<Record<string, unknown>> | undefined
+  readonly expiresAt: number | undefined
+  readonly refreshExpiresAt: number | undefined
+  readonly hasRefreshToken: boolean
+  readonly scopes: ReadonlyArray<string>
+}
+
+export const summary = (c: Connection): ConnectionSummary => ({
+  id: c.id,
+  ownerId: c.ownerId,
+  providerId: c.providerId,
+  accountId: c.accountId,
+  label: c.label,
+  kind: c.kind,
+  status: c.status,
+  version: c.version,
+  createdAt: c.createdAt,
+  updatedAt: c.updatedAt,
+  lastRefreshAt: c.lastRefreshAt,
+  lastError: c.lastError,
+  profile: c.profile,
+  expiresAt: c.tokens.expiresAt,
+  refreshExpiresAt: c.tokens.refreshExpiresAt,
+  hasRefreshToken: c.tokens.refreshToken !== undefined,
+  scopes: c.tokens.scopes
+})
+
+export const toRecord = (vault: VaultShape, c: Connection, refreshDueAt: number | null): ConnectionRecord => {
+  const ctx = (field: string) => ({ connectionId: c.id, field })
+  return {
+    id: c.id,
+    ownerId: c.ownerId,
+    providerId: c.providerId,
+    accountId: c.accountId,
+    label: c.label,
+    kind: c.kind,
+    status: c.status,
+    version: c.version,
+    createdAt: c.createdAt,
+    updatedAt: c.updatedAt,
+    lastRefreshAt: c.lastRefreshAt ?? null,
+    lastError: c.lastError ?? null,
+    profile: c.profile ? { ...c.profile } : null,
+    accessToken: vault.seal(Redacted.value(c.tokens.accessToken), ctx("accessToken")),
+    refreshToken:
+      c.tokens.refreshToken === undefined
+        ? null
+        : vault.seal(Redacted.value(c.tokens.refreshToken), ctx("refreshToken")),
+    tokenType: c.tokens.tokenType,
+    obtainedAt: c.tokens.obtainedAt,
+    expiresAt: c.tokens.expiresAt ?? null,
+    refreshExpiresAt: c.tokens.refreshExpiresAt ?? null,
+    scopes: [...c.tokens.scopes],
+    extras: vault.seal(JSON.stringify(c.tokens.extras), ctx("extras")),
+    refreshDueAt
+  }
+}
+
+export const fromRecord = (vault: VaultShape, r: ConnectionRecord): Effect.Effect<Connection, VaultError> =>
+  Effect.gen(function* () {
+    const ctx = (field: string) => ({ connectionId: r.id, field })
+    const accessToken = yield* vault.open(r.accessToken, ctx("accessToken"))
+    const refreshToken =
+      r.refreshToken === null ? undefined : yield* vault.open(r.refreshToken, ctx("refreshToken"))
+    const extras = JSON.parse(yield* vault.open(r.extras, ctx("extras"))) as Record<string, unknown>
+    return {
+      id: r.id,
+      ownerId: r.ownerId,
+      providerId: r.providerId,
+      accountId: r.accountId,
+      label: r.label,
+      kind: r.kind,
+      status: r.status,
+      version: r.version,
+      createdAt: r.createdAt,
+      updatedAt: r.updatedAt,
+      lastRefreshAt: r.lastRefreshAt ?? undefined,
+      lastError: r.lastError ?? undefined,
+      profile: r.profile ?? undefined,
+      tokens: {
+        accessToken: Redacted.make(accessToken),
+        refreshToken: refreshToken === undefined ? undefined : Redacted.make(refreshToken),
+        tokenType: r.tokenType,
+        obtainedAt: r.obtainedAt,
+        expiresAt: r.expiresAt ?? undefined,
+        refreshExpiresAt: r.refreshExpiresAt ?? undefined,
+        scopes: r.scopes,
+        extras
+      }
+    }
+  })
+
+/** Summary straight from a record, without opening any sealed field. */
+export const summaryOfRecord = (r: ConnectionRecord): ConnectionSummary => ({
+  id: r.id,
+  ownerId: r.ownerId,
+  providerId: r.providerId,
+  accountId: r.accountId,
+  label: r.label,
+  kind: r.kind,
+  status: r.status,
+  version: r.version,
+  createdAt: r.createdAt,
+  updatedAt: r.updatedAt,
+  lastRefreshAt: r.lastRefreshAt ?? undefined,
+  lastError: r.lastError ?? undefined,
+  profile: r.profile ?? undefined,
+  expiresAt: r.expiresAt ?? undefined,
+  refreshExpiresAt: r.refreshExpiresAt ?? undefined,
+  hasRefreshToken: r.refreshToken !== null,
+  scopes: r.scopes
+})

@@ -1,0 +1,185 @@
+/**
+ * The store service: connections, pending authorizations, and the lease that makes one refresh per
+ * connection happen at a time across processes.
+ *
+ * The contract every store implements (the conformance suite in `@latchkey/core/testing` checks it):
+ * - `insert` fails with `StoreError("conflict")` when the id exists, or when another connection has
+ *   the same (ownerId, providerId, accountId).
+ * - `update(record, expectedVersion)` is a compare-and-set: it writes only when the stored version is
+ *   `expectedVersion`, and `record.version` must be `expectedVersion + 1`; otherwise `conflict`.
+ * - `acquireLease` grants the lease when nobody holds it or the holder's lease has expired, and
+ *   returns a strictly increasing `fence`; it returns `undefined` while someone else holds it.
+ *   `releaseLease` releases only the caller's own lease (same holder and fence).
+ * - `takePending` is single-use: exactly one caller gets `Found` for a state; later callers get
+ *   `Consumed` until the record's expiry, then `Missing`.
+ * All times are epoch milliseconds passed in by the caller, so that tests can control the clock.
+ */
+import { Context, Effect, Layer } from "effect"
+import type { ConnectionRecord } from "./Connection.ts"
+import { StoreError } from "./Errors.ts"
+
+export interface Lease {
+  readonly connectionId: string
+  readonly holder: string
+  readonly fence: number
+  readonly expiresAt: number
+}
+
+export interface PendingAuthorization {
+  readonly state: string
+  readonly providerId: string
+  readonly ownerId: string
+  readonly redirectUri: string
+  /** Sealed PKCE code verifier, when PKCE is used. */
+  readonly codeVerifier: string | null
+  readonly scopes: ReadonlyArray<string>
+  readonly createdAt: number
+  readonly expiresAt: number
+  /** Free-form JSON the app attached at start (e.g. where to return to). */
+  readonly metadata: Record<string, unknown> | null
+}
+
+export type TakePendingResult =
+  | { readonly _tag: "Found"; readonly pending: PendingAuthorization }
+  | { readonly _tag: "Consumed" }
+  | { readonly _tag: "Missing" }
+
+export interface ConnectionStoreShape {
+  readonly get: (id: string) => Effect.Effect<ConnectionRecord | undefined, StoreError>
+  readonly findByAccount: (
+    ownerId: string,
+    providerId: string,
+    accountId: string
+  ) => Effect.Effect<ConnectionRecord | undefined, StoreError>
+  readonly listByOwner: (ownerId: string) => Effect.Effect<ReadonlyArray<ConnectionRecord>, StoreError>
+  /** Active connections whose `refreshDueAt <= now`, soonest first. */
+  readonly listDue: (now: number, limit: number) => Effect.Effect<ReadonlyArray<ConnectionRecord>, StoreError>
+  readonly insert: (record: ConnectionRecord) => Effect.Effect<void, StoreError>
+  readonly update: (record: ConnectionRecord, expectedVersion: number) => Effect.Effect<void, StoreError>
+  readonly remove: (id: string) => Effect.Effect<boolean, StoreError>
+  readonly acquireLease: (
+    connectionId: string,
+    holder: string,
+    ttlMs: number,
+    now: number
+  ) => Effect.Effect<Lease | undefined, StoreError>
+  readonly releaseLease: (lease: Lease) => Effect.Effect<void, StoreError>
+  readonly putPending: (pending: PendingAuthorization) => Effect.Effect<void, StoreError>
+  readonly takePending: (state: string, now: number) => Effect.Effect<TakePendingResult, StoreError>
+  /** Release connections to the backing driver (pools, files). */
+  readonly close?: () => Effect.Effect<void>
+}
+
+export class ConnectionStore extends Context.Service<ConnectionStore, ConnectionStoreShape>()(
+  "@latchkey/core/ConnectionStore"
+) {
+  /** The in-memory store: one process only, nothing survives a restart. */
+  static readonly layerMemory = Layer.sync(ConnectionStore, () => makeMemory())
+}
+
+export const conflict = (message: string) => new StoreError({ reason: "conflict", message })
+
+const CONSUMED_TOMBSTONE_MS = 60 * 60 * 1000
+
+/** An in-memory store. Leases work between fibers of one process. */
+export const makeMemory = (): ConnectionStoreShape => {
+  const rows = new Map<string, ConnectionRecord>()
+  const leases = new Map<string, Lease>()
+  const fences = new Map<string, number>()
+  const pending = new Map<string, { pending: PendingAuthorization; consumedAt: number | undefined }>()
+  const accountKey = (r: Pick<ConnectionRecord, "ownerId" | "providerId" | "accountId">) =>
+    `${r.ownerId}\u0000${r.providerId}\u0000${r.accountId}`
+  const byAccount = new Map<string, string>()
+
+  return {
+    get: (id) => Effect.sync(() => rows.get(id)),
+    findByAccount: (ownerId, providerId, accountId) =>
+      Effect.sync(() => {
+        const id = byAccount.get(accountKey({ ownerId, providerId, accountId }))
+        return id === undefined ? undefined : rows.get(id)
+      }),
+    listByOwner: (ownerId) =>
+      Effect.sync(() =>
+        [...rows.values()].filter((r) => r.ownerId === ownerId).sort((a, b) => a.createdAt - b.createdAt)
+      ),
+    listDue: (now, limit) =>
+      Effect.sync(() =>
+        [...rows.values()]
+          .filter((r) => r.status === "active" && r.refreshDueAt !== null && r.refreshDueAt <= now)
+          .sort((a, b) => (a.refreshDueAt ?? 0) - (b.refreshDueAt ?? 0))
+          .slice(0, limit)
+      ),
+    insert: (record) =>
+      Effect.suspend(() => {
+        if (rows.has(record.id)) return Effect.fail(conflict(`connection ${record.id} already exists`))
+        const key = accountKey(record)
+        if (byAccount.has(key)) {
+          return Effect.fail(
+            conflict(`account ${record.accountId} of ${record.providerId} is already linked`)
+          )
+        }
+        rows.set(record.id, record)
+        byAccount.set(key, record.id)
+        return Effect.void
+      }),
+    update: (record, expectedVersion) =>
+      Effect.suspend(() => {
+        const current = rows.get(record.id)
+        if (current === undefined) return Effect.fail(conflict(`connection ${record.id} does not exist`))
+        if (current.version !== expectedVersion || record.version !== expectedVersion + 1) {
+          return Effect.fail(
+            conflict(`connection ${record.id} is at version ${current.version}, expected ${expectedVersion}`)
+          )
+        }
+        byAccount.delete(accountKey(current))
+        rows.set(record.id, record)
+        byAccount.set(accountKey(record), record.id)
+        return Effect.void
+      }),
+    remove: (id) =>
+      Effect.sync(() => {
+        const current = rows.get(id)
+        if (current === undefined) return false
+        rows.delete(id)
+        byAccount.delete(accountKey(current))
+        leases.delete(id)
+        return true
+      }),
+    acquireLease: (connectionId, holder, ttlMs, now) =>
+      Effect.sync(() => {
+        const held = leases.get(connectionId)
+        if (held !== undefined && held.expiresAt > now) return undefined
+        const fence = (fences.get(connectionId) ?? 0) + 1
+        fences.set(connectionId, fence)
+        const lease: Lease = { connectionId, holder, fence, expiresAt: now + ttlMs }
+        leases.set(connectionId, lease)
+        return lease
+      }),
+    releaseLease: (lease) =>
+      Effect.sync(() => {
+        const held = leases.get(lease.connectionId)
+        if (held !== undefined && held.holder === lease.holder && held.fence === lease.fence) {
+          leases.delete(lease.connectionId)
+        }
+      }),
+    putPending: (p) =>
+      Effect.sync(() => {
+        for (const [state, entry] of pending) {
+          const until =
+            entry.consumedAt === undefined
+              ? entry.pending.expiresAt
+              : Math.max(entry.pending.expiresAt, entry.consumedAt + CONSUMED_TOMBSTONE_MS)
+          if (until < p.createdAt) pending.delete(state)
+        }
+        pending.set(p.state, { pending: p, consumedAt: undefined })
+      }),
+    takePending: (state, now) =>
+      Effect.sync((): TakePendingResult => {
+        const entry = pending.get(state)
+        if (entry === undefined) return { _tag: "Missing" }
+        if (entry.consumedAt !== undefined) return { _tag: "Consumed" }
+        entry.consumedAt = now
+        return { _tag: "Found", pending: entry.pending }
+      })
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * What happened to connections: linked, refreshed, refresh_failed, needs_reauth, revoked, unlinked.
+ * Available as an Effect Stream (`Events.stream`) and as plain callbacks (`Events.subscribe`).
+ * Events are in-process: each process sees the events of the work it did.
+ */
+import { Context, Effect, Layer, PubSub, Stream } from "effect"
+import type { ConnectionSummary } from "./Connection.ts"
+
+export type LatchkeyEvent =
+  | {
+      readonly type: "linked"
+      readonly at: number
+      readonly connection: ConnectionSummary
+      readonly relinked: boolean
+    }
+  | {
+      readonly type: "refreshed"
+      readonly at: number
+      readonly connectionId: string
+      readonly ownerId: string
+      readonly providerId: string
+      readonly expiresAt: number | undefined
+      readonly refreshExpiresAt: number | undefined
+    }
+  | {
+      readonly type: "refresh_failed"
+      readonly at: number
+      readonly connectionId: string
+      readonly ownerId: string
+      readonly providerId: string
+      readonly reason: string
+      readonly message: string
+      readonly retryable: boolean
+    }
+  | {
+      readonly type: "needs_reauth"
+      readonly at: number
+      readonly connectionId: string
+      readonly ownerId: string
+      readonly providerId: string
+      readonly reason: string
+      readonly message: string
+    }
+  | {
+      readonly type: "revoked"
+      readonly at: number
+      readonly connectionId: string
+      readonly ownerId: string
+      readonly providerId: string
+    }
+  | {
+      readonly type: "unlinked"
+      readonly at: number
+      readonly connectionId: string
+      readonly ownerId: string
+      readonly providerId: string
+      readonly revokedAtProvider: boolean
+    }
+
+export type LatchkeyEventType = LatchkeyEvent["type"]
+
+export interface EventsShape {
+  readonly publish: (event: LatchkeyEvent) => Effect.Effect<void>
+  readonly stream: Stream.Stream<LatchkeyEvent>
+  /** Call `listener` for every event; returns a function that stops it. A throwing listener is ignored. */
+  readonly subscribe: (listener: (event: LatchkeyEvent) => void) => () => void
+}
+
+export class Events extends Context.Service<Events, EventsShape>()("@latchkey/core/Events") {
+  static readonly layer = Layer.effect(
+    Events,
+    Effect.gen(function* () {
+      const pubsub = yield* PubSub.unbounded<LatchkeyEvent>()
+      yield* Effect.addFinalizer(() => PubSub.shutdown(pubsub))
+      const listeners = new Set<(event: LatchkeyEvent) => void>()
+      const publish = (event: LatchkeyEvent) =>
+        Effect.suspend(() => {
+          for (const listener of listeners) {
+            try {
+              listener(event)
+            } catch {
+              // a listener's failure is the app's; it never breaks the engine
+            }
+          }
+          return PubSub.publish(pubsub, event)
+        }).pipe(Effect.asVoid)
+      return Events.of({
+        publish,
+        stream: Stream.fromPubSub(pubsub),
+        subscribe: (listener) => {
+          listeners.add(listener)
+          return () => {
+            listeners.delete(listener)
+          }
+        }
+      })
+    })
+  )
+}

@@ -1,0 +1,220 @@
+/**
+ * The one entry point: `Latchkey.layer(options)` for Effect users, and `createLatchkey(options)`, a
+ * plain Promise API over the same engine, for everyone else.
+ */
+import { Cause, Clock, Effect, Exit, Layer, ManagedRuntime, Redacted } from "effect"
+import { ApiClient } from "./ApiClient.ts"
+import {
+  type ApiKeyInput,
+  AuthorizationFlow,
+  type AuthorizationFlowShape,
+  type CompleteInput,
+  type CompleteResult,
+  type ProviderInitiatedInput,
+  type StartInput,
+  type StartResult
+} from "./AuthorizationFlow.ts"
+import { defaults, LatchkeyConfig, type LatchkeyConfigShape } from "./Config.ts"
+import type { ConnectionSummary } from "./Connection.ts"
+import * as ConnectionModule from "./Connection.ts"
+import { ConnectionStore, type ConnectionStoreShape } from "./ConnectionStore.ts"
+import { Events, type LatchkeyEvent } from "./Events.ts"
+import * as OAuth from "./OAuth.ts"
+import type { Provider } from "./Provider.ts"
+import { Providers } from "./Providers.ts"
+import { Refresher, type RefresherOptions, type SweepReport } from "./Refresher.ts"
+import { TokenManager } from "./TokenManager.ts"
+import { Vault, type VaultOptions } from "./Vault.ts"
+
+export interface LatchkeyOptions {
+  readonly providers: ReadonlyArray<Provider>
+  /** The store: a service, or a Layer providing one. Default: in memory (one process, not durable). */
+  readonly store?: ConnectionStoreShape | Layer.Layer<ConnectionStore, unknown> | undefined
+  /** Vault keys; tokens are sealed at rest whenever a key is given. */
+  readonly vault?: VaultOptions | undefined
+  /** Engine settings (see `LatchkeyConfig` for defaults). */
+  readonly config?: Partial<LatchkeyConfigShape> | undefined
+  readonly refresher?: (RefresherOptions & { readonly autoStart?: boolean | undefined }) | undefined
+}
+
+export type LatchkeyServices =
+  | Providers
+  | ConnectionStore
+  | Vault
+  | Events
+  | LatchkeyConfig
+  | TokenManager
+  | AuthorizationFlow
+  | ApiClient
+  | Refresher
+
+const storeLayer = (store: LatchkeyOptions["store"]): Layer.Layer<ConnectionStore, unknown> =>
+  store === undefined
+    ? ConnectionStore.layerMemory
+    : Layer.isLayer(store)
+      ? (store as Layer.Layer<ConnectionStore, unknown>)
+      : Layer.succeed(ConnectionStore, store as ConnectionStoreShape)
+
+/** Every Latchkey service, ready to provide. */
+export const layer = (options: LatchkeyOptions): Layer.Layer<LatchkeyServices, unknown> => {
+  const base = Layer.mergeAll(
+    Providers.layer(options.providers),
+    storeLayer(options.store),
+    Vault.layer(options.vault),
+    Events.layer,
+    Layer.succeed(LatchkeyConfig, { ...defaults(), ...options.config })
+  )
+  const tokens = TokenManager.layer.pipe(Layer.provideMerge(base))
+  const services = Layer.mergeAll(
+    AuthorizationFlow.layer,
+    ApiClient.layer,
+    Refresher.layer(options.refresher)
+  ).pipe(Layer.provideMerge(tokens))
+  if (options.refresher?.autoStart !== true) return services
+  return Layer.effectDiscard(Refresher.use((r) => r.start)).pipe(Layer.provideMerge(services))
+}
+
+/** The Promise API. Every method rejects with the same typed errors as the Effect API. */
+export interface LatchkeyClient {
+  readonly providers: ReadonlyArray<Provider>
+  startAuthorization(input: StartInput): Promise<StartResult>
+  completeAuthorization(input: CompleteInput): Promise<CompleteResult>
+  completeProviderInitiated(input: ProviderInitiatedInput): Promise<CompleteResult>
+  linkApiKey(input: ApiKeyInput): Promise<CompleteResult>
+  /** A valid access token, as a plain string. */
+  accessToken(connectionId: string): Promise<string>
+  /** `fetch` through the connection: auth headers added, one refresh-and-retry on 401, 429 waited out. */
+  fetch(connectionId: string, input: string | URL, init?: RequestInit): Promise<Response>
+  connection(connectionId: string): Promise<ConnectionSummary>
+  connections(ownerId: string): Promise<ReadonlyArray<ConnectionSummary>>
+  /** Refresh now (shares an in-flight refresh); returns the updated summary. */
+  refresh(connectionId: string): Promise<ConnectionSummary>
+  /** Revoke at the provider where it can (best effort), then remove the connection. */
+  unlink(connectionId: string): Promise<{ readonly revokedAtProvider: boolean }>
+  /** Listen to events; returns a function that stops listening. */
+  on(listener: (event: LatchkeyEvent) => void): () => void
+  readonly refresher: {
+    start(): Promise<void>
+    stop(): Promise<void>
+    sweep(): Promise<SweepReport>
+    isRunning(): Promise<boolean>
+  }
+  /** Run an Effect that needs Latchkey services on this instance's runtime. */
+  run<A, E>(effect: Effect.Effect<A, E, LatchkeyServices>): Promise<A>
+  close(): Promise<void>
+}
+
+/** Unlink: revoke at the provider (best effort), then remove. Exposed for Effect users. */
+export const unlink = Effect.fn("Latchkey.unlink")(function* (connectionId: string) {
+  const store = yield* ConnectionStore
+  const tokens = yield* TokenManager
+  const providers = yield* Providers
+  const events = yield* Events
+  const config = yield* LatchkeyConfig
+  const connection = yield* tokens.get(connectionId)
+  const provider = providers.find(connection.providerId)
+  let revokedAtProvider = false
+  if (provider !== undefined && connection.kind === "oauth" && connection.status !== "revoked") {
+    const options = { timeoutMs: config.requestTimeoutMs, fetch: config.fetch }
+    const token = connection.tokens.refreshToken ?? connection.tokens.accessToken
+    const hint = connection.tokens.refreshToken ? "refresh_token" : "access_token"
+    revokedAtProvider = yield* OAuth.revoke(provider, options, Redacted.value(token), hint).pipe(
+      Effect.orElseSucceed(() => false)
+    )
+  }
+  yield* store.remove(connectionId)
+  yield* events.publish({
+    type: "unlinked",
+    at: yield* Clock.currentTimeMillis,
+    connectionId,
+    ownerId: connection.ownerId,
+    providerId: connection.providerId,
+    revokedAtProvider
+  })
+  return { revokedAtProvider }
+})
+
+/** Mark a connection revoked (e.g. on a provider's uninstall webhook). */
+export const markRevoked = Effect.fn("Latchkey.markRevoked")(function* (connectionId: string) {
+  const tokens = yield* TokenManager
+  const events = yield* Events
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const c = yield* tokens.get(connectionId)
+    if (c.status === "revoked") return
+    const now = yield* Clock.currentTimeMillis
+    const wrote = yield* tokens
+      .write({ ...c, status: "revoked", version: c.version + 1, updatedAt: now })
+      .pipe(
+        Effect.as(true),
+        Effect.catchTag("StoreError", (e) =>
+          e.reason === "conflict" ? Effect.succeed(false) : Effect.fail(e)
+        )
+      )
+    if (wrote) {
+      yield* events.publish({
+        type: "revoked",
+        at: now,
+        connectionId,
+        ownerId: c.ownerId,
+        providerId: c.providerId
+      })
+      return
+    }
+  }
+})
+
+export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
+  const runtime = ManagedRuntime.make(layer(options))
+  const run = async <A, E>(effect: Effect.Effect<A, E, LatchkeyServices>): Promise<A> => {
+    const exit = await runtime.runPromiseExit(effect)
+    if (Exit.isSuccess(exit)) return exit.value
+    throw Cause.squash(exit.cause)
+  }
+  const flow = <A>(f: (flow: AuthorizationFlowShape) => Effect.Effect<A, unknown>) =>
+    run(AuthorizationFlow.use(f))
+  let events: { subscribe: (l: (e: LatchkeyEvent) => void) => () => void } | undefined
+  const eventsReady = run(Events.useSync((e) => e)).then((e) => {
+    events = e
+    return e
+  })
+  eventsReady.catch(() => {})
+
+  return {
+    providers: options.providers,
+    startAuthorization: (input) => flow((f) => f.start(input)),
+    completeAuthorization: (input) => flow((f) => f.complete(input)),
+    completeProviderInitiated: (input) => flow((f) => f.completeProviderInitiated(input)),
+    linkApiKey: (input) => flow((f) => f.linkApiKey(input)),
+    accessToken: (id) => run(TokenManager.use((t) => Effect.map(t.accessToken(id), Redacted.value))),
+    fetch: (id, input, init) => run(ApiClient.use((a) => a.fetch(id, input, init))),
+    connection: (id) => run(TokenManager.use((t) => Effect.map(t.get(id), ConnectionModule.summary))),
+    connections: (ownerId) =>
+      run(
+        ConnectionStore.use((s) =>
+          Effect.map(s.listByOwner(ownerId), (rows) => rows.map(ConnectionModule.summaryOfRecord))
+        )
+      ),
+    refresh: (id) => run(TokenManager.use((t) => Effect.map(t.refreshNow(id), ConnectionModule.summary))),
+    unlink: (id) => run(unlink(id)),
+    on: (listener) => {
+      if (events) return events.subscribe(listener)
+      let stop: (() => void) | undefined
+      let stopped = false
+      void eventsReady.then((e) => {
+        if (!stopped) stop = e.subscribe(listener)
+      })
+      return () => {
+        stopped = true
+        stop?.()
+      }
+    },
+    refresher: {
+      start: () => run(Refresher.use((r) => r.start)),
+      stop: () => run(Refresher.use((r) => r.stop)),
+      sweep: () => run(Refresher.use((r) => r.sweep)),
+      isRunning: () => run(Refresher.use((r) => r.isRunning))
+    },
+    run,
+    close: () => runtime.dispose()
+  }
+}

@@ -1,0 +1,316 @@
+/**
+ * The protocol layer: authorize URL, code exchange, refresh and revocation through openid-client,
+ * configured per provider with explicit server metadata (or discovery). A provider with a separate
+ * refresh URL gets a second configuration whose token endpoint is that URL.
+ *
+ * Every call returns either a token response or a `ProtocolFailure`, classified so that the engine
+ * can tell a real rejection (`invalid_grant`) from a transient failure (network, 5xx, 429, timeout).
+ * Nothing here ever puts a token, code or secret into a message.
+ */
+import { Effect, Redacted } from "effect"
+import * as oidc from "openid-client"
+import type { Provider } from "./Provider.ts"
+import { usesLoopbackOnly } from "./Provider.ts"
+import type { TokenResponse } from "./TokenSet.ts"
+
+export type ProtocolFailureKind =
+  | "invalid_grant"
+  | "invalid_client"
+  | "oauth_error"
+  | "rate_limited"
+  | "transient"
+  | "invalid_response"
+  | "unsupported"
+
+export interface ProtocolFailureDetails {
+  readonly status?: number | undefined
+  readonly error?: string | undefined
+  readonly description?: string | undefined
+  readonly retryAfterMs?: number | undefined
+  /** The request may have reached the server (the failure came after sending). */
+  readonly maybeProcessed?: boolean | undefined
+}
+
+export class ProtocolFailure {
+  readonly _tag = "ProtocolFailure"
+  readonly kind: ProtocolFailureKind
+  readonly message: string
+  readonly details: ProtocolFailureDetails
+  constructor(kind: ProtocolFailureKind, message: string, details: ProtocolFailureDetails = {}) {
+    this.kind = kind
+    this.message = message
+    this.details = details
+  }
+  get retryable(): boolean {
+    return this.kind === "transient" || this.kind === "rate_limited" || this.kind === "invalid_response"
+  }
+}
+
+export interface ProtocolOptions {
+  /** Per-request timeout. */
+  readonly timeoutMs: number
+  /** The fetch to use (tests and benchmarks may count calls). Default: global fetch. */
+  readonly fetch?: typeof fetch | undefined
+}
+
+/** Parse `Retry-After` (seconds or HTTP date) into milliseconds. */
+export const parseRetryAfter = (value: string | null, now: number): number | undefined => {
+  if (value === null || value.trim() === "") return undefined
+  const seconds = Number(value)
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000)
+  const date = Date.parse(value)
+  return Number.isNaN(date) ? undefined : Math.max(0, date - now)
+}
+
+const discovered = new WeakMap<Provider, Promise<oidc.ServerMetadata>>()
+
+const serverMetadata = (provider: Provider, fetchImpl: typeof fetch): Promise<oidc.ServerMetadata> => {
+  if (provider.endpoints) {
+    const e = provider.endpoints
+    return Promise.resolve({
+      issuer: e.issuer,
+      authorization_endpoint: e.authorization,
+      token_endpoint: e.token,
+      ...(e.revocation ? { revocation_endpoint: e.revocation } : {}),
+      ...(e.userinfo ? { userinfo_endpoint: e.userinfo } : {})
+    })
+  }
+  let cached = discovered.get(provider)
+  if (cached === undefined) {
+    cached = oidc
+      .discovery(new URL(provider.discovery!.issuer), provider.clientId, undefined, undefined, {
+        execute: usesLoopbackOnly(provider) ? [oidc.allowInsecureRequests] : [],
+        [oidc.customFetch]: (url, options) => fetchImpl(url, options as RequestInit)
+      })
+      .then((config) => ({ ...config.serverMetadata() }))
+    cached.catch(() => discovered.delete(provider))
+    discovered.set(provider, cached)
+  }
+  return cached
+}
+
+const clientAuth = (provider: Provider): oidc.ClientAuth => {
+  const secret = provider.clientSecretValue ? Redacted.value(provider.clientSecretValue) : undefined
+  switch (provider.clientAuth) {
+    case "none":
+      return oidc.None()
+    case "client_secret_basic":
+      return oidc.ClientSecretBasic(secret)
+    case "client_secret_post":
+      return oidc.ClientSecretPost(secret)
+  }
+}
+
+interface Capture {
+  response: Response | undefined
+  sent: boolean
+}
+
+const configure = async (
+  provider: Provider,
+  options: ProtocolOptions,
+  endpoint: "token" | "refresh"
+): Promise<{ config: oidc.Configuration; capture: Capture }> => {
+  const fetchImpl = options.fetch ?? fetch
+  const metadata = await serverMetadata(provider, fetchImpl)
+  const tokenEndpoint =
+    endpoint === "refresh" && provider.endpoints?.refresh
+      ? provider.endpoints.refresh
+      : metadata.token_endpoint
+  const config = new oidc.Configuration(
+    { ...metadata, ...(tokenEndpoint ? { token_endpoint: tokenEndpoint } : {}) },
+    provider.clientId,
+    undefined,
+    clientAuth(provider)
+  )
+  if (usesLoopbackOnly(provider)) oidc.allowInsecureRequests(config)
+  config.timeout = Math.max(1, Math.ceil(options.timeoutMs / 1000))
+  const capture: Capture = { response: undefined, sent: false }
+  config[oidc.customFetch] = async (url, init) => {
+    capture.sent = true
+    const response = await fetchImpl(url, {
+      ...(init as RequestInit),
+      signal: AbortSignal.timeout(options.timeoutMs)
+    })
+    capture.response = response
+    return response
+  }
+  return { config, capture }
+}
+
+const classify = (cause: unknown, capture: Capture, what: string): ProtocolFailure => {
+  const now = Date.now()
+  const response = capture.response
+  const status = response?.status
+  const retryAfterMs = response ? parseRetryAfter(response.headers.get("retry-after"), now) : undefined
+  const err = cause as {
+    code?: string
+    error?: string
+    error_description?: string
+    status?: number
+    name?: string
+  }
+  if (err?.code === "OAUTH_RESPONSE_BODY_ERROR" && typeof err.error === "string") {
+    const s = err.status ?? status
+    const detail = {
+      status: s,
+      error: err.error,
+      description: err.error_description,
+      retryAfterMs,
+      maybeProcessed: true
+    }
+    const said = `${err.error}${err.error_description ? `: ${err.error_description}` : ""}`
+    if (s === 429) return new ProtocolFailure("rate_limited", `${what}: rate limited (${said})`, detail)
+    if (s !== undefined && s >= 500) {
+      return new ProtocolFailure("transient", `${what}: server error ${s} (${said})`, detail)
+    }
+    if (err.error === "invalid_grant") {
+      return new ProtocolFailure("invalid_grant", `${what} rejected: ${said}`, detail)
+    }
+    if (err.error === "invalid_client" || err.error === "unauthorized_client" || s === 401) {
+      return new ProtocolFailure("invalid_client", `${what} rejected: ${said}`, detail)
+    }
+    return new ProtocolFailure("oauth_error", `${what} rejected: ${said}`, detail)
+  }
+  if (err?.code === "OAUTH_WWW_AUTHENTICATE_CHALLENGE") {
+    return new ProtocolFailure(
+      "invalid_client",
+      `${what} rejected: client authentication failed (${status})`,
+      {
+        status,
+        maybeProcessed: true
+      }
+    )
+  }
+  if (response !== undefined) {
+    if (status === 429) {
+      return new ProtocolFailure("rate_limited", `${what}: rate limited (429)`, {
+        status,
+        retryAfterMs,
+        maybeProcessed: false
+      })
+    }
+    if (status !== undefined && status >= 500) {
+      return new ProtocolFailure("transient", `${what}: server error ${status}`, {
+        status,
+        retryAfterMs,
+        maybeProcessed: true
+      })
+    }
+    return new ProtocolFailure(
+      "invalid_response",
+      `${what}: the server answered ${status} with a body that is not a valid token response`,
+      { status, maybeProcessed: true }
+    )
+  }
+  const timedOut = err?.name === "TimeoutError" || err?.name === "AbortError" || err?.code === "OAUTH_TIMEOUT"
+  return new ProtocolFailure(
+    "transient",
+    `${what}: ${timedOut ? "timed out" : "network error"} before an answer arrived`,
+    { maybeProcessed: capture.sent }
+  )
+}
+
+const run = <A>(
+  provider: Provider,
+  options: ProtocolOptions,
+  endpoint: "token" | "refresh",
+  what: string,
+  f: (config: oidc.Configuration) => Promise<A>
+): Effect.Effect<A, ProtocolFailure> =>
+  Effect.tryPromise({
+    try: async () => {
+      let setup: Awaited<ReturnType<typeof configure>> | undefined
+      try {
+        setup = await configure(provider, options, endpoint)
+        return await f(setup.config)
+      } catch (cause) {
+        throw classify(cause, setup?.capture ?? { response: undefined, sent: false }, what)
+      }
+    },
+    catch: (e) =>
+      e instanceof ProtocolFailure ? e : new ProtocolFailure("transient", `${what}: unexpected failure`, {})
+  })
+
+export interface AuthorizationUrlInput {
+  readonly state: string
+  readonly redirectUri: string
+  readonly scopes: ReadonlyArray<string>
+  readonly codeChallenge: string | undefined
+  readonly extraParams?: Readonly<Record<string, string>> | undefined
+}
+
+export const authorizationUrl = (
+  provider: Provider,
+  options: ProtocolOptions,
+  input: AuthorizationUrlInput
+): Effect.Effect<URL, ProtocolFailure> =>
+  run(provider, options, "token", "building the authorization URL", async (config) => {
+    const params: Record<string, string> = {
+      response_type: "code",
+      redirect_uri: input.redirectUri,
+      state: input.state,
+      ...(input.scopes.length > 0 ? { scope: input.scopes.join(provider.scopeSeparator) } : {}),
+      ...(input.codeChallenge ? { code_challenge: input.codeChallenge, code_challenge_method: "S256" } : {}),
+      ...provider.authorizationParams,
+      ...input.extraParams
+    }
+    return oidc.buildAuthorizationUrl(config, params)
+  })
+
+export interface ExchangeInput {
+  /** The callback URL as received (only its query parameters are used). */
+  readonly callbackParams: URLSearchParams
+  readonly redirectUri: string
+  readonly expectedState: string | undefined
+  readonly codeVerifier: string | undefined
+}
+
+export const exchangeCode = (
+  provider: Provider,
+  options: ProtocolOptions,
+  input: ExchangeInput
+): Effect.Effect<TokenResponse, ProtocolFailure> =>
+  run(provider, options, "token", "code exchange", async (config) => {
+    const current = new URL(input.redirectUri)
+    for (const [k, v] of input.callbackParams) current.searchParams.set(k, v)
+    const response = await oidc.authorizationCodeGrant(
+      config,
+      current,
+      {
+        expectedState: input.expectedState ?? oidc.skipStateCheck,
+        ...(input.codeVerifier ? { pkceCodeVerifier: input.codeVerifier } : {})
+      },
+      { ...provider.tokenParams }
+    )
+    return response as unknown as TokenResponse
+  })
+
+export const refresh = (
+  provider: Provider,
+  options: ProtocolOptions,
+  refreshToken: string
+): Effect.Effect<TokenResponse, ProtocolFailure> =>
+  run(
+    provider,
+    options,
+    "refresh",
+    "refresh",
+    async (config) =>
+      (await oidc.refreshTokenGrant(config, refreshToken, {
+        ...provider.tokenParams,
+        ...provider.refreshParams
+      })) as unknown as TokenResponse
+  )
+
+export const revoke = (
+  provider: Provider,
+  options: ProtocolOptions,
+  token: string,
+  hint: "access_token" | "refresh_token"
+): Effect.Effect<boolean, ProtocolFailure> =>
+  run(provider, options, "token", "revocation", async (config) => {
+    if (!config.serverMetadata().revocation_endpoint) return false
+    await oidc.tokenRevocation(config, token, { token_type_hint: hint })
+    return true
+  })

@@ -1,0 +1,274 @@
+/**
+ * The provider plugin contract. A provider is a declarative description of an OAuth 2.0 server and the
+ * API behind it; `Provider.make` validates it with zod and fails at construction with a message that
+ * names the provider and the field. The built-in providers are written with exactly this function.
+ */
+import { Redacted } from "effect"
+import { z } from "zod"
+import { ProviderDefinitionError } from "./Errors.ts"
+import type { TokenSet } from "./TokenSet.ts"
+
+/** How the client authenticates at the token endpoint. */
+export type ClientAuth = "none" | "client_secret_basic" | "client_secret_post"
+
+/** Whether the provider hands out a new refresh token on each refresh (single use) or keeps the old one. */
+export type RefreshTokenPolicy = "rotating" | "reusable"
+
+export interface AccountIdentity {
+  /** Stable id of the account at the provider: the same account linked twice gets the same id. */
+  readonly accountId: string
+  /** Human-readable label (e-mail, username, location name). */
+  readonly label: string
+  /** JSON-safe profile data to keep with the connection (shown by apps; never secrets). */
+  readonly profile?: Record<string, unknown> | undefined
+}
+
+/** What `identify` gets: the fresh tokens and a fetch that already carries the provider's auth headers. */
+export interface IdentifyContext {
+  readonly tokens: TokenSet
+  readonly fetch: (input: string | URL, init?: RequestInit) => Promise<Response>
+}
+
+/** The credential an API request is authorized with. */
+export type Credential =
+  | { readonly kind: "oauth"; readonly accessToken: string; readonly tokenType: string }
+  | { readonly kind: "api_key"; readonly apiKey: string }
+
+/** How an API response should be treated by the ApiClient. */
+export type ApiResponseClass = "ok" | "token_invalid" | "rate_limited"
+
+export interface ApiResponseInfo {
+  readonly status: number
+  readonly headers: Headers
+  /** The parsed JSON body when the response was JSON, else undefined. Read lazily and only on errors. */
+  readonly body: unknown
+}
+
+export interface Endpoints {
+  /** Issuer identifier, compared with the RFC 9207 `iss` callback parameter when the server sends it. */
+  readonly issuer: string
+  readonly authorization: string
+  readonly token: string
+  /** A separate refresh URL (HeyGen). Defaults to the token endpoint. */
+  readonly refresh?: string | undefined
+  readonly revocation?: string | undefined
+  readonly userinfo?: string | undefined
+}
+
+export interface ProviderDefinition {
+  /** Unique id within one Latchkey instance, e.g. `"heygen"`. Lowercase letters, digits, `-` and `_`. */
+  readonly id: string
+  /** Display name, e.g. `"HeyGen"`. */
+  readonly name: string
+  readonly clientId: string
+  readonly clientSecret?: string | Redacted.Redacted<string> | undefined
+  readonly clientAuth: ClientAuth
+  /** PKCE method. `S256` whenever the provider supports it; `none` only for servers that reject it. */
+  readonly pkce?: "S256" | "none" | undefined
+  /** Explicit endpoints; or `discovery` for servers that publish RFC 8414 / OIDC metadata. */
+  readonly endpoints?: Endpoints | undefined
+  readonly discovery?: { readonly issuer: string } | undefined
+  /** The redirect URI registered at the provider. Sent exactly as given. */
+  readonly redirectUri: string
+  readonly scopes?: ReadonlyArray<string> | undefined
+  readonly scopeSeparator?: string | undefined
+  readonly authorizationParams?: Readonly<Record<string, string>> | undefined
+  readonly tokenParams?: Readonly<Record<string, string>> | undefined
+  readonly refreshParams?: Readonly<Record<string, string>> | undefined
+  /** Lifetimes assumed when the token response does not say (`expires_in` missing). */
+  readonly lifetimes?:
+    | {
+        readonly accessTokenSeconds?: number | null | undefined
+        readonly refreshTokenSeconds?: number | null | undefined
+      }
+    | undefined
+  readonly refreshTokenPolicy?: RefreshTokenPolicy | undefined
+  /** Extra token-response fields to keep (validated); e.g. HighLevel's `locationId`. */
+  readonly tokenExtras?: z.ZodType<Record<string, unknown>> | undefined
+  /** Identify the linked account from fresh tokens. */
+  readonly identify: (context: IdentifyContext) => Promise<AccountIdentity>
+  /** Base URL for relative ApiClient requests. */
+  readonly apiBaseUrl?: string | undefined
+  /** Headers that authorize an API request. Default: `Authorization: <type> <token>`. */
+  readonly authorizeRequest?: ((credential: Credential) => Record<string, string>) | undefined
+  /** Classify API responses. Default: 401 → token_invalid, 429 → rate_limited. */
+  readonly classifyResponse?: ((response: ApiResponseInfo) => ApiResponseClass) | undefined
+  /** Whether API-key connections are supported (the key is then used instead of OAuth tokens). */
+  readonly apiKeys?: boolean | undefined
+  /**
+   * Whether the provider itself may start an install and send a code with no state of ours (HighLevel
+   * public marketplace apps). Such callbacks are accepted only by the separately named
+   * `AuthorizationFlow.completeProviderInitiated`, never by `complete`.
+   */
+  readonly providerInitiated?: boolean | undefined
+}
+
+/** A validated provider, ready to register with Latchkey. */
+export interface Provider extends ProviderDefinition {
+  readonly pkce: "S256" | "none"
+  readonly scopes: ReadonlyArray<string>
+  readonly scopeSeparator: string
+  readonly refreshTokenPolicy: RefreshTokenPolicy
+  readonly clientSecretValue: Redacted.Redacted<string> | undefined
+  readonly authorizeRequest: (credential: Credential) => Record<string, string>
+  readonly classifyResponse: (response: ApiResponseInfo) => ApiResponseClass
+  readonly defaultAccessTokenSeconds: number | undefined
+  readonly defaultRefreshTokenSeconds: number | undefined
+}
+
+const LOOPBACK = /^(localhost|127(?:\.\d{1,3}){3}|\[::1\])$/i
+
+/** True for hosts on this machine (127.0.0.0/8, localhost, [::1]): the only hosts plain http is allowed for. */
+export const isLoopbackHost = (hostname: string): boolean => LOOPBACK.test(hostname)
+
+const url = (what: string) =>
+  z.string().superRefine((value, ctx) => {
+    let parsed: URL
+    try {
+      parsed = new URL(value)
+    } catch {
+      ctx.addIssue({ code: "custom", message: `${what} must be an absolute URL` })
+      return
+    }
+    if (parsed.protocol === "https:") return
+    if (parsed.protocol === "http:" && isLoopbackHost(parsed.hostname)) return
+    ctx.addIssue({
+      code: "custom",
+      message: `${what} must use https (plain http is allowed only for loopback hosts)`
+    })
+  })
+
+const fn = (what: string) =>
+  z.custom<(...args: Array<any>) => any>((value) => typeof value === "function", {
+    message: `${what} must be a function`
+  })
+
+const lifetime = z.number().int().positive().nullable().optional()
+
+const DefinitionSchema = z
+  .object({
+    id: z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, "must be lowercase letters, digits, '-' or '_'"),
+    name: z.string().min(1),
+    clientId: z.string().min(1),
+    clientSecret: z
+      .union([z.string().min(1), z.custom<Redacted.Redacted<string>>((v) => Redacted.isRedacted(v))])
+      .optional(),
+    clientAuth: z.enum(["none", "client_secret_basic", "client_secret_post"]),
+    pkce: z.enum(["S256", "none"]).optional(),
+    endpoints: z
+      .object({
+        issuer: z.string().min(1),
+        authorization: url("endpoints.authorization"),
+        token: url("endpoints.token"),
+        refresh: url("endpoints.refresh").optional(),
+        revocation: url("endpoints.revocation").optional(),
+        userinfo: url("endpoints.userinfo").optional()
+      })
+      .optional(),
+    discovery: z.object({ issuer: url("discovery.issuer") }).optional(),
+    redirectUri: z.string().superRefine((value, ctx) => {
+      try {
+        const u = new URL(value)
+        if (u.hash) ctx.addIssue({ code: "custom", message: "redirectUri must not have a fragment" })
+      } catch {
+        ctx.addIssue({ code: "custom", message: "redirectUri must be an absolute URL" })
+      }
+    }),
+    scopes: z
+      .array(
+        z
+          .string()
+          .min(1)
+          .regex(/^[^\s]+$/, "a scope has no whitespace")
+      )
+      .optional(),
+    scopeSeparator: z.string().min(1).optional(),
+    authorizationParams: z.record(z.string(), z.string()).optional(),
+    tokenParams: z.record(z.string(), z.string()).optional(),
+    refreshParams: z.record(z.string(), z.string()).optional(),
+    lifetimes: z.object({ accessTokenSeconds: lifetime, refreshTokenSeconds: lifetime }).optional(),
+    refreshTokenPolicy: z.enum(["rotating", "reusable"]).optional(),
+    tokenExtras: z.custom<z.ZodType>((v) => v instanceof z.ZodType, "must be a zod schema").optional(),
+    identify: fn("identify"),
+    apiBaseUrl: url("apiBaseUrl").optional(),
+    authorizeRequest: fn("authorizeRequest").optional(),
+    classifyResponse: fn("classifyResponse").optional(),
+    apiKeys: z.boolean().optional(),
+    providerInitiated: z.boolean().optional()
+  })
+  .superRefine((def, ctx) => {
+    if (!def.endpoints === !def.discovery) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["endpoints"],
+        message: "give exactly one of endpoints or discovery"
+      })
+    }
+    if (def.clientAuth !== "none" && def.clientSecret === undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["clientSecret"],
+        message: `is required with clientAuth ${def.clientAuth}`
+      })
+    }
+    if (def.clientAuth === "none" && def.pkce === "none") {
+      ctx.addIssue({
+        code: "custom",
+        path: ["pkce"],
+        message: "a public client (clientAuth none) must use PKCE"
+      })
+    }
+  })
+
+const defaultAuthorize = (credential: Credential): Record<string, string> =>
+  credential.kind === "api_key"
+    ? { "x-api-key": credential.apiKey }
+    : {
+        authorization: `${/^bearer$/i.test(credential.tokenType) ? "Bearer" : credential.tokenType} ${credential.accessToken}`
+      }
+
+const defaultClassify = (response: ApiResponseInfo): ApiResponseClass =>
+  response.status === 401 ? "token_invalid" : response.status === 429 ? "rate_limited" : "ok"
+
+/**
+ * Validate a provider definition. Throws `ProviderDefinitionError` naming the provider and the field.
+ */
+export const make = (definition: ProviderDefinition): Provider => {
+  const parsed = DefinitionSchema.safeParse(definition)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!
+    const field = issue.path.join(".") || "(definition)"
+    const providerId =
+      typeof (definition as { id?: unknown } | undefined)?.id === "string"
+        ? (definition as { id: string }).id
+        : "(unnamed)"
+    throw new ProviderDefinitionError({
+      providerId,
+      field,
+      message: `Invalid provider "${providerId}": ${field} ${issue.message}`
+    })
+  }
+  const secret = definition.clientSecret
+  return {
+    ...definition,
+    pkce: definition.pkce ?? "S256",
+    scopes: definition.scopes ?? [],
+    scopeSeparator: definition.scopeSeparator ?? " ",
+    refreshTokenPolicy: definition.refreshTokenPolicy ?? "rotating",
+    clientSecretValue:
+      secret === undefined ? undefined : Redacted.isRedacted(secret) ? secret : Redacted.make(secret),
+    clientSecret: undefined,
+    authorizeRequest: definition.authorizeRequest ?? defaultAuthorize,
+    classifyResponse: definition.classifyResponse ?? defaultClassify,
+    defaultAccessTokenSeconds: definition.lifetimes?.accessTokenSeconds ?? undefined,
+    defaultRefreshTokenSeconds: definition.lifetimes?.refreshTokenSeconds ?? undefined
+  }
+}
+
+/** All endpoint hosts of a provider are loopback hosts (plain http allowed). */
+export const usesLoopbackOnly = (provider: Provider): boolean => {
+  const urls = provider.endpoints
+    ? [provider.endpoints.authorization, provider.endpoints.token, provider.endpoints.refresh]
+    : [provider.discovery!.issuer]
+  return urls.every((u) => u === undefined || isLoopbackHost(new URL(u).hostname))
+}

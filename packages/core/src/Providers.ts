@@ -1,0 +1,46 @@
+/**
+ * The providers registered with one Latchkey instance, by id.
+ */
+import { Context, Effect, Layer } from "effect"
+import { AuthorizationError, ProviderDefinitionError } from "./Errors.ts"
+import type { Provider } from "./Provider.ts"
+
+export interface ProvidersShape {
+  readonly all: ReadonlyArray<Provider>
+  readonly get: (providerId: string) => Effect.Effect<Provider, AuthorizationError>
+  readonly find: (providerId: string) => Provider | undefined
+}
+
+export const make = (providers: ReadonlyArray<Provider>): ProvidersShape => {
+  const byId = new Map<string, Provider>()
+  for (const p of providers) {
+    if (byId.has(p.id)) {
+      throw new ProviderDefinitionError({
+        providerId: p.id,
+        field: "id",
+        message: `Provider id "${p.id}" is registered twice; give each instance its own id`
+      })
+    }
+    byId.set(p.id, p)
+  }
+  return {
+    all: [...byId.values()],
+    find: (id) => byId.get(id),
+    get: (id) => {
+      const p = byId.get(id)
+      return p
+        ? Effect.succeed(p)
+        : Effect.fail(
+            new AuthorizationError({
+              reason: "unknown_provider",
+              providerId: id,
+              message: `No provider "${id}" is registered`
+            })
+          )
+    }
+  }
+}
+
+export class Providers extends Context.Service<Providers, ProvidersShape>()("@latchkey/core/Providers") {
+  static readonly layer = (providers: ReadonlyArray<Provider>) => Layer.sync(Providers, () => make(providers))
+}

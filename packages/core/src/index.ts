@@ -1,0 +1,27 @@
+export * as ApiClient from "./ApiClient.ts"
+export * as AuthorizationFlow from "./AuthorizationFlow.ts"
+export * as Config from "./Config.ts"
+export * as Connection from "./Connection.ts"
+export * as ConnectionStore from "./ConnectionStore.ts"
+export * as Errors from "./Errors.ts"
+export {
+  ApiError,
+  AuthorizationError,
+  ConnectionNotFound,
+  type LatchkeyError,
+  ProviderDefinitionError,
+  ReauthorizationRequired,
+  RefreshError,
+  StoreError,
+  VaultError
+} from "./Errors.ts"
+export * as Events from "./Events.ts"
+export * as Latchkey from "./Latchkey.ts"
+export { createLatchkey, type LatchkeyClient, type LatchkeyOptions } from "./Latchkey.ts"
+export * as OAuth from "./OAuth.ts"
+export * as Provider from "./Provider.ts"
+export * as Providers from "./Providers.ts"
+export * as Refresher from "./Refresher.ts"
+export * as TokenManager from "./TokenManager.ts"
+export * as TokenSet from "./TokenSet.ts"
+export * as Vault from "./Vault.ts"

@@ -1,0 +1,26 @@
+import type { LatchkeyConfigShape } from "../Config.ts"
+import type { ConnectionStatus } from "../Connection.ts"
+import type { TokenSet } from "../TokenSet.ts"
+
+/**
+ * When the background Refresher should next refresh a connection: ahead of access-token expiry (at
+ * most half the lifetime early), and ahead of refresh-token expiry (at most a tenth of its lifetime
+ * early), whichever comes first. `null` when there is nothing to keep alive.
+ */
+export const refreshDueAt = (
+  tokens: TokenSet,
+  status: ConnectionStatus,
+  config: Pick<LatchkeyConfigShape, "refreshAheadMs" | "refreshTokenAheadMs">
+): number | null => {
+  if (status !== "active" || tokens.refreshToken === undefined) return null
+  const candidates: Array<number> = []
+  if (tokens.expiresAt !== undefined) {
+    const lifetime = Math.max(0, tokens.expiresAt - tokens.obtainedAt)
+    candidates.push(tokens.expiresAt - Math.min(config.refreshAheadMs, lifetime / 2))
+  }
+  if (tokens.refreshExpiresAt !== undefined) {
+    const lifetime = Math.max(0, tokens.refreshExpiresAt - tokens.obtainedAt)
+    candidates.push(tokens.refreshExpiresAt - Math.min(config.refreshTokenAheadMs, lifetime / 10))
+  }
+  return candidates.length === 0 ? null : Math.min(...candidates)
+}

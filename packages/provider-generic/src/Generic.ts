@@ -1,0 +1,103 @@
+/**
+ * Any RFC 6749 authorization server in the client-secret style (seed 002): client id and secret,
+ * `client_secret_basic` (which RFC 6749 §2.3.1 says servers MUST support) or `client_secret_post`,
+ * refresh on the token endpoint, space-separated scopes. One hour / 30 days are assumed when the
+ * server does not say how long its tokens live.
+ */
+import { Provider } from "@latchkey/core"
+import type { Redacted } from "effect"
+
+export interface GenericOptions {
+  /** Provider id within your Latchkey instance. Default `"generic"`. */
+  readonly id?: string
+  /** Display name. Default `"OAuth provider"`. */
+  readonly name?: string
+  readonly clientId: string
+  /** Omit for a public client (then PKCE is always used). */
+  readonly clientSecret?: string | Redacted.Redacted<string>
+  /** How the client authenticates at the token endpoint. Default `client_secret_basic`. */
+  readonly auth?: "client_secret_basic" | "client_secret_post" | "none"
+  readonly redirectUri: string
+  /** Explicit endpoints (recommended: no discovery request). */
+  readonly endpoints?: Provider.Endpoints
+  /** Or an issuer whose RFC 8414 / OpenID metadata is fetched once. */
+  readonly issuer?: string
+  /** Default `["read"]`. `admin` usually needs the provider's approval. */
+  readonly scopes?: ReadonlyArray<string>
+  /** Send PKCE S256 (RFC 9700 recommends it for every client). Default true. */
+  readonly pkce?: boolean
+  /** Extra authorize-URL parameters, e.g. `{ prompt: "consent" }`. */
+  readonly authorizationParams?: Readonly<Record<string, string>>
+  /** Seconds. Defaults: 3600 and 30 days. */
+  readonly accessTokenLifetime?: number
+  readonly refreshTokenLifetime?: number
+  /** Whether a refresh returns a new refresh token (RFC 6749 §6 allows both). Default `rotating`. */
+  readonly refreshTokenPolicy?: Provider.RefreshTokenPolicy
+  /** The user-info URL used to identify the account; default `endpoints.userinfo`. */
+  readonly userinfoUrl?: string
+  /** Custom identification; default: GET the user-info URL and read `sub`/`id` and `email`/`name`. */
+  readonly identify?: Provider.ProviderDefinition["identify"]
+  readonly apiBaseUrl?: string
+}
+
+const readIdentity = (body: Record<string, unknown>): Provider.AccountIdentity => {
+  const id = body.sub ?? body.id ?? body.user_id
+  if (id === undefined || id === null || String(id).length === 0) {
+    throw new Error("the user-info response has no sub or id")
+  }
+  const accountId = String(id)
+  const label = [body.email, body.name, body.preferred_username, body.login, body.username].find(
+    (v): v is string => typeof v === "string" && v.length > 0
+  )
+  const profile: Record<string, unknown> = {}
+  for (const key of ["email", "name", "preferred_username", "login", "username", "picture"]) {
+    if (typeof body[key] === "string") profile[key] = body[key]
+  }
+  return { accountId, label: label ?? accountId, profile }
+}
+
+const safeOrigin = (url: string): string | undefined => {
+  try {
+    return new URL(url).origin
+  } catch {
+    return undefined
+  }
+}
+
+export const provider = (options: GenericOptions): Provider.Provider => {
+  const userinfo = options.userinfoUrl ?? options.endpoints?.userinfo
+  const auth = options.auth ?? (options.clientSecret === undefined ? "none" : "client_secret_basic")
+  return Provider.make({
+    id: options.id ?? "generic",
+    name: options.name ?? "OAuth provider",
+    clientId: options.clientId,
+    ...(options.clientSecret !== undefined ? { clientSecret: options.clientSecret } : {}),
+    clientAuth: auth,
+    pkce: options.pkce === false && auth !== "none" ? "none" : "S256",
+    ...(options.endpoints ? { endpoints: options.endpoints } : {}),
+    ...(options.issuer ? { discovery: { issuer: options.issuer } } : {}),
+    redirectUri: options.redirectUri,
+    scopes: options.scopes ?? ["read"],
+    scopeSeparator: " ",
+    ...(options.authorizationParams ? { authorizationParams: options.authorizationParams } : {}),
+    lifetimes: {
+      accessTokenSeconds: options.accessTokenLifetime ?? 3600,
+      refreshTokenSeconds: options.refreshTokenLifetime ?? 30 * 24 * 3600
+    },
+    refreshTokenPolicy: options.refreshTokenPolicy ?? "rotating",
+    apiBaseUrl:
+      options.apiBaseUrl ?? (options.endpoints ? safeOrigin(options.endpoints.token) : options.issuer),
+    identify:
+      options.identify ??
+      (async ({ fetch }) => {
+        if (userinfo === undefined) {
+          throw new Error(
+            "no user-info URL: give userinfoUrl (or endpoints.userinfo) or an identify function"
+          )
+        }
+        const response = await fetch(userinfo)
+        if (!response.ok) throw new Error(`user-info answered ${response.status}`)
+        return readIdentity((await response.json()) as Record<string, unknown>)
+      })
+  })
+}

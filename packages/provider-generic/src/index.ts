@@ -1,0 +1,1 @@
+export * as Generic from "./Generic.ts"
