@@ -100,10 +100,7 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
         const handle = yield* FiberHandle.make<never, never>()
         const start = FiberHandle.run(handle, run, { onlyIfMissing: true }).pipe(Effect.asVoid)
         const stop = FiberHandle.clear(handle)
-        const isRunning = FiberHandle.get(handle).pipe(
-          Effect.map((fiber) => fiber !== undefined),
-          Effect.orElseSucceed(() => false)
-        )
+        const isRunning = Effect.sync(() => handle.state._tag === "Open" && handle.state.fiber !== undefined)
         return Refresher.of({ sweep, run, start, stop, isRunning })
       })
     )

@@ -134,6 +134,18 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           connection.version - 1
         )
 
+      /** Write, retrying transient store failures (not conflicts) a few times with backoff. */
+      const writeDurably = (connection: Connection): Effect.Effect<void, StoreError> =>
+        Effect.gen(function* () {
+          for (let attempt = 0; ; attempt++) {
+            const result = yield* write(connection).pipe(Effect.result)
+            if (result._tag === "Success") return
+            const error = result.failure
+            if (error.reason === "conflict" || !error.isRetryable || attempt >= 5) return yield* error
+            yield* Effect.sleep(Math.min(2_000, 50 * 2 ** attempt))
+          }
+        })
+
       const reauthError = (c: Connection, reason: ReauthorizationRequired["reason"], message?: string) =>
         new ReauthorizationRequired({
           reason,
@@ -368,8 +380,9 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           lastRefreshAt: after,
           lastError: undefined
         }
-        // Invariant 2: durable before anyone receives it.
-        yield* write(next)
+        // Invariant 2: durable before anyone receives it. The provider may already have consumed the
+        // old refresh token, so a store hiccup here is retried rather than dropping the new tokens.
+        yield* writeDurably(next)
         yield* events.publish({
           type: "refreshed",
           at: after,

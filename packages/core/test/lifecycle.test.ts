@@ -1,0 +1,342 @@
+/**
+ * The token lifecycle engine against a real authorization server (oidc-provider with rotating,
+ * single-use refresh tokens and reuse detection). One describe block per DESIGN.md invariant 1-4.
+ */
+import type { OidcServer } from "@latchkey/testkit-oidc"
+import { Effect, Stream } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { StoreError } from "../src/Errors.ts"
+import { Events as EventsService } from "../src/Events.ts"
+import { type ConnectionStore, createLatchkey, type Events } from "../src/index.ts"
+import {
+  exampleProvider,
+  expire,
+  faultyFetch,
+  link,
+  memoryStore,
+  patchRecord,
+  plain,
+  startServer,
+  stored
+} from "./support.ts"
+
+let server: OidcServer
+beforeAll(async () => {
+  server = await startServer()
+})
+afterAll(() => server.close())
+
+const fast = { baseBackoffMs: 5, maxBackoffMs: 50 }
+
+/** Does this refresh token still work at the server? (Spends it: use on a token we discard.) */
+const refreshTokenWorks = async (refreshToken: string) => {
+  const res = await fetch(server.endpoints.token, {
+    method: "POST",
+    headers: {
+      authorization: `Basic ${Buffer.from(`basic-client:${server.clients[0]!.client_secret}`).toString("base64")}`,
+      "content-type": "application/x-www-form-urlencoded"
+    },
+    body: new URLSearchParams({ grant_type: "refresh_token", refresh_token: refreshToken })
+  })
+  return res.status === 200
+}
+
+describe("invariant 1: a refresh token is sent at most once", () => {
+  it("2,000 concurrent callers on one expired connection cause exactly one refresh", async () => {
+    const store = memoryStore()
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(lk)
+    await expire(store, c.id)
+    const before = server.grants.refresh_token
+    const tokens = await Promise.all(Array.from({ length: 2_000 }, () => lk.accessToken(c.id)))
+    expect(server.grants.refresh_token - before).toBe(1)
+    expect(new Set(tokens).size).toBe(1)
+    const record = await stored(store, c.id)
+    expect(plain(record.accessToken)).toBe(tokens[0])
+    expect(record.version).toBe(c.version + 2) // the expiry patch, then exactly one refresh
+    // The grant survived: the new refresh token is accepted by the server.
+    expect(await refreshTokenWorks(plain(record.refreshToken))).toBe(true)
+    await lk.close()
+  })
+
+  it("four instances with their own lease holders sharing one store cause exactly one refresh", async () => {
+    const store = memoryStore()
+    const instances = Array.from({ length: 4 }, () =>
+      createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    )
+    const c = await link(instances[0]!)
+    await expire(store, c.id)
+    const before = server.grants.refresh_token
+    const results = await Promise.all(
+      instances.flatMap((lk) => Array.from({ length: 250 }, () => lk.accessToken(c.id)))
+    )
+    expect(server.grants.refresh_token - before).toBe(1)
+    expect(new Set(results).size).toBe(1)
+    expect(server.grants.refreshErrors).toBe(0)
+    await Promise.all(instances.map((lk) => lk.close()))
+  })
+})
+
+describe("invariant 2: new tokens are durable before any caller receives them", () => {
+  it("the token a caller receives is the one the store holds, and a store hiccup is retried, not dropped", async () => {
+    const memory = memoryStore()
+    const unavailable = () => new StoreError({ reason: "unavailable", message: "db restarting" })
+    let failNextUpdate = false
+    const committed: Array<string> = []
+    const store: ConnectionStore.ConnectionStoreShape = {
+      ...memory,
+      update: (record, expected) =>
+        Effect.suspend(() => {
+          if (failNextUpdate) {
+            failNextUpdate = false
+            return Effect.fail(unavailable())
+          }
+          return memory
+            .update(record, expected)
+            .pipe(Effect.tap(() => Effect.sync(() => committed.push(record.accessToken))))
+        })
+    }
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(lk)
+    await expire(memory, c.id)
+    failNextUpdate = true
+    const token = await lk.accessToken(c.id)
+    // The first write "failed" (it did not land), the retry did; the caller got what the store holds.
+    expect(committed.map(plain)).toContain(token)
+    expect(plain((await stored(memory, c.id)).accessToken)).toBe(token)
+    await lk.close()
+  })
+
+  it("when the store cannot take the new tokens, the caller gets the store's error, not the tokens", async () => {
+    const memory = memoryStore()
+    let broken = false
+    const store: ConnectionStore.ConnectionStoreShape = {
+      ...memory,
+      update: (record, expected) =>
+        broken
+          ? Effect.fail(new StoreError({ reason: "corrupt", message: "disk full" }))
+          : memory.update(record, expected)
+    }
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(lk)
+    await expire(memory, c.id)
+    broken = true
+    await expect(lk.accessToken(c.id)).rejects.toMatchObject({ _tag: "StoreError", reason: "corrupt" })
+    await lk.close()
+  })
+})
+
+describe("invariant 3: invalid_grant re-reads the store before marking needs_reauth", () => {
+  it("a worker that sent a stale refresh token returns the winner's tokens instead of marking needs_reauth", async () => {
+    const store = memoryStore()
+    const winner = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(winner)
+    await expire(store, c.id)
+    const staleRecord = await stored(store, c.id)
+    // The winner refreshes first.
+    const winnerToken = await winner.accessToken(c.id)
+    // The loser's store view is stale once (as after a lease that lapsed mid-refresh), so it sends
+    // the consumed refresh token and the server answers invalid_grant.
+    let staleReads = 2
+    const loserStore: ConnectionStore.ConnectionStoreShape = {
+      ...store,
+      get: (id) => (staleReads-- > 0 ? Effect.succeed(staleRecord) : store.get(id))
+    }
+    const loser = createLatchkey({ providers: [exampleProvider(server)], store: loserStore, config: fast })
+    const errorsBefore = server.grants.refreshErrors
+    const token = await loser.accessToken(c.id)
+    expect(server.grants.refreshErrors - errorsBefore).toBe(1)
+    expect(token).toBe(winnerToken)
+    expect((await stored(store, c.id)).status).toBe("active")
+    await Promise.all([winner.close(), loser.close()])
+  })
+
+  it("a real rejection marks needs_reauth, keeps the provider's error, emits an event and fails typed", async () => {
+    const store = memoryStore()
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(lk)
+    const events: Array<Events.LatchkeyEvent> = []
+    lk.on((e) => events.push(e))
+    // The user revokes the app at the provider.
+    const rt = plain((await stored(store, c.id)).refreshToken)
+    await fetch(server.endpoints.revocation, {
+      method: "POST",
+      headers: {
+        authorization: `Basic ${Buffer.from(`basic-client:${server.clients[0]!.client_secret}`).toString("base64")}`,
+        "content-type": "application/x-www-form-urlencoded"
+      },
+      body: new URLSearchParams({ token: rt, token_type_hint: "refresh_token" })
+    })
+    await expire(store, c.id)
+    const error = await lk.accessToken(c.id).then(
+      () => undefined,
+      (e: unknown) => e as { _tag: string; reason: string; providerError?: string; message: string }
+    )
+    expect(error).toMatchObject({
+      _tag: "ReauthorizationRequired",
+      reason: "invalid_grant",
+      providerError: "invalid_grant"
+    })
+    expect(error!.message).not.toContain(rt)
+    const record = await stored(store, c.id)
+    expect(record.status).toBe("needs_reauth")
+    expect(record.lastError?.code).toBe("invalid_grant")
+    expect(events.some((e) => e.type === "needs_reauth" && e.connectionId === c.id)).toBe(true)
+    // Later callers fail fast without calling the provider again.
+    const before = server.grants.refresh_token
+    await expect(lk.accessToken(c.id)).rejects.toMatchObject({ _tag: "ReauthorizationRequired" })
+    expect(server.grants.refresh_token).toBe(before)
+    await lk.close()
+  })
+
+  it("an expired refresh token marks needs_reauth without calling the provider", async () => {
+    const store = memoryStore()
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(lk)
+    const now = Date.now()
+    await patchRecord(store, c.id, () => ({ expiresAt: now - 1000, refreshExpiresAt: now - 500 }))
+    const before = server.grants.refresh_token
+    await expect(lk.accessToken(c.id)).rejects.toMatchObject({
+      _tag: "ReauthorizationRequired",
+      reason: "refresh_token_expired"
+    })
+    expect(server.grants.refresh_token).toBe(before)
+    expect((await stored(store, c.id)).status).toBe("needs_reauth")
+    await lk.close()
+  })
+})
+
+describe("invariant 4: transient failures are retried and never mark needs_reauth", () => {
+  for (const faults of [["503", "503"], ["network"], ["garbage"]] as const) {
+    it(`recovers from ${faults.join(", ")} on the token endpoint`, async () => {
+      const store = memoryStore()
+      const flaky = faultyFetch([])
+      const lk = createLatchkey({
+        providers: [exampleProvider(server)],
+        store,
+        config: { ...fast, fetch: flaky.fetch }
+      })
+      const c = await link(lk)
+      await expire(store, c.id)
+      const failing = faultyFetch([...faults])
+      const lk2 = createLatchkey({
+        providers: [exampleProvider(server)],
+        store,
+        config: { ...fast, fetch: failing.fetch }
+      })
+      const token = await lk2.accessToken(c.id)
+      expect(failing.sent.length).toBe(faults.length + 1)
+      expect(plain((await stored(store, c.id)).accessToken)).toBe(token)
+      expect((await stored(store, c.id)).status).toBe("active")
+      await Promise.all([lk.close(), lk2.close()])
+    })
+  }
+
+  it("honours Retry-After on 429 before trying again", async () => {
+    const store = memoryStore()
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(lk)
+    await expire(store, c.id)
+    const limited = faultyFetch(["429"], undefined, "1")
+    const lk2 = createLatchkey({
+      providers: [exampleProvider(server)],
+      store,
+      config: { ...fast, maxBackoffMs: 5_000, fetch: limited.fetch }
+    })
+    await lk2.accessToken(c.id)
+    expect(limited.sent.length).toBe(2)
+    // The second request was not sent before the server's Retry-After of one second.
+    expect(limited.sent[1]! - limited.sent[0]!).toBeGreaterThanOrEqual(950)
+    await Promise.all([lk.close(), lk2.close()])
+  })
+
+  it("when every attempt fails, the caller gets a retryable RefreshError and the connection stays active", async () => {
+    const store = memoryStore()
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(lk)
+    await expire(store, c.id)
+    const down = faultyFetch(["503", "503", "503", "503", "503", "503"])
+    const lk2 = createLatchkey({
+      providers: [exampleProvider(server)],
+      store,
+      config: { ...fast, fetch: down.fetch }
+    })
+    const error = await lk2.accessToken(c.id).then(
+      () => undefined,
+      (e: unknown) => e as { _tag: string; reason: string; isRetryable: boolean }
+    )
+    expect(error).toMatchObject({ _tag: "RefreshError", reason: "transient" })
+    expect(error!.isRetryable).toBe(true)
+    expect(down.sent.length).toBe(4) // maxAttempts
+    const record = await stored(store, c.id)
+    expect(record.status).toBe("active")
+    expect(record.lastError?.code).toBe("transient")
+    // The refresh token was never spent: the next call succeeds.
+    expect(await lk.accessToken(c.id)).toBeTypeOf("string")
+    await Promise.all([lk.close(), lk2.close()])
+  })
+})
+
+describe("ApiClient", () => {
+  it("adds the auth header, and on 401 refreshes once and retries once", async () => {
+    const store = memoryStore()
+    const api = faultyFetch([], (u) => u.endsWith("/me"))
+    const lk = createLatchkey({
+      providers: [exampleProvider(server)],
+      store,
+      config: { ...fast, fetch: api.fetch }
+    })
+    const c = await link(lk)
+    const access = await lk.accessToken(c.id)
+    // The API refuses the access token before its stated expiry (e.g. the provider rotated keys).
+    api.inject("401")
+    const before = server.grants.refresh_token
+    const res = await lk.fetch(c.id, "/me")
+    expect(res.status).toBe(200)
+    expect(((await res.json()) as { sub: string }).sub).toBe("alice")
+    expect(api.sent.length).toBe(2)
+    expect(server.grants.refresh_token - before).toBe(1)
+    expect(await lk.accessToken(c.id)).not.toBe(access)
+    // A second 401 right after the retry is returned as it is: one refresh per request, no loop.
+    api.inject("401", "401")
+    const refused = await lk.fetch(c.id, "/me")
+    expect(refused.status).toBe(401)
+    expect(server.grants.refresh_token - before).toBe(2)
+    await lk.close()
+  })
+
+  it("waits out a 429 Retry-After and retries", async () => {
+    const store = memoryStore()
+    const limited = faultyFetch([], (u) => u.endsWith("/me"), "0")
+    const lk = createLatchkey({
+      providers: [exampleProvider(server)],
+      store,
+      config: { ...fast, fetch: limited.fetch }
+    })
+    const c = await link(lk)
+    limited.inject("429")
+    const res = await lk.fetch(c.id, "/me")
+    expect(res.status).toBe(200)
+    expect(limited.sent.length).toBe(2)
+    await lk.close()
+  })
+})
+
+describe("events", () => {
+  it("linked, refreshed and unlinked arrive as callbacks and on the Effect stream", async () => {
+    const lk = createLatchkey({ providers: [exampleProvider(server)], config: fast })
+    const seen: Array<string> = []
+    const stop = lk.on((e) => seen.push(e.type))
+    const streamed = lk.run(
+      EventsService.use((events) => events.stream.pipe(Stream.take(3), Stream.runCollect))
+    )
+    await new Promise((r) => setTimeout(r, 20))
+    const c = await link(lk)
+    await lk.refresh(c.id)
+    await lk.unlink(c.id)
+    expect(seen).toEqual(["linked", "refreshed", "unlinked"])
+    expect([...(await streamed)].map((e) => e.type)).toEqual(["linked", "refreshed", "unlinked"])
+    stop()
+    await lk.close()
+  })
+})
