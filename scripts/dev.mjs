@@ -41,9 +41,9 @@ if (command === "test") {
   rmSync(join(artifacts, "vitest"), { recursive: true, force: true })
   mkdirSync(join(artifacts, "vitest"), { recursive: true })
   const steps = [
-    ["typecheck", () => pnpm("exec", "turbo", "run", "typecheck", "--output-logs=errors-only")],
+    ["typecheck", () => pnpm("exec", "turbo", "run", "typecheck", "--continue", "--output-logs=errors-only")],
     ["lint", () => pnpm("exec", "biome", "check", ".")],
-    ["tests", () => pnpm("exec", "turbo", "run", "test", "--concurrency=1", "--output-logs=full")]
+    ["tests", () => pnpm("exec", "turbo", "run", "test", "--continue", "--concurrency=1", "--output-logs=full")]
   ]
   const failed = []
   for (const [name, step] of steps) {

@@ -6,10 +6,15 @@
  * never contains a token.
  */
 import { Clock, Context, Effect, Layer, Redacted } from "effect"
+import * as HttpClient from "effect/http/HttpClient"
+import * as HttpClientError from "effect/http/HttpClientError"
+import * as HttpClientRequest from "effect/http/HttpClientRequest"
+import * as HttpClientResponse from "effect/http/HttpClientResponse"
 import { LatchkeyConfig } from "./Config.ts"
 import { ApiError } from "./Errors.ts"
 import { parseRetryAfter } from "./OAuth.ts"
 import type { ApiResponseInfo, Credential } from "./Provider.ts"
+import { Providers } from "./Providers.ts"
 import { type TokenError, TokenManager } from "./TokenManager.ts"
 
 export interface ApiClientShape {
@@ -19,6 +24,28 @@ export interface ApiClientShape {
     input: string | URL,
     init?: RequestInit
   ) => Effect.Effect<Response, ApiError | TokenError>
+  /**
+   * An Effect `HttpClient` bound to the connection, with the same behaviour as `fetch`. Relative
+   * request URLs resolve against the provider's `apiBaseUrl`. Failures are `HttpClientError`s whose
+   * `cause` is the Latchkey error (e.g. `ReauthorizationRequired`).
+   */
+  readonly httpClient: (connectionId: string) => Effect.Effect<HttpClient.HttpClient, TokenError>
+}
+
+const bodyInit = (request: HttpClientRequest.HttpClientRequest): BodyInit | undefined => {
+  const body = request.body
+  switch (body._tag) {
+    case "Empty":
+      return undefined
+    case "Uint8Array":
+      return body.body as Uint8Array<ArrayBuffer>
+    case "FormData":
+      return body.formData
+    case "Raw":
+      return body.body as BodyInit
+    case "Stream":
+      throw new TypeError("streaming request bodies cannot be retried after a refresh; send a buffered body")
+  }
 }
 
 /** How many times a 429 answer is waited out and retried. */
@@ -42,6 +69,7 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
     Effect.gen(function* () {
       const tokens = yield* TokenManager
       const config = yield* LatchkeyConfig
+      const providersBase = new Map((yield* Providers).all.map((p) => [p.id, p.apiBaseUrl] as const))
 
       const send = (
         connectionId: string,
@@ -119,7 +147,56 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
         }
       })
 
-      return ApiClient.of({ fetch: fetchFor })
+      const httpClient = (connectionId: string) =>
+        Effect.map(tokens.get(connectionId), (connection) => {
+          const base = providersBase.get(connection.providerId) ?? undefined
+          return HttpClient.make((request, url, signal) =>
+            Effect.try({
+              try: () => {
+                const headers = new Headers(request.headers as Record<string, string>)
+                const body = bodyInit(request)
+                if (request.body._tag === "Uint8Array" || request.body._tag === "Raw") {
+                  const type = request.body.contentType
+                  if (type && !headers.has("content-type")) headers.set("content-type", type)
+                }
+                return { headers, body }
+              },
+              catch: (cause) =>
+                new HttpClientError.HttpClientError({
+                  reason: new HttpClientError.EncodeError({ request, cause, description: String(cause) })
+                })
+            }).pipe(
+              Effect.flatMap(({ headers, body }) =>
+                fetchFor(connectionId, url, {
+                  method: request.method,
+                  headers,
+                  ...(body !== undefined ? { body } : {}),
+                  signal
+                })
+              ),
+              Effect.map((response) => HttpClientResponse.fromWeb(request, response)),
+              Effect.mapError((cause) =>
+                cause instanceof HttpClientError.HttpClientError
+                  ? cause
+                  : new HttpClientError.HttpClientError({
+                      reason: new HttpClientError.TransportError({
+                        request,
+                        cause,
+                        description: cause.message
+                      })
+                    })
+              )
+            )
+          ).pipe(
+            HttpClient.mapRequest((request) =>
+              base !== undefined && !/^[a-z][a-z0-9+.-]*:/i.test(request.url)
+                ? HttpClientRequest.setUrl(request, new URL(request.url, base).href)
+                : request
+            )
+          )
+        })
+
+      return ApiClient.of({ fetch: fetchFor, httpClient })
     })
   )
 }

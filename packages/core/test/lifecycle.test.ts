@@ -5,6 +5,7 @@
 import type { OidcServer } from "@latchkey/testkit-oidc"
 import { Effect, Stream } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { ApiClient as ApiClientService } from "../src/ApiClient.ts"
 import { StoreError } from "../src/Errors.ts"
 import { Events as EventsService } from "../src/Events.ts"
 import { type ConnectionStore, createLatchkey, type Events } from "../src/index.ts"
@@ -302,6 +303,27 @@ describe("ApiClient", () => {
     const refused = await lk.fetch(c.id, "/me")
     expect(refused.status).toBe(401)
     expect(server.grants.refresh_token - before).toBe(2)
+    await lk.close()
+  })
+
+  it("serves as an Effect HttpClient bound to the connection, relative URLs on the provider's API base", async () => {
+    const store = memoryStore()
+    const api = faultyFetch([], (u) => u.endsWith("/me"))
+    const lk = createLatchkey({
+      providers: [exampleProvider(server)],
+      store,
+      config: { ...fast, fetch: api.fetch }
+    })
+    const c = await link(lk)
+    api.inject("401")
+    const body = await lk.run(
+      ApiClientService.use((client) => client.httpClient(c.id)).pipe(
+        Effect.flatMap((http) => http.get("/me")),
+        Effect.flatMap((response) => response.json)
+      )
+    )
+    expect(body).toMatchObject({ sub: "alice" })
+    expect(api.sent.length).toBe(2) // refused once, refreshed, retried
     await lk.close()
   })
 
