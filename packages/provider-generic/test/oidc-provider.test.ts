@@ -95,6 +95,27 @@ describe("generic provider against oidc-provider", () => {
     })
   }
 
+  it("discovers the server's metadata from its issuer when no endpoints are given", async () => {
+    const discovered = Generic.provider({
+      id: "example",
+      name: "Example Corp",
+      clientId: "post-client",
+      clientSecret: secretOf("post-client")!,
+      auth: "client_secret_post",
+      redirectUri: REDIRECT,
+      issuer: server.issuer,
+      userinfoUrl: server.endpoints.userinfo,
+      scopes: ["openid", "offline_access", "email"],
+      authorizationParams: { prompt: "consent" }
+    })
+    const lk = createLatchkey({ providers: [discovered] })
+    const { result } = await link(lk, "dora")
+    expect(result.connection.accountId).toBe("dora")
+    expect(await lk.refresh(result.connection.id)).toMatchObject({ status: "active" })
+    expect((await lk.unlink(result.connection.id)).revokedAtProvider).toBe(true)
+    await lk.close()
+  })
+
   it("refreshes with rotation: the new tokens work and the old refresh token is rejected by the server", async () => {
     const store = ConnectionStore.makeMemory()
     const lk = createLatchkey({ providers: [makeProvider("basic-client", "client_secret_basic")], store })
