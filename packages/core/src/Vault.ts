@@ -7,7 +7,7 @@
  * Format: `lk1.<keyId>.<iv b64url>.<ciphertext+tag b64url>`. Without a key the vault stores
  * `plain.<value>` (tests and throwaway setups only; the demo always configures a key).
  */
-import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto"
+import { createCipheriv, createDecipheriv, createSecretKey, type KeyObject, randomBytes } from "node:crypto"
 import { Context, Effect, Layer, Redacted } from "effect"
 import { ProviderDefinitionError, VaultError } from "./Errors.ts"
 
@@ -41,7 +41,7 @@ export interface SealContext {
   readonly field: string
 }
 
-const decodeKey = (key: VaultKey): Buffer => {
+const decodeKey = (key: VaultKey): KeyObject => {
   const raw = Redacted.isRedacted(key.key) ? Redacted.value(key.key) : key.key
   const bytes = /^[0-9a-f]{64}$/i.test(raw) ? Buffer.from(raw, "hex") : Buffer.from(raw, "base64url")
   if (bytes.length !== 32) {
@@ -51,14 +51,15 @@ const decodeKey = (key: VaultKey): Buffer => {
       message: `Vault key "${key.id}" must be 32 bytes (base64 or hex); got ${bytes.length} bytes`
     })
   }
-  return bytes
+  // A KeyObject is imported once; passing raw bytes makes Node import the key on every call.
+  return createSecretKey(bytes)
 }
 
 /** Generate a new random key, base64url-encoded. */
 export const generateKey = (): string => randomBytes(32).toString("base64url")
 
 export const make = (options?: VaultOptions | undefined): VaultShape => {
-  const keys = new Map<string, Buffer>()
+  const keys = new Map<string, KeyObject>()
   for (const k of options?.keys ?? []) {
     if (!/^[A-Za-z0-9_-]+$/.test(k.id)) {
       throw new ProviderDefinitionError({

@@ -6,7 +6,7 @@
  */
 import { createServer, type Server } from "node:http"
 import type { AddressInfo } from "node:net"
-import Provider from "oidc-provider"
+import Provider, { type Configuration } from "oidc-provider"
 
 export interface OidcClient {
   readonly client_id: string
@@ -27,6 +27,11 @@ export interface OidcServerOptions {
   readonly rotateRefreshToken?: boolean
   /** Display names by login. */
   readonly accounts?: Readonly<Record<string, { name?: string; email?: string }>>
+  /**
+   * oidc-provider's storage adapter. Default: its development memory adapter, an LRU of about a
+   * thousand entries per server (enough for tests; benchmarks holding thousands of grants pass one).
+   */
+  readonly adapter?: Configuration["adapter"]
 }
 
 export interface OidcServer {
@@ -71,6 +76,7 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
   const clients = options.clients ?? defaultClients
   const accounts = options.accounts ?? {}
   const provider = new Provider(issuer, {
+    ...(options.adapter ? { adapter: options.adapter } : {}),
     clients: clients.map((c) => ({
       ...c,
       redirect_uris: [...options.redirectUris],

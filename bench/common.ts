@@ -1,0 +1,93 @@
+/**
+ * What every section shares: the generic provider pointed at the bench token server (linked exactly
+ * as packages/provider-generic/test/oidc-provider.test.ts does), a vault key (tokens sealed at rest,
+ * as in production), linking through the real consent forms, reading a connection's stored refresh
+ * token, timing helpers and progress output.
+ */
+import { type Connection, type LatchkeyClient, type Provider, TokenManager, Vault } from "@latchkey/core"
+import { Generic } from "@latchkey/provider-generic"
+import { consent } from "@latchkey/testkit-oidc"
+import { Effect, Redacted } from "effect"
+import { type BenchServer, CLIENT_ID, SCOPES } from "./server.ts"
+
+export const REDIRECT = "http://127.0.0.1:9/callback"
+export const PROVIDER_ID = "example"
+
+export const makeProvider = (server: BenchServer): Provider.Provider =>
+  Generic.provider({
+    id: PROVIDER_ID,
+    name: "Example Corp",
+    clientId: CLIENT_ID,
+    clientSecret: server.clientSecret,
+    auth: "client_secret_basic",
+    redirectUri: REDIRECT,
+    endpoints: server.endpoints,
+    scopes: [...SCOPES],
+    authorizationParams: { prompt: "consent" }
+  })
+
+/** One vault key per run: every Latchkey instance of the bench seals tokens at rest. */
+export const vaultOptions: Vault.VaultOptions = { keys: [{ id: "bench", key: Vault.generateKey() }] }
+
+/** Link an account through the authorize URL, the server's login and consent forms, and the callback. */
+export const link = async (
+  lk: LatchkeyClient,
+  login: string,
+  ownerId = "bench-user"
+): Promise<Connection.ConnectionSummary> => {
+  const { url } = await lk.startAuthorization({ providerId: PROVIDER_ID, ownerId })
+  const callback = await consent(url, { login, redirectUri: REDIRECT })
+  const { connection } = await lk.completeAuthorization({ callback, providerId: PROVIDER_ID, ownerId })
+  return connection
+}
+
+/** The refresh token Latchkey holds for a connection (opened through the instance's vault). */
+export const storedRefreshToken = async (lk: LatchkeyClient, id: string): Promise<string | undefined> => {
+  const connection = await lk.run(TokenManager.TokenManager.use((t) => t.get(id)))
+  return connection.tokens.refreshToken === undefined
+    ? undefined
+    : Redacted.value(connection.tokens.refreshToken)
+}
+
+export const runEffect = Effect.runPromise
+
+/** Progress lines go to stderr; the table goes to stdout. */
+export const progress = (section: string, message: string) => {
+  process.stderr.write(`[bench ${section}] ${message}\n`)
+}
+
+/** The q-quantile (0..1) of a sample, nearest-rank. */
+export const quantile = (sorted: ArrayLike<number>, q: number): number => {
+  if (sorted.length === 0) return Number.NaN
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))
+  return sorted[rank]!
+}
+
+export const median = (values: ReadonlyArray<number>) =>
+  quantile(
+    [...values].sort((a, b) => a - b),
+    0.5
+  )
+
+/** Round to `digits` significant decimals for the JSON and the table. */
+export const round = (value: number, digits = 2) => {
+  const f = 10 ** digits
+  return Math.round(value * f) / f
+}
+
+/** Run `worker` over `items` with at most `concurrency` in flight. */
+export const pool = async <A>(
+  items: ReadonlyArray<A>,
+  concurrency: number,
+  worker: (item: A, index: number) => Promise<void>
+) => {
+  let next = 0
+  await Promise.all(
+    Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+      while (next < items.length) {
+        const index = next++
+        await worker(items[index]!, index)
+      }
+    })
+  )
+}

@@ -1,0 +1,162 @@
+/**
+ * `pnpm bench`: every Latchkey benchmark in one run against a real token server (oidc-provider with
+ * rotating single-use refresh tokens, in a worker thread). Progress goes to stderr, a table to
+ * stdout, and the figures to bench/results.json. Exits non-zero only when an invariant fails: the
+ * storm must make exactly one refresh call and the grant must survive it.
+ *
+ * Environment: BENCH_CONCURRENCY (background refresh concurrency, default 32).
+ */
+import { existsSync } from "node:fs"
+import { writeFile } from "node:fs/promises"
+import { availableParallelism, cpus } from "node:os"
+import { type BackgroundResult, benchBackground } from "./background.ts"
+import { progress, REDIRECT, round } from "./common.ts"
+import { benchHotPath, type HotPathResult } from "./hot-path.ts"
+import { benchNaiveOpenidClient, benchNaiveSimpleOauth2, type NaiveResult } from "./naive.ts"
+import { startBenchServer } from "./server.ts"
+import { benchStorm, type StormResult } from "./storm.ts"
+
+const startedAt = performance.now()
+const concurrency = Number(process.env.BENCH_CONCURRENCY ?? 32)
+if (!Number.isInteger(concurrency) || concurrency < 1) {
+  throw new Error("BENCH_CONCURRENCY must be a positive integer")
+}
+
+interface Results {
+  readonly meta: Record<string, unknown>
+  readonly hotPath: HotPathResult
+  readonly storm: StormResult
+  readonly naive: { readonly openidClient: NaiveResult; readonly simpleOauth2: NaiveResult }
+  readonly background: BackgroundResult
+  readonly stores?: unknown
+}
+
+const server = await startBenchServer(REDIRECT)
+let results: Results
+try {
+  progress("hotPath", "accessToken on a valid token vs a raw read of the same store")
+  const hotPath = await benchHotPath(server)
+  progress("storm", "1,000 concurrent callers on one expired connection")
+  const storm = await benchStorm(server)
+  progress("naive", "the same storm with openid-client alone and with simple-oauth2")
+  const openidClient = await benchNaiveOpenidClient(server)
+  const simpleOauth2 = await benchNaiveSimpleOauth2(server)
+  progress("background", "the Refresher on 10,000 due connections vs a raw refresh loop")
+  const background = await benchBackground(server, concurrency)
+
+  results = {
+    meta: {
+      date: new Date().toISOString(),
+      node: process.version,
+      cpus: availableParallelism(),
+      cpuModel: cpus()[0]?.model ?? "unknown",
+      server: "oidc-provider (rotateRefreshToken: true) in a worker thread, 127.0.0.1"
+    },
+    hotPath,
+    storm,
+    naive: { openidClient, simpleOauth2 },
+    background
+  }
+} finally {
+  await server.close()
+}
+
+let stores: unknown
+if (existsSync(new URL("./stores.ts", import.meta.url))) {
+  progress("stores", "running bench/stores.ts")
+  try {
+    const module = (await import("./stores.ts" as string)) as { benchStores: () => Promise<unknown> }
+    stores = await module.benchStores()
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error)
+    progress("stores", `failed: ${message}`)
+    stores = { error: message }
+  }
+} else {
+  progress("stores", "bench/stores.ts is not there yet: skipped")
+}
+if (stores !== undefined) results = { ...results, stores }
+
+const totalSeconds = round((performance.now() - startedAt) / 1000, 1)
+results = { ...results, meta: { ...results.meta, totalSeconds } }
+await writeFile(new URL("./results.json", import.meta.url), `${JSON.stringify(results, null, 2)}\n`)
+
+// ---- the table ----
+const rows: Array<[string, string, string]> = []
+const fmt = (v: unknown): string =>
+  typeof v === "number" ? (Number.isInteger(v) ? v.toLocaleString("en-US") : String(v)) : String(v)
+const add = (section: string, metric: string, value: unknown) => rows.push([section, metric, fmt(value)])
+const { hotPath, storm, naive, background } = results
+add("hotPath", "accessToken ops/s", hotPath.opsPerSec)
+add("hotPath", "accessToken p50 / p99 (µs)", `${hotPath.p50Us} / ${hotPath.p99Us}`)
+add("hotPath", "raw store.get ops/s", hotPath.rawReadOpsPerSec)
+add("hotPath", "raw store.get p50 / p99 (µs)", `${hotPath.rawReadP50Us} / ${hotPath.rawReadP99Us}`)
+add("hotPath", "ratio (accessToken / raw read)", hotPath.ratio)
+add(
+  "hotPath",
+  "Effect level: ops/s vs raw (ratio)",
+  `${fmt(hotPath.effectLevel.opsPerSec)} vs ${fmt(hotPath.effectLevel.rawReadOpsPerSec)} (${hotPath.effectLevel.ratio})`
+)
+add("storm", "callers", storm.callers)
+add("storm", "refresh calls at the server", storm.refreshCalls)
+add("storm", "grant survived", storm.grantSurvived)
+add("storm", "wall (ms)", storm.wallMs)
+add("storm", "one raw refresh round trip (ms)", storm.oneRefreshMs)
+add("storm", "wall / one refresh", storm.wallRatio)
+add("storm", "callers failed / distinct tokens", `${storm.callersFailed} / ${storm.distinctTokens}`)
+for (const [name, r] of [
+  ["openid-client alone", naive.openidClient],
+  ["simple-oauth2", naive.simpleOauth2]
+] as const) {
+  add("naive", `${name}: refresh calls`, r.refreshCalls)
+  add("naive", `${name}: grant survived`, r.grantSurvived)
+  add("naive", `${name}: callers failed`, r.callersFailed)
+}
+add("background", "connections (all due)", background.connections)
+add("background", "concurrency", background.concurrency)
+add(
+  "background",
+  "Refresher seconds (refreshes/s)",
+  `${background.seconds} (${fmt(background.refreshesPerSec)})`
+)
+add(
+  "background",
+  "refreshed / failed / still due",
+  `${background.refreshed} / ${background.failed} / ${background.stillDue}`
+)
+add(
+  "background",
+  "raw openid-client loop seconds (refreshes/s)",
+  `${background.raw.seconds} (${fmt(background.raw.refreshesPerSec)})`
+)
+add("background", "throughput ratio (Refresher / raw)", background.throughputRatio)
+const flatten = (value: unknown, path: string) => {
+  if (value !== null && typeof value === "object" && !Array.isArray(value)) {
+    for (const [k, v] of Object.entries(value)) flatten(v, path === "" ? k : `${path}.${k}`)
+  } else {
+    add("stores", path, Array.isArray(value) ? JSON.stringify(value) : value)
+  }
+}
+if (results.stores !== undefined) flatten(results.stores, "")
+add("total", "bench seconds", totalSeconds)
+
+const widths = [0, 1, 2].map((i) =>
+  Math.max(...rows.map((r) => r[i]!.length), ["section", "metric", "value"][i]!.length)
+)
+const line = (cells: ReadonlyArray<string>) => cells.map((c, i) => c.padEnd(widths[i]!)).join("  ")
+const out = [line(["section", "metric", "value"]), widths.map((w) => "-".repeat(w)).join("  ")]
+let previous = ""
+for (const r of rows) {
+  out.push(line([r[0] === previous ? "" : r[0], r[1], r[2]]))
+  previous = r[0]
+}
+process.stdout.write(`\n${out.join("\n")}\n\nresults written to bench/results.json\n`)
+
+const failures: Array<string> = []
+if (storm.refreshCalls !== 1)
+  failures.push(`storm made ${storm.refreshCalls} refresh calls (expected exactly 1)`)
+if (!storm.grantSurvived) failures.push("the grant did not survive the storm")
+if (failures.length > 0) {
+  process.stderr.write(`INVARIANT FAILED: ${failures.join("; ")}\n`)
+  process.exitCode = 1
+}
