@@ -1,0 +1,1 @@
+export * as HeyGen from "./HeyGen.ts"
