@@ -78,6 +78,8 @@ export interface ConnectionSummary {
   readonly lastRefreshAt: number | undefined
   readonly lastError: LastError | undefined
   readonly profile: Readonly<Record<string, unknown>> | undefined
+  /** When the current tokens were issued (epoch ms): the start of their lifetime. */
+  readonly obtainedAt: number
   readonly expiresAt: number | undefined
   readonly refreshExpiresAt: number | undefined
   readonly hasRefreshToken: boolean
@@ -98,6 +100,7 @@ export const summary = (c: Connection): ConnectionSummary => ({
   lastRefreshAt: c.lastRefreshAt,
   lastError: c.lastError,
   profile: c.profile,
+  obtainedAt: c.tokens.obtainedAt,
   expiresAt: c.tokens.expiresAt,
   refreshExpiresAt: c.tokens.refreshExpiresAt,
   hasRefreshToken: c.tokens.refreshToken !== undefined,
@@ -184,6 +187,7 @@ export const summaryOfRecord = (r: ConnectionRecord): ConnectionSummary => ({
   lastRefreshAt: r.lastRefreshAt ?? undefined,
   lastError: r.lastError ?? undefined,
   profile: r.profile ?? undefined,
+  obtainedAt: r.obtainedAt,
   expiresAt: r.expiresAt ?? undefined,
   refreshExpiresAt: r.refreshExpiresAt ?? undefined,
   hasRefreshToken: r.refreshToken !== null,

@@ -116,9 +116,7 @@ export const unlink = Effect.fn("Latchkey.unlink")(function* (connectionId: stri
   let revokedAtProvider = false
   if (provider !== undefined && connection.kind === "oauth" && connection.status !== "revoked") {
     const options = { timeoutMs: config.requestTimeoutMs, fetch: config.fetch }
-    const token = connection.tokens.refreshToken ?? connection.tokens.accessToken
-    const hint = connection.tokens.refreshToken ? "refresh_token" : "access_token"
-    revokedAtProvider = yield* OAuth.revoke(provider, options, Redacted.value(token), hint).pipe(
+    revokedAtProvider = yield* OAuth.revokeTokens(provider, options, connection.tokens).pipe(
       Effect.orElseSucceed(() => false)
     )
   }

@@ -11,7 +11,7 @@ import { Effect, Redacted } from "effect"
 import * as oidc from "openid-client"
 import type { Provider } from "./Provider.ts"
 import { usesLoopbackOnly } from "./Provider.ts"
-import type { TokenResponse } from "./TokenSet.ts"
+import type { TokenResponse, TokenSet } from "./TokenSet.ts"
 
 export type ProtocolFailureKind =
   | "invalid_grant"
@@ -104,6 +104,34 @@ const clientAuth = (provider: Provider): oidc.ClientAuth => {
 interface Capture {
   response: Response | undefined
   sent: boolean
+  /** The server answered HTTP 200 with an `error` field and no `access_token` (GitHub does). */
+  errorIn200: boolean
+}
+
+/**
+ * Some providers (GitHub) answer token-endpoint errors with HTTP 200 and an `error` field. Such an
+ * answer is re-exposed as a 400 with the same body, so that it is read as the RFC 6749 §5.2 error it
+ * is (and classified below) rather than as a malformed token response. Other answers pass untouched.
+ */
+const errorAnsweredWith200 = async (response: Response): Promise<Response | undefined> => {
+  if (response.status !== 200 || !(response.headers.get("content-type") ?? "").includes("json")) {
+    return undefined
+  }
+  let text: string
+  let body: unknown
+  try {
+    text = await response.clone().text()
+    body = JSON.parse(text)
+  } catch {
+    return undefined
+  }
+  if (typeof body !== "object" || body === null || Array.isArray(body)) return undefined
+  const fields = body as Record<string, unknown>
+  if (typeof fields.error !== "string" || fields.error.length === 0 || "access_token" in fields) {
+    return undefined
+  }
+  await response.body?.cancel()
+  return new Response(text, { status: 400, headers: response.headers })
 }
 
 const configure = async (
@@ -125,7 +153,7 @@ const configure = async (
   )
   if (usesLoopbackOnly(provider)) oidc.allowInsecureRequests(config)
   config.timeout = Math.max(1, Math.ceil(options.timeoutMs / 1000))
-  const capture: Capture = { response: undefined, sent: false }
+  const capture: Capture = { response: undefined, sent: false, errorIn200: false }
   config[oidc.customFetch] = async (url, init) => {
     capture.sent = true
     const response = await fetchImpl(url, {
@@ -133,12 +161,15 @@ const configure = async (
       signal: AbortSignal.timeout(options.timeoutMs)
     })
     capture.response = response
-    return response
+    const error = await errorAnsweredWith200(response)
+    if (error === undefined) return response
+    capture.errorIn200 = true
+    return error
   }
   return { config, capture }
 }
 
-const classify = (cause: unknown, capture: Capture, what: string): ProtocolFailure => {
+const classify = (provider: Provider, cause: unknown, capture: Capture, what: string): ProtocolFailure => {
   const now = Date.now()
   const response = capture.response
   const status = response?.status
@@ -151,7 +182,9 @@ const classify = (cause: unknown, capture: Capture, what: string): ProtocolFailu
     name?: string
   }
   if (err?.code === "OAUTH_RESPONSE_BODY_ERROR" && typeof err.error === "string") {
-    const s = err.status ?? status
+    const s = capture.errorIn200 ? 200 : (err.status ?? status)
+    // The provider's own code (e.g. GitHub's bad_refresh_token) stands for a standard one.
+    const standard = provider.tokenErrorCodes?.[err.error] ?? err.error
     const detail = {
       status: s,
       error: err.error,
@@ -164,10 +197,10 @@ const classify = (cause: unknown, capture: Capture, what: string): ProtocolFailu
     if (s !== undefined && s >= 500) {
       return new ProtocolFailure("transient", `${what}: server error ${s} (${said})`, detail)
     }
-    if (err.error === "invalid_grant") {
+    if (standard === "invalid_grant") {
       return new ProtocolFailure("invalid_grant", `${what} rejected: ${said}`, detail)
     }
-    if (err.error === "invalid_client" || err.error === "unauthorized_client" || s === 401) {
+    if (standard === "invalid_client" || standard === "unauthorized_client" || s === 401) {
       return new ProtocolFailure("invalid_client", `${what} rejected: ${said}`, detail)
     }
     return new ProtocolFailure("oauth_error", `${what} rejected: ${said}`, detail)
@@ -225,7 +258,12 @@ const run = <A>(
         setup = await configure(provider, options, endpoint)
         return await f(setup.config)
       } catch (cause) {
-        throw classify(cause, setup?.capture ?? { response: undefined, sent: false }, what)
+        throw classify(
+          provider,
+          cause,
+          setup?.capture ?? { response: undefined, sent: false, errorIn200: false },
+          what
+        )
       }
     },
     catch: (e) =>
@@ -314,3 +352,38 @@ export const revoke = (
     await oidc.tokenRevocation(config, token, { token_type_hint: hint })
     return true
   })
+
+/**
+ * Revoke a connection's grant at the provider: the provider's own `revoke` when it has one, else RFC
+ * 7009 with the refresh token (which revokes the grant) or, without one, the access token. Succeeds
+ * with false when the provider offers no revocation.
+ */
+export const revokeTokens = (
+  provider: Provider,
+  options: ProtocolOptions,
+  tokens: TokenSet
+): Effect.Effect<boolean, ProtocolFailure> => {
+  const custom = provider.revoke
+  if (custom === undefined) {
+    const token = tokens.refreshToken ?? tokens.accessToken
+    return revoke(
+      provider,
+      options,
+      Redacted.value(token),
+      tokens.refreshToken ? "refresh_token" : "access_token"
+    )
+  }
+  const fetchImpl = options.fetch ?? fetch
+  return Effect.tryPromise({
+    try: () =>
+      custom({
+        tokens,
+        clientId: provider.clientId,
+        clientSecret: provider.clientSecretValue,
+        fetch: (input, init) =>
+          fetchImpl(input, { ...init, signal: init?.signal ?? AbortSignal.timeout(options.timeoutMs) })
+      }),
+    catch: () =>
+      new ProtocolFailure("transient", "revocation: the provider's revoke failed", { maybeProcessed: true })
+  })
+}

@@ -44,6 +44,24 @@ export interface ApiResponseInfo {
   readonly body: unknown
 }
 
+/** The error codes of RFC 6749 §5.2 that the engine acts on. */
+export type TokenErrorCode =
+  | "invalid_request"
+  | "invalid_client"
+  | "invalid_grant"
+  | "unauthorized_client"
+  | "unsupported_grant_type"
+  | "invalid_scope"
+
+/** What a custom `revoke` gets: the connection's tokens, the client credentials and a fetch. */
+export interface RevokeContext {
+  readonly tokens: TokenSet
+  readonly clientId: string
+  readonly clientSecret: Redacted.Redacted<string> | undefined
+  /** The fetch Latchkey is configured with, bounded by its request timeout. */
+  readonly fetch: (input: string | URL, init?: RequestInit) => Promise<Response>
+}
+
 export interface Endpoints {
   /** Issuer identifier, compared with the RFC 9207 `iss` callback parameter when the server sends it. */
   readonly issuer: string
@@ -83,6 +101,18 @@ export interface ProviderDefinition {
       }
     | undefined
   readonly refreshTokenPolicy?: RefreshTokenPolicy | undefined
+  /**
+   * The provider's own token-endpoint error codes and the RFC 6749 §5.2 code each one stands for, e.g.
+   * GitHub's `{ bad_refresh_token: "invalid_grant", incorrect_client_credentials: "invalid_client" }`.
+   * Errors keep the provider's code; the engine acts on the standard one.
+   */
+  readonly tokenErrorCodes?: Readonly<Record<string, TokenErrorCode>> | undefined
+  /**
+   * Revoke a connection at the provider when its revocation is not RFC 7009 (GitHub deletes the app
+   * authorization with `DELETE /applications/{client_id}/grant`). Resolves true when the provider
+   * confirmed it. Default: RFC 7009 at `endpoints.revocation` (or the discovered one), if any.
+   */
+  readonly revoke?: ((context: RevokeContext) => Promise<boolean>) | undefined
   /** Extra token-response fields to keep (validated); e.g. HighLevel's `locationId`. */
   readonly tokenExtras?: z.ZodType<Record<string, unknown>> | undefined
   /** Identify the linked account from fresh tokens. */
@@ -188,6 +218,20 @@ const DefinitionSchema = z
     refreshParams: z.record(z.string(), z.string()).optional(),
     lifetimes: z.object({ accessTokenSeconds: lifetime, refreshTokenSeconds: lifetime }).optional(),
     refreshTokenPolicy: z.enum(["rotating", "reusable"]).optional(),
+    tokenErrorCodes: z
+      .record(
+        z.string().min(1),
+        z.enum([
+          "invalid_request",
+          "invalid_client",
+          "invalid_grant",
+          "unauthorized_client",
+          "unsupported_grant_type",
+          "invalid_scope"
+        ])
+      )
+      .optional(),
+    revoke: fn("revoke").optional(),
     tokenExtras: z.custom<z.ZodType>((v) => v instanceof z.ZodType, "must be a zod schema").optional(),
     identify: fn("identify"),
     apiBaseUrl: url("apiBaseUrl").optional(),

@@ -1,0 +1,1 @@
+export * as GitHub from "./GitHub.ts"

@@ -1,0 +1,4 @@
+/**
+ * `@latchkey/core/testing`: conformance suites for the plugins of Latchkey.
+ */
+export * from "./providerConformance.ts"
