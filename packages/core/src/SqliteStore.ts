@@ -1,0 +1,291 @@
+/**
+ * The embedded store: one SQLite file in WAL mode through Node's built-in `node:sqlite` (no native
+ * addon). Safe for several processes on one machine: every write is a single statement or an
+ * IMMEDIATE transaction, so the refresh lease and the compare-and-set updates hold across processes.
+ *
+ * Tables are created idempotently on open (schema version kept in `latchkey_meta`).
+ */
+import { mkdirSync } from "node:fs"
+import { dirname } from "node:path"
+import { DatabaseSync, type StatementSync } from "node:sqlite"
+import { Effect, Layer } from "effect"
+import type { ConnectionRecord } from "./Connection.ts"
+import {
+  ConnectionStore,
+  type ConnectionStoreShape,
+  conflict,
+  type Lease,
+  type PendingAuthorization,
+  type TakePendingResult
+} from "./ConnectionStore.ts"
+import { StoreError } from "./Errors.ts"
+
+export interface SqliteStoreOptions {
+  /** The database file (created with its folder when missing), or `":memory:"`. */
+  readonly path: string
+  /** How long a statement waits for another process's write lock (default 5 s). */
+  readonly busyTimeoutMs?: number | undefined
+}
+
+const SCHEMA_VERSION = 1
+const CONSUMED_TOMBSTONE_MS = 60 * 60 * 1000
+
+const MIGRATIONS = [
+  `CREATE TABLE IF NOT EXISTS latchkey_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS latchkey_connections (
+     id TEXT PRIMARY KEY,
+     owner_id TEXT NOT NULL,
+     provider_id TEXT NOT NULL,
+     account_id TEXT NOT NULL,
+     version INTEGER NOT NULL,
+     status TEXT NOT NULL,
+     refresh_due_at INTEGER,
+     created_at INTEGER NOT NULL,
+     record TEXT NOT NULL,
+     UNIQUE (owner_id, provider_id, account_id)
+   )`,
+  `CREATE INDEX IF NOT EXISTS latchkey_connections_owner ON latchkey_connections (owner_id, created_at)`,
+  `CREATE INDEX IF NOT EXISTS latchkey_connections_due ON latchkey_connections (status, refresh_due_at)`,
+  `CREATE TABLE IF NOT EXISTS latchkey_leases (
+     connection_id TEXT PRIMARY KEY,
+     holder TEXT,
+     fence INTEGER NOT NULL,
+     expires_at INTEGER NOT NULL
+   )`,
+  `CREATE TABLE IF NOT EXISTS latchkey_pending (
+     state TEXT PRIMARY KEY,
+     record TEXT NOT NULL,
+     expires_at INTEGER NOT NULL,
+     consumed_at INTEGER
+   )`
+]
+
+const isConstraint = (e: unknown) => /constraint/i.test(String((e as Error)?.message ?? e))
+const isBusy = (e: unknown) => /busy|locked/i.test(String((e as Error)?.message ?? e))
+
+const storeError = (what: string) => (cause: unknown) =>
+  cause instanceof StoreError
+    ? cause
+    : new StoreError({
+        reason: isBusy(cause) ? "timeout" : "unavailable",
+        message: `SQLite store: ${what} failed (${isBusy(cause) ? "database is busy" : String((cause as Error)?.message ?? cause)})`,
+        cause
+      })
+
+const parse = (row: { record: string } | undefined): ConnectionRecord | undefined =>
+  row === undefined ? undefined : (JSON.parse(row.record) as ConnectionRecord)
+
+/** Open (and migrate) a SQLite store. Call `close()` when done, or use `layer` for a scoped one. */
+export const make = (
+  options: SqliteStoreOptions
+): ConnectionStoreShape & { readonly close: () => Effect.Effect<void> } => {
+  if (options.path !== ":memory:") mkdirSync(dirname(options.path), { recursive: true })
+  const db = new DatabaseSync(options.path, { timeout: options.busyTimeoutMs ?? 5_000 })
+  db.exec("PRAGMA journal_mode = WAL")
+  db.exec("PRAGMA synchronous = NORMAL")
+  db.exec("PRAGMA foreign_keys = ON")
+  db.exec("BEGIN IMMEDIATE")
+  try {
+    for (const sql of MIGRATIONS) db.exec(sql)
+    db.prepare("INSERT OR IGNORE INTO latchkey_meta (key, value) VALUES ('schema_version', ?)").run(
+      String(SCHEMA_VERSION)
+    )
+    db.exec("COMMIT")
+  } catch (e) {
+    db.exec("ROLLBACK")
+    db.close()
+    throw e
+  }
+
+  const statements = new Map<string, StatementSync>()
+  const sql = (text: string) => {
+    let s = statements.get(text)
+    if (s === undefined) {
+      s = db.prepare(text)
+      statements.set(text, s)
+    }
+    return s
+  }
+
+  /** Run `f` in an IMMEDIATE transaction (takes the write lock up front, so no upgrade deadlocks). */
+  const transaction = <A>(f: () => A): A => {
+    db.exec("BEGIN IMMEDIATE")
+    try {
+      const result = f()
+      db.exec("COMMIT")
+      return result
+    } catch (e) {
+      if (db.isTransaction) db.exec("ROLLBACK")
+      throw e
+    }
+  }
+
+  const attempt = <A>(what: string, f: () => A): Effect.Effect<A, StoreError> =>
+    Effect.try({ try: f, catch: storeError(what) })
+
+  const store: ConnectionStoreShape & { readonly close: () => Effect.Effect<void> } = {
+    get: (id) =>
+      attempt("get", () =>
+        parse(
+          sql("SELECT record FROM latchkey_connections WHERE id = ?").get(id) as
+            | { record: string }
+            | undefined
+        )
+      ),
+    findByAccount: (ownerId, providerId, accountId) =>
+      attempt("findByAccount", () =>
+        parse(
+          sql(
+            "SELECT record FROM latchkey_connections WHERE owner_id = ? AND provider_id = ? AND account_id = ?"
+          ).get(ownerId, providerId, accountId) as { record: string } | undefined
+        )
+      ),
+    listByOwner: (ownerId) =>
+      attempt("listByOwner", () =>
+        (
+          sql("SELECT record FROM latchkey_connections WHERE owner_id = ? ORDER BY created_at, id").all(
+            ownerId
+          ) as Array<{ record: string }>
+        ).map((r) => parse(r)!)
+      ),
+    listDue: (now, limit) =>
+      attempt("listDue", () =>
+        (
+          sql(
+            `SELECT record FROM latchkey_connections
+             WHERE status = 'active' AND refresh_due_at IS NOT NULL AND refresh_due_at <= ?
+             ORDER BY refresh_due_at LIMIT ?`
+          ).all(now, limit) as Array<{ record: string }>
+        ).map((r) => parse(r)!)
+      ),
+    insert: (record) =>
+      Effect.try({
+        try: () => {
+          sql(
+            `INSERT INTO latchkey_connections
+               (id, owner_id, provider_id, account_id, version, status, refresh_due_at, created_at, record)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+          ).run(
+            record.id,
+            record.ownerId,
+            record.providerId,
+            record.accountId,
+            record.version,
+            record.status,
+            record.refreshDueAt,
+            record.createdAt,
+            JSON.stringify(record)
+          )
+        },
+        catch: (e) =>
+          isConstraint(e)
+            ? conflict(
+                `connection ${record.id} (account ${record.accountId} of ${record.providerId}) already exists`
+              )
+            : storeError("insert")(e)
+      }),
+    update: (record, expectedVersion) =>
+      Effect.suspend(() => {
+        if (record.version !== expectedVersion + 1) {
+          return Effect.fail(conflict(`connection ${record.id}: a write must advance the version by one`))
+        }
+        return Effect.try({
+          try: () =>
+            sql(
+              `UPDATE latchkey_connections
+               SET owner_id = ?, provider_id = ?, account_id = ?, version = ?, status = ?, refresh_due_at = ?, record = ?
+               WHERE id = ? AND version = ?`
+            ).run(
+              record.ownerId,
+              record.providerId,
+              record.accountId,
+              record.version,
+              record.status,
+              record.refreshDueAt,
+              JSON.stringify(record),
+              record.id,
+              expectedVersion
+            ).changes,
+          catch: (e) =>
+            isConstraint(e)
+              ? conflict(`connection ${record.id}: account already linked`)
+              : storeError("update")(e)
+        }).pipe(
+          Effect.flatMap((changes) =>
+            Number(changes) === 1
+              ? Effect.void
+              : Effect.fail(
+                  conflict(`connection ${record.id} is missing or not at version ${expectedVersion}`)
+                )
+          )
+        )
+      }),
+    remove: (id) =>
+      attempt("remove", () =>
+        transaction(() => {
+          sql("DELETE FROM latchkey_leases WHERE connection_id = ?").run(id)
+          return Number(sql("DELETE FROM latchkey_connections WHERE id = ?").run(id).changes) > 0
+        })
+      ),
+    acquireLease: (connectionId, holder, ttlMs, now) =>
+      attempt("acquireLease", () =>
+        transaction((): Lease | undefined => {
+          const held = sql("SELECT fence, expires_at FROM latchkey_leases WHERE connection_id = ?").get(
+            connectionId
+          ) as { fence: number; expires_at: number } | undefined
+          if (held !== undefined && held.expires_at > now) return undefined
+          const fence = (held?.fence ?? 0) + 1
+          const expiresAt = now + ttlMs
+          // The row stays after release, so fences keep increasing for the life of the connection.
+          sql(
+            `INSERT INTO latchkey_leases (connection_id, holder, fence, expires_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (connection_id) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, expires_at = excluded.expires_at`
+          ).run(connectionId, holder, fence, expiresAt)
+          return { connectionId, holder, fence, expiresAt }
+        })
+      ),
+    releaseLease: (lease) =>
+      attempt("releaseLease", () => {
+        sql(
+          "UPDATE latchkey_leases SET holder = NULL, expires_at = 0 WHERE connection_id = ? AND holder = ? AND fence = ?"
+        ).run(lease.connectionId, lease.holder, lease.fence)
+      }),
+    putPending: (pending: PendingAuthorization) =>
+      attempt("putPending", () =>
+        transaction(() => {
+          sql(
+            `DELETE FROM latchkey_pending
+             WHERE MAX(expires_at, COALESCE(consumed_at + ${CONSUMED_TOMBSTONE_MS}, 0)) < ?`
+          ).run(pending.createdAt)
+          sql(
+            "INSERT OR REPLACE INTO latchkey_pending (state, record, expires_at, consumed_at) VALUES (?, ?, ?, NULL)"
+          ).run(pending.state, JSON.stringify(pending), pending.expiresAt)
+        })
+      ),
+    takePending: (state, now) =>
+      attempt("takePending", (): TakePendingResult => {
+        const taken = sql(
+          "UPDATE latchkey_pending SET consumed_at = ? WHERE state = ? AND consumed_at IS NULL RETURNING record"
+        ).get(now, state) as { record: string } | undefined
+        if (taken !== undefined)
+          return { _tag: "Found", pending: JSON.parse(taken.record) as PendingAuthorization }
+        const exists = sql("SELECT 1 AS one FROM latchkey_pending WHERE state = ?").get(state)
+        return exists === undefined ? { _tag: "Missing" } : { _tag: "Consumed" }
+      }),
+    close: () =>
+      Effect.sync(() => {
+        if (db.isOpen) db.close()
+      })
+  }
+  return store
+}
+
+/** A scoped SQLite store: opened when the layer is built, closed when it is released. */
+export const layer = (options: SqliteStoreOptions): Layer.Layer<ConnectionStore, StoreError> =>
+  Layer.effect(
+    ConnectionStore,
+    Effect.acquireRelease(
+      Effect.try({ try: () => make(options), catch: storeError(`opening ${options.path}`) }),
+      (store) => store.close()
+    )
+  )
