@@ -43,7 +43,10 @@ if (command === "test") {
   const steps = [
     ["typecheck", () => pnpm("exec", "turbo", "run", "typecheck", "--continue", "--output-logs=errors-only")],
     ["lint", () => pnpm("exec", "biome", "check", ".")],
-    ["tests", () => pnpm("exec", "turbo", "run", "test", "--continue", "--concurrency=1", "--output-logs=full")]
+    [
+      "tests",
+      () => pnpm("exec", "turbo", "run", "test", "--continue", "--concurrency=1", "--output-logs=full")
+    ]
   ]
   const failed = []
   for (const [name, step] of steps) {
