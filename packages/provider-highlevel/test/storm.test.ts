@@ -3,8 +3,8 @@
  * own holder id, as separate processes would be) sharing one store. Every expiry costs exactly one
  * refresh at HighLevel, every caller gets the same new token, and the grant survives round after round.
  *
- * The instances share an in-memory store inside one process; a durable cross-process store (SQLite)
- * was not available in core when this was written.
+ * The instances share an in-memory store inside one process, which makes several rounds cheap; the
+ * same storm across OS processes on a shared SQLite file is in storm-processes.test.ts.
  */
 import { ConnectionStore, createLatchkey, type LatchkeyClient } from "@latchkey/core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
