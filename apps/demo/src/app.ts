@@ -1,0 +1,617 @@
+/**
+ * The demo's HTTP app on node:http: pages, card actions, OAuth callbacks and a Server-Sent Events
+ * stream fed by `latchkey.on(...)`. Its own security: an HttpOnly SameSite=Lax session cookie, a
+ * CSRF token checked on every POST (and the Origin header when a browser sends one), redirects only
+ * to our own paths or to authorize URLs Latchkey built, `Referrer-Policy: no-referrer` on callbacks,
+ * a strict Content-Security-Policy, and nothing but connection summaries and API bodies in responses.
+ */
+import { readFileSync } from "node:fs"
+import type { IncomingMessage, ServerResponse } from "node:http"
+import { join } from "node:path"
+import type { Connection, Events, LatchkeyClient } from "@latchkey/core"
+import {
+  apiStatus,
+  authorizationFailure,
+  eventText,
+  operationFailure,
+  type Plain,
+  type RefreshedBy
+} from "./messages.ts"
+import type { Fact, ProviderSetup } from "./providers.ts"
+import { type Session, Sessions, sameSecret, USERS, userById } from "./sessions.ts"
+import * as Views from "./views.ts"
+
+type Summary = Connection.ConnectionSummary
+
+export interface AppOptions {
+  readonly latchkey: LatchkeyClient
+  readonly setups: ReadonlyArray<ProviderSetup>
+  /** Where browsers reach the app, e.g. `http://127.0.0.1:3000`. */
+  readonly origin: string
+  /** The engine's `refreshAheadMs`, to draw where the Refresher steps in. */
+  readonly refreshAheadMs: number
+  /** When this run started: sandbox grants issued before it are gone (sandboxes keep them in memory). */
+  readonly startedAt: number
+  /** Log a line (never a token, code or secret). */
+  readonly log?: ((line: string) => void) | undefined
+}
+
+export interface App {
+  readonly handle: (req: IncomingMessage, res: ServerResponse) => void
+  /** End the event streams (before the server closes). */
+  readonly close: () => void
+  readonly sessions: Sessions
+}
+
+const ASSETS = {
+  "/assets/app.css": {
+    type: "text/css; charset=utf-8",
+    body: readFileSync(join(import.meta.dirname, "assets", "app.css"))
+  },
+  "/assets/app.js": {
+    type: "text/javascript; charset=utf-8",
+    body: readFileSync(join(import.meta.dirname, "assets", "app.js"))
+  }
+} as const
+
+const MAX_BODY = 16 * 1024
+const LIVE_FACTS_TTL_MS = 30_000
+const ACTIVITY_LIMIT = 40
+const API_BODY_LIMIT = 64 * 1024
+
+/** A path on this site (`/x`), never `//host`, `/\host` or an absolute URL. */
+export const safeLocalPath = (value: string | null | undefined): string => {
+  if (typeof value !== "string" || !value.startsWith("/") || value.startsWith("//")) return "/"
+  // Backslashes (browsers read `/\\host` as `//host`) and control characters (header splitting).
+  if ([...value].some((ch) => ch === "\\" || ch.charCodeAt(0) < 0x20 || ch.charCodeAt(0) === 0x7f)) return "/"
+  try {
+    const parsed = new URL(value, "http://local.invalid")
+    if (parsed.origin !== "http://local.invalid") return "/"
+    return `${parsed.pathname}${parsed.search}${parsed.hash}`
+  } catch {
+    return "/"
+  }
+}
+
+class HttpError extends Error {
+  readonly status: number
+  constructor(status: number, message: string) {
+    super(message)
+    this.status = status
+  }
+}
+
+const readForm = (req: IncomingMessage): Promise<URLSearchParams> =>
+  new Promise((resolve, reject) => {
+    const type = (req.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase()
+    const chunks: Array<Buffer> = []
+    let size = 0
+    req.on("data", (chunk: Buffer) => {
+      size += chunk.length
+      if (size > MAX_BODY) {
+        reject(new HttpError(413, "Request body too large"))
+        req.destroy()
+        return
+      }
+      chunks.push(chunk)
+    })
+    req.on("end", () => {
+      const text = Buffer.concat(chunks).toString("utf8")
+      if (text.length > 0 && type !== "application/x-www-form-urlencoded") {
+        reject(new HttpError(415, "Send a form (application/x-www-form-urlencoded)"))
+        return
+      }
+      resolve(new URLSearchParams(text))
+    })
+    req.on("error", reject)
+  })
+
+export const createApp = (options: AppOptions): App => {
+  const { latchkey, setups, origin } = options
+  const log = options.log ?? (() => {})
+  const publicUrl = new URL(origin)
+  const sessions = new Sessions({ secure: publicUrl.protocol === "https:" })
+  const setupById = new Map(setups.map((s) => [s.id, s]))
+  const callbacks = new Map(setups.map((s) => [s.callbackPath, s]))
+  const formOrigins = [...new Set(setups.map((s) => s.authorizationOrigin))]
+  const csp = [
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "connect-src 'self'",
+    // The link forms redirect to the providers' authorize pages.
+    `form-action 'self' ${formOrigins.join(" ")}`,
+    "frame-ancestors 'none'",
+    "base-uri 'none'"
+  ].join("; ")
+
+  // ---- state: activity feed, live facts, who refreshed, event streams --------------------------
+  const activity = new Map<string, Array<Views.ActivityEntry>>()
+  const labels = new Map<string, string>()
+  const refreshedBy = new Map<string, RefreshedBy>()
+  const manualRefresh = new Set<string>()
+  const apiInFlight = new Map<string, number>()
+  const liveFacts = new Map<string, { at: number; facts: ReadonlyArray<Fact>; error: string | undefined }>()
+  const streams = new Map<string, Set<ServerResponse>>()
+
+  /**
+   * One log line per failure: the error's tag, reason and message. Latchkey's errors never carry a
+   * token, secret or code (its invariant 5); request URLs are logged without their query.
+   */
+  const logFailure = (what: string, error: unknown) => {
+    const e = (error ?? {}) as { _tag?: unknown; reason?: unknown; message?: unknown; name?: unknown }
+    const tag = typeof e._tag === "string" ? e._tag : typeof e.name === "string" ? e.name : "Error"
+    const reason = typeof e.reason === "string" ? ` (${e.reason})` : ""
+    const message = typeof e.message === "string" ? `: ${e.message.slice(0, 300)}` : ""
+    log(`${what} failed: ${tag}${reason}${message}`)
+  }
+
+  const nameOf = (providerId: string) => setupById.get(providerId)?.name ?? providerId
+
+  const broadcast = (ownerId: string, payload: unknown) => {
+    const clients = streams.get(ownerId)
+    if (!clients) return
+    const frame = `event: latchkey\ndata: ${JSON.stringify(payload)}\n\n`
+    for (const res of clients) res.write(frame)
+  }
+
+  const onEvent = (event: Events.LatchkeyEvent) => {
+    const ownerId = event.type === "linked" ? event.connection.ownerId : event.ownerId
+    const connectionId = event.type === "linked" ? event.connection.id : event.connectionId
+    const providerId = event.type === "linked" ? event.connection.providerId : event.providerId
+    if (event.type === "linked") {
+      labels.set(connectionId, event.connection.label)
+      liveFacts.delete(connectionId)
+      refreshedBy.delete(connectionId)
+    }
+    let by: RefreshedBy | undefined
+    if (event.type === "refreshed") {
+      by = manualRefresh.has(connectionId) ? "you" : apiInFlight.has(connectionId) ? "api" : "refresher"
+      refreshedBy.set(connectionId, by)
+    }
+    const text = eventText(event, labels.get(connectionId) ?? "an account", nameOf(providerId), by)
+    const entry: Views.ActivityEntry = { at: event.at, ...text }
+    const log_ = activity.get(ownerId) ?? []
+    log_.push(entry)
+    if (log_.length > ACTIVITY_LIMIT) log_.splice(0, log_.length - ACTIVITY_LIMIT)
+    activity.set(ownerId, log_)
+    if (event.type === "unlinked") {
+      labels.delete(connectionId)
+      refreshedBy.delete(connectionId)
+      liveFacts.delete(connectionId)
+    }
+    if (event.type === "needs_reauth" || event.type === "revoked") liveFacts.delete(connectionId)
+    broadcast(ownerId, { type: event.type, connectionId, providerId, entry })
+  }
+  const stopListening = latchkey.on(onEvent)
+
+  /** Run `f` marked as an API call of this connection (a refresh it triggers is "on demand"). */
+  const asApiCall = async <A>(connectionId: string, f: () => Promise<A>): Promise<A> => {
+    apiInFlight.set(connectionId, (apiInFlight.get(connectionId) ?? 0) + 1)
+    try {
+      return await f()
+    } finally {
+      const n = (apiInFlight.get(connectionId) ?? 1) - 1
+      if (n <= 0) apiInFlight.delete(connectionId)
+      else apiInFlight.set(connectionId, n)
+    }
+  }
+
+  const factsOf = async (setup: ProviderSetup, c: Summary) => {
+    const stored = setup.storedFacts(c)
+    if (
+      setup.liveFacts === undefined ||
+      c.status !== "active" ||
+      (setup.mode === "sandbox" && c.obtainedAt < options.startedAt)
+    )
+      return { facts: stored, error: undefined }
+    const now = Date.now()
+    let cached = liveFacts.get(c.id)
+    if (cached === undefined || now - cached.at > LIVE_FACTS_TTL_MS) {
+      try {
+        const facts = await asApiCall(c.id, () => setup.liveFacts!(latchkey, c))
+        cached = { at: now, facts, error: undefined }
+      } catch (error) {
+        const plain = operationFailure(error, setup.name, "Reading the account")
+        const status = (error as { status?: unknown }).status
+        cached = {
+          at: now,
+          facts: [],
+          error:
+            typeof status === "number"
+              ? `Plan and credits unavailable: ${apiStatus(status, setup.name)}`
+              : `Plan and credits unavailable: ${plain.text}`
+        }
+      }
+      liveFacts.set(c.id, cached)
+    }
+    return { facts: [...cached.facts, ...stored], error: cached.error }
+  }
+
+  const groupsFor = async (ownerId: string): Promise<ReadonlyArray<Views.GroupView>> => {
+    const all = await latchkey.connections(ownerId)
+    for (const c of all) labels.set(c.id, c.label)
+    return Promise.all(
+      setups.map(async (setup) => ({
+        setup,
+        cards: await Promise.all(
+          all
+            .filter((c) => c.providerId === setup.id)
+            .sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id))
+            .map(async (summary) => {
+              const { facts, error } = await factsOf(setup, summary)
+              return {
+                summary,
+                setup,
+                facts,
+                factsError: error,
+                refreshedBy: refreshedBy.get(summary.id),
+                fromEarlierRun: setup.mode === "sandbox" && summary.obtainedAt < options.startedAt
+              }
+            })
+        )
+      }))
+    )
+  }
+
+  // ---- responses ------------------------------------------------------------------------------
+
+  const baseHeaders = (extra: Record<string, string> = {}): Record<string, string> => ({
+    "content-security-policy": csp,
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+    "cache-control": "no-store",
+    ...extra
+  })
+
+  const send = (
+    res: ServerResponse,
+    status: number,
+    body: string | Buffer,
+    type: string,
+    extra: Record<string, string> = {},
+    cookie?: string
+  ) => {
+    const headers: Record<string, string | Array<string>> = baseHeaders({ "content-type": type, ...extra })
+    if (cookie) headers["set-cookie"] = cookie
+    res.writeHead(status, headers)
+    res.end(body)
+  }
+  const html = (
+    res: ServerResponse,
+    status: number,
+    body: string,
+    extra?: Record<string, string>,
+    cookie?: string
+  ) => send(res, status, body, "text/html; charset=utf-8", extra, cookie)
+  const json = (res: ServerResponse, status: number, body: unknown) =>
+    send(res, status, JSON.stringify(body), "application/json; charset=utf-8")
+  /** Only ever to a path of ours, or to an authorize URL Latchkey built. */
+  const redirect = (res: ServerResponse, location: string, extra?: Record<string, string>, cookie?: string) =>
+    send(res, 303, "", "text/plain; charset=utf-8", { location, ...extra }, cookie)
+
+  const wantsJson = (req: IncomingMessage) => (req.headers.accept ?? "").includes("application/json")
+
+  /** Answer an action: JSON for the page's script, else a flash message and back to the page. */
+  const reply = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    session: Session,
+    ok: boolean,
+    plain: Plain,
+    extra: { api?: unknown; detail?: string } = {}
+  ) => {
+    if (wantsJson(req)) {
+      json(res, ok ? 200 : 422, { ok, ...plain, ...(extra.api ? { api: extra.api } : {}) })
+      return
+    }
+    session.flash = { kind: ok ? "success" : "error", ...plain, detail: extra.detail }
+    redirect(res, "/")
+  }
+
+  // ---- handlers -------------------------------------------------------------------------------
+
+  const home = async (req: IncomingMessage, res: ServerResponse) => {
+    let session = sessions.fromCookie(req.headers.cookie)
+    let cookie: string | undefined
+    if (session === undefined) {
+      session = sessions.create(USERS[0]!)
+      cookie = sessions.cookie(session)
+    }
+    const flash = session.flash
+    session.flash = undefined
+    const groups = await groupsFor(session.user.id)
+    const body = Views.page({
+      session,
+      groups,
+      activity: activity.get(session.user.id) ?? [],
+      flash,
+      refreshAheadMs: options.refreshAheadMs,
+      sandboxMode: setups.some((s) => s.mode === "sandbox"),
+      realProviders: setups.filter((s) => s.mode === "real").map((s) => s.name),
+      now: Date.now()
+    })
+    html(res, 200, body, {}, cookie)
+  }
+
+  const partialAccounts = async (req: IncomingMessage, res: ServerResponse) => {
+    const session = sessions.fromCookie(req.headers.cookie)
+    if (session === undefined)
+      return send(res, 401, "Sign in again: reload the page", "text/plain; charset=utf-8")
+    const groups = await groupsFor(session.user.id)
+    html(res, 200, Views.accounts(groups, session, Date.now(), options.refreshAheadMs))
+  }
+
+  const events = (req: IncomingMessage, res: ServerResponse) => {
+    const session = sessions.fromCookie(req.headers.cookie)
+    if (session === undefined)
+      return send(res, 401, "Sign in again: reload the page", "text/plain; charset=utf-8")
+    res.writeHead(
+      200,
+      baseHeaders({ "content-type": "text/event-stream; charset=utf-8", connection: "keep-alive" })
+    )
+    res.write("retry: 2000\n: connected\n\n")
+    const ownerId = session.user.id
+    const set = streams.get(ownerId) ?? new Set()
+    set.add(res)
+    streams.set(ownerId, set)
+    const ping = setInterval(() => res.write(": ping\n\n"), 15_000)
+    const done = () => {
+      clearInterval(ping)
+      set.delete(res)
+      if (set.size === 0) streams.delete(ownerId)
+    }
+    req.on("close", done)
+    res.on("close", done)
+  }
+
+  /** The session of a state-changing request, after the CSRF checks; 403 otherwise. */
+  const checkPost = (req: IncomingMessage, form: URLSearchParams): Session => {
+    const session = sessions.fromCookie(req.headers.cookie)
+    if (session === undefined)
+      throw new HttpError(403, "Your session has ended. Reload the page and try again.")
+    const requestOrigin = req.headers.origin
+    if (requestOrigin !== undefined && requestOrigin !== "null" && requestOrigin !== publicUrl.origin) {
+      throw new HttpError(403, "Cross-site request refused.")
+    }
+    const site = req.headers["sec-fetch-site"]
+    if (site !== undefined && site !== "same-origin" && site !== "none") {
+      throw new HttpError(403, "Cross-site request refused.")
+    }
+    const presented = (req.headers["x-csrf-token"] as string | undefined) ?? form.get("_csrf") ?? undefined
+    if (!sameSecret(presented, session.csrf)) {
+      throw new HttpError(403, "This form has expired (CSRF check failed). Reload the page and try again.")
+    }
+    return session
+  }
+
+  const switchUser = (res: ServerResponse, form: URLSearchParams, session: Session) => {
+    const user = userById(form.get("user") ?? "")
+    if (user === undefined) throw new HttpError(400, "Unknown demo user.")
+    const next = sessions.switchUser(session, user)
+    redirect(res, safeLocalPath(form.get("next")), {}, sessions.cookie(next))
+  }
+
+  const link = async (res: ServerResponse, providerId: string, session: Session) => {
+    const setup = setupById.get(providerId)
+    if (setup === undefined) throw new HttpError(404, "No such provider.")
+    const { url } = await latchkey.startAuthorization({ providerId, ownerId: session.user.id })
+    redirect(res, url)
+  }
+
+  /** The connection, when it belongs to the signed-in user (404 otherwise: no probing of others' ids). */
+  const ownConnection = async (id: string, session: Session): Promise<Summary> => {
+    // Listed by owner: only the user's own, and read without opening any sealed field.
+    const c = (await latchkey.connections(session.user.id)).find((x) => x.id === id)
+    if (c === undefined) throw new HttpError(404, "No such linked account.")
+    return c
+  }
+
+  const callApi = async (req: IncomingMessage, res: ServerResponse, c: Summary, session: Session) => {
+    const setup = setupById.get(c.providerId)!
+    const { url, label } = setup.apiRequest(c)
+    try {
+      const response = await asApiCall(c.id, () =>
+        latchkey.fetch(c.id, url, { headers: { accept: "application/json" } })
+      )
+      let text = await response.text()
+      if (text.length > API_BODY_LIMIT) text = `${text.slice(0, API_BODY_LIMIT)}\n… (cut at 64 KB)`
+      // Defence in depth: an API that echoes the token never gets it to the browser.
+      const token = await asApiCall(c.id, () => latchkey.accessToken(c.id)).catch(() => undefined)
+      if (token) text = text.replaceAll(token, "[access token removed]")
+      let body = text
+      try {
+        body = JSON.stringify(JSON.parse(text), null, 2)
+      } catch {
+        // not JSON: shown as it is
+      }
+      if (response.ok && c.providerId === "heygen") liveFacts.delete(c.id)
+      const api = {
+        label,
+        status: response.status,
+        ok: response.ok,
+        body,
+        message: apiStatus(response.status, setup.name)
+      }
+      reply(
+        req,
+        res,
+        session,
+        response.ok,
+        { title: `${label} → ${response.status}`, text: apiStatus(response.status, setup.name) },
+        { api, detail: body }
+      )
+    } catch (error) {
+      logFailure(`API call of ${c.id}`, error)
+      reply(req, res, session, false, operationFailure(error, setup.name, "Calling the API"))
+    }
+  }
+
+  const refresh = async (req: IncomingMessage, res: ServerResponse, c: Summary, session: Session) => {
+    const name = nameOf(c.providerId)
+    manualRefresh.add(c.id)
+    try {
+      const next = await latchkey.refresh(c.id)
+      const expires =
+        next.expiresAt === undefined
+          ? ""
+          : ` The new access token expires in ${Views.duration(next.expiresAt - Date.now())}.`
+      reply(req, res, session, true, {
+        title: "Refreshed",
+        text: `${name} issued new tokens for ${c.label}.${expires}`
+      })
+    } catch (error) {
+      logFailure(`refresh of ${c.id}`, error)
+      reply(req, res, session, false, operationFailure(error, name, "Refresh"))
+    } finally {
+      manualRefresh.delete(c.id)
+    }
+  }
+
+  const unlink = async (req: IncomingMessage, res: ServerResponse, c: Summary, session: Session) => {
+    const name = nameOf(c.providerId)
+    try {
+      const { revokedAtProvider } = await latchkey.unlink(c.id)
+      const provider = setupById.get(c.providerId)?.provider
+      const canRevoke = provider?.endpoints?.revocation !== undefined || provider?.revoke !== undefined
+      reply(req, res, session, true, {
+        title: "Unlinked",
+        text: revokedAtProvider
+          ? `${c.label} is unlinked, and ${name} revoked the grant.`
+          : canRevoke
+            ? `${c.label} is unlinked here. ${name} did not confirm the revocation, so the grant may stay valid there until it expires.`
+            : `${c.label} is unlinked here. ${name} offers no way to revoke a token, so the grant ends when the app is removed there.`
+      })
+    } catch (error) {
+      logFailure(`unlink of ${c.id}`, error)
+      reply(req, res, session, false, operationFailure(error, name, "Unlink"))
+    }
+  }
+
+  const revokeAtProvider = async (
+    req: IncomingMessage,
+    res: ServerResponse,
+    c: Summary,
+    session: Session
+  ) => {
+    const setup = setupById.get(c.providerId)!
+    if (setup.revokeAtProvider === undefined) throw new HttpError(404, "Only the sandboxes can do this.")
+    await setup.revokeAtProvider(c)
+    liveFacts.delete(c.id)
+    reply(req, res, session, true, {
+      title: `${setup.name} ended the grant`,
+      text: `The ${setup.name} sandbox no longer accepts ${c.label}’s tokens. Choose “Refresh now” (or wait for the Refresher) to see Latchkey mark it for reconnecting.`
+    })
+  }
+
+  const callback = async (req: IncomingMessage, res: ServerResponse, setup: ProviderSetup) => {
+    // The URL carries an authorization code: it must not leak through a Referer, a cache or a log.
+    const headers = { "referrer-policy": "no-referrer" }
+    const session = sessions.fromCookie(req.headers.cookie)
+    if (session === undefined) {
+      return html(
+        res,
+        400,
+        Views.messagePage(
+          `${setup.name} account not linked`,
+          "Your demo session ended before linking finished (or cookies are blocked). Nothing was linked; start again from the accounts page."
+        ),
+        headers
+      )
+    }
+    try {
+      const result = await latchkey.completeAuthorization({
+        callback: new URL(req.url ?? "/", origin).searchParams,
+        providerId: setup.id,
+        ownerId: session.user.id
+      })
+      session.flash = {
+        kind: "success",
+        title: result.relinked ? `${setup.name} account reconnected` : `${setup.name} account linked`,
+        text: `${result.connection.label} is ${result.relinked ? "linked again, with new tokens" : `now linked to ${session.user.name}’s demo account`}.`
+      }
+    } catch (error) {
+      session.flash = { kind: "error", ...authorizationFailure(error, setup.name) }
+      logFailure(`linking ${setup.id}`, error)
+    }
+    redirect(res, "/", headers)
+  }
+
+  // ---- routing --------------------------------------------------------------------------------
+
+  const route = async (req: IncomingMessage, res: ServerResponse) => {
+    const method = req.method ?? "GET"
+    const url = new URL(req.url ?? "/", origin)
+    const path = url.pathname
+
+    // Requests for another host name (DNS rebinding, or localhost vs 127.0.0.1) go to ours.
+    if (req.headers.host !== publicUrl.host) {
+      // (The URL may be a callback carrying a code: no Referer for it.)
+      if (method === "GET" || method === "HEAD")
+        return redirect(res, `${publicUrl.origin}${path}${url.search}`, { "referrer-policy": "no-referrer" })
+      throw new HttpError(421, "Wrong host.")
+    }
+
+    if (method === "GET" || method === "HEAD") {
+      if (path === "/") return home(req, res)
+      if (path === "/partials/accounts") return partialAccounts(req, res)
+      if (path === "/events") return events(req, res)
+      if (path === "/healthz") return send(res, 200, "ok", "text/plain; charset=utf-8")
+      const asset = ASSETS[path as keyof typeof ASSETS]
+      if (asset) return send(res, 200, asset.body, asset.type, { "cache-control": "no-cache" })
+      const setup = callbacks.get(path)
+      if (setup) return callback(req, res, setup)
+      throw new HttpError(404, "Not found.")
+    }
+    if (method !== "POST") throw new HttpError(405, "Method not allowed.")
+
+    const form = await readForm(req)
+    const session = checkPost(req, form)
+    if (path === "/session/user") return switchUser(res, form, session)
+    const linkMatch = /^\/link\/([a-z0-9_-]+)$/.exec(path)
+    if (linkMatch) return link(res, linkMatch[1]!, session)
+    const action = /^\/connections\/([^/]+)\/(call|refresh|unlink|revoke-at-provider)$/.exec(path)
+    if (action) {
+      const c = await ownConnection(decodeURIComponent(action[1]!), session)
+      switch (action[2]) {
+        case "call":
+          return callApi(req, res, c, session)
+        case "refresh":
+          return refresh(req, res, c, session)
+        case "unlink":
+          return unlink(req, res, c, session)
+        default:
+          return revokeAtProvider(req, res, c, session)
+      }
+    }
+    throw new HttpError(404, "Not found.")
+  }
+
+  const handle = (req: IncomingMessage, res: ServerResponse) => {
+    route(req, res).catch((error: unknown) => {
+      const status = error instanceof HttpError ? error.status : 500
+      const message =
+        error instanceof HttpError ? error.message : "Something went wrong. The server log has details."
+      if (!(error instanceof HttpError))
+        logFailure(`${req.method} ${new URL(req.url ?? "/", origin).pathname}`, error)
+      if (res.headersSent) {
+        res.end()
+        return
+      }
+      if (wantsJson(req)) json(res, status, { ok: false, title: "Request refused", text: message })
+      else html(res, status, Views.messagePage(status === 404 ? "Not found" : "Request refused", message))
+    })
+  }
+
+  const close = () => {
+    stopListening()
+    for (const set of streams.values()) for (const res of set) res.end()
+    streams.clear()
+  }
+
+  return { handle, close, sessions }
+}

@@ -1,0 +1,117 @@
+/**
+ * `startDemo(...)`: the whole demo in one process. It listens on 127.0.0.1, starts the HeyGen and
+ * HighLevel sandboxes and the Example Corp authorization server (oidc-provider) unless real
+ * providers are configured, opens the embedded SQLite store with a vault key, starts the background
+ * Refresher, and serves the page. `close()` stops all of it.
+ */
+import { mkdirSync } from "node:fs"
+import { createServer, type Server } from "node:http"
+import type { AddressInfo } from "node:net"
+import { join } from "node:path"
+import { createLatchkey, type LatchkeyClient, SqliteStore } from "@latchkey/core"
+import { Effect } from "effect"
+import { type App, createApp } from "./app.ts"
+import { type DemoConfig, readConfig } from "./config.ts"
+import { type Providers, startProviders } from "./providers.ts"
+import { type LoadedKey, loadVaultKey } from "./vaultKey.ts"
+
+export interface DemoOptions extends Partial<DemoConfig> {
+  /** Log lines (default: none; `main.ts` prints them). Never receives a token, code or secret. */
+  readonly log?: ((line: string) => void) | undefined
+  /** The engine's refresh-ahead window (default 10 minutes; at most half a token's lifetime is used). */
+  readonly refreshAheadMs?: number | undefined
+}
+
+export interface Demo {
+  /** `http://127.0.0.1:<port>` (or `PUBLIC_URL`). */
+  readonly url: string
+  readonly port: number
+  readonly latchkey: LatchkeyClient
+  readonly providers: Providers
+  readonly app: App
+  readonly vaultKey: Pick<LoadedKey, "source" | "path">
+  /** The SQLite file holding the connections (tokens sealed with the vault key). */
+  readonly databasePath: string
+  close(): Promise<void>
+}
+
+const listen = (server: Server, port: number) =>
+  new Promise<number>((resolve, reject) => {
+    server.once("error", reject)
+    server.listen(port, "127.0.0.1", () => {
+      server.off("error", reject)
+      resolve((server.address() as AddressInfo).port)
+    })
+  })
+
+export const startDemo = async (options: DemoOptions = {}): Promise<Demo> => {
+  const startedAt = Date.now()
+  const config: DemoConfig = { ...readConfig({}), ...stripUndefined(options) }
+  const log = options.log ?? (() => {})
+  mkdirSync(config.dataDir, { recursive: true })
+  const key = loadVaultKey(config.dataDir, config.vaultKey)
+
+  // Listen first: the sandboxes need the redirect URI, and so the port.
+  let app: App | undefined
+  const pending: Array<() => void> = []
+  const server = createServer((req, res) => {
+    if (app) return app.handle(req, res)
+    pending.push(() => app!.handle(req, res))
+  })
+  const port = await listen(server, config.port)
+  const origin = config.publicUrl ? new URL(config.publicUrl).origin : `http://127.0.0.1:${port}`
+
+  let providers: Providers | undefined
+  let latchkey: LatchkeyClient | undefined
+  let store: ReturnType<typeof SqliteStore.make> | undefined
+  const databasePath = join(config.dataDir, "demo.db")
+  try {
+    providers = await startProviders(config, origin)
+    store = SqliteStore.make({ path: databasePath })
+    const refreshAheadMs = options.refreshAheadMs ?? 10 * 60_000
+    latchkey = createLatchkey({
+      providers: providers.setups.map((s) => s.provider),
+      store,
+      vault: { keys: [key.key] },
+      config: { refreshAheadMs },
+      refresher: { intervalMs: config.refresherIntervalMs }
+    })
+    await latchkey.refresher.start()
+    app = createApp({ latchkey, setups: providers.setups, origin, refreshAheadMs, startedAt, log })
+    for (const run of pending.splice(0)) run()
+    const lk = latchkey
+    const ps = providers
+    const a = app
+    const st = store
+    return {
+      url: origin,
+      port,
+      latchkey: lk,
+      providers: ps,
+      app: a,
+      vaultKey: { source: key.source, path: key.path },
+      databasePath,
+      close: async () => {
+        a.close()
+        await lk.refresher.stop().catch(() => {})
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve())
+          server.closeAllConnections()
+        })
+        await lk.close()
+        await Effect.runPromise(st.close())
+        await ps.close()
+      }
+    }
+  } catch (error) {
+    server.closeAllConnections()
+    server.close()
+    await latchkey?.close().catch(() => {})
+    if (store) await Effect.runPromise(store.close())
+    await providers?.close()
+    throw error
+  }
+}
+
+const stripUndefined = <T extends object>(o: T): Partial<T> =>
+  Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>

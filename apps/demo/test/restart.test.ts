@@ -1,0 +1,104 @@
+/**
+ * The demo's data dir across restarts: connections persist in the SQLite file, sealed with the vault
+ * key generated at first start (kept, mode 0600); a grant the in-memory sandbox forgot is shown for
+ * reconnecting, and reconnecting keeps the same connection. A different vault key cannot open them.
+ */
+import { mkdtempSync, rmSync, statSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Vault } from "@latchkey/core"
+import { afterAll, describe, expect, it } from "vitest"
+import { type Demo, startDemo } from "../src/demo.ts"
+import { Client } from "./support.ts"
+
+const dataDir = mkdtempSync(join(tmpdir(), "latchkey-demo-restart-"))
+const running: Array<Demo> = []
+afterAll(async () => {
+  await Promise.allSettled(running.map((d) => d.close()))
+  rmSync(dataDir, { recursive: true, force: true })
+})
+
+const start = async (vaultKey?: string) => {
+  const demo = await startDemo({
+    port: 0,
+    dataDir,
+    accessTokenSeconds: 600,
+    refresherIntervalMs: 60_000,
+    vaultKey
+  })
+  running.push(demo)
+  return demo
+}
+
+const stop = async (demo: Demo) => {
+  running.splice(running.indexOf(demo), 1)
+  await demo.close()
+}
+
+const linkHeyGen = async (demo: Demo, client: Client, account: string) => {
+  const started = await client.post("/link/heygen", { _csrf: await client.csrf() })
+  const callback = new URL(
+    await demo.providers.sandboxes.heygen!.approve(started.headers.get("location")!, { account })
+  )
+  const done = await client.fetch(callback.pathname + callback.search)
+  expect(done.status).toBe(303)
+}
+
+describe("restarting the demo on the same data dir", () => {
+  it("keeps the connections, sealed with the kept vault key, and offers to reconnect forgotten sandbox grants", async () => {
+    const first = await start()
+    expect(first.vaultKey.source).toBe("generated")
+    expect(statSync(join(dataDir, "vault-key.json")).mode & 0o777).toBe(0o600)
+    await linkHeyGen(first, new Client(first.url), "jane_doe")
+    const [linked] = await first.latchkey.connections("ada")
+    expect(linked).toMatchObject({ accountId: "jane_doe", status: "active" })
+    await stop(first)
+
+    const second = await start()
+    expect(second.vaultKey.source).toBe("file")
+    const [kept] = await second.latchkey.connections("ada")
+    expect(kept).toMatchObject({ id: linked!.id, accountId: "jane_doe", label: "jane@example.com" })
+    // The sealed tokens open with the kept key.
+    expect((await second.latchkey.accessToken(kept!.id)).length).toBeGreaterThan(10)
+
+    const client = new Client(second.url)
+    const page = await (await client.fetch("/")).text()
+    expect(page).toContain("Linked before a restart")
+    expect(page).toContain("forgot this one when the demo restarted")
+
+    // The new sandbox does not know the grant: a refresh is refused and the card asks to reconnect.
+    const refreshed = await client.post(
+      `/connections/${kept!.id}/refresh`,
+      { _csrf: await client.csrf() },
+      { accept: "application/json" }
+    )
+    expect(refreshed.status).toBe(422)
+    expect(((await refreshed.json()) as { title: string }).title).toBe("Reconnect needed")
+    expect((await second.latchkey.connection(kept!.id)).status).toBe("needs_reauth")
+
+    // Reconnecting the same HeyGen user replaces the tokens of the same connection.
+    await linkHeyGen(second, client, "jane_doe")
+    const after = await second.latchkey.connection(kept!.id)
+    expect(after.status).toBe("active")
+    const page2 = await (await client.fetch("/")).text()
+    expect(page2).toContain("HeyGen account reconnected")
+    expect(page2).not.toContain("Linked before a restart")
+    await stop(second)
+  })
+
+  it("with another vault key the stored tokens cannot be opened, and the page says so in plain words", async () => {
+    const third = await start(Vault.generateKey())
+    expect(third.vaultKey.source).toBe("env")
+    const [kept] = await third.latchkey.connections("ada")
+    expect(kept).toBeDefined()
+    const client = new Client(third.url)
+    const response = await client.post(
+      `/connections/${kept!.id}/call`,
+      { _csrf: await client.csrf() },
+      { accept: "application/json" }
+    )
+    expect(response.status).toBe(422)
+    expect(((await response.json()) as { text: string }).text).toContain("vault key is not the one")
+    await stop(third)
+  })
+})
