@@ -195,14 +195,7 @@ const FileSchema = z.strictObject({
   tokenErrorCodes: z
     .record(
       z.string().min(1),
-      z.enum([
-        "invalid_request",
-        "invalid_client",
-        "invalid_grant",
-        "unauthorized_client",
-        "unsupported_grant_type",
-        "invalid_scope"
-      ])
+      Provider.TokenErrorCodeSchema
     )
     .optional(),
   identity: z.strictObject({

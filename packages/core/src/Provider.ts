@@ -45,13 +45,7 @@ export interface ApiResponseInfo {
 }
 
 /** The error codes of RFC 6749 §5.2 that the engine acts on. */
-export type TokenErrorCode =
-  | "invalid_request"
-  | "invalid_client"
-  | "invalid_grant"
-  | "unauthorized_client"
-  | "unsupported_grant_type"
-  | "invalid_scope"
+export type TokenErrorCode = z.infer<typeof TokenErrorCodeSchema>
 
 /** What a custom `revoke` gets: the connection's tokens, the client credentials and a fetch. */
 export interface RevokeContext {
@@ -146,6 +140,16 @@ export interface Provider extends ProviderDefinition {
   readonly defaultRefreshTokenSeconds: number | undefined
 }
 
+/** The RFC 6749 §5.2 token-endpoint error codes a provider's own codes can be mapped to. */
+export const TokenErrorCodeSchema = z.enum([
+  "invalid_request",
+  "invalid_client",
+  "invalid_grant",
+  "unauthorized_client",
+  "unsupported_grant_type",
+  "invalid_scope"
+])
+
 const LOOPBACK = /^(localhost|127(?:\.\d{1,3}){3}|\[::1\])$/i
 
 /** True for hosts on this machine (127.0.0.0/8, localhost, [::1]): the only hosts plain http is allowed for. */
@@ -221,14 +225,7 @@ const DefinitionSchema = z
     tokenErrorCodes: z
       .record(
         z.string().min(1),
-        z.enum([
-          "invalid_request",
-          "invalid_client",
-          "invalid_grant",
-          "unauthorized_client",
-          "unsupported_grant_type",
-          "invalid_scope"
-        ])
+        TokenErrorCodeSchema
       )
       .optional(),
     revoke: fn("revoke").optional(),
