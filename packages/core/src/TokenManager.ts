@@ -14,7 +14,7 @@
  * The refresh itself runs in a detached, uninterruptible fiber: a caller that gives up (timeout,
  * client disconnect) never interrupts a refresh between the provider's answer and the write.
  */
-import { Clock, Context, Deferred, Effect, Layer, Random, Redacted } from "effect"
+import { Clock, Context, Deferred, Effect, Layer, Random, Redacted, Result } from "effect"
 import { LatchkeyConfig } from "./Config.ts"
 import type { Connection, ConnectionRecord } from "./Connection.ts"
 import * as ConnectionModule from "./Connection.ts"
@@ -235,16 +235,28 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         lease: Lease
       ): Effect.fn.Return<{ response: OAuth.ProtocolFailure | TokenSet.TokenResponse; ambiguous: boolean }> {
         let ambiguous = false
+        // Never let the lease lapse while a request is in flight: another process could then take
+        // over and send the same refresh token. Every attempt ends (aborted) a margin before the lease.
+        const margin = Math.min(1_000, config.leaseTtlMs / 4)
         for (let attempt = 0; ; attempt++) {
-          const result = yield* OAuth.refresh(provider, protocol, refreshToken).pipe(Effect.result)
+          const startedAt = yield* Clock.currentTimeMillis
+          const budget = Math.min(config.requestTimeoutMs, lease.expiresAt - margin - startedAt)
+          const result =
+            budget <= 0
+              ? Result.fail(
+                  new OAuth.ProtocolFailure("transient", "refresh: no time left on the refresh lease")
+                )
+              : yield* OAuth.refresh(provider, { ...protocol, timeoutMs: budget }, refreshToken).pipe(
+                  Effect.result
+                )
           if (result._tag === "Success") return { response: result.success, ambiguous }
           const failure = result.failure
           if (!failure.retryable || attempt + 1 >= config.maxAttempts) return { response: failure, ambiguous }
           if (failure.details.maybeProcessed) ambiguous = true
           const wait = yield* backoff(attempt, failure.details.retryAfterMs)
           const now = yield* Clock.currentTimeMillis
-          // Never let the lease lapse during an attempt: another process could then take over.
-          if (now + wait + config.requestTimeoutMs + 1_000 >= lease.expiresAt)
+          // Retry only when a useful attempt still fits in the lease after the wait.
+          if (now + wait + Math.min(config.requestTimeoutMs, 1_000) + margin >= lease.expiresAt)
             return { response: failure, ambiguous }
           yield* events.publish({
             type: "refresh_failed",

@@ -76,6 +76,48 @@ describe("invariant 1: a refresh token is sent at most once", () => {
     expect(server.grants.refreshErrors).toBe(0)
     await Promise.all(instances.map((lk) => lk.close()))
   })
+  it("a token request slower than the lease is cut off before the lease lapses, so no one else sends the same token", async () => {
+    const store = memoryStore()
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(lk)
+    await expire(store, c.id)
+    // Instance A's token requests hang for 2.5 s before reaching the server (a slow network);
+    // its lease lasts 1.5 s. An aborted request never reaches the server.
+    const slow: typeof fetch = (input, init) =>
+      String(input).endsWith("/token")
+        ? new Promise<Response>((resolve, reject) => {
+            const timer = setTimeout(() => resolve(fetch(input, init)), 2_500)
+            init?.signal?.addEventListener("abort", () => {
+              clearTimeout(timer)
+              reject(init.signal?.reason)
+            })
+          })
+        : fetch(input, init)
+    const config = { ...fast, leaseTtlMs: 1_500 }
+    const a = createLatchkey({
+      providers: [exampleProvider(server)],
+      store,
+      config: { ...config, fetch: slow }
+    })
+    const b = createLatchkey({ providers: [exampleProvider(server)], store, config })
+    const before = { calls: server.grants.refresh_token, errors: server.grants.refreshErrors }
+    const fromA = a.accessToken(c.id).then(
+      (t) => t,
+      (e: unknown) => e as { _tag: string }
+    )
+    await new Promise((r) => setTimeout(r, 100)) // A holds the lease now
+    const fromB = await b.accessToken(c.id)
+    const resultA = await fromA
+    await new Promise((r) => setTimeout(r, 2_600)) // anything A had sent would have landed by now
+    expect(server.grants.refreshErrors - before.errors).toBe(0)
+    expect(server.grants.refresh_token - before.calls).toBe(1)
+    // A gave up (retryable), without marking anything: B refreshed once the lease was released.
+    expect(resultA).toMatchObject({ _tag: "RefreshError", reason: "transient" })
+    expect(plain((await stored(store, c.id)).accessToken)).toBe(fromB)
+    // The grant survived: the connection refreshes again.
+    expect((await lk.refresh(c.id)).status).toBe("active")
+    await Promise.all([lk.close(), a.close(), b.close()])
+  })
 })
 
 describe("invariant 2: new tokens are durable before any caller receives them", () => {
