@@ -4,7 +4,7 @@
  * fields are sealed by the Vault.
  */
 import { Effect, Redacted } from "effect"
-import type { VaultError } from "./Errors.ts"
+import { VaultError } from "./Errors.ts"
 import type { TokenSet } from "./TokenSet.ts"
 import type { VaultShape } from "./Vault.ts"
 
@@ -144,7 +144,16 @@ export const fromRecord = (vault: VaultShape, r: ConnectionRecord): Effect.Effec
     const accessToken = yield* vault.open(r.accessToken, ctx("accessToken"))
     const refreshToken =
       r.refreshToken === null ? undefined : yield* vault.open(r.refreshToken, ctx("refreshToken"))
-    const extras = JSON.parse(yield* vault.open(r.extras, ctx("extras"))) as Record<string, unknown>
+    const extrasText = yield* vault.open(r.extras, ctx("extras"))
+    const extras = yield* Effect.try({
+      try: () => JSON.parse(extrasText) as Record<string, unknown>,
+      catch: () =>
+        new VaultError({
+          reason: "malformed",
+          connectionId: r.id,
+          message: `Cannot open extras of connection ${r.id}: not valid JSON`
+        })
+    })
     return {
       id: r.id,
       ownerId: r.ownerId,

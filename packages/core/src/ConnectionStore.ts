@@ -12,6 +12,11 @@
  *   `releaseLease` releases only the caller's own lease (same holder and fence).
  * - `takePending` is single-use: exactly one caller gets `Found` for a state; later callers get
  *   `Consumed` until the record's expiry, then `Missing`.
+ * - `scan` and `count` (optional; every built-in store has them, `Vault.rotate` needs `scan`) walk
+ *   every connection in pages ordered by id: `scan(after, limit)` returns at most `limit` connections
+ *   whose id sorts after `after`, and `next`, the cursor of the following page (`undefined` after the
+ *   last). The order is the store's own, used consistently (binary order in the built-in stores; ids
+ *   are ASCII UUIDs, on which all of them agree).
  * All times are epoch milliseconds passed in by the caller, so that tests can control the clock.
  */
 import { Context, Effect, Layer } from "effect"
@@ -37,6 +42,13 @@ export interface PendingAuthorization {
   readonly expiresAt: number
   /** Free-form JSON the app attached at start (e.g. where to return to). */
   readonly metadata: Record<string, unknown> | null
+}
+
+/** One page of `scan`. */
+export interface ScanPage {
+  readonly records: ReadonlyArray<ConnectionRecord>
+  /** Pass as `after` for the next page; `undefined` when this page is the last. */
+  readonly next: string | undefined
 }
 
 export type TakePendingResult =
@@ -66,6 +78,13 @@ export interface ConnectionStoreShape {
   readonly releaseLease: (lease: Lease) => Effect.Effect<void, StoreError>
   readonly putPending: (pending: PendingAuthorization) => Effect.Effect<void, StoreError>
   readonly takePending: (state: string, now: number) => Effect.Effect<TakePendingResult, StoreError>
+  /**
+   * Every connection, a page at a time, ordered by id: those whose id sorts after `after` (all when
+   * `undefined`). Optional for third-party stores; `Vault.rotate` needs it.
+   */
+  readonly scan?: (after: string | undefined, limit: number) => Effect.Effect<ScanPage, StoreError>
+  /** How many connections the store holds. Optional; `Vault.rotate` reports progress against it. */
+  readonly count?: () => Effect.Effect<number, StoreError>
   /** Release connections to the backing driver (pools, files). */
   readonly close?: () => Effect.Effect<void>
 }
@@ -102,6 +121,16 @@ export const makeMemory = (): ConnectionStoreShape => {
       Effect.sync(() =>
         [...rows.values()].filter((r) => r.ownerId === ownerId).sort((a, b) => a.createdAt - b.createdAt)
       ),
+    scan: (after, limit) =>
+      Effect.sync(() => {
+        const ids = [...rows.keys()].filter((id) => after === undefined || id > after).sort()
+        const page = ids.slice(0, Math.max(0, limit))
+        return {
+          records: page.map((id) => rows.get(id)!),
+          next: ids.length > page.length && page.length > 0 ? page[page.length - 1] : undefined
+        }
+      }),
+    count: () => Effect.sync(() => rows.size),
     listDue: (now, limit) =>
       Effect.sync(() =>
         [...rows.values()]

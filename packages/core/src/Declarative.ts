@@ -192,12 +192,7 @@ const FileSchema = z.strictObject({
   refreshParams: params.optional(),
   lifetimes: z.strictObject({ accessTokenSeconds: lifetime, refreshTokenSeconds: lifetime }).optional(),
   refreshTokenPolicy: z.enum(["rotating", "reusable"]).optional(),
-  tokenErrorCodes: z
-    .record(
-      z.string().min(1),
-      Provider.TokenErrorCodeSchema
-    )
-    .optional(),
+  tokenErrorCodes: z.record(z.string().min(1), Provider.TokenErrorCodeSchema).optional(),
   identity: z.strictObject({
     /** Absolute, or relative to `api.baseUrl`. Default: `endpoints.userinfo`. */
     url: z.string().optional(),

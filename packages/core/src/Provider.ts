@@ -222,12 +222,7 @@ const DefinitionSchema = z
     refreshParams: z.record(z.string(), z.string()).optional(),
     lifetimes: z.object({ accessTokenSeconds: lifetime, refreshTokenSeconds: lifetime }).optional(),
     refreshTokenPolicy: z.enum(["rotating", "reusable"]).optional(),
-    tokenErrorCodes: z
-      .record(
-        z.string().min(1),
-        TokenErrorCodeSchema
-      )
-      .optional(),
+    tokenErrorCodes: z.record(z.string().min(1), TokenErrorCodeSchema).optional(),
     revoke: fn("revoke").optional(),
     tokenExtras: z.custom<z.ZodType>((v) => v instanceof z.ZodType, "must be a zod schema").optional(),
     identify: fn("identify"),

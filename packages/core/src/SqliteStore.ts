@@ -148,6 +148,28 @@ export const make = (
           ) as Array<{ record: string }>
         ).map((r) => parse(r)!)
       ),
+    scan: (after, limit) =>
+      attempt("scan", () => {
+        const size = Math.max(0, Math.floor(limit))
+        const rows = (
+          after === undefined
+            ? sql("SELECT id, record FROM latchkey_connections ORDER BY id LIMIT ?").all(size + 1)
+            : sql("SELECT id, record FROM latchkey_connections WHERE id > ? ORDER BY id LIMIT ?").all(
+                after,
+                size + 1
+              )
+        ) as Array<{ id: string; record: string }>
+        const page = rows.slice(0, size)
+        return {
+          records: page.map((r) => parse(r)!),
+          next: rows.length > size && size > 0 ? page[page.length - 1]!.id : undefined
+        }
+      }),
+    count: () =>
+      attempt(
+        "count",
+        () => (sql("SELECT COUNT(*) AS n FROM latchkey_connections").get() as { n: number }).n
+      ),
     listDue: (now, limit) =>
       attempt("listDue", () =>
         (

@@ -1,0 +1,547 @@
+/**
+ * The PostgreSQL store, for apps that run many instances: connections, pending authorizations and
+ * the refresh lease in four tables of one schema.
+ *
+ * - Migrations ship with the package and are applied on start, idempotently: in one transaction
+ *   holding `pg_advisory_xact_lock` (so instances starting together do not race), `CREATE ... IF NOT
+ *   EXISTS` statements and a `schema_version` row in `latchkey_meta`.
+ * - The refresh lease is a row per connection (`holder`, `fence`, `expires_at`) taken by one atomic
+ *   `INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at <= now RETURNING`: one winner under any
+ *   contention, a fence that only grows (the row stays after release), and a crashed holder's lease
+ *   simply expires.
+ * - No session state: reads are single self-contained statements; every write runs in one
+ *   transaction that starts with `SET LOCAL lock_timeout` and `SET LOCAL statement_timeout`. Nothing
+ *   uses session-level settings, session advisory locks, named prepared statements, LISTEN or
+ *   temporary tables, so the store is safe behind PgBouncer in transaction pooling mode.
+ */
+import { type Connection, ConnectionStore, ProviderDefinitionError, StoreError } from "@latchkey/core"
+import { Effect, Layer, Redacted } from "effect"
+import pg from "pg"
+
+type ConnectionRecord = Connection.ConnectionRecord
+type Lease = ConnectionStore.Lease
+type PendingAuthorization = ConnectionStore.PendingAuthorization
+type TakePendingResult = ConnectionStore.TakePendingResult
+
+export interface PostgresStoreOptions {
+  /** Where to connect (`postgres://user:pass@host:5432/db`); a Redacted value keeps the password out of logs. */
+  readonly connectionString?: string | Redacted.Redacted<string> | undefined
+  /** Your own pool instead (then `close()` leaves it open). */
+  readonly pool?: pg.Pool | undefined
+  /** The schema holding Latchkey's tables (default `"latchkey"`); created when missing. */
+  readonly schema?: string | undefined
+  /** How long a write waits for a row lock before failing with `StoreError("timeout")` (default 5 s). */
+  readonly lockTimeoutMs?: number | undefined
+  /** Longest run of a statement inside a write transaction (default 10 s). */
+  readonly statementTimeoutMs?: number | undefined
+  /** Size of the pool this store creates from `connectionString` (default 10). */
+  readonly maxConnections?: number | undefined
+}
+
+export interface PostgresStore extends ConnectionStore.ConnectionStoreShape {
+  readonly schema: string
+  /** End the pool this store created (a pool you passed in stays open). */
+  readonly close: () => Effect.Effect<void>
+}
+
+/** The schema version this release migrates to; kept in `latchkey_meta`. */
+export const SCHEMA_VERSION = 1
+const CONSUMED_TOMBSTONE_MS = 60 * 60 * 1000
+
+const migrations = (
+  s: string
+): ReadonlyArray<{ readonly version: number; readonly statements: ReadonlyArray<string> }> => [
+  {
+    version: 1,
+    statements: [
+      `CREATE TABLE IF NOT EXISTS ${s}.latchkey_connections (
+         id text COLLATE "C" PRIMARY KEY,
+         owner_id text NOT NULL,
+         provider_id text NOT NULL,
+         account_id text NOT NULL,
+         version bigint NOT NULL,
+         status text NOT NULL,
+         refresh_due_at bigint,
+         created_at bigint NOT NULL,
+         record text NOT NULL,
+         UNIQUE (owner_id, provider_id, account_id)
+       )`,
+      `CREATE INDEX IF NOT EXISTS latchkey_connections_owner ON ${s}.latchkey_connections (owner_id, created_at, id)`,
+      `CREATE INDEX IF NOT EXISTS latchkey_connections_due ON ${s}.latchkey_connections (refresh_due_at)
+         WHERE status = 'active' AND refresh_due_at IS NOT NULL`,
+      `CREATE TABLE IF NOT EXISTS ${s}.latchkey_leases (
+         connection_id text PRIMARY KEY,
+         holder text,
+         fence bigint NOT NULL,
+         expires_at bigint NOT NULL
+       )`,
+      `CREATE TABLE IF NOT EXISTS ${s}.latchkey_pending (
+         state text PRIMARY KEY,
+         record text NOT NULL,
+         expires_at bigint NOT NULL,
+         consumed_at bigint,
+         keep_until bigint NOT NULL
+       )`,
+      `CREATE INDEX IF NOT EXISTS latchkey_pending_keep ON ${s}.latchkey_pending (keep_until)`
+    ]
+  }
+]
+
+const errorCode = (e: unknown): string | undefined => {
+  const code = (e as { code?: unknown } | null)?.code
+  return typeof code === "string" ? code : undefined
+}
+
+const describeError = (e: unknown): string => {
+  const code = errorCode(e)
+  const message = String((e as Error)?.message ?? e)
+  return code === undefined ? message : `${message} [${code}]`
+}
+
+/** SQLSTATEs after which trying again later can work: lock and statement timeouts, serialization. */
+const TIMEOUT_CODES = new Set(["55P03", "57014", "40001", "40P01"])
+
+/** The driver's own timeouts: waiting for a pooled connection, or for a read's answer. */
+const DRIVER_TIMEOUT =
+  /timeout exceeded when trying to connect|Query read timeout|Connection terminated due to connection timeout/i
+
+const storeError = (what: string) => (cause: unknown) => {
+  if (cause instanceof StoreError) return cause
+  const code = errorCode(cause)
+  if (code === "23505") {
+    return new StoreError({ reason: "conflict", message: `PostgreSQL store: ${what}: already exists`, cause })
+  }
+  const timedOut =
+    (code !== undefined && TIMEOUT_CODES.has(code)) ||
+    DRIVER_TIMEOUT.test(String((cause as Error)?.message ?? ""))
+  return new StoreError({
+    reason: timedOut ? "timeout" : "unavailable",
+    message: `PostgreSQL store: ${what} failed (${describeError(cause)})`,
+    cause
+  })
+}
+
+const invalidOption = (field: string, what: string) =>
+  new ProviderDefinitionError({
+    providerId: "(postgres store)",
+    field,
+    message: `PostgresStore: ${field} ${what}`
+  })
+
+const conflict = (message: string) =>
+  new StoreError({ reason: "conflict", message: `PostgreSQL store: ${message}` })
+
+const parseRecord = <A>(what: string, text: string): A => {
+  try {
+    return JSON.parse(text) as A
+  } catch (cause) {
+    throw new StoreError({ reason: "corrupt", message: `PostgreSQL store: ${what} is not valid JSON`, cause })
+  }
+}
+
+const positive = (name: string, value: number) => {
+  if (!Number.isSafeInteger(value) || value < 1) throw invalidOption(name, "must be a positive integer")
+  return value
+}
+
+interface Settings {
+  readonly schemaName: string
+  readonly lockTimeoutMs: number
+  readonly statementTimeoutMs: number
+}
+
+/** Check the options; throws `ProviderDefinitionError` naming the bad one. */
+const validate = (options: PostgresStoreOptions): Settings => {
+  const schemaName = options.schema ?? "latchkey"
+  if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(schemaName)) {
+    throw invalidOption(
+      "schema",
+      "must be letters, digits and '_', not starting with a digit, at most 63 characters"
+    )
+  }
+  if (options.pool === undefined && options.connectionString === undefined) {
+    throw invalidOption("connectionString", "is required when no pool is given")
+  }
+  if (options.maxConnections !== undefined) positive("maxConnections", options.maxConnections)
+  return {
+    schemaName,
+    lockTimeoutMs: positive("lockTimeoutMs", options.lockTimeoutMs ?? 5_000),
+    statementTimeoutMs: positive("statementTimeoutMs", options.statementTimeoutMs ?? 10_000)
+  }
+}
+
+/**
+ * Open the store (Effect): connects, applies the migrations, and returns the store. Invalid options
+ * throw `ProviderDefinitionError` when this is called.
+ */
+export const makeEffect = (options: PostgresStoreOptions): Effect.Effect<PostgresStore, StoreError> => {
+  const { schemaName, lockTimeoutMs, statementTimeoutMs } = validate(options)
+  return Effect.suspend(() => {
+    const ownPool = options.pool === undefined
+    const pool =
+      options.pool ??
+      new pg.Pool({
+        connectionString: Redacted.isRedacted(options.connectionString)
+          ? Redacted.value(options.connectionString)
+          : options.connectionString,
+        max: options.maxConnections ?? 10,
+        connectionTimeoutMillis: statementTimeoutMs,
+        // A bound on the client side too, for a server (or a network) that stops answering: the
+        // server's own statement_timeout fires first whenever the server is there to fire it.
+        query_timeout: statementTimeoutMs + 2_000,
+        keepAlive: true,
+        keepAliveInitialDelayMillis: 10_000,
+        idleTimeoutMillis: 10_000,
+        allowExitOnIdle: true
+      })
+    // An idle client losing its server (restart, failover) must not crash the process.
+    if (ownPool) pool.on("error", () => {})
+    const store = build(pool, ownPool, schemaName, lockTimeoutMs, statementTimeoutMs)
+    return migrate(pool, schemaName, lockTimeoutMs, statementTimeoutMs).pipe(
+      Effect.as(store),
+      Effect.tapError(() => store.close())
+    )
+  })
+}
+
+/**
+ * Open the store: connects, applies the migrations, and resolves the store (or rejects with a
+ * `StoreError`). Pass it to `createLatchkey({ store })`; call `close()` when done. Invalid options
+ * throw `ProviderDefinitionError` at once.
+ */
+export const make = (options: PostgresStoreOptions): Promise<PostgresStore> => {
+  const effect = makeEffect(options)
+  return Effect.runPromise(effect)
+}
+
+/**
+ * A scoped store: opened (and migrated) when the layer is built, its pool ended when the layer is
+ * released. Invalid options throw `ProviderDefinitionError` when this is called.
+ */
+export const layer = (
+  options: PostgresStoreOptions
+): Layer.Layer<ConnectionStore.ConnectionStore, StoreError> => {
+  const effect = makeEffect(options)
+  return Layer.effect(
+    ConnectionStore.ConnectionStore,
+    Effect.acquireRelease(effect, (store) => store.close())
+  )
+}
+
+const quote = (identifier: string) => `"${identifier}"`
+
+/** Run `f` in one transaction with local lock and statement timeouts; roll back on any failure. */
+const inTransaction = async <A>(
+  pool: pg.Pool,
+  lockTimeoutMs: number,
+  statementTimeoutMs: number,
+  f: (client: pg.PoolClient) => Promise<A>
+): Promise<A> => {
+  const client = await pool.connect()
+  let broken = false
+  try {
+    // One round trip; the values are validated integers.
+    await client.query(
+      `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs}`
+    )
+    const result = await f(client)
+    await client.query("COMMIT")
+    return result
+  } catch (error) {
+    try {
+      await client.query("ROLLBACK")
+    } catch {
+      broken = true
+    }
+    throw error
+  } finally {
+    client.release(broken)
+  }
+}
+
+/** Client-side bound of one migration statement (the server's own limits are set in the transaction). */
+const MIGRATION_QUERY_TIMEOUT_MS = 120_000
+
+const migrate = (pool: pg.Pool, schemaName: string, lockTimeoutMs: number, statementTimeoutMs: number) =>
+  Effect.tryPromise({
+    try: () =>
+      inTransaction(
+        pool,
+        Math.max(lockTimeoutMs, 30_000),
+        Math.max(statementTimeoutMs, 60_000),
+        async (pooled) => {
+          // Migration statements may wait for another instance's migration: a longer client-side bound.
+          const client = {
+            query: <R extends pg.QueryResultRow>(text: string, values?: Array<unknown>) =>
+              pooled.query<R>({
+                text,
+                ...(values === undefined ? {} : { values }),
+                query_timeout: MIGRATION_QUERY_TIMEOUT_MS
+              } as pg.QueryConfig)
+          }
+          const s = quote(schemaName)
+          // Serialize concurrent starts on this schema until this transaction ends.
+          await client.query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", [
+            `latchkey:migrate:${schemaName}`
+          ])
+          await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`)
+          await client.query(
+            `CREATE TABLE IF NOT EXISTS ${s}.latchkey_meta (key text PRIMARY KEY, value text NOT NULL)`
+          )
+          const row = await client.query<{ value: string }>(
+            `SELECT value FROM ${s}.latchkey_meta WHERE key = 'schema_version'`
+          )
+          const current = row.rows[0] === undefined ? 0 : Number(row.rows[0].value)
+          if (!Number.isInteger(current) || current > SCHEMA_VERSION) {
+            throw new StoreError({
+              reason: "corrupt",
+              message: `PostgreSQL store: schema "${schemaName}" is at version ${row.rows[0]?.value}, newer than this release (${SCHEMA_VERSION}); upgrade @latchkey/store-postgres`
+            })
+          }
+          for (const step of migrations(s)) {
+            if (step.version <= current) continue
+            for (const statement of step.statements) await client.query(statement)
+          }
+          await client.query(
+            `INSERT INTO ${s}.latchkey_meta (key, value) VALUES ('schema_version', $1)
+           ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value`,
+            [String(SCHEMA_VERSION)]
+          )
+        }
+      ),
+    catch: storeError(`migrating schema "${schemaName}"`)
+  })
+
+const build = (
+  pool: pg.Pool,
+  ownPool: boolean,
+  schemaName: string,
+  lockTimeoutMs: number,
+  statementTimeoutMs: number
+): PostgresStore => {
+  const s = quote(schemaName)
+  const C = `${s}.latchkey_connections`
+  const L = `${s}.latchkey_leases`
+  const P = `${s}.latchkey_pending`
+
+  /**
+   * One self-contained statement (reads: they take no row locks). Bounded on the client side: a read
+   * that gets no answer within the statement timeout fails, and its connection is discarded.
+   */
+  const query = <R extends pg.QueryResultRow, A>(
+    what: string,
+    text: string,
+    values: ReadonlyArray<unknown>,
+    f: (result: pg.QueryResult<R>) => A
+  ): Effect.Effect<A, StoreError> =>
+    Effect.tryPromise({
+      try: async () =>
+        f(
+          await pool.query<R>({
+            text,
+            values: values as Array<unknown>,
+            query_timeout: statementTimeoutMs
+          } as pg.QueryConfig)
+        ),
+      catch: storeError(what)
+    })
+
+  /** Statements in one transaction with local timeouts (writes). */
+  const transaction = <A>(
+    what: string,
+    f: (client: pg.PoolClient) => Promise<A>
+  ): Effect.Effect<A, StoreError> =>
+    Effect.tryPromise({
+      try: () => inTransaction(pool, lockTimeoutMs, statementTimeoutMs, f),
+      catch: storeError(what)
+    })
+
+  const records = (what: string) => (result: pg.QueryResult<{ record: string }>) =>
+    result.rows.map((row) => parseRecord<ConnectionRecord>(what, row.record))
+  const first = (what: string) => (result: pg.QueryResult<{ record: string }>) =>
+    result.rows[0] === undefined ? undefined : parseRecord<ConnectionRecord>(what, result.rows[0].record)
+
+  let closed = false
+
+  return {
+    schema: schemaName,
+    get: (id) => query("get", `SELECT record FROM ${C} WHERE id = $1`, [id], first(`connection ${id}`)),
+    findByAccount: (ownerId, providerId, accountId) =>
+      query(
+        "findByAccount",
+        `SELECT record FROM ${C} WHERE owner_id = $1 AND provider_id = $2 AND account_id = $3`,
+        [ownerId, providerId, accountId],
+        first("a connection")
+      ),
+    listByOwner: (ownerId) =>
+      query(
+        "listByOwner",
+        `SELECT record FROM ${C} WHERE owner_id = $1 ORDER BY created_at, id`,
+        [ownerId],
+        records("a connection")
+      ),
+    listDue: (now, limit) =>
+      query(
+        "listDue",
+        `SELECT record FROM ${C}
+         WHERE status = 'active' AND refresh_due_at IS NOT NULL AND refresh_due_at <= $1
+         ORDER BY refresh_due_at, id LIMIT $2`,
+        [now, Math.max(0, Math.floor(limit))],
+        records("a connection")
+      ),
+    scan: (after, limit) => {
+      const size = Math.max(0, Math.floor(limit))
+      return query(
+        "scan",
+        after === undefined
+          ? `SELECT id, record FROM ${C} ORDER BY id LIMIT $1`
+          : `SELECT id, record FROM ${C} WHERE id > $2 ORDER BY id LIMIT $1`,
+        after === undefined ? [size + 1] : [size + 1, after],
+        (result: pg.QueryResult<{ id: string; record: string }>) => {
+          const page = result.rows.slice(0, size)
+          return {
+            records: page.map((row) => parseRecord<ConnectionRecord>(`connection ${row.id}`, row.record)),
+            next: result.rows.length > size && size > 0 ? page[page.length - 1]!.id : undefined
+          }
+        }
+      )
+    },
+    count: () =>
+      query("count", `SELECT count(*) AS n FROM ${C}`, [], (result: pg.QueryResult<{ n: string }>) =>
+        Number(result.rows[0]?.n ?? 0)
+      ),
+    insert: (record) =>
+      transaction("insert", async (client) => {
+        try {
+          await client.query(
+            `INSERT INTO ${C} (id, owner_id, provider_id, account_id, version, status, refresh_due_at, created_at, record)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+            [
+              record.id,
+              record.ownerId,
+              record.providerId,
+              record.accountId,
+              record.version,
+              record.status,
+              record.refreshDueAt,
+              record.createdAt,
+              JSON.stringify(record)
+            ]
+          )
+        } catch (error) {
+          if (errorCode(error) === "23505") {
+            throw conflict(
+              `connection ${record.id} (account ${record.accountId} of ${record.providerId}) already exists`
+            )
+          }
+          throw error
+        }
+      }),
+    update: (record, expectedVersion) =>
+      record.version !== expectedVersion + 1
+        ? Effect.fail(conflict(`connection ${record.id}: a write must advance the version by one`))
+        : transaction("update", async (client) => {
+            let changed: number
+            try {
+              const result = await client.query(
+                `UPDATE ${C}
+                 SET owner_id = $1, provider_id = $2, account_id = $3, version = $4, status = $5,
+                     refresh_due_at = $6, record = $7
+                 WHERE id = $8 AND version = $9`,
+                [
+                  record.ownerId,
+                  record.providerId,
+                  record.accountId,
+                  record.version,
+                  record.status,
+                  record.refreshDueAt,
+                  JSON.stringify(record),
+                  record.id,
+                  expectedVersion
+                ]
+              )
+              changed = result.rowCount ?? 0
+            } catch (error) {
+              if (errorCode(error) === "23505")
+                throw conflict(`connection ${record.id}: account already linked`)
+              throw error
+            }
+            if (changed !== 1) {
+              throw conflict(`connection ${record.id} is missing or not at version ${expectedVersion}`)
+            }
+          }),
+    remove: (id) =>
+      transaction("remove", async (client) => {
+        const result = await client.query(
+          `WITH lease AS (DELETE FROM ${L} WHERE connection_id = $1)
+           DELETE FROM ${C} WHERE id = $1`,
+          [id]
+        )
+        return (result.rowCount ?? 0) > 0
+      }),
+    acquireLease: (connectionId, holder, ttlMs, now) =>
+      transaction("acquireLease", async (client): Promise<Lease | undefined> => {
+        // One statement: insert the first lease, or take over an expired one; the fence only grows.
+        const result = await client.query<{ fence: string; expires_at: string }>(
+          `INSERT INTO ${L} AS l (connection_id, holder, fence, expires_at)
+           VALUES ($1, $2, 1, $3::bigint + $4::bigint)
+           ON CONFLICT (connection_id) DO UPDATE
+             SET holder = EXCLUDED.holder, fence = l.fence + 1, expires_at = EXCLUDED.expires_at
+             WHERE l.expires_at <= $3::bigint
+           RETURNING fence, expires_at`,
+          [connectionId, holder, now, ttlMs]
+        )
+        const row = result.rows[0]
+        return row === undefined
+          ? undefined
+          : { connectionId, holder, fence: Number(row.fence), expiresAt: Number(row.expires_at) }
+      }),
+    releaseLease: (lease) =>
+      transaction("releaseLease", async (client) => {
+        await client.query(
+          `UPDATE ${L} SET holder = NULL, expires_at = 0 WHERE connection_id = $1 AND holder = $2 AND fence = $3`,
+          [lease.connectionId, lease.holder, lease.fence]
+        )
+      }),
+    putPending: (pending: PendingAuthorization) =>
+      transaction("putPending", async (client) => {
+        await client.query(`DELETE FROM ${P} WHERE keep_until < $1 AND state <> $2`, [
+          pending.createdAt,
+          pending.state
+        ])
+        await client.query(
+          `INSERT INTO ${P} (state, record, expires_at, consumed_at, keep_until) VALUES ($1, $2, $3, NULL, $3)
+           ON CONFLICT (state) DO UPDATE
+             SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at, consumed_at = NULL,
+                 keep_until = EXCLUDED.keep_until`,
+          [pending.state, JSON.stringify(pending), pending.expiresAt]
+        )
+      }),
+    takePending: (state, now) =>
+      transaction("takePending", async (client): Promise<TakePendingResult> => {
+        const result = await client.query<{ record: string | null; present: boolean }>(
+          `WITH taken AS (
+             UPDATE ${P} SET consumed_at = $2, keep_until = GREATEST(expires_at, $2::bigint + ${CONSUMED_TOMBSTONE_MS})
+             WHERE state = $1 AND consumed_at IS NULL
+             RETURNING record
+           )
+           SELECT (SELECT record FROM taken) AS record, EXISTS (SELECT 1 FROM ${P} WHERE state = $1) AS present`,
+          [state, now]
+        )
+        const row = result.rows[0]
+        if (row?.record != null) {
+          return {
+            _tag: "Found",
+            pending: parseRecord<PendingAuthorization>("a pending authorization", row.record)
+          }
+        }
+        return row?.present ? { _tag: "Consumed" } : { _tag: "Missing" }
+      }),
+    close: () =>
+      Effect.promise(async () => {
+        if (closed || !ownPool) return
+        closed = true
+        await pool.end().catch(() => {})
+      })
+  }
+}

@@ -1,0 +1,246 @@
+/**
+ * The PostgreSQL store against the store conformance suite (contract, vault rotation, tokens sealed
+ * at rest, 4 OS processes x 50 callers on one expired connection at oidc-provider with single-use
+ * refresh tokens, a SIGKILLed lease holder), plus what is Postgres's own: idempotent concurrent
+ * migrations, a newer schema refused, lock and read timeouts, no session state left behind
+ * (PgBouncer transaction pooling), an unreachable server, bad options, and the scoped layer.
+ *
+ * Every test uses its own schema and drops it afterwards.
+ */
+import { randomUUID } from "node:crypto"
+import { createLatchkey, ProviderDefinitionError } from "@latchkey/core"
+import { sampleRecord, storeConformance } from "@latchkey/core/testing"
+import { Effect } from "effect"
+import pg from "pg"
+import { afterAll, describe, expect, it } from "vitest"
+import { PostgresStore } from "../src/index.ts"
+import { oidcTokenServer } from "./oidc-token-server.ts"
+
+const URL_ = process.env.LATCHKEY_TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/test"
+const admin = new pg.Pool({ connectionString: URL_, max: 2 })
+admin.on("error", () => {})
+afterAll(() => admin.end())
+
+const run = <A, E>(effect: Effect.Effect<A, E>) => Effect.runPromise(effect)
+const freshSchema = () => `lk_test_${randomUUID().replaceAll("-", "").slice(0, 20)}`
+const drop = (schema: string) => admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`)
+
+/** Every row of the schema's tables as text: what a database dump would show. */
+const dump = async (schema: string) => {
+  const parts: Array<string> = []
+  for (const table of ["latchkey_connections", "latchkey_leases", "latchkey_pending", "latchkey_meta"]) {
+    const { rows } = await admin.query(`SELECT t::text AS row FROM "${schema}".${table} t`)
+    parts.push(...rows.map((r: { row: string }) => r.row))
+  }
+  return parts.join("\n")
+}
+
+storeConformance({
+  name: "PostgreSQL",
+  open: async () => {
+    const settings = { connectionString: URL_, schema: freshSchema(), maxConnections: 4 }
+    const store = await PostgresStore.make(settings)
+    return {
+      store,
+      settings,
+      raw: () => dump(settings.schema),
+      close: async () => {
+        await run(store.close())
+        await drop(settings.schema)
+      }
+    }
+  },
+  crossProcess: {
+    opener: { module: new URL("../src/index.ts", import.meta.url).href, export: "PostgresStore.make" },
+    tokenServer: oidcTokenServer
+  }
+})
+
+describe("PostgreSQL specifics", () => {
+  const schemas: Array<string> = []
+  const schema = () => {
+    const s = freshSchema()
+    schemas.push(s)
+    return s
+  }
+  afterAll(async () => {
+    for (const s of schemas) await drop(s)
+  })
+
+  it("creates its tables once, even when several instances start at the same time", async () => {
+    const s = schema()
+    const open = () => PostgresStore.make({ connectionString: URL_, schema: s, maxConnections: 1 })
+    const stores = await Promise.all([open(), open(), open(), open()])
+    // Starting again on existing tables is a no-op that keeps the data.
+    await run(stores[0]!.insert(sampleRecord("a")))
+    const again = await open()
+    expect((await run(again.get("a")))?.id).toBe("a")
+    const tables = await admin.query(
+      "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name",
+      [s]
+    )
+    expect(tables.rows.map((r: { table_name: string }) => r.table_name)).toEqual([
+      "latchkey_connections",
+      "latchkey_leases",
+      "latchkey_meta",
+      "latchkey_pending"
+    ])
+    const version = await admin.query(`SELECT value FROM "${s}".latchkey_meta WHERE key = 'schema_version'`)
+    expect(version.rows).toEqual([{ value: String(PostgresStore.SCHEMA_VERSION) }])
+    for (const store of [...stores, again]) await run(store.close())
+  })
+
+  it("refuses a schema written by a newer version, with a typed error", async () => {
+    const s = schema()
+    const first = await PostgresStore.make({ connectionString: URL_, schema: s, maxConnections: 1 })
+    await run(first.close())
+    await admin.query(`UPDATE "${s}".latchkey_meta SET value = '99' WHERE key = 'schema_version'`)
+    const error = await PostgresStore.make({ connectionString: URL_, schema: s, maxConnections: 1 }).then(
+      () => undefined,
+      (e: unknown) => e
+    )
+    expect(error).toMatchObject({ _tag: "StoreError", isRetryable: false })
+    expect(String((error as Error).message)).toContain("version 99")
+  })
+
+  it("gives up waiting for a locked lease row with a timeout error, then works once it is free", async () => {
+    const s = schema()
+    const store = await PostgresStore.make({
+      connectionString: URL_,
+      schema: s,
+      lockTimeoutMs: 200,
+      maxConnections: 2
+    })
+    const first = (await run(store.acquireLease("c1", "A", 60_000, Date.now())))!
+    await run(store.releaseLease(first))
+    // Another session holds the row lock (e.g. a stuck transaction).
+    const blocker = await admin.connect()
+    try {
+      await blocker.query("BEGIN")
+      await blocker.query(`SELECT * FROM "${s}".latchkey_leases WHERE connection_id = 'c1' FOR UPDATE`)
+      const error = await run(Effect.flip(store.acquireLease("c1", "B", 60_000, Date.now())))
+      expect(error).toMatchObject({ _tag: "StoreError", reason: "timeout" })
+      expect(error.isRetryable).toBe(true)
+      await blocker.query("ROLLBACK")
+    } finally {
+      blocker.release()
+    }
+    expect((await run(store.acquireLease("c1", "B", 60_000, Date.now())))?.fence).toBe(2)
+    await run(store.close())
+  })
+
+  it("bounds a read that gets no answer (a table locked by a migration elsewhere) with a timeout error", async () => {
+    const s = schema()
+    const store = await PostgresStore.make({
+      connectionString: URL_,
+      schema: s,
+      statementTimeoutMs: 300,
+      maxConnections: 2
+    })
+    await run(store.insert(sampleRecord("a")))
+    const blocker = await admin.connect()
+    try {
+      await blocker.query("BEGIN")
+      await blocker.query(`LOCK TABLE "${s}".latchkey_connections IN ACCESS EXCLUSIVE MODE`)
+      const error = await run(Effect.flip(store.get("a")))
+      expect(error).toMatchObject({ _tag: "StoreError", reason: "timeout" })
+      await blocker.query("ROLLBACK")
+    } finally {
+      blocker.release()
+    }
+    expect((await run(store.get("a")))?.id).toBe("a")
+    await run(store.close())
+  })
+
+  it("leaves no session state behind (safe behind PgBouncer transaction pooling)", async () => {
+    const s = schema()
+    // One connection: every operation of the store runs on it, and so do the checks.
+    const pool = new pg.Pool({ connectionString: URL_, max: 1 })
+    pool.on("error", () => {})
+    const store = await PostgresStore.make({ pool, schema: s, statementTimeoutMs: 1_234, lockTimeoutMs: 567 })
+    await run(store.insert(sampleRecord("a")))
+    await run(store.update(sampleRecord("a", { version: 2 }), 1))
+    expect((await run(store.get("a")))?.version).toBe(2)
+    const lease = (await run(store.acquireLease("a", "h", 1_000, 0)))!
+    await run(store.releaseLease(lease))
+    await run(store.takePending("nope", 0))
+    await run(Effect.flip(store.insert(sampleRecord("a"))))
+    await run(store.remove("a"))
+    const state = await pool.query(
+      "SELECT current_setting('statement_timeout') AS st, current_setting('lock_timeout') AS lt, " +
+        "(SELECT count(*)::int FROM pg_prepared_statements) AS prepared, " +
+        "(SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS advisory, " +
+        "pg_current_xact_id_if_assigned() IS NULL AS idle"
+    )
+    expect(state.rows[0]).toEqual({ st: "0", lt: "0", prepared: 0, advisory: 0, idle: true })
+    // The store never ends a pool it was given.
+    await run(store.close())
+    expect((await pool.query("SELECT 1 AS one")).rows).toEqual([{ one: 1 }])
+    await pool.end()
+  })
+
+  it("an unreachable server is a typed, retryable error, not a crash", async () => {
+    const error = await PostgresStore.make({
+      connectionString: "postgres://postgres@127.0.0.1:1/test",
+      schema: schema(),
+      statementTimeoutMs: 1_000
+    }).then(
+      () => undefined,
+      (e: unknown) => e
+    )
+    expect(error).toMatchObject({ _tag: "StoreError", isRetryable: true })
+    expect(String((error as Error).message)).not.toContain("postgres://")
+  })
+
+  it("refuses invalid options at construction, naming the option", () => {
+    const bad = [
+      { connectionString: URL_, schema: 'x"; DROP TABLE y; --' },
+      { connectionString: URL_, lockTimeoutMs: 0 },
+      { connectionString: URL_, statementTimeoutMs: 1.5 },
+      { schema: "ok" }
+    ]
+    for (const options of bad) {
+      expect(() => PostgresStore.make(options)).toThrow(ProviderDefinitionError)
+      expect(() => PostgresStore.layer(options)).toThrow(ProviderDefinitionError)
+    }
+  })
+
+  it("as a Layer: creates the tables when built and ends its pool when released", async () => {
+    const s = schema()
+    const application = `latchkey-layer-test-${s}`
+    const lk = createLatchkey({
+      providers: [],
+      store: PostgresStore.layer({
+        connectionString: `${URL_}?application_name=${application}`,
+        schema: s,
+        maxConnections: 1
+      })
+    })
+    expect(await lk.connections("nobody")).toEqual([])
+    const tables = await admin.query(
+      "SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = $1",
+      [s]
+    )
+    expect(tables.rows[0].n).toBe(4)
+    const sessions = () =>
+      admin
+        .query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [application])
+        .then((r) => r.rows[0].n as number)
+    expect(await sessions()).toBe(1)
+    await lk.close()
+    // The backend notices the disconnect a moment later.
+    for (let i = 0; i < 50 && (await sessions()) > 0; i++) await new Promise((r) => setTimeout(r, 20))
+    expect(await sessions()).toBe(0)
+    // A layer that cannot reach its database fails to build with the store's typed error.
+    const unreachable = createLatchkey({
+      providers: [],
+      store: PostgresStore.layer({
+        connectionString: "postgres://postgres@127.0.0.1:1/test",
+        schema: s,
+        statementTimeoutMs: 1_000
+      })
+    })
+    await expect(unreachable.connections("nobody")).rejects.toMatchObject({ _tag: "StoreError" })
+    await unreachable.close()
+  })
+})

@@ -1,0 +1,494 @@
+/**
+ * The Redis store, for apps that run many instances: connections, pending authorizations and the
+ * refresh lease under one key prefix. Every operation that reads and writes is one Lua script, so it
+ * is atomic on the server.
+ *
+ * Keys (P = the prefix, default `latchkey:`):
+ * - `P c:<id>` hash: `v` version, `r` the record (JSON), `o` owner id, `a` account key. Reads of a
+ *   connection are one `HGET`.
+ * - `P a:<[owner, provider, account]>` → id (uniqueness of the account), `P o:<owner>` sorted set of
+ *   ids by creation time (list by owner), `P due` sorted set of active ids by `refreshDueAt`
+ *   (`listDue`), `P ids` sorted set of every id (`scan` in id order, `count`).
+ * - `P l:<id>` the lease: a hash (holder, fence, expiry) created with a PX TTL of the lease's length,
+ *   only when no unexpired lease exists (`SET NX PX` semantics, inside a script so that the fence is
+ *   incremented in the same step); released by compare-and-delete (same holder and fence). `P f:<id>`
+ *   the fence counter (`INCR`): it survives releases, so fences only grow.
+ * - `P p:<state>` a pending authorization: a hash taken once by a get-and-mark script; it expires an
+ *   hour after the authorization does.
+ *
+ * Writes of a connection are compare-and-set on its version in a script, so a writer whose lease
+ * lapsed (its fence superseded) cannot overwrite the newer tokens: its write fails with `conflict`.
+ *
+ * Redis Cluster is not supported (the scripts touch keys they derive from the prefix); use a
+ * standalone server, Sentinel or a managed primary. Tokens reach Redis sealed by the Vault.
+ */
+import { createHash, randomUUID } from "node:crypto"
+import { type Connection, ConnectionStore, ProviderDefinitionError, StoreError } from "@latchkey/core"
+import { Effect, Layer, Redacted } from "effect"
+import { Redis, type RedisOptions } from "ioredis"
+
+type ConnectionRecord = Connection.ConnectionRecord
+type PendingAuthorization = ConnectionStore.PendingAuthorization
+type TakePendingResult = ConnectionStore.TakePendingResult
+
+export interface RedisStoreOptions {
+  /** `redis://[:password@]host:6379/db`; a Redacted value keeps the password out of logs. */
+  readonly url?: string | Redacted.Redacted<string> | undefined
+  /** Your own ioredis client instead (then `close()` leaves it connected). Its `keyPrefix` is honoured. */
+  readonly client?: Redis | undefined
+  /** Prefix of every key (default `"latchkey:"`). */
+  readonly keyPrefix?: string | undefined
+  /** How long a command may take before failing with `StoreError("timeout")` (default 5 s; own client only). */
+  readonly commandTimeoutMs?: number | undefined
+  /** More ioredis options for the client this store creates (RESP2 replies). */
+  readonly redisOptions?: Omit<RedisOptions, "replyMapping"> | undefined
+}
+
+export interface RedisStore extends ConnectionStore.ConnectionStoreShape {
+  readonly keyPrefix: string
+  /** Resolves once the server answers (a `PING`); operations wait for the connection anyway. */
+  readonly ready: Effect.Effect<void, StoreError>
+  /** Quit the client this store created (a client you passed in stays connected). */
+  readonly close: () => Effect.Effect<void>
+}
+
+const CONSUMED_TOMBSTONE_MS = 60 * 60 * 1000
+
+interface Script {
+  readonly name: string
+  readonly lua: string
+  readonly sha: string
+}
+
+const script = (name: string, lua: string): Script => ({
+  name,
+  lua,
+  sha: createHash("sha1").update(lua).digest("hex")
+})
+
+/** Keep the due index in step with the record: ARGV[due] is the score or "" (not due). */
+const SET_DUE = `
+local function setDue(P, id, due)
+  if due == '' then redis.call('ZREM', P .. 'due', id) else redis.call('ZADD', P .. 'due', due, id) end
+end
+`
+
+/** ARGV: prefix, id, version, record, owner, account key, createdAt, due. */
+const INSERT = script(
+  "insert",
+  `${SET_DUE}
+local P, id = ARGV[1], ARGV[2]
+local ck = P .. 'c:' .. id
+if redis.call('EXISTS', ck) == 1 then return 'id' end
+local ak = P .. 'a:' .. ARGV[6]
+if redis.call('EXISTS', ak) == 1 then return 'account' end
+redis.call('HSET', ck, 'v', ARGV[3], 'r', ARGV[4], 'o', ARGV[5], 'a', ARGV[6])
+redis.call('SET', ak, id)
+redis.call('ZADD', P .. 'o:' .. ARGV[5], ARGV[7], id)
+redis.call('ZADD', P .. 'ids', 0, id)
+setDue(P, id, ARGV[8])
+return 'ok'`
+)
+
+/** ARGV: prefix, id, expected version, new version, record, owner, account key, createdAt, due. */
+const UPDATE = script(
+  "update",
+  `${SET_DUE}
+local P, id = ARGV[1], ARGV[2]
+local ck = P .. 'c:' .. id
+local cur = redis.call('HMGET', ck, 'v', 'o', 'a')
+if not cur[1] then return 'missing' end
+if tonumber(cur[1]) ~= tonumber(ARGV[3]) then return 'version' end
+if cur[3] ~= ARGV[7] then
+  local ak = P .. 'a:' .. ARGV[7]
+  if redis.call('EXISTS', ak) == 1 then return 'account' end
+  redis.call('DEL', P .. 'a:' .. cur[3])
+  redis.call('SET', ak, id)
+end
+if cur[2] ~= ARGV[6] then redis.call('ZREM', P .. 'o:' .. cur[2], id) end
+redis.call('ZADD', P .. 'o:' .. ARGV[6], ARGV[8], id)
+redis.call('HSET', ck, 'v', ARGV[4], 'r', ARGV[5], 'o', ARGV[6], 'a', ARGV[7])
+setDue(P, id, ARGV[9])
+return 'ok'`
+)
+
+/** ARGV: prefix, id. */
+const REMOVE = script(
+  "remove",
+  `
+local P, id = ARGV[1], ARGV[2]
+local ck = P .. 'c:' .. id
+local cur = redis.call('HMGET', ck, 'o', 'a')
+if not cur[1] then return 0 end
+redis.call('DEL', ck, P .. 'a:' .. cur[2], P .. 'l:' .. id, P .. 'f:' .. id)
+redis.call('ZREM', P .. 'o:' .. cur[1], id)
+redis.call('ZREM', P .. 'ids', id)
+redis.call('ZREM', P .. 'due', id)
+return 1`
+)
+
+/** ARGV: prefix, account key. Returns the record, or false. */
+const FIND_BY_ACCOUNT = script(
+  "findByAccount",
+  `
+local id = redis.call('GET', ARGV[1] .. 'a:' .. ARGV[2])
+if not id then return false end
+return redis.call('HGET', ARGV[1] .. 'c:' .. id, 'r')`
+)
+
+/** Records of ids, skipping any that vanished. */
+const RECORDS_OF = `
+local function recordsOf(P, ids)
+  local out = {}
+  for _, id in ipairs(ids) do
+    local r = redis.call('HGET', P .. 'c:' .. id, 'r')
+    if r then out[#out + 1] = r end
+  end
+  return out
+end
+`
+
+/** ARGV: prefix, owner. */
+const LIST_BY_OWNER = script(
+  "listByOwner",
+  `${RECORDS_OF}
+return recordsOf(ARGV[1], redis.call('ZRANGE', ARGV[1] .. 'o:' .. ARGV[2], 0, -1))`
+)
+
+/** ARGV: prefix, now, limit. */
+const LIST_DUE = script(
+  "listDue",
+  `${RECORDS_OF}
+return recordsOf(ARGV[1], redis.call('ZRANGEBYSCORE', ARGV[1] .. 'due', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3])))`
+)
+
+/** ARGV: prefix, lex start ("-" or "(" .. after), limit. Returns id, record, id, record, ... */
+const SCAN = script(
+  "scan",
+  `
+local P = ARGV[1]
+local ids = redis.call('ZRANGEBYLEX', P .. 'ids', ARGV[2], '+', 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local r = redis.call('HGET', P .. 'c:' .. id, 'r')
+  if r then
+    out[#out + 1] = id
+    out[#out + 1] = r
+  end
+end
+return out`
+)
+
+/**
+ * ARGV: prefix, connection id, holder, now, ttl. The lease is granted when no unexpired lease
+ * exists: the key is gone (its PX ran out, or it was released) or its expiry is at or before the
+ * caller's `now`. Then the fence is incremented and the lease written with a PX TTL. Returns
+ * { fence, expiresAt } or false.
+ */
+const ACQUIRE = script(
+  "acquireLease",
+  `
+local lk = ARGV[1] .. 'l:' .. ARGV[2]
+local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local held = redis.call('HGET', lk, 'e')
+if held and tonumber(held) > now then return false end
+local fence = redis.call('INCR', ARGV[1] .. 'f:' .. ARGV[2])
+local expires = now + ttl
+redis.call('DEL', lk)
+redis.call('HSET', lk, 'h', ARGV[3], 'f', fence, 'e', string.format('%.0f', expires))
+redis.call('PEXPIRE', lk, math.max(1, ttl))
+return { fence, string.format('%.0f', expires) }`
+)
+
+/** ARGV: prefix, connection id, holder, fence. Compare-and-delete. */
+const RELEASE = script(
+  "releaseLease",
+  `
+local lk = ARGV[1] .. 'l:' .. ARGV[2]
+local cur = redis.call('HMGET', lk, 'h', 'f')
+if cur[1] == ARGV[3] and cur[2] == ARGV[4] then return redis.call('DEL', lk) end
+return 0`
+)
+
+/** ARGV: prefix, state, record, expiresAt, ttl ms. */
+const PUT_PENDING = script(
+  "putPending",
+  `
+local pk = ARGV[1] .. 'p:' .. ARGV[2]
+redis.call('DEL', pk)
+redis.call('HSET', pk, 'r', ARGV[3], 'x', ARGV[4])
+redis.call('PEXPIRE', pk, tonumber(ARGV[5]))
+return 'ok'`
+)
+
+/** ARGV: prefix, state, now, tombstone ms. Returns { 'found', record } | { 'consumed' } | { 'missing' }. */
+const TAKE_PENDING = script(
+  "takePending",
+  `
+local pk = ARGV[1] .. 'p:' .. ARGV[2]
+local cur = redis.call('HMGET', pk, 'r', 'c')
+if not cur[1] then return { 'missing' } end
+if cur[2] then return { 'consumed' } end
+redis.call('HSET', pk, 'c', ARGV[3])
+if redis.call('PTTL', pk) < tonumber(ARGV[4]) then redis.call('PEXPIRE', pk, tonumber(ARGV[4])) end
+return { 'found', cur[1] }`
+)
+
+const errorText = (e: unknown) => String((e as Error)?.message ?? e)
+
+const storeError = (what: string) => (cause: unknown) => {
+  if (cause instanceof StoreError) return cause
+  const text = errorText(cause)
+  const timeout = /timed? ?out|ETIMEDOUT/i.test(text)
+  return new StoreError({
+    reason: timeout ? "timeout" : "unavailable",
+    message: `Redis store: ${what} failed (${text})`,
+    cause
+  })
+}
+
+const conflict = (message: string) =>
+  new StoreError({ reason: "conflict", message: `Redis store: ${message}` })
+
+const parseRecord = <A>(what: string, text: string): A => {
+  try {
+    return JSON.parse(text) as A
+  } catch (cause) {
+    throw new StoreError({ reason: "corrupt", message: `Redis store: ${what} is not valid JSON`, cause })
+  }
+}
+
+/** The account index key: JSON keeps the three parts apart whatever characters they hold. */
+const accountKey = (r: Pick<ConnectionRecord, "ownerId" | "providerId" | "accountId">) =>
+  JSON.stringify([r.ownerId, r.providerId, r.accountId])
+
+const dueScore = (r: ConnectionRecord) =>
+  r.status === "active" && r.refreshDueAt !== null ? String(r.refreshDueAt) : ""
+
+const invalid = (field: string, message: string) =>
+  new ProviderDefinitionError({ providerId: "(redis store)", field, message: `RedisStore: ${message}` })
+
+/**
+ * Create the store. Nothing is written until it is used; `ready` checks the server answers. Throws
+ * `ProviderDefinitionError` on invalid options.
+ */
+export const make = (options: RedisStoreOptions): RedisStore => {
+  const keyPrefix = options.keyPrefix ?? "latchkey:"
+  if (keyPrefix.length === 0 || /[*?[\]\\]/.test(keyPrefix)) {
+    throw invalid("keyPrefix", "keyPrefix must be non-empty and free of glob characters (* ? [ ] \\)")
+  }
+  if (options.client === undefined && options.url === undefined) {
+    throw invalid("url", "give a url or a client")
+  }
+  const commandTimeoutMs = options.commandTimeoutMs ?? 5_000
+  if (!Number.isInteger(commandTimeoutMs) || commandTimeoutMs < 1) {
+    throw invalid("commandTimeoutMs", "commandTimeoutMs must be a positive integer")
+  }
+  const ownClient = options.client === undefined
+  const clientOptions: Omit<RedisOptions, "replyMapping"> = {
+    commandTimeout: commandTimeoutMs,
+    maxRetriesPerRequest: 2,
+    connectTimeout: commandTimeoutMs,
+    retryStrategy: (times: number) => Math.min(50 * 2 ** times, 2_000),
+    ...options.redisOptions
+  }
+  const url = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
+  const client = options.client ?? new Redis(url as string, clientOptions)
+  // Connection errors surface as typed StoreErrors on the operations; the event must not crash.
+  if (ownClient) client.on("error", () => {})
+  // Scripts build keys themselves, so they need the client's own prefix too (plain commands get it from ioredis).
+  const P = `${client.options.keyPrefix ?? ""}${keyPrefix}`
+
+  const call = <A>(what: string, f: () => Promise<A>): Effect.Effect<A, StoreError> =>
+    Effect.tryPromise({ try: f, catch: storeError(what) })
+
+  const evalScript = async (s: Script, args: ReadonlyArray<string | number>): Promise<unknown> => {
+    try {
+      return await client.evalsha(s.sha, 0, ...args)
+    } catch (error) {
+      if (!/NOSCRIPT/.test(errorText(error))) throw error
+      return await client.eval(s.lua, 0, ...args)
+    }
+  }
+  const run = (s: Script, args: ReadonlyArray<string | number>) =>
+    call(s.name, () => evalScript(s, [P, ...args]))
+
+  const parseAll = (what: string) => (rows: unknown) =>
+    (rows as Array<string>).map((r) => parseRecord<ConnectionRecord>(what, r))
+
+  let closed = false
+
+  return {
+    keyPrefix,
+    ready: call("ping", () => client.ping()).pipe(Effect.asVoid),
+    get: (id) =>
+      call("get", () => client.hget(`${keyPrefix}c:${id}`, "r")).pipe(
+        Effect.flatMap((r) =>
+          r === null
+            ? Effect.succeed(undefined)
+            : Effect.try({
+                try: () => parseRecord<ConnectionRecord>(`connection ${id}`, r),
+                catch: storeError("get")
+              })
+        )
+      ),
+    findByAccount: (ownerId, providerId, accountId) =>
+      run(FIND_BY_ACCOUNT, [accountKey({ ownerId, providerId, accountId })]).pipe(
+        Effect.flatMap((r) =>
+          typeof r !== "string"
+            ? Effect.succeed(undefined)
+            : Effect.try({
+                try: () => parseRecord<ConnectionRecord>("a connection", r),
+                catch: storeError("findByAccount")
+              })
+        )
+      ),
+    listByOwner: (ownerId) =>
+      run(LIST_BY_OWNER, [ownerId]).pipe(
+        Effect.flatMap((rows) =>
+          Effect.try({ try: () => parseAll("a connection")(rows), catch: storeError("listByOwner") })
+        )
+      ),
+    listDue: (now, limit) =>
+      Math.floor(limit) <= 0
+        ? Effect.succeed([])
+        : run(LIST_DUE, [String(now), Math.floor(limit)]).pipe(
+            Effect.flatMap((rows) =>
+              Effect.try({ try: () => parseAll("a connection")(rows), catch: storeError("listDue") })
+            )
+          ),
+    scan: (after, limit) => {
+      const size = Math.max(0, Math.floor(limit))
+      if (size === 0) return Effect.succeed({ records: [], next: undefined })
+      return run(SCAN, [after === undefined ? "-" : `(${after}`, size + 1]).pipe(
+        Effect.flatMap((flat) =>
+          Effect.try({
+            try: () => {
+              const items = flat as Array<string>
+              const ids: Array<string> = []
+              const records: Array<ConnectionRecord> = []
+              for (let i = 0; i + 1 < items.length; i += 2) {
+                ids.push(items[i]!)
+                records.push(parseRecord<ConnectionRecord>(`connection ${items[i]}`, items[i + 1]!))
+              }
+              const more = records.length > size
+              return {
+                records: records.slice(0, size),
+                next: more ? ids[size - 1] : undefined
+              }
+            },
+            catch: storeError("scan")
+          })
+        )
+      )
+    },
+    count: () => call("count", () => client.zcard(`${keyPrefix}ids`)),
+    insert: (record) =>
+      run(INSERT, [
+        record.id,
+        record.version,
+        JSON.stringify(record),
+        record.ownerId,
+        accountKey(record),
+        record.createdAt,
+        dueScore(record)
+      ]).pipe(
+        Effect.flatMap((answer) =>
+          answer === "ok"
+            ? Effect.void
+            : Effect.fail(
+                conflict(
+                  answer === "id"
+                    ? `connection ${record.id} already exists`
+                    : `account ${record.accountId} of ${record.providerId} is already linked`
+                )
+              )
+        )
+      ),
+    update: (record, expectedVersion) =>
+      record.version !== expectedVersion + 1
+        ? Effect.fail(conflict(`connection ${record.id}: a write must advance the version by one`))
+        : run(UPDATE, [
+            record.id,
+            expectedVersion,
+            record.version,
+            JSON.stringify(record),
+            record.ownerId,
+            accountKey(record),
+            record.createdAt,
+            dueScore(record)
+          ]).pipe(
+            Effect.flatMap((answer) =>
+              answer === "ok"
+                ? Effect.void
+                : Effect.fail(
+                    conflict(
+                      answer === "account"
+                        ? `connection ${record.id}: account already linked`
+                        : `connection ${record.id} is missing or not at version ${expectedVersion}`
+                    )
+                  )
+            )
+          ),
+    remove: (id) => run(REMOVE, [id]).pipe(Effect.map((n) => Number(n) === 1)),
+    acquireLease: (connectionId, holder, ttlMs, now) =>
+      run(ACQUIRE, [connectionId, holder, String(now), String(Math.max(1, Math.floor(ttlMs)))]).pipe(
+        Effect.map((answer) => {
+          if (!Array.isArray(answer)) return undefined
+          return { connectionId, holder, fence: Number(answer[0]), expiresAt: Number(answer[1]) }
+        })
+      ),
+    releaseLease: (lease) =>
+      run(RELEASE, [lease.connectionId, lease.holder, String(lease.fence)]).pipe(Effect.asVoid),
+    putPending: (pending: PendingAuthorization) =>
+      run(PUT_PENDING, [
+        pending.state,
+        JSON.stringify(pending),
+        String(pending.expiresAt),
+        Math.max(1, pending.expiresAt - pending.createdAt) + CONSUMED_TOMBSTONE_MS
+      ]).pipe(Effect.asVoid),
+    takePending: (state, now) =>
+      run(TAKE_PENDING, [state, String(now), CONSUMED_TOMBSTONE_MS]).pipe(
+        Effect.flatMap((answer) =>
+          Effect.try({
+            try: (): TakePendingResult => {
+              const [tag, record] = answer as [string, string | undefined]
+              if (tag === "found") {
+                return {
+                  _tag: "Found",
+                  pending: parseRecord<PendingAuthorization>("a pending authorization", record!)
+                }
+              }
+              return tag === "consumed" ? { _tag: "Consumed" } : { _tag: "Missing" }
+            },
+            catch: storeError("takePending")
+          })
+        )
+      ),
+    close: () =>
+      Effect.promise(async () => {
+        if (closed || !ownClient) return
+        closed = true
+        await client.quit().catch(() => client.disconnect())
+      })
+  }
+}
+
+/** A scoped store: created when the layer is built (after the server answers), closed when released. */
+export const layer = (options: RedisStoreOptions): Layer.Layer<ConnectionStore.ConnectionStore, StoreError> =>
+  Layer.effect(
+    ConnectionStore.ConnectionStore,
+    Effect.acquireRelease(
+      Effect.suspend(() => {
+        const store = make(options)
+        return store.ready.pipe(
+          Effect.as(store),
+          Effect.tapError(() => store.close())
+        )
+      }),
+      (store) => store.close()
+    )
+  )
+
+/** A fresh random key prefix, e.g. for tests: `latchkey-<uuid>:`. */
+export const randomPrefix = (base = "latchkey"): string => `${base}-${randomUUID()}:`
