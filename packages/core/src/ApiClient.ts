@@ -13,7 +13,7 @@ import * as HttpClientResponse from "effect/http/HttpClientResponse"
 import { LatchkeyConfig } from "./Config.ts"
 import { ApiError } from "./Errors.ts"
 import { parseRetryAfter } from "./OAuth.ts"
-import type { ApiResponseInfo, Credential } from "./Provider.ts"
+import type { ApiResponseInfo, Credential, Provider } from "./Provider.ts"
 import { Providers } from "./Providers.ts"
 import { type TokenError, TokenManager } from "./TokenManager.ts"
 
@@ -69,20 +69,25 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
     Effect.gen(function* () {
       const tokens = yield* TokenManager
       const config = yield* LatchkeyConfig
-      const providersBase = new Map((yield* Providers).all.map((p) => [p.id, p.apiBaseUrl] as const))
+      const registered = (yield* Providers).all
+      const providersBase = new Map(registered.map((p) => [p.id, p.apiBaseUrl] as const))
+      // Each provider's API fetch, wrapped once (e.g. HighLevel's rate limiter).
+      const apiFetches = new Map(
+        registered.map((p) => [p.id, p.apiFetch ? p.apiFetch(config.fetch) : config.fetch])
+      )
 
       const send = (
         connectionId: string,
         url: URL,
         init: RequestInit | undefined,
         credential: Credential,
-        headersFor: (c: Credential) => Record<string, string>
+        provider: Provider
       ) =>
         Effect.tryPromise({
           try: () => {
             const headers = new Headers(init?.headers)
-            for (const [k, v] of Object.entries(headersFor(credential))) headers.set(k, v)
-            return config.fetch(url, {
+            for (const [k, v] of Object.entries(provider.authorizeRequest(credential))) headers.set(k, v)
+            return (apiFetches.get(provider.id) ?? config.fetch)(url, {
               ...init,
               headers,
               signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs)
@@ -109,7 +114,7 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
         let refreshed = false
         let rateLimitedRetries = 0
         for (;;) {
-          const response = yield* send(connectionId, url, init, credential, provider.authorizeRequest)
+          const response = yield* send(connectionId, url, init, credential, provider)
           if (response.ok) return response
           const info: ApiResponseInfo = {
             status: response.status,

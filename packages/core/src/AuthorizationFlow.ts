@@ -129,7 +129,7 @@ export const authorizedFetch =
     const url = new URL(input, provider.apiBaseUrl)
     const headers = new Headers(init?.headers)
     for (const [k, v] of Object.entries(provider.authorizeRequest(credential))) headers.set(k, v)
-    return config.fetch(url, {
+    return (provider.apiFetch ? provider.apiFetch(config.fetch) : config.fetch)(url, {
       ...init,
       headers,
       signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs)

@@ -125,6 +125,11 @@ export interface ProviderDefinition {
    * `AuthorizationFlow.completeProviderInitiated`, never by `complete`.
    */
   readonly providerInitiated?: boolean | undefined
+  /**
+   * Wraps the fetch used for this provider's API requests (the ApiClient and `identify`), e.g. to
+   * keep within the provider's rate limits. Called once per Latchkey instance with its base fetch.
+   */
+  readonly apiFetch?: ((fetch: typeof globalThis.fetch) => typeof globalThis.fetch) | undefined
 }
 
 /** A validated provider, ready to register with Latchkey. */
@@ -230,7 +235,8 @@ const DefinitionSchema = z
     authorizeRequest: fn("authorizeRequest").optional(),
     classifyResponse: fn("classifyResponse").optional(),
     apiKeys: z.boolean().optional(),
-    providerInitiated: z.boolean().optional()
+    providerInitiated: z.boolean().optional(),
+    apiFetch: fn("apiFetch").optional()
   })
   .superRefine((def, ctx) => {
     if (!def.endpoints === !def.discovery) {

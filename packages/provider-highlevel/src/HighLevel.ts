@@ -31,7 +31,16 @@ export {
   WHITE_LABEL_MARKETPLACE_URL
 } from "./internal.ts"
 export * as Locations from "./Locations.ts"
-export { bucketKey, makeRateLimiter, type RateLimiter, rateLimitedFetch } from "./RateLimit.ts"
+
+import { makeRateLimiter, type RateLimiter, type RateLimiterOptions, rateLimitedFetch } from "./RateLimit.ts"
+
+export {
+  bucketKey,
+  makeRateLimiter,
+  type RateLimiter,
+  type RateLimiterOptions,
+  rateLimitedFetch
+} from "./RateLimit.ts"
 export * as Webhooks from "./Webhooks.ts"
 
 export interface HighLevelOptions {
@@ -52,6 +61,12 @@ export interface HighLevelOptions {
   /** Other hosts, e.g. the sandbox's: `marketplaceUrl` serves /oauth/chooselocation, `apiUrl` the API. */
   readonly marketplaceUrl?: string
   readonly apiUrl?: string
+  /**
+   * Keep API calls within HighLevel's rate limits (burst 100 per 10 s per location or company, learnt
+   * from the `X-RateLimit-*` headers; a 429 waits for `Retry-After`). On by default; `false` turns it
+   * off, an object tunes it (a clock for tests) or passes a limiter to share or inspect.
+   */
+  readonly rateLimit?: false | (RateLimiterOptions & { readonly limiter?: RateLimiter })
 }
 
 /** A 401 that a new token would not fix: the Version header is missing, or a scope was not granted. */
@@ -75,6 +90,11 @@ export const provider = (options: HighLevelOptions): Provider.Provider => {
   const marketplace =
     options.marketplaceUrl ?? (options.whiteLabel ? WHITE_LABEL_MARKETPLACE_URL : MARKETPLACE_URL)
   const api = options.apiUrl ?? API_URL
+  // One limiter per provider instance: every request of this Latchkey instance shares its budget.
+  const limiter =
+    options.rateLimit === false
+      ? undefined
+      : (options.rateLimit?.limiter ?? makeRateLimiter(options.rateLimit ?? {}))
   return Provider.make({
     id: options.id ?? "highlevel",
     name: options.name ?? "HighLevel",
@@ -96,6 +116,9 @@ export const provider = (options: HighLevelOptions): Provider.Provider => {
     tokenExtras: TokenExtras,
     providerInitiated: true,
     apiBaseUrl: api,
+    ...(limiter
+      ? { apiFetch: (inner: typeof fetch) => rateLimitedFetch({ fetch: inner, limiter, apiUrl: api }) }
+      : {}),
     authorizeRequest: (credential) => ({
       authorization:
         credential.kind === "oauth" ? `Bearer ${credential.accessToken}` : `Bearer ${credential.apiKey}`,

@@ -1,13 +1,13 @@
 /**
- * The sandbox enforces HighLevel's burst limit with the real headers, and the ApiClient, given
- * `HighLevel.rateLimitedFetch`, keeps within it. Sandbox and limiter share one virtual clock, so the
- * 10-second windows pass without waiting.
+ * The sandbox enforces HighLevel's burst limit with the real headers, and the ApiClient keeps within
+ * it on its own: HighLevel.provider wraps its API fetch in a rate limiter (on by default). Sandbox
+ * and limiter share one virtual clock, so the 10-second windows pass without waiting.
  */
-import { ConnectionStore } from "@latchkey/core"
+import { ConnectionStore, createLatchkey } from "@latchkey/core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { HighLevel } from "../src/index.ts"
 import { type HighLevelSandbox, startSandbox } from "../src/sandbox.ts"
-import { latchkeyFor, link } from "./support.ts"
+import { latchkeyFor, link, providerFor } from "./support.ts"
 
 let t = Date.now()
 let sandbox: HighLevelSandbox
@@ -51,15 +51,17 @@ describe("rate limits", () => {
     }
   })
 
-  it("through rateLimitedFetch, the ApiClient learns the limit from the headers and waits instead of hitting 429", async () => {
-    const limited = HighLevel.rateLimitedFetch({
-      apiUrl: sandbox.url,
+  it("the ApiClient learns the limit from the headers and waits instead of hitting 429, with no setup", async () => {
+    const limiter = HighLevel.makeRateLimiter({
       now: () => t,
       sleep: async (ms) => {
         t += ms
       }
     })
-    const lk = latchkeyFor(sandbox, { store: ConnectionStore.makeMemory(), config: { fetch: limited } })
+    const lk = createLatchkey({
+      providers: [providerFor(sandbox, { rateLimit: { limiter } })],
+      store: ConnectionStore.makeMemory()
+    })
     try {
       const c = await link(lk, sandbox, "sbxLocation003")
       t += 60_000
@@ -73,7 +75,7 @@ describe("rate limits", () => {
       // 12 calls at 5 per 10 s span at least two more windows.
       expect(t - start).toBeGreaterThanOrEqual(20_000)
       const bucket = HighLevel.bucketKey(`Bearer ${await lk.accessToken(c.id)}`)
-      expect(limited.limiter.state(bucket)).toMatchObject({ max: 5, intervalMs: 10_000 })
+      expect(limiter.state(bucket)).toMatchObject({ max: 5, intervalMs: 10_000 })
     } finally {
       await lk.close()
     }
@@ -103,13 +105,18 @@ describe("rate limits", () => {
         inFlight--
       }
     }
-    const limited = HighLevel.rateLimitedFetch({
-      apiUrl: real.url,
-      fetch: counting,
-      now: () => v,
-      sleep: (ms) => new Promise<void>((wake) => sleepers.push({ at: v + ms, wake }))
+    const lk = createLatchkey({
+      providers: [
+        providerFor(real, {
+          rateLimit: {
+            now: () => v,
+            sleep: (ms) => new Promise<void>((wake) => sleepers.push({ at: v + ms, wake }))
+          }
+        })
+      ],
+      store: ConnectionStore.makeMemory(),
+      config: { fetch: counting }
     })
-    const lk = latchkeyFor(real, { store: ConnectionStore.makeMemory(), config: { fetch: limited } })
     try {
       const c = await link(lk, real, "sbxLocation001")
       const start = v
