@@ -184,7 +184,10 @@ const classify = (provider: Provider, cause: unknown, capture: Capture, what: st
   if (err?.code === "OAUTH_RESPONSE_BODY_ERROR" && typeof err.error === "string") {
     const s = capture.errorIn200 ? 200 : (err.status ?? status)
     // The provider's own code (e.g. GitHub's bad_refresh_token) stands for a standard one.
-    const standard = provider.tokenErrorCodes?.[err.error] ?? err.error
+    const standard =
+      provider.classifyTokenError?.({ status: s, error: err.error, description: err.error_description }) ??
+      provider.tokenErrorCodes?.[err.error] ??
+      err.error
     const detail = {
       status: s,
       error: err.error,

@@ -102,6 +102,18 @@ export interface ProviderDefinition {
    */
   readonly tokenErrorCodes?: Readonly<Record<string, TokenErrorCode>> | undefined
   /**
+   * For providers whose error code alone is ambiguous (HighLevel answers 401 `UnAuthorized!` both for
+   * bad client credentials and for a refresh token it no longer accepts): read the whole error and
+   * say which RFC 6749 code it stands for, or undefined to fall back to `tokenErrorCodes`.
+   */
+  readonly classifyTokenError?:
+    | ((error: {
+        readonly status: number | undefined
+        readonly error: string
+        readonly description: string | undefined
+      }) => TokenErrorCode | undefined)
+    | undefined
+  /**
    * Revoke a connection at the provider when its revocation is not RFC 7009 (GitHub deletes the app
    * authorization with `DELETE /applications/{client_id}/grant`). Resolves true when the provider
    * confirmed it. Default: RFC 7009 at `endpoints.revocation` (or the discovered one), if any.
@@ -228,6 +240,7 @@ const DefinitionSchema = z
     lifetimes: z.object({ accessTokenSeconds: lifetime, refreshTokenSeconds: lifetime }).optional(),
     refreshTokenPolicy: z.enum(["rotating", "reusable"]).optional(),
     tokenErrorCodes: z.record(z.string().min(1), TokenErrorCodeSchema).optional(),
+    classifyTokenError: fn("classifyTokenError").optional(),
     revoke: fn("revoke").optional(),
     tokenExtras: z.custom<z.ZodType>((v) => v instanceof z.ZodType, "must be a zod schema").optional(),
     identify: fn("identify"),

@@ -114,6 +114,14 @@ export const provider = (options: HighLevelOptions): Provider.Provider => {
     lifetimes: { accessTokenSeconds: ACCESS_TOKEN_SECONDS, refreshTokenSeconds: REFRESH_TOKEN_SECONDS },
     refreshTokenPolicy: "rotating",
     tokenExtras: TokenExtras,
+    // HighLevel answers 401 {"error":"UnAuthorized!"} both for bad client credentials and for a code or
+    // refresh token it does not accept: only the former is the client's fault; the latter ends the grant.
+    classifyTokenError: ({ error, description }) =>
+      error === "UnAuthorized!"
+        ? /client credentials/i.test(description ?? "")
+          ? "invalid_client"
+          : "invalid_grant"
+        : undefined,
     providerInitiated: true,
     apiBaseUrl: api,
     ...(limiter
