@@ -7,11 +7,11 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { conformanceTokenServer as oidcTokenServer } from "@latchkey/testkit-oidc"
 import { Effect } from "effect"
 import { afterAll, describe, expect, it } from "vitest"
 import { ConnectionStore, SqliteStore } from "../src/index.ts"
 import { sampleRecord, storeConformance } from "../src/testing/index.ts"
-import { oidcTokenServer } from "./fixtures/oidc-token-server.ts"
 
 const dir = mkdtempSync(join(tmpdir(), "latchkey-sqlite-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))

@@ -10,11 +10,11 @@
 import { randomUUID } from "node:crypto"
 import { createLatchkey, ProviderDefinitionError } from "@latchkey/core"
 import { sampleRecord, storeConformance } from "@latchkey/core/testing"
+import { conformanceTokenServer as oidcTokenServer } from "@latchkey/testkit-oidc"
 import { Effect } from "effect"
 import pg from "pg"
 import { afterAll, describe, expect, it } from "vitest"
 import { PostgresStore } from "../src/index.ts"
-import { oidcTokenServer } from "./oidc-token-server.ts"
 
 const URL_ = process.env.LATCHKEY_TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/test"
 const admin = new pg.Pool({ connectionString: URL_, max: 2 })

@@ -9,11 +9,11 @@
  */
 import { type ConnectionStore, createLatchkey, ProviderDefinitionError } from "@latchkey/core"
 import { sampleRecord, storeConformance } from "@latchkey/core/testing"
+import { conformanceTokenServer as oidcTokenServer } from "@latchkey/testkit-oidc"
 import { Effect } from "effect"
 import { Redis } from "ioredis"
 import { afterAll, describe, expect, it } from "vitest"
 import { RedisStore } from "../src/index.ts"
-import { oidcTokenServer } from "./oidc-token-server.ts"
 
 const URL_ = process.env.LATCHKEY_TEST_REDIS_URL ?? "redis://127.0.0.1:6379"
 const admin = new Redis(URL_, { maxRetriesPerRequest: 2 })

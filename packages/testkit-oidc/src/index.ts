@@ -229,3 +229,39 @@ export const consent = async (authorizeUrl: string, options: ConsentOptions): Pr
   }
   throw new Error("consent: too many redirects")
 }
+
+/**
+ * The token server of the store conformance suite's cross-process checks (`ConformanceTokenServer` of
+ * `@latchkey/core/testing`): this server with rotating single-use refresh tokens, linked through its
+ * real login and consent forms.
+ */
+export const conformanceTokenServer = async () => {
+  const redirectUri = "http://127.0.0.1:9/callback"
+  const server = await startOidcServer({ redirectUris: [redirectUri], rotateRefreshToken: true })
+  const client = server.clients.find((c) => c.client_id === "basic-client")!
+  return {
+    provider: {
+      clientId: client.client_id,
+      clientSecret: client.client_secret!,
+      clientAuth: "client_secret_basic" as const,
+      endpoints: server.endpoints,
+      redirectUri,
+      scopes: ["openid", "offline_access", "email", "read"],
+      authorizationParams: { prompt: "consent" }
+    },
+    identify: async ({
+      fetch
+    }: {
+      readonly fetch: (input: string | URL, init?: RequestInit) => Promise<Response>
+    }) => {
+      const res = await fetch(server.endpoints.userinfo)
+      if (!res.ok) throw new Error(`userinfo ${res.status}`)
+      const body = (await res.json()) as { sub: string; email?: string }
+      return { accountId: body.sub, label: body.email ?? body.sub }
+    },
+    approve: (url: string, login: string) => consent(url, { login, redirectUri }),
+    refreshCount: () => server.grants.refresh_token,
+    refreshErrors: () => server.grants.refreshErrors,
+    close: () => server.close()
+  }
+}
