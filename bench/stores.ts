@@ -19,16 +19,15 @@
  * `export async function benchStores()` is what `bench/run.ts` calls; a store that cannot be reached
  * is reported as `{ error }` and the others still run.
  */
-import { spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
 import { mkdtempSync, rmSync } from "node:fs"
 import { createRequire } from "node:module"
 import { tmpdir } from "node:os"
-import { dirname, join } from "node:path"
-import { createInterface } from "node:readline"
+import { join } from "node:path"
 import { DatabaseSync } from "node:sqlite"
 import { fileURLToPath } from "node:url"
 import { ConnectionStore, createLatchkey, type LatchkeyClient, SqliteStore, Vault } from "@latchkey/core"
+import { startStoreWorker } from "@latchkey/core/testing"
 import { PostgresStore } from "@latchkey/store-postgres"
 import { RedisStore } from "@latchkey/store-redis"
 import { Effect } from "effect"
@@ -92,12 +91,6 @@ const newRedis = (): RedisClient => {
   client.on("error", () => {})
   return client
 }
-
-/** The store conformance suite's worker: one OS process, one Latchkey instance, N callers. */
-const workerFile = join(
-  dirname(fileURLToPath(import.meta.resolve("@latchkey/core/testing"))),
-  "storeConformanceWorker.ts"
-)
 
 interface Opened {
   readonly name: keyof StoresResult
@@ -229,43 +222,6 @@ const measureReads = async (
   return { iterations: total, readOpsPerSec: total / (lkMs / 1000), rawReadOpsPerSec: total / (rawMs / 1000) }
 }
 
-interface WorkerResult {
-  readonly tokens: Array<string>
-  readonly failures: Array<string>
-}
-
-const startWorker = (settings: object) => {
-  const child = spawn(process.execPath, [workerFile], {
-    env: { ...process.env, LK_STORE_WORKER: JSON.stringify(settings) },
-    stdio: ["pipe", "pipe", "pipe"]
-  })
-  let stderr = ""
-  child.stderr.on("data", (d) => {
-    stderr += d
-  })
-  const lines = createInterface({ input: child.stdout })
-  let onReady: () => void = () => {}
-  let onFail: (e: Error) => void = () => {}
-  const ready = new Promise<void>((resolve, reject) => {
-    onReady = resolve
-    onFail = reject
-  })
-  const result = new Promise<WorkerResult>((resolve, reject) => {
-    lines.on("line", (line) => {
-      if (line === "ready") onReady()
-      else if (line.startsWith("{")) resolve(JSON.parse(line) as WorkerResult)
-    })
-    child.on("exit", (code, signal) => {
-      const error = new Error(`storm worker exited (${code ?? signal}): ${stderr.slice(-500)}`)
-      onFail(error)
-      reject(error)
-    })
-  })
-  ready.catch(() => {})
-  result.catch(() => {})
-  return { child, ready, result }
-}
-
 /** Move the stored access token an hour into the past, through the store's compare-and-set. */
 const expire = async (store: ConnectionStore.ConnectionStoreShape, id: string) => {
   const record = await Effect.runPromise(store.get(id))
@@ -290,7 +246,7 @@ const storm = async (server: BenchServer, opened: Opened, lk: LatchkeyClient) =>
   const { id } = await link(lk, `stores-storm-${opened.name}`)
   await expire(opened.store, id)
   const before = (await server.grants()).refresh_token
-  let results: Array<WorkerResult>
+  let results: Array<{ readonly tokens: Array<string>; readonly failures: Array<string> }>
   let processes: number
   let callers: number
   if (opened.opener === undefined) {
@@ -308,7 +264,7 @@ const storm = async (server: BenchServer, opened: Opened, lk: LatchkeyClient) =>
     processes = STORM_PROCESSES
     callers = STORM_PROCESSES * STORM_CALLERS
     const workers = Array.from({ length: processes }, () =>
-      startWorker({
+      startStoreWorker({
         opener: { module: opened.opener!.module, export: opened.opener!.export },
         storeSettings: opened.opener!.settings,
         providerId: PROVIDER_ID,

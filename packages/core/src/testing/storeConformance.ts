@@ -57,7 +57,7 @@ import {
   type WorkerSettings
 } from "./storeConformanceWorker.ts"
 
-export type { ConformanceProviderSettings, StoreOpener } from "./storeConformanceWorker.ts"
+export type { ConformanceProviderSettings, StoreOpener, WorkerSettings } from "./storeConformanceWorker.ts"
 
 /** A store the suite opened: fresh and empty, with its own file, schema or key prefix. */
 export interface OpenedStore {
@@ -199,7 +199,7 @@ const rotateOn = (store: ConnectionStoreShape, vault: Vault.VaultShape, options:
     )
   )
 
-interface WorkerHandle {
+export interface WorkerHandle {
   readonly child: ChildProcessWithoutNullStreams
   readonly ready: Promise<void>
   readonly result: Promise<{ tokens: Array<string>; failures: Array<string> }>
@@ -209,7 +209,11 @@ const workerFile = fileURLToPath(
   new URL(`./storeConformanceWorker${import.meta.url.endsWith(".ts") ? ".ts" : ".js"}`, import.meta.url)
 )
 
-const startWorker = (settings: WorkerSettings): WorkerHandle => {
+/**
+ * Spawn the conformance worker: one OS process with one Latchkey instance on the store described by
+ * `settings`. It prints "ready"; write "go\n" to its stdin and `result` resolves with its callers' tokens.
+ */
+export const startStoreWorker = (settings: WorkerSettings): WorkerHandle => {
   const child = spawn(process.execPath, [workerFile], {
     env: { ...process.env, LK_STORE_WORKER: JSON.stringify(settings) },
     stdio: ["pipe", "pipe", "pipe"]
@@ -767,7 +771,7 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
       it(`${processes} processes x ${callers} callers on one expired connection: exactly one refresh, and the grant survives`, async () => {
         await withStore(options, async (store, opened) => {
           const id = await linkExpired(opened, "bob")
-          const workers = Array.from({ length: processes }, () => startWorker(settingsFor(opened, id)))
+          const workers = Array.from({ length: processes }, () => startStoreWorker(settingsFor(opened, id)))
           try {
             await Promise.all(workers.map((w) => w.ready))
             const before = await server.refreshCount()
@@ -797,7 +801,9 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
       it("a process SIGKILLed while holding the lease: another completes the refresh after the lease lapses", async () => {
         await withStore(options, async (store, opened) => {
           const id = await linkExpired(opened, "carol")
-          const stuck = startWorker(settingsFor(opened, id, { hang: true, callers: 5, leaseTtlMs: 1_500 }))
+          const stuck = startStoreWorker(
+            settingsFor(opened, id, { hang: true, callers: 5, leaseTtlMs: 1_500 })
+          )
           let next: WorkerHandle | undefined
           try {
             await stuck.ready
@@ -812,7 +818,7 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
             expect(await run(store.acquireLease(id, "probe", 1, Date.now()))).toBeUndefined()
             stuck.child.kill("SIGKILL")
             const before = await server.refreshCount()
-            next = startWorker(settingsFor(opened, id, { callers: 20, leaseTtlMs: 1_500 }))
+            next = startStoreWorker(settingsFor(opened, id, { callers: 20, leaseTtlMs: 1_500 }))
             await next.ready
             next.child.stdin.write("go\n")
             const result = await next.result
