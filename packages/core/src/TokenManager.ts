@@ -489,17 +489,26 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         }
       })
 
-      const accessToken = (id: string) =>
-        load(id).pipe(
-          Effect.flatMap(ensureActive),
-          Effect.flatMap((c) =>
-            Effect.flatMap(Clock.currentTimeMillis, (now) =>
-              c.kind === "api_key" || !expired(c, now)
+      const tokenOf = (id: string, c: Connection) =>
+        c.status !== "active"
+          ? Effect.flatMap(ensureActive(c), (active) => Effect.succeed(active.tokens.accessToken))
+          : Effect.clockWith((clock) =>
+              c.kind === "api_key" || !expired(c, clock.currentTimeMillisUnsafe())
                 ? Effect.succeed(c.tokens.accessToken)
                 : Effect.map(refreshIf(id, expired), (fresh) => fresh.tokens.accessToken)
             )
-          )
-        )
+
+      // The hot path: one store read; the decoded connection is reused while the record is unchanged.
+      const accessToken = (id: string): Effect.Effect<Redacted.Redacted<string>, TokenError> =>
+        Effect.flatMap(store.get(id), (r): Effect.Effect<Redacted.Redacted<string>, TokenError> => {
+          if (r === undefined) return Effect.fail(notFound(id))
+          const hit = decoded.get(id)
+          return hit !== undefined &&
+            hit.record.version === r.version &&
+            hit.record.accessToken === r.accessToken
+            ? tokenOf(id, hit.connection)
+            : Effect.flatMap(decode(r), (c) => tokenOf(id, c))
+        })
 
       const refreshNow = (id: string) =>
         Effect.flatMap(Clock.currentTimeMillis, (calledAt) =>
