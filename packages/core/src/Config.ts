@@ -13,6 +13,17 @@ export interface LatchkeyConfigShape {
   readonly skewMs: number
   /** How long a refresh lease is held before another process may take over (default 30 s). */
   readonly leaseTtlMs: number
+  /**
+   * How long a refresh whose holder went silent (its lease lapsed with its journal unfinished) is
+   * left alone before another instance treats it as in doubt and resends, where the provider's facts
+   * say a resend is not safe at once (default 2 minutes: well above the lease, so that a holder cut
+   * off from the store for a while can still come back and write its tokens).
+   */
+  readonly inDoubtAfterMs: number
+  /** How long `close()` waits for refreshes in flight to finish their write (default 20 s). */
+  readonly drainTimeoutMs: number
+  /** Longest pause between two attempts to write freshly rotated tokens (default 1 s). */
+  readonly writeMaxBackoffMs: number
   /** Timeout of one HTTP request to a token endpoint (default 10 s). */
   readonly requestTimeoutMs: number
   /** Attempts for one refresh when failures are transient (default 4). */
@@ -38,6 +49,9 @@ export interface LatchkeyConfigShape {
 export const defaults = (): LatchkeyConfigShape => ({
   skewMs: 5 * 60_000,
   leaseTtlMs: 30_000,
+  inDoubtAfterMs: 120_000,
+  drainTimeoutMs: 20_000,
+  writeMaxBackoffMs: 1_000,
   requestTimeoutMs: 10_000,
   maxAttempts: 4,
   baseBackoffMs: 250,

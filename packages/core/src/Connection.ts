@@ -17,6 +17,27 @@ export interface LastError {
   readonly at: number
 }
 
+/**
+ * The refresh journal: written to the connection, durably, BEFORE its refresh token is sent, and
+ * cleared in the same write that stores the new tokens. A process that finds an entry whose holder's
+ * lease has lapsed knows that refresh is in doubt (the provider may have rotated the token and the
+ * answer been lost). It never holds a token: only a fingerprint of the one being sent.
+ */
+export interface RefreshJournal {
+  /** The process (`config.holderId`) that sends the refresh token. */
+  readonly holder: string
+  /** The fence of its refresh lease. */
+  readonly fence: number
+  /** When its lease was granted, on the store's clock: no later than the first send. */
+  readonly startedAt: number
+  /** A fingerprint (truncated SHA-256, base64url) of the refresh token being sent. */
+  readonly fingerprint: string
+  /** When another process first found this entry unfinished after its holder's lease lapsed (store clock). */
+  readonly suspectedAt?: number | undefined
+  /** The one resend of the same refresh token allowed when the first answer was lost: who, and when (store clock). */
+  readonly resend?: { readonly holder: string; readonly fence: number; readonly at: number } | undefined
+}
+
 export interface Connection {
   readonly id: string
   readonly ownerId: string
@@ -33,6 +54,8 @@ export interface Connection {
   readonly lastRefreshAt: number | undefined
   readonly lastError: LastError | undefined
   readonly profile: Readonly<Record<string, unknown>> | undefined
+  /** A refresh in flight (or in doubt), when there is one. */
+  readonly journal?: RefreshJournal | undefined
 }
 
 /** What a store persists. Every field is JSON-safe; token fields are sealed strings. */
@@ -61,6 +84,8 @@ export interface ConnectionRecord {
   readonly extras: string
   /** When the background Refresher should next look at this connection (null: never). */
   readonly refreshDueAt: number | null
+  /** The refresh journal (absent in records written before it existed: read as null). */
+  readonly journal?: RefreshJournal | null | undefined
 }
 
 /** A connection as apps see it, without any token value: safe to send to a browser or a log. */
@@ -134,7 +159,8 @@ export const toRecord = (vault: VaultShape, c: Connection, refreshDueAt: number 
     refreshExpiresAt: c.tokens.refreshExpiresAt ?? null,
     scopes: [...c.tokens.scopes],
     extras: vault.seal(JSON.stringify(c.tokens.extras), ctx("extras")),
-    refreshDueAt
+    refreshDueAt,
+    journal: c.journal ?? null
   }
 }
 
@@ -168,6 +194,7 @@ export const fromRecord = (vault: VaultShape, r: ConnectionRecord): Effect.Effec
       lastRefreshAt: r.lastRefreshAt ?? undefined,
       lastError: r.lastError ?? undefined,
       profile: r.profile ?? undefined,
+      journal: r.journal ?? undefined,
       tokens: {
         accessToken: Redacted.make(accessToken),
         refreshToken: refreshToken === undefined ? undefined : Redacted.make(refreshToken),

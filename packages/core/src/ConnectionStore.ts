@@ -7,9 +7,13 @@
  *   the same (ownerId, providerId, accountId).
  * - `update(record, expectedVersion)` is a compare-and-set: it writes only when the stored version is
  *   `expectedVersion`, and `record.version` must be `expectedVersion + 1`; otherwise `conflict`.
- * - `acquireLease` grants the lease when nobody holds it or the holder's lease has expired, and
- *   returns a strictly increasing `fence`; it returns `undefined` while someone else holds it.
- *   `releaseLease` releases only the caller's own lease (same holder and fence).
+ * - The refresh lease is judged by the STORE's own clock, never by a caller's: `acquireLease` grants
+ *   the lease when nobody holds it or the holder's lease has expired by the store's clock, and
+ *   returns a strictly increasing `fence` with `grantedAt` / `expiresAt` on the store's clock; it
+ *   returns `undefined` while someone else holds it. `renewLease` extends the caller's own lease
+ *   (same holder and fence, granted again from the store's now) and returns `undefined` once another
+ *   holder has taken it; `releaseLease` releases only the caller's own lease. A fence only grows,
+ *   also across releases, so "same holder and fence" means nobody else held it in between.
  * - `takePending` is single-use: exactly one caller gets `Found` for a state; later callers get
  *   `Consumed` until the record's expiry, then `Missing`.
  * - `scan` and `count` (optional; every built-in store has them, `Vault.rotate` needs `scan`) walk
@@ -17,7 +21,9 @@
  *   whose id sorts after `after`, and `next`, the cursor of the following page (`undefined` after the
  *   last). The order is the store's own, used consistently (binary order in the built-in stores; ids
  *   are ASCII UUIDs, on which all of them agree).
- * All times are epoch milliseconds passed in by the caller, so that tests can control the clock.
+ * Times other than the lease's are epoch milliseconds passed in by the caller, so that tests can
+ * control the clock. Callers never compare a lease's times with their own clock: they measure the
+ * time left on a lease as the time elapsed since they asked for it (see docs/architecture.md).
  */
 import { Context, Effect, Layer } from "effect"
 import type { ConnectionRecord } from "./Connection.ts"
@@ -26,7 +32,11 @@ import { StoreError } from "./Errors.ts"
 export interface Lease {
   readonly connectionId: string
   readonly holder: string
+  /** Strictly increasing per connection, across releases: a newer holder always has a larger fence. */
   readonly fence: number
+  /** When the store granted (or last renewed) the lease, on the store's own clock (epoch ms). */
+  readonly grantedAt: number
+  /** When it lapses, on the store's own clock (epoch ms). */
   readonly expiresAt: number
 }
 
@@ -69,12 +79,17 @@ export interface ConnectionStoreShape {
   readonly insert: (record: ConnectionRecord) => Effect.Effect<void, StoreError>
   readonly update: (record: ConnectionRecord, expectedVersion: number) => Effect.Effect<void, StoreError>
   readonly remove: (id: string) => Effect.Effect<boolean, StoreError>
+  /** Take the lease for `ttlMs` (store clock) unless someone holds an unexpired one. */
   readonly acquireLease: (
     connectionId: string,
     holder: string,
-    ttlMs: number,
-    now: number
+    ttlMs: number
   ) => Effect.Effect<Lease | undefined, StoreError>
+  /**
+   * Extend the caller's own lease to `ttlMs` from the store's now. `undefined` when it is no longer
+   * the caller's (released, or taken by a newer holder after it lapsed).
+   */
+  readonly renewLease: (lease: Lease, ttlMs: number) => Effect.Effect<Lease | undefined, StoreError>
   readonly releaseLease: (lease: Lease) => Effect.Effect<void, StoreError>
   readonly putPending: (pending: PendingAuthorization) => Effect.Effect<void, StoreError>
   readonly takePending: (state: string, now: number) => Effect.Effect<TakePendingResult, StoreError>
@@ -96,12 +111,18 @@ export class ConnectionStore extends Context.Service<ConnectionStore, Connection
   static readonly layerMemory = Layer.sync(ConnectionStore, () => makeMemory())
 }
 
+export interface MemoryStoreOptions {
+  /** The store's own clock, which judges leases (default `Date.now`). */
+  readonly clock?: (() => number) | undefined
+}
+
 export const conflict = (message: string) => new StoreError({ reason: "conflict", message })
 
 const CONSUMED_TOMBSTONE_MS = 60 * 60 * 1000
 
 /** An in-memory store. Leases work between fibers of one process. */
-export const makeMemory = (): ConnectionStoreShape => {
+export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreShape => {
+  const clock = options.clock ?? Date.now
   const rows = new Map<string, ConnectionRecord>()
   const leases = new Map<string, Lease>()
   const fences = new Map<string, number>()
@@ -174,15 +195,28 @@ export const makeMemory = (): ConnectionStoreShape => {
         leases.delete(id)
         return true
       }),
-    acquireLease: (connectionId, holder, ttlMs, now) =>
+    acquireLease: (connectionId, holder, ttlMs) =>
       Effect.sync(() => {
+        const now = clock()
         const held = leases.get(connectionId)
         if (held !== undefined && held.expiresAt > now) return undefined
         const fence = (fences.get(connectionId) ?? 0) + 1
         fences.set(connectionId, fence)
-        const lease: Lease = { connectionId, holder, fence, expiresAt: now + ttlMs }
+        const lease: Lease = { connectionId, holder, fence, grantedAt: now, expiresAt: now + ttlMs }
         leases.set(connectionId, lease)
         return lease
+      }),
+    renewLease: (lease, ttlMs) =>
+      Effect.sync(() => {
+        const held = leases.get(lease.connectionId)
+        const fence = fences.get(lease.connectionId) ?? 0
+        if (fence !== lease.fence) return undefined
+        if (held !== undefined && held.holder !== lease.holder) return undefined
+        if (held === undefined) return undefined
+        const now = clock()
+        const renewed: Lease = { ...lease, grantedAt: now, expiresAt: now + ttlMs }
+        leases.set(lease.connectionId, renewed)
+        return renewed
       }),
     releaseLease: (lease) =>
       Effect.sync(() => {

@@ -192,6 +192,9 @@ const FileSchema = z.strictObject({
   refreshParams: params.optional(),
   lifetimes: z.strictObject({ accessTokenSeconds: lifetime, refreshTokenSeconds: lifetime }).optional(),
   refreshTokenPolicy: z.enum(["rotating", "reusable"]).optional(),
+  refreshTokenReuse: z
+    .strictObject({ graceSeconds: z.number().optional(), revokesGrant: z.boolean().optional() })
+    .optional(),
   tokenErrorCodes: z.record(z.string().min(1), Provider.TokenErrorCodeSchema).optional(),
   identity: z.strictObject({
     /** Absolute, or relative to `api.baseUrl`. Default: `endpoints.userinfo`. */
@@ -513,6 +516,7 @@ const build = (file: string, data: Parsed): Provider.Provider => {
     ...(data.refreshParams !== undefined ? { refreshParams: data.refreshParams } : {}),
     ...(data.lifetimes !== undefined ? { lifetimes: data.lifetimes } : {}),
     ...(data.refreshTokenPolicy !== undefined ? { refreshTokenPolicy: data.refreshTokenPolicy } : {}),
+    ...(data.refreshTokenReuse !== undefined ? { refreshTokenReuse: data.refreshTokenReuse } : {}),
     ...(data.tokenErrorCodes !== undefined ? { tokenErrorCodes: data.tokenErrorCodes } : {}),
     ...(baseUrl !== undefined ? { apiBaseUrl: baseUrl } : {}),
     ...(data.providerInitiated !== undefined ? { providerInitiated: data.providerInitiated } : {}),

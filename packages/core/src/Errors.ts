@@ -61,7 +61,13 @@ export const RefreshErrorReason = Schema.Literals([
   "rate_limited",
   "invalid_response",
   "lease_timeout",
-  "conflict"
+  "conflict",
+  /** Another process's refresh of this connection got no answer yet; it is not yet judged in doubt. */
+  "in_doubt",
+  /** The provider answered; the new tokens are being written (the store is slow or unreachable). */
+  "pending_write",
+  /** This instance is shutting down (`close()`): it starts no new refresh. */
+  "draining"
 ])
 export type RefreshErrorReason = typeof RefreshErrorReason.Type
 
@@ -83,6 +89,11 @@ export class RefreshError extends Schema.TaggedError<RefreshError>()("RefreshErr
 
 export const ReauthorizationReason = Schema.Literals([
   "invalid_grant",
+  /**
+   * A refresh was interrupted after its refresh token was sent (a crash, or an answer lost in
+   * transit), and the provider refused the one resend: it had rotated the token, and its answer was lost.
+   */
+  "refresh_interrupted",
   "refresh_token_expired",
   "no_refresh_token",
   "revoked",

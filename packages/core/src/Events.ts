@@ -21,6 +21,10 @@ export type LatchkeyEvent =
       readonly providerId: string
       readonly expiresAt: number | undefined
       readonly refreshExpiresAt: number | undefined
+      /** From the provider's answer to the durable write (ms): the only window a crash can exploit. */
+      readonly commitMs?: number | undefined
+      /** The refresh recovered one that was in doubt (a lost answer, or a holder that died). */
+      readonly recovered?: boolean | undefined
     }
   | {
       readonly type: "refresh_failed"

@@ -51,6 +51,8 @@ export interface ProtocolOptions {
   readonly timeoutMs: number
   /** The fetch to use (tests and benchmarks may count calls). Default: global fetch. */
   readonly fetch?: typeof fetch | undefined
+  /** Aborts the request early (the refresh engine's lease watcher). */
+  readonly signal?: AbortSignal | undefined
 }
 
 /** Parse `Retry-After` (seconds or HTTP date) into milliseconds. */
@@ -134,6 +136,14 @@ const errorAnsweredWith200 = async (response: Response): Promise<Response | unde
   return new Response(text, { status: 400, headers: response.headers })
 }
 
+const NOT_CONNECTED = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT"])
+
+/** A fetch failure that happened before a connection existed, so nothing was sent. */
+const neverReached = (error: unknown): boolean => {
+  const cause = (error as { cause?: { code?: unknown } } | null)?.cause
+  return typeof cause?.code === "string" && NOT_CONNECTED.has(cause.code)
+}
+
 const configure = async (
   provider: Provider,
   options: ProtocolOptions,
@@ -156,10 +166,19 @@ const configure = async (
   const capture: Capture = { response: undefined, sent: false, errorIn200: false }
   config[oidc.customFetch] = async (url, init) => {
     capture.sent = true
-    const response = await fetchImpl(url, {
-      ...(init as RequestInit),
-      signal: AbortSignal.timeout(options.timeoutMs)
-    })
+    let response: Response
+    try {
+      response = await fetchImpl(url, {
+        ...(init as RequestInit),
+        signal: options.signal
+          ? AbortSignal.any([AbortSignal.timeout(options.timeoutMs), options.signal])
+          : AbortSignal.timeout(options.timeoutMs)
+      })
+    } catch (error) {
+      // Refused or unresolvable: the request never reached the server.
+      if (neverReached(error)) capture.sent = false
+      throw error
+    }
     capture.response = response
     const error = await errorAnsweredWith200(response)
     if (error === undefined) return response

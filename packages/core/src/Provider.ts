@@ -14,6 +14,17 @@ export type ClientAuth = "none" | "client_secret_basic" | "client_secret_post"
 /** Whether the provider hands out a new refresh token on each refresh (single use) or keeps the old one. */
 export type RefreshTokenPolicy = "rotating" | "reusable"
 
+/** What a provider does when a rotated refresh token comes back (see `ProviderDefinition.refreshTokenReuse`). */
+export interface RefreshTokenReuse {
+  /**
+   * Seconds after its first use during which the provider still accepts a rotated refresh token
+   * (Amazon Cognito `RetryGracePeriodSeconds` 0-60, Connect2id 5 by default). Default 0.
+   */
+  readonly graceSeconds?: number | undefined
+  /** Whether presenting a used refresh token revokes the whole grant (oidc-provider does). Default true. */
+  readonly revokesGrant?: boolean | undefined
+}
+
 export interface AccountIdentity {
   /** Stable id of the account at the provider: the same account linked twice gets the same id. */
   readonly accountId: string
@@ -96,6 +107,14 @@ export interface ProviderDefinition {
     | undefined
   readonly refreshTokenPolicy?: RefreshTokenPolicy | undefined
   /**
+   * What the provider does when a rotated refresh token is presented again. The engine reads these
+   * facts only when a refresh is in doubt (its answer was lost, or its process died after sending):
+   * a resend is safe with reusable tokens or inside the grace period; otherwise it is made once, as
+   * the only remaining chance, after the holder has been silent for `inDoubtAfterMs`.
+   * Default: no grace period, and reuse revokes the grant (the worst case: oidc-provider's).
+   */
+  readonly refreshTokenReuse?: RefreshTokenReuse | undefined
+  /**
    * The provider's own token-endpoint error codes and the RFC 6749 §5.2 code each one stands for, e.g.
    * GitHub's `{ bad_refresh_token: "invalid_grant", incorrect_client_credentials: "invalid_client" }`.
    * Errors keep the provider's code; the engine acts on the standard one.
@@ -150,6 +169,7 @@ export interface Provider extends ProviderDefinition {
   readonly scopes: ReadonlyArray<string>
   readonly scopeSeparator: string
   readonly refreshTokenPolicy: RefreshTokenPolicy
+  readonly refreshTokenReuse: { readonly graceSeconds: number; readonly revokesGrant: boolean }
   readonly clientSecretValue: Redacted.Redacted<string> | undefined
   readonly authorizeRequest: (credential: Credential) => Record<string, string>
   readonly classifyResponse: (response: ApiResponseInfo) => ApiResponseClass
@@ -239,6 +259,13 @@ const DefinitionSchema = z
     refreshParams: z.record(z.string(), z.string()).optional(),
     lifetimes: z.object({ accessTokenSeconds: lifetime, refreshTokenSeconds: lifetime }).optional(),
     refreshTokenPolicy: z.enum(["rotating", "reusable"]).optional(),
+    refreshTokenReuse: z
+      .object({
+        graceSeconds: z.number().int().min(0).max(86_400).optional(),
+        revokesGrant: z.boolean().optional()
+      })
+      .strict()
+      .optional(),
     tokenErrorCodes: z.record(z.string().min(1), TokenErrorCodeSchema).optional(),
     classifyTokenError: fn("classifyTokenError").optional(),
     revoke: fn("revoke").optional(),
@@ -310,6 +337,10 @@ export const make = (definition: ProviderDefinition): Provider => {
     scopes: definition.scopes ?? [],
     scopeSeparator: definition.scopeSeparator ?? " ",
     refreshTokenPolicy: definition.refreshTokenPolicy ?? "rotating",
+    refreshTokenReuse: {
+      graceSeconds: definition.refreshTokenReuse?.graceSeconds ?? 0,
+      revokesGrant: definition.refreshTokenReuse?.revokesGrant ?? true
+    },
     clientSecretValue:
       secret === undefined ? undefined : Redacted.isRedacted(secret) ? secret : Redacted.make(secret),
     clientSecret: undefined,

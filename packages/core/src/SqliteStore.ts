@@ -25,6 +25,11 @@ export interface SqliteStoreOptions {
   readonly path: string
   /** How long a statement waits for another process's write lock (default 5 s). */
   readonly busyTimeoutMs?: number | undefined
+  /**
+   * The store's own clock, which judges refresh leases (default `Date.now`: every process on the
+   * machine shares the host clock, so leases never depend on a caller's clock). For tests.
+   */
+  readonly clock?: (() => number) | undefined
 }
 
 const SCHEMA_VERSION = 1
@@ -80,6 +85,7 @@ export const make = (
   options: SqliteStoreOptions
 ): ConnectionStoreShape & { readonly close: () => Effect.Effect<void> } => {
   if (options.path !== ":memory:") mkdirSync(dirname(options.path), { recursive: true })
+  const clock = options.clock ?? Date.now
   const db = new DatabaseSync(options.path, { timeout: options.busyTimeoutMs ?? 5_000 })
   db.exec("PRAGMA journal_mode = WAL")
   db.exec("PRAGMA synchronous = NORMAL")
@@ -249,9 +255,10 @@ export const make = (
           return Number(sql("DELETE FROM latchkey_connections WHERE id = ?").run(id).changes) > 0
         })
       ),
-    acquireLease: (connectionId, holder, ttlMs, now) =>
+    acquireLease: (connectionId, holder, ttlMs) =>
       attempt("acquireLease", () =>
         transaction((): Lease | undefined => {
+          const now = clock()
           const held = sql("SELECT fence, expires_at FROM latchkey_leases WHERE connection_id = ?").get(
             connectionId
           ) as { fence: number; expires_at: number } | undefined
@@ -263,9 +270,17 @@ export const make = (
             `INSERT INTO latchkey_leases (connection_id, holder, fence, expires_at) VALUES (?, ?, ?, ?)
              ON CONFLICT (connection_id) DO UPDATE SET holder = excluded.holder, fence = excluded.fence, expires_at = excluded.expires_at`
           ).run(connectionId, holder, fence, expiresAt)
-          return { connectionId, holder, fence, expiresAt }
+          return { connectionId, holder, fence, grantedAt: now, expiresAt }
         })
       ),
+    renewLease: (lease, ttlMs) =>
+      attempt("renewLease", (): Lease | undefined => {
+        const now = clock()
+        const changes = sql(
+          "UPDATE latchkey_leases SET expires_at = ? WHERE connection_id = ? AND holder = ? AND fence = ?"
+        ).run(now + ttlMs, lease.connectionId, lease.holder, lease.fence).changes
+        return Number(changes) === 1 ? { ...lease, grantedAt: now, expiresAt: now + ttlMs } : undefined
+      }),
     releaseLease: (lease) =>
       attempt("releaseLease", () => {
         sql(

@@ -1,22 +1,37 @@
 /**
  * `accessToken(connectionId)`: a valid access token, refreshed first when it is within the skew of
- * expiry. The invariants it keeps (DESIGN.md 1-4):
+ * expiry. The invariants it keeps (docs/architecture.md, "The refresh engine"):
  *
- * 1. One refresh per connection at a time: callers in this process share one in-flight refresh
- *    (single flight); processes share the store's lease, and the winner re-reads the connection
- *    after winning, so a refresh token already used by another process is never sent again.
- * 2. New tokens are written to the store (compare-and-set on the version) before any caller gets them.
- * 3. `invalid_grant` re-reads the store first; only a real rejection marks the connection
+ * 1. No second sender while the first lives. Callers in this process share one in-flight refresh
+ *    (single flight); processes share the store's lease, judged by the STORE's clock. The holder
+ *    renews it while its refresh is in flight (provider call and every write retry), measures the
+ *    time left as time elapsed on its own clock since it asked (so a skewed clock cannot shorten
+ *    it), and never sends a refresh token without enough lease left for the whole request.
+ * 2. A refresh journal. Before a refresh token is sent, the connection records durably that a
+ *    refresh is in flight (holder, fence, start on the store's clock, a fingerprint of the token).
+ *    The new tokens and the end of that record are one compare-and-set write.
+ * 3. A live process never drops rotated tokens: once the provider answered, the write is retried
+ *    until durable (for as long as the process lives, or until `close()`'s drain times out); callers
+ *    meanwhile get `RefreshError("pending_write")`. Nobody else sends the old token meanwhile: the
+ *    journal tells them a refresh is in flight, and they treat it as in doubt only after
+ *    `inDoubtAfterMs`. A stale holder's write lands only when nothing newer is stored.
+ * 4. In doubt (a lost answer, or a holder that died after sending), the provider's declared facts
+ *    decide: with reusable refresh tokens or inside the reuse grace period a resend is safe; otherwise
+ *    one resend is the only remaining chance, made once (recorded in the journal before it is sent).
+ *    A refused resend ends in `needs_reauth` with reason `refresh_interrupted` and a message that
+ *    says what happened, never the provider's "already used" as if Latchkey had spent it twice.
+ * 5. `invalid_grant` re-reads the store first; only a real rejection marks the connection
  *    `needs_reauth`, keeping the provider's error.
- * 4. Transient failures (network, 5xx, 429, timeout) are retried with exponential backoff and full
- *    jitter, honouring `Retry-After`, within the lease; they never mark a connection `needs_reauth`.
+ * 6. Transient failures that the provider answered (5xx, 429, connection refused) are retried with
+ *    exponential backoff and full jitter, honouring `Retry-After`, within the lease.
  *
  * The refresh itself runs in a detached, uninterruptible fiber: a caller that gives up (timeout,
  * client disconnect) never interrupts a refresh between the provider's answer and the write.
  */
-import { Clock, Context, Deferred, Effect, Layer, Random, Redacted, Result } from "effect"
+import { createHash } from "node:crypto"
+import { Clock, Context, Deferred, Effect, Fiber, Layer, Random, Redacted } from "effect"
 import { LatchkeyConfig } from "./Config.ts"
-import type { Connection, ConnectionRecord } from "./Connection.ts"
+import type { Connection, ConnectionRecord, RefreshJournal } from "./Connection.ts"
 import * as ConnectionModule from "./Connection.ts"
 import { ConnectionStore, type Lease } from "./ConnectionStore.ts"
 import {
@@ -71,9 +86,55 @@ export interface TokenManagerShape {
   ) => Effect.Effect<Connection, ConnectionNotFound | StoreError | VaultError>
   /** Write a connection change (compare-and-set on `connection.version - 1`). */
   readonly write: (connection: Connection) => Effect.Effect<void, StoreError>
+  /**
+   * Stop starting refreshes, let the ones in flight finish their write (at most `drainTimeoutMs`),
+   * and release their leases. Runs when the layer is released (`latchkey.close()`).
+   */
+  readonly drain: Effect.Effect<{ readonly finished: number; readonly abandoned: number }>
+  /** Refreshes in flight in this process (started and not yet durable or failed). */
+  readonly inFlight: Effect.Effect<number>
 }
 
 const notFound = (id: string) => new ConnectionNotFound({ connectionId: id, message: `No connection ${id}` })
+
+/** A fingerprint of a refresh token for the journal: enough to recognise it, useless to an attacker. */
+export const fingerprint = (token: string): string =>
+  createHash("sha256").update(token).digest("base64url").slice(0, 22)
+
+const iso = (ms: number) => new Date(ms).toISOString()
+
+/** The lease of one refresh, renewed in the background while the refresh is in flight. */
+interface Keeper {
+  lease: Lease
+  /** On this instance's clock: the lease may have lapsed from here on (unless renewed). */
+  deadline: number
+  /** Another holder took the lease (ours lapsed unrenewed). */
+  lost: boolean
+}
+
+/** One refresh in flight in this process: its callers, and the leader's end. */
+interface Flight {
+  readonly waiters: Deferred.Deferred<Connection, TokenError>
+  readonly done: Deferred.Deferred<void>
+}
+
+/** How a request to the token endpoint ended. */
+type Outcome =
+  | { readonly _tag: "Answer"; readonly response: TokenSet.TokenResponse; readonly answeredAt: number }
+  /** The provider answered with an error: it did not rotate the token. */
+  | { readonly _tag: "Refused"; readonly failure: OAuth.ProtocolFailure }
+  /** Nothing reached the provider (or nothing in doubt did): the token is as it was. */
+  | { readonly _tag: "NotSent"; readonly failure: OAuth.ProtocolFailure }
+  /** The request was sent and no answer came back: the provider may have rotated the token. */
+  | { readonly _tag: "Lost"; readonly failure: OAuth.ProtocolFailure }
+
+/**
+ * The request may have been processed and its answer is gone (a timeout or a drop after sending).
+ * An answer the provider did send — an error status, or a body that is not a token response — is
+ * taken as "not processed", as RFC 6749 §5.2 errors are: the token is retried as it is.
+ */
+const answerLost = (f: OAuth.ProtocolFailure): boolean =>
+  f.details.status === undefined && f.details.maybeProcessed === true
 
 export class TokenManager extends Context.Service<TokenManager, TokenManagerShape>()(
   "@latchkey/core/TokenManager"
@@ -87,13 +148,21 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       const events = yield* Events
       const config = yield* LatchkeyConfig
       const protocol: OAuth.ProtocolOptions = { timeoutMs: config.requestTimeoutMs, fetch: config.fetch }
+      const holder = config.holderId
+      const ttl = config.leaseTtlMs
+      /** Every request ends this long before the lease could lapse. */
+      const margin = Math.min(1_000, ttl / 4)
 
       // Decoded connections by id, reused while the stored record is unchanged (hot path).
       const decoded = new Map<
         string,
         { readonly record: ConnectionRecord; readonly connection: Connection }
       >()
-      const inflight = new Map<string, Deferred.Deferred<Connection, TokenError>>()
+      const inflight = new Map<string, Flight>()
+      /** `close()` was called: no new refresh starts. */
+      let closing = false
+      /** The drain timed out: write retries give up (the journal leaves the refresh in doubt). */
+      let stopping = false
 
       const decode = (record: ConnectionRecord): Effect.Effect<Connection, VaultError> => {
         const hit = decoded.get(record.id)
@@ -124,25 +193,23 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             )
           )
 
+      const recordOf = (connection: Connection) =>
+        ConnectionModule.toRecord(vault, connection, refreshDueAt(connection.tokens, connection.status, config))
+
       const write = (connection: Connection): Effect.Effect<void, StoreError> =>
-        store.update(
-          ConnectionModule.toRecord(
-            vault,
-            connection,
-            refreshDueAt(connection.tokens, connection.status, config)
-          ),
-          connection.version - 1
-        )
+        store.update(recordOf(connection), connection.version - 1)
+
+      const isConflict = (e: StoreError) => e.reason === "conflict"
 
       /** Write, retrying transient store failures (not conflicts) a few times with backoff. */
-      const writeDurably = (connection: Connection): Effect.Effect<void, StoreError> =>
+      const writeSoon = (connection: Connection): Effect.Effect<void, StoreError> =>
         Effect.gen(function* () {
           for (let attempt = 0; ; attempt++) {
             const result = yield* write(connection).pipe(Effect.result)
             if (result._tag === "Success") return
             const error = result.failure
-            if (error.reason === "conflict" || !error.isRetryable || attempt >= 5) return yield* error
-            yield* Effect.sleep(Math.min(2_000, 50 * 2 ** attempt))
+            if (isConflict(error) || !error.isRetryable || attempt >= 5) return yield* error
+            yield* Effect.sleep(Math.min(1_000, 50 * 2 ** attempt))
           }
         })
 
@@ -163,9 +230,21 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       const ensureActive = (c: Connection): Effect.Effect<Connection, ReauthorizationRequired> =>
         c.status === "active"
           ? Effect.succeed(c)
-          : Effect.fail(reauthError(c, c.status === "revoked" ? "revoked" : "needs_reauth"))
+          : Effect.fail(
+              reauthError(
+                c,
+                c.status === "revoked"
+                  ? "revoked"
+                  : c.lastError?.code === "refresh_interrupted"
+                    ? "refresh_interrupted"
+                    : "needs_reauth"
+              )
+            )
 
-      /** Mark needs_reauth (compare-and-set); if someone else changed the row meanwhile, return theirs. */
+      /**
+       * Mark needs_reauth and end the journal (compare-and-set); if someone else changed the row
+       * meanwhile, return theirs.
+       */
       const markNeedsReauth = Effect.fnUntraced(function* (
         c: Connection,
         reason: ReauthorizationRequired["reason"],
@@ -179,17 +258,16 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           status: "needs_reauth",
           version: c.version + 1,
           updatedAt: now,
+          journal: undefined,
           lastError: {
-            code: providerError ?? reason,
-            description: providerErrorDescription ?? message,
+            code: reason === "refresh_interrupted" ? reason : (providerError ?? reason),
+            description: reason === "refresh_interrupted" ? message : (providerErrorDescription ?? message),
             at: now
           }
         }
-        const wrote = yield* write(next).pipe(
+        const wrote = yield* writeSoon(next).pipe(
           Effect.as(true),
-          Effect.catchTag("StoreError", (e) =>
-            e.reason === "conflict" ? Effect.succeed(false) : Effect.fail(e)
-          )
+          Effect.catchTag("StoreError", (e) => (isConflict(e) ? Effect.succeed(false) : Effect.fail(e)))
         )
         if (!wrote) {
           const current = yield* load(c.id)
@@ -215,7 +293,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           providerId: c.providerId,
           message,
           ...(providerError ? { providerError } : {}),
-          ...(providerErrorDescription ? { providerErrorDescription } : {})
+          ...(providerErrorDescription && reason !== "refresh_interrupted" ? { providerErrorDescription } : {})
         })
       })
 
@@ -227,37 +305,111 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           return Math.min(config.maxBackoffMs, Math.max(jittered, retryAfterMs ?? 0))
         })
 
-      /** Call the provider, retrying transient failures while the lease leaves room for another attempt. */
+      // ---- the lease --------------------------------------------------------------------------
+
+      /** Renew the lease every third of its length until stopped; a failed renewal leaves the deadline. */
+      const keepLease = (first: Lease, askedAt: number) =>
+        Effect.gen(function* () {
+          const keeper: Keeper = { lease: first, deadline: askedAt + ttl, lost: false }
+          const loop = Effect.gen(function* () {
+            for (;;) {
+              yield* Effect.sleep(Math.max(10, Math.floor(ttl / 3)))
+              const before = yield* Clock.currentTimeMillis
+              const renewed = yield* store.renewLease(keeper.lease, ttl).pipe(Effect.result)
+              if (renewed._tag === "Failure") continue
+              if (renewed.success === undefined) {
+                keeper.lost = true
+                return
+              }
+              keeper.lease = renewed.success
+              keeper.deadline = before + ttl
+            }
+          })
+          const fiber = yield* Effect.forkDetach(Effect.interruptible(loop))
+          return { keeper, stop: Fiber.interrupt(fiber) }
+        })
+
+      /** Time left on the lease for one more request, on this instance's clock. */
+      const leaseLeft = (keeper: Keeper, now: number) => (keeper.lost ? 0 : keeper.deadline - margin - now)
+
+      // ---- the journal ------------------------------------------------------------------------
+
+      /** Set (or end) the journal with one compare-and-set write; a few retries on store hiccups. */
+      const setJournal = (c: Connection, journal: RefreshJournal | undefined) =>
+        Effect.gen(function* () {
+          const now = yield* Clock.currentTimeMillis
+          const next: Connection = { ...c, journal, version: c.version + 1, updatedAt: now }
+          yield* writeSoon(next)
+          return next
+        })
+
+      // ---- the provider call -------------------------------------------------------------------
+
+      /**
+       * One request, aborted the moment the lease could lapse (its renewals failing): while the
+       * request is in flight the lease is held, by renewals or by this watcher.
+       */
+      const watchedRefresh = (provider: Provider, refreshToken: string, keeper: Keeper) =>
+        Effect.gen(function* () {
+          const controller = new AbortController()
+          const watcher = yield* Effect.forkDetach(
+            Effect.interruptible(
+              Effect.gen(function* () {
+                for (;;) {
+                  yield* Effect.sleep(Math.max(5, Math.min(50, Math.floor(margin / 4))))
+                  const now = yield* Clock.currentTimeMillis
+                  if (leaseLeft(keeper, now) <= 0) {
+                    controller.abort(new Error("the refresh lease is about to lapse"))
+                    return
+                  }
+                }
+              })
+            )
+          )
+          return yield* OAuth.refresh(
+            provider,
+            { ...protocol, signal: controller.signal },
+            refreshToken
+          ).pipe(Effect.result, Effect.ensuring(Fiber.interrupt(watcher)))
+        })
+
+      /**
+       * Send the refresh token, retrying what the provider answered as transient while the lease
+       * leaves room for another request. Never sent without the lease; never in flight without it.
+       */
       const callProvider = Effect.fnUntraced(function* (
         provider: Provider,
         c: Connection,
         refreshToken: string,
-        lease: Lease
-      ): Effect.fn.Return<{ response: OAuth.ProtocolFailure | TokenSet.TokenResponse; ambiguous: boolean }> {
-        let ambiguous = false
-        // Never let the lease lapse while a request is in flight: another process could then take
-        // over and send the same refresh token. Every attempt ends (aborted) a margin before the lease.
-        const margin = Math.min(1_000, config.leaseTtlMs / 4)
+        keeper: Keeper
+      ): Effect.fn.Return<Outcome> {
         for (let attempt = 0; ; attempt++) {
           const startedAt = yield* Clock.currentTimeMillis
-          const budget = Math.min(config.requestTimeoutMs, lease.expiresAt - margin - startedAt)
-          const result =
-            budget <= 0
-              ? Result.fail(
-                  new OAuth.ProtocolFailure("transient", "refresh: no time left on the refresh lease")
-                )
-              : yield* OAuth.refresh(provider, { ...protocol, timeoutMs: budget }, refreshToken).pipe(
-                  Effect.result
-                )
-          if (result._tag === "Success") return { response: result.success, ambiguous }
+          const left = leaseLeft(keeper, startedAt)
+          if (left < Math.min(config.requestTimeoutMs, 1_000)) {
+            return {
+              _tag: "NotSent",
+              failure: new OAuth.ProtocolFailure(
+                "transient",
+                "refresh: not enough time left on the refresh lease to send the request (the store is slow or unreachable)"
+              )
+            }
+          }
+          const result = yield* watchedRefresh(provider, refreshToken, keeper)
+          if (result._tag === "Success") {
+            return { _tag: "Answer", response: result.success, answeredAt: yield* Clock.currentTimeMillis }
+          }
           const failure = result.failure
-          if (!failure.retryable || attempt + 1 >= config.maxAttempts) return { response: failure, ambiguous }
-          if (failure.details.maybeProcessed) ambiguous = true
+          const lost = answerLost(failure)
+          // With reusable refresh tokens a lost answer costs nothing: the token is still good.
+          if (lost && provider.refreshTokenPolicy === "rotating") return { _tag: "Lost", failure }
+          const retryable = failure.retryable || lost
+          if (!retryable || attempt + 1 >= config.maxAttempts) return { _tag: "Refused", failure }
           const wait = yield* backoff(attempt, failure.details.retryAfterMs)
           const now = yield* Clock.currentTimeMillis
-          // Retry only when a useful attempt still fits in the lease after the wait.
-          if (now + wait + Math.min(config.requestTimeoutMs, 1_000) + margin >= lease.expiresAt)
-            return { response: failure, ambiguous }
+          if (now + wait + Math.min(config.requestTimeoutMs, 1_000) >= keeper.deadline - margin) {
+            return { _tag: "Refused", failure }
+          }
           yield* events.publish({
             type: "refresh_failed",
             at: now,
@@ -272,17 +424,325 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         }
       })
 
-      /** The refresh proper, run while holding the lease. */
-      const refreshHoldingLease = Effect.fnUntraced(function* (
-        id: string,
-        need: RefreshNeed,
-        lease: Lease
+      // ---- the commit --------------------------------------------------------------------------
+
+      /**
+       * Write the new tokens and end the journal in one compare-and-set, retrying until durable: the
+       * provider has consumed the old refresh token, so the new one must not be dropped. Waiting
+       * callers get `pending_write` after the first failure; the write goes on. On a conflict the row
+       * is re-read: the write is re-applied when the row still holds the refresh token that was sent
+       * (nothing newer is stored), and dropped when someone stored newer tokens.
+       */
+      const commit = Effect.fnUntraced(function* (
+        flight: Flight,
+        base: Connection,
+        sentFingerprint: string,
+        apply: (current: Connection, now: number) => Connection
       ): Effect.fn.Return<Connection, TokenError> {
-        // Re-read after winning: another process may have refreshed while we waited.
-        const c = yield* load(id).pipe(Effect.flatMap(ensureActive))
+        let current = base
+        for (let attempt = 0; ; attempt++) {
+          const now = yield* Clock.currentTimeMillis
+          const next = apply(current, now)
+          const record = recordOf(next)
+          const result = yield* store.update(record, current.version).pipe(Effect.result)
+          if (result._tag === "Success") return next
+          const error = result.failure
+          if (!isConflict(error)) {
+            if (!error.isRetryable || stopping) {
+              yield* Deferred.fail(
+                flight.waiters,
+                new RefreshError({
+                  reason: "pending_write",
+                  connectionId: base.id,
+                  message: `The new tokens of connection ${base.id} could not be written (${error.message}); the refresh stays in doubt and will be recovered`
+                })
+              )
+              return yield* error
+            }
+            if (attempt === 0) {
+              yield* Deferred.fail(
+                flight.waiters,
+                new RefreshError({
+                  reason: "pending_write",
+                  connectionId: base.id,
+                  message: `Connection ${base.id} was refreshed; its new tokens are being written (${error.message}); try again shortly`
+                })
+              )
+            }
+            const cap = config.writeMaxBackoffMs
+            const jitter = yield* Random.next
+            yield* Effect.sleep(Math.max(5, Math.floor(Math.min(cap, 25 * 2 ** Math.min(attempt, 10)) * (0.5 + jitter / 2))))
+            continue
+          }
+          // A conflict: did our write land after all (a lost answer from the store), or did someone write?
+          const stored = yield* store.get(base.id).pipe(Effect.result)
+          if (stored._tag === "Failure") {
+            if (stopping) return yield* stored.failure
+            yield* Effect.sleep(Math.min(config.writeMaxBackoffMs, 25 * 2 ** Math.min(attempt, 10)))
+            continue
+          }
+          const row = stored.success
+          if (row === undefined) return yield* notFound(base.id)
+          if (row.accessToken === record.accessToken && row.version === record.version) return next
+          const fresh = yield* decode(row)
+          if (fresh.status === "revoked") return yield* ensureActive(fresh)
+          const still =
+            fresh.tokens.refreshToken !== undefined &&
+            fingerprint(Redacted.value(fresh.tokens.refreshToken)) === sentFingerprint
+          if (!still) {
+            // Someone stored newer tokens: theirs win, ours are dropped.
+            return fresh.status === "active" ? fresh : yield* ensureActive(fresh)
+          }
+          current = fresh
+        }
+      })
+
+      // ---- one refresh, holding the lease -------------------------------------------------------
+
+      /** Send (or resend) the journaled refresh token and store what comes back. */
+      const sendAndCommit = Effect.fnUntraced(function* (
+        flight: Flight,
+        provider: Provider,
+        c: Connection,
+        refreshToken: string,
+        keeper: Keeper,
+        resend: boolean
+      ): Effect.fn.Return<Connection, TokenError> {
+        const journal = c.journal!
+        const outcome = yield* callProvider(provider, c, refreshToken, keeper)
+        switch (outcome._tag) {
+          case "Answer": {
+            const tokens = yield* Effect.try({
+              try: () => TokenSet.fromResponse(provider, outcome.response, outcome.answeredAt, c.tokens),
+              catch: () =>
+                new RefreshError({
+                  reason: "invalid_response",
+                  connectionId: c.id,
+                  message: `${provider.name}: the refresh response has invalid extra fields`
+                })
+            }).pipe(
+              // The provider answered and rotated; a response we cannot read is as good as lost.
+              Effect.catch((e) =>
+                resend
+                  ? interrupted(c, provider, journal, "the resend's answer could not be read")
+                  : Effect.fail(e)
+              )
+            )
+            const stored = yield* commit(flight, c, journal.fingerprint, (current, now) => ({
+              ...current,
+              tokens,
+              status: "active",
+              journal: undefined,
+              version: current.version + 1,
+              updatedAt: now,
+              lastRefreshAt: outcome.answeredAt,
+              lastError: undefined
+            }))
+            const committedAt = yield* Clock.currentTimeMillis
+            if (stored.tokens !== tokens) return stored
+            yield* events.publish({
+              type: "refreshed",
+              at: committedAt,
+              connectionId: c.id,
+              ownerId: c.ownerId,
+              providerId: c.providerId,
+              expiresAt: tokens.expiresAt,
+              refreshExpiresAt: tokens.refreshExpiresAt,
+              commitMs: committedAt - outcome.answeredAt,
+              ...(resend ? { recovered: true } : {})
+            })
+            return stored
+          }
+          case "Lost": {
+            if (resend) {
+              return yield* interrupted(c, provider, journal, `the resend got no answer either (${outcome.failure.message})`)
+            }
+            // A live process lost the answer. With a grace period the resend is safe; without one it
+            // is the only chance left (the new tokens exist only in the lost answer). Once, recorded first.
+            const at = keeper.lease.grantedAt
+            const marked = yield* setJournal(c, {
+              ...journal,
+              resend: { holder, fence: keeper.lease.fence, at }
+            }).pipe(Effect.result)
+            if (marked._tag === "Failure") {
+              return yield* new RefreshError({
+                reason: "in_doubt",
+                connectionId: c.id,
+                message: `${provider.name} gave no answer to the refresh of connection ${c.id} (${outcome.failure.message}) and the store could not record a resend; it will be recovered`
+              })
+            }
+            return yield* sendAndCommit(flight, provider, marked.success, refreshToken, keeper, true)
+          }
+          case "NotSent":
+          case "Refused": {
+            const failure = outcome.failure
+            const after = yield* Clock.currentTimeMillis
+            if (failure.kind === "invalid_grant" || failure.kind === "invalid_client") {
+              // Re-read first: another worker may have refreshed meanwhile; then its tokens are good.
+              const current = yield* load(c.id)
+              if (current.version !== c.version) {
+                yield* ensureActive(current)
+                const still =
+                  current.tokens.refreshToken !== undefined &&
+                  fingerprint(Redacted.value(current.tokens.refreshToken)) === journal.fingerprint
+                if (!still) return current
+              }
+              if (failure.kind === "invalid_client") {
+                yield* setJournal(current, undefined).pipe(Effect.ignore)
+                yield* events.publish({
+                  type: "refresh_failed",
+                  at: after,
+                  connectionId: c.id,
+                  ownerId: c.ownerId,
+                  providerId: c.providerId,
+                  reason: "invalid_client",
+                  message: `${provider.name}: ${failure.message} (check the client id and secret)`,
+                  retryable: false
+                })
+                return yield* new RefreshError({
+                  reason: "invalid_response",
+                  connectionId: c.id,
+                  message: `${provider.name} rejected the client credentials: ${failure.message}`,
+                  ...(failure.details.status !== undefined ? { status: failure.details.status } : {})
+                })
+              }
+              if (resend) {
+                return yield* interrupted(
+                  current,
+                  provider,
+                  journal,
+                  `the one resend was refused (${failure.details.error ?? "invalid_grant"})`,
+                  failure.details.error ?? "invalid_grant"
+                )
+              }
+              return yield* markNeedsReauth(
+                current,
+                "invalid_grant",
+                `${provider.name} rejected the refresh token (${failure.details.error ?? "invalid_grant"}${failure.details.description ? `: ${failure.details.description}` : ""}). Link the account again.`,
+                failure.details.error ?? "invalid_grant",
+                failure.details.description
+              )
+            }
+            const reason: RefreshError["reason"] =
+              failure.kind === "rate_limited"
+                ? "rate_limited"
+                : failure.kind === "invalid_response"
+                  ? "invalid_response"
+                  : "transient"
+            const message = `${provider.name}: ${failure.message}`
+            // The provider did not take the token: end the journal (a resend that was answered
+            // with an error used nothing up either).
+            yield* writeSoon({
+              ...c,
+              journal: undefined,
+              version: c.version + 1,
+              updatedAt: after,
+              lastError: { code: reason, description: message, at: after }
+            }).pipe(Effect.ignore)
+            yield* events.publish({
+              type: "refresh_failed",
+              at: after,
+              connectionId: c.id,
+              ownerId: c.ownerId,
+              providerId: c.providerId,
+              reason,
+              message,
+              retryable: true
+            })
+            return yield* new RefreshError({
+              reason,
+              connectionId: c.id,
+              message,
+              ...(failure.details.status !== undefined ? { status: failure.details.status } : {}),
+              ...(failure.details.retryAfterMs !== undefined
+                ? { retryAfterMs: failure.details.retryAfterMs }
+                : {})
+            })
+          }
+        }
+      })
+
+      /** The refresh was interrupted and cannot be recovered: say exactly what happened. */
+      const interrupted = (
+        c: Connection,
+        provider: Provider,
+        journal: RefreshJournal,
+        what: string,
+        providerError?: string
+      ) =>
+        markNeedsReauth(
+          c,
+          "refresh_interrupted",
+          `A refresh of this ${provider.name} connection was interrupted: ${journal.holder === holder ? "this process" : `process ${journal.holder}`} sent its refresh token at ${iso(journal.startedAt)} (store clock) and the answer was lost (the process stopped or the network dropped it); ${what}. ${provider.name} had most likely rotated the token already, and the new one existed only in that lost answer. Latchkey resends a refresh token at most once, and only to recover from such a loss. Link the account again.`,
+          providerError
+        )
+
+      /**
+       * An unfinished journal entry of another lease was found while holding the lease: its refresh
+       * is in doubt. Decide by the provider's declared facts.
+       */
+      const recoverInDoubt = Effect.fnUntraced(function* (
+        flight: Flight,
+        provider: Provider,
+        c: Connection,
+        keeper: Keeper,
+        need: RefreshNeed
+      ): Effect.fn.Return<Connection, TokenError> {
+        const journal = c.journal!
+        const refreshToken = c.tokens.refreshToken === undefined ? undefined : Redacted.value(c.tokens.refreshToken)
+        if (refreshToken === undefined || fingerprint(refreshToken) !== journal.fingerprint) {
+          // The entry does not describe the stored token (written over by a re-link): nothing in doubt.
+          const cleared = yield* setJournal(c, undefined)
+          return yield* refreshHolding(flight, cleared, provider, keeper, need)
+        }
+        if (journal.resend !== undefined) {
+          return yield* interrupted(c, provider, journal, "the one resend allowed got no answer either")
+        }
+        const lease = keeper.lease
+        const elapsed = lease.grantedAt - journal.startedAt
+        const grace = provider.refreshTokenReuse.graceSeconds * 1_000
+        const safe =
+          provider.refreshTokenPolicy === "reusable" || elapsed + config.requestTimeoutMs + margin < grace
+        // This process's own entry, and no refresh of it in flight here: its answer was lost.
+        const own = journal.holder === holder
+        if (!safe && !own) {
+          const suspectedAt = journal.suspectedAt ?? lease.grantedAt
+          const waited = lease.grantedAt - suspectedAt
+          if (journal.suspectedAt === undefined) yield* setJournal(c, { ...journal, suspectedAt }).pipe(Effect.ignore)
+          if (waited < config.inDoubtAfterMs) {
+            const retryAfterMs = config.inDoubtAfterMs - waited
+            return yield* new RefreshError({
+              reason: "in_doubt",
+              connectionId: c.id,
+              retryAfterMs,
+              message: `Process ${journal.holder} sent this connection's refresh token at ${iso(journal.startedAt)} (store clock) and has not finished; it is treated as in doubt after ${config.inDoubtAfterMs} ms of silence (${retryAfterMs} ms from now)`
+            })
+          }
+        }
+        const marked = yield* setJournal(c, {
+          ...journal,
+          holder,
+          fence: lease.fence,
+          resend: { holder, fence: lease.fence, at: lease.grantedAt }
+        })
+        return yield* sendAndCommit(flight, provider, marked, refreshToken, keeper, true)
+      })
+
+      /** The refresh proper, run while holding the lease. */
+      const refreshHolding = Effect.fnUntraced(function* (
+        flight: Flight,
+        c: Connection,
+        provider: Provider,
+        keeper: Keeper,
+        need: RefreshNeed,
+        attempt = 0
+      ): Effect.fn.Return<Connection, TokenError> {
+        const journal = c.journal
+        if (journal !== undefined && !(journal.holder === holder && journal.fence === keeper.lease.fence)) {
+          return yield* recoverInDoubt(flight, provider, c, keeper, need)
+        }
         const now = yield* Clock.currentTimeMillis
         if (!need(c, now)) return c
-        const provider = yield* providers.get(c.providerId)
         if (c.kind === "api_key") return c
         if (c.tokens.refreshToken === undefined) {
           return yield* markNeedsReauth(
@@ -298,134 +758,56 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             `The ${provider.name} refresh token expired; link the account again`
           )
         }
-        const { response, ambiguous } = yield* callProvider(
-          provider,
-          c,
-          Redacted.value(c.tokens.refreshToken),
-          lease
-        )
-        const after = yield* Clock.currentTimeMillis
-        if (response instanceof OAuth.ProtocolFailure) {
-          if (response.kind === "invalid_grant" || response.kind === "invalid_client") {
-            // Invariant 3: re-read first. Another worker may have refreshed (e.g. its lease expired
-            // into ours); then its tokens are good and nothing is wrong.
-            const current = yield* load(id)
-            if (current.version !== c.version) {
-              yield* ensureActive(current)
-              if (!need(current, after)) return current
-            }
-            if (response.kind === "invalid_client") {
-              yield* events.publish({
-                type: "refresh_failed",
-                at: after,
-                connectionId: c.id,
-                ownerId: c.ownerId,
-                providerId: c.providerId,
-                reason: "invalid_client",
-                message: `${provider.name}: ${response.message} (check the client id and secret)`,
-                retryable: false
-              })
-              return yield* new RefreshError({
-                reason: "invalid_response",
-                connectionId: c.id,
-                message: `${provider.name} rejected the client credentials: ${response.message}`,
-                ...(response.details.status !== undefined ? { status: response.details.status } : {})
-              })
-            }
-            return yield* markNeedsReauth(
-              c,
-              "invalid_grant",
-              ambiguous
-                ? `${provider.name} rejected the refresh token after an earlier attempt got no usable answer: the token was most likely rotated by that attempt and its answer lost in transit. Link the account again.`
-                : `${provider.name} rejected the refresh token (${response.details.error ?? "invalid_grant"}${response.details.description ? `: ${response.details.description}` : ""}). Link the account again.`,
-              response.details.error ?? "invalid_grant",
-              response.details.description
-            )
-          }
-          const reason: RefreshError["reason"] =
-            response.kind === "rate_limited"
-              ? "rate_limited"
-              : response.kind === "invalid_response"
-                ? "invalid_response"
-                : "transient"
-          const message = `${provider.name}: ${response.message}`
-          yield* write({
-            ...c,
-            version: c.version + 1,
-            updatedAt: after,
-            lastError: { code: reason, description: message, at: after }
-          }).pipe(Effect.ignore)
-          yield* events.publish({
-            type: "refresh_failed",
-            at: after,
-            connectionId: c.id,
-            ownerId: c.ownerId,
-            providerId: c.providerId,
-            reason,
-            message,
-            retryable: true
-          })
-          return yield* new RefreshError({
-            reason,
-            connectionId: c.id,
-            message,
-            ...(response.details.status !== undefined ? { status: response.details.status } : {}),
-            ...(response.details.retryAfterMs !== undefined
-              ? { retryAfterMs: response.details.retryAfterMs }
-              : {})
-          })
-        }
-        const tokens = yield* Effect.try({
-          try: () => TokenSet.fromResponse(provider, response, after, c.tokens),
-          catch: () =>
-            new RefreshError({
-              reason: "invalid_response",
+        const refreshToken = Redacted.value(c.tokens.refreshToken)
+        // The journal, durable before the token leaves this process. Its compare-and-set also fences
+        // a stale read: a copy that is no longer the stored one never gets its token sent.
+        const journaled = yield* setJournal(c, {
+          holder,
+          fence: keeper.lease.fence,
+          startedAt: keeper.lease.grantedAt,
+          fingerprint: fingerprint(refreshToken)
+        }).pipe(Effect.result)
+        if (journaled._tag === "Failure") {
+          const error = journaled.failure
+          if (!isConflict(error)) return yield* error
+          if (attempt >= 3) {
+            return yield* new RefreshError({
+              reason: "conflict",
               connectionId: c.id,
-              message: `${provider.name}: the refresh response has invalid extra fields`
+              message: `Connection ${c.id} kept changing as its refresh started; try again`
             })
-        })
-        const next: Connection = {
-          ...c,
-          tokens,
-          version: c.version + 1,
-          updatedAt: after,
-          lastRefreshAt: after,
-          lastError: undefined
+          }
+          const fresh = yield* load(c.id).pipe(Effect.flatMap(ensureActive))
+          return yield* refreshHolding(flight, fresh, provider, keeper, need, attempt + 1)
         }
-        // Invariant 2: durable before anyone receives it. The provider may already have consumed the
-        // old refresh token, so a store hiccup here is retried rather than dropping the new tokens.
-        yield* writeDurably(next)
-        yield* events.publish({
-          type: "refreshed",
-          at: after,
-          connectionId: c.id,
-          ownerId: c.ownerId,
-          providerId: c.providerId,
-          expiresAt: tokens.expiresAt,
-          refreshExpiresAt: tokens.refreshExpiresAt
-        })
-        return next
+        return yield* sendAndCommit(flight, provider, journaled.success, refreshToken, keeper, false)
       })
 
       /** Win the lease (or see someone else's refresh land), then refresh. */
       const refreshWithLease = Effect.fnUntraced(function* (
+        flight: Flight,
         id: string,
         need: RefreshNeed
       ): Effect.fn.Return<Connection, TokenError> {
         const startedAt = yield* Clock.currentTimeMillis
         let pollMs = 10
         for (;;) {
-          const now = yield* Clock.currentTimeMillis
-          const lease = yield* store.acquireLease(id, config.holderId, config.leaseTtlMs, now)
+          const askedAt = yield* Clock.currentTimeMillis
+          const lease = yield* store.acquireLease(id, holder, ttl)
           if (lease !== undefined) {
-            return yield* refreshHoldingLease(id, need, lease).pipe(
-              Effect.ensuring(store.releaseLease(lease).pipe(Effect.ignore))
-            )
+            const { keeper, stop } = yield* keepLease(lease, askedAt)
+            return yield* Effect.gen(function* () {
+              // Re-read after winning: another process may have refreshed while we waited.
+              const c = yield* load(id).pipe(Effect.flatMap(ensureActive))
+              const provider = yield* providers.get(c.providerId)
+              return yield* refreshHolding(flight, c, provider, keeper, need)
+            }).pipe(Effect.ensuring(stop.pipe(Effect.andThen(store.releaseLease(keeper.lease)), Effect.ignore)))
           }
           // Another process holds the lease: wait for its result to land, or for the lease to lapse.
+          const now = yield* Clock.currentTimeMillis
           const current = yield* load(id).pipe(Effect.flatMap(ensureActive))
           if (!need(current, now)) return current
-          if (now - startedAt > 2 * config.leaseTtlMs) {
+          if (now - startedAt > 2 * ttl) {
             return yield* new RefreshError({
               reason: "lease_timeout",
               connectionId: id,
@@ -442,7 +824,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         Effect.suspend(() => {
           const running = inflight.get(id)
           if (running !== undefined) {
-            return Deferred.await(running).pipe(
+            return Deferred.await(running.waiters).pipe(
               Effect.flatMap((c) =>
                 Effect.flatMap(Clock.currentTimeMillis, (now) =>
                   need(c, now) ? refreshIf(id, need) : Effect.succeed(c)
@@ -450,18 +832,30 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               )
             )
           }
-          const deferred = Deferred.makeUnsafe<Connection, TokenError>()
-          inflight.set(id, deferred)
-          const leader = refreshWithLease(id, need).pipe(
+          if (closing) {
+            return Effect.fail(
+              new RefreshError({
+                reason: "draining",
+                connectionId: id,
+                message: `This Latchkey instance is shutting down; connection ${id} is refreshed by another instance or after the restart`
+              })
+            )
+          }
+          const flight: Flight = { waiters: Deferred.makeUnsafe(), done: Deferred.makeUnsafe() }
+          inflight.set(id, flight)
+          const leader = refreshWithLease(flight, id, need).pipe(
             Effect.exit,
             Effect.flatMap((exit) =>
               Effect.sync(() => {
                 inflight.delete(id)
-              }).pipe(Effect.andThen(Deferred.done(deferred, exit)))
+              }).pipe(
+                Effect.andThen(Deferred.done(flight.waiters, exit)),
+                Effect.andThen(Deferred.succeed(flight.done, undefined))
+              )
             ),
             Effect.uninterruptible
           )
-          return Effect.forkDetach(leader).pipe(Effect.andThen(Deferred.await(deferred)))
+          return Effect.forkDetach(leader).pipe(Effect.andThen(Deferred.await(flight.waiters)))
         })
 
       const expired: RefreshNeed = (c, now) => !TokenSet.isFresh(c.tokens, now, config.skewMs)
@@ -521,6 +915,21 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           return due !== null && due <= now
         })
 
+      const drain = Effect.gen(function* () {
+        closing = true
+        const flights = [...inflight.values()]
+        const all = Effect.forEach(flights, (f) => Deferred.await(f.done), { discard: true })
+        const finished = yield* all.pipe(Effect.timeoutOption(config.drainTimeoutMs))
+        if (finished._tag === "Some") return { finished: flights.length, abandoned: 0 }
+        // Out of time: write retries give up; the journal leaves those refreshes to be recovered.
+        stopping = true
+        yield* all.pipe(Effect.timeoutOption(Math.max(1_000, config.writeMaxBackoffMs * 2)))
+        const abandoned = flights.filter((f) => !Deferred.isDoneUnsafe(f.done)).length
+        return { finished: flights.length - abandoned, abandoned }
+      })
+
+      yield* Effect.addFinalizer(() => drain)
+
       return TokenManager.of({
         accessToken,
         credential,
@@ -528,7 +937,9 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         refreshNow,
         refreshIfDue,
         get: load,
-        write
+        write,
+        drain,
+        inFlight: Effect.sync(() => inflight.size)
       })
     })
   )

@@ -275,8 +275,7 @@ export const rotate = Effect.fn("Vault.rotate")(function* (options: RotateOption
     Effect.gen(function* () {
       for (let attempt = 0; attempt < maxAttempts; attempt++) {
         if (attempt > 0) yield* Effect.sleep(Math.min(1_000, 20 * 2 ** attempt))
-        const now = yield* Clock.currentTimeMillis
-        const lease = yield* store.acquireLease(id, holder, leaseTtlMs, now)
+        const lease = yield* store.acquireLease(id, holder, leaseTtlMs)
         if (lease === undefined) continue
         const outcome = yield* resealHolding(id).pipe(
           Effect.ensuring(store.releaseLease(lease).pipe(Effect.ignore))

@@ -33,6 +33,11 @@ export interface GenericOptions {
   readonly refreshTokenLifetime?: number
   /** Whether a refresh returns a new refresh token (RFC 6749 §6 allows both). Default `rotating`. */
   readonly refreshTokenPolicy?: Provider.RefreshTokenPolicy
+  /**
+   * What the server does when a rotated refresh token comes back (its reuse grace period, and
+   * whether reuse revokes the grant). Default: no grace, reuse revokes the grant.
+   */
+  readonly refreshTokenReuse?: Provider.RefreshTokenReuse
   /** The user-info URL used to identify the account; default `endpoints.userinfo`. */
   readonly userinfoUrl?: string
   /** Custom identification; default: GET the user-info URL and read `sub`/`id` and `email`/`name`. */
@@ -85,6 +90,7 @@ export const provider = (options: GenericOptions): Provider.Provider => {
       refreshTokenSeconds: options.refreshTokenLifetime ?? 30 * 24 * 3600
     },
     refreshTokenPolicy: options.refreshTokenPolicy ?? "rotating",
+    ...(options.refreshTokenReuse ? { refreshTokenReuse: options.refreshTokenReuse } : {}),
     apiBaseUrl:
       options.apiBaseUrl ?? (options.endpoints ? safeOrigin(options.endpoints.token) : options.issuer),
     identify:

@@ -334,6 +334,8 @@ export const provider = (options: HeyGenOptions): Provider.Provider => {
     ...(options.scopes ? { scopes: options.scopes } : {}),
     lifetimes: { accessTokenSeconds: ACCESS_TOKEN_SECONDS, refreshTokenSeconds: null },
     refreshTokenPolicy: "rotating",
+    // PROVIDERS.md: rotation probable, behaviour on reuse unverified: assume no grace, grant revoked.
+    refreshTokenReuse: { graceSeconds: 0, revokesGrant: true },
     apiBaseUrl,
     apiKeys: true,
     authorizeRequest,

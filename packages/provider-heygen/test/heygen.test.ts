@@ -403,9 +403,9 @@ describe("injected faults, once each", () => {
     sandbox.inject({ endpoint: "refresh", fault: "drop_after_rotate" })
     const error = await lk.refresh(connection.id).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(ReauthorizationRequired)
-    expect((error as ReauthorizationRequired).message).toMatch(
-      /rotated by that attempt and its answer lost in transit/
-    )
+    expect((error as ReauthorizationRequired).reason).toBe("refresh_interrupted")
+    expect((error as ReauthorizationRequired).message).toMatch(/the answer was lost/)
+    expect((error as ReauthorizationRequired).message).toMatch(/the one resend was refused/)
     expect((error as ReauthorizationRequired).message).toMatch(/Link the account again/)
     expect(count("refresh")).toBe(before + 2)
     const summary = await lk.connection(connection.id)

@@ -113,6 +113,8 @@ export const provider = (options: HighLevelOptions): Provider.Provider => {
     tokenParams: { user_type: userType },
     lifetimes: { accessTokenSeconds: ACCESS_TOKEN_SECONDS, refreshTokenSeconds: REFRESH_TOKEN_SECONDS },
     refreshTokenPolicy: "rotating",
+    // Single-use refresh tokens; whether reuse revokes the grant is unverified: assume it does.
+    refreshTokenReuse: { graceSeconds: 0, revokesGrant: true },
     tokenExtras: TokenExtras,
     // HighLevel answers 401 {"error":"UnAuthorized!"} both for bad client credentials and for a code or
     // refresh token it does not accept: only the former is the client's fault; the latter ends the grant.

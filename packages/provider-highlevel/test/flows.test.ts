@@ -287,15 +287,16 @@ describe("single-use refresh tokens", () => {
     expect((error as ReauthorizationRequired).reason).toBe("invalid_grant")
   })
 
-  it("rotate-then-drop: the answer is lost after HighLevel rotated; the retry is refused and the link is marked needs_reauth", async () => {
+  it("rotate-then-drop: the answer is lost after HighLevel rotated; the one resend is refused and the link is marked refresh_interrupted", async () => {
     const { lk } = setup()
     const c = await link(lk, sandbox, "sbxLocation001")
     const before = refreshCalls(sandbox)
     sandbox.inject({ endpoint: "token", grantType: "refresh_token", fault: "drop_after_rotate" })
     const error = await rejection(lk.refresh(c.id))
     expect(error).toBeInstanceOf(ReauthorizationRequired)
-    expect((error as ReauthorizationRequired).message).toMatch(/answer lost in transit/)
-    // The dropped call and one retry with the same token, which HighLevel had already consumed.
+    expect((error as ReauthorizationRequired).reason).toBe("refresh_interrupted")
+    expect((error as ReauthorizationRequired).message).toMatch(/the answer was lost/)
+    // The dropped call and one resend of the same token, which HighLevel had already consumed.
     expect(refreshCalls(sandbox)).toBe(before + 2)
     expect((await lk.connection(c.id)).status).toBe("needs_reauth")
   })

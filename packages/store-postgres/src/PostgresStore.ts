@@ -8,7 +8,8 @@
  * - The refresh lease is a row per connection (`holder`, `fence`, `expires_at`) taken by one atomic
  *   `INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at <= now RETURNING`: one winner under any
  *   contention, a fence that only grows (the row stays after release), and a crashed holder's lease
- *   simply expires.
+ *   simply expires. Lease time is the server's `clock_timestamp()`, never a caller's clock, so
+ *   instances whose clocks disagree still agree on who holds the lease.
  * - No session state: reads are single self-contained statements; every write runs in one
  *   transaction that starts with `SET LOCAL lock_timeout` and `SET LOCAL statement_timeout`. Nothing
  *   uses session-level settings, session advisory locks, named prepared statements, LISTEN or
@@ -479,22 +480,43 @@ const build = (
         )
         return (result.rowCount ?? 0) > 0
       }),
-    acquireLease: (connectionId, holder, ttlMs, now) =>
+    acquireLease: (connectionId, holder, ttlMs) =>
       transaction("acquireLease", async (client): Promise<Lease | undefined> => {
-        // One statement: insert the first lease, or take over an expired one; the fence only grows.
-        const result = await client.query<{ fence: string; expires_at: string }>(
-          `INSERT INTO ${L} AS l (connection_id, holder, fence, expires_at)
-           VALUES ($1, $2, 1, $3::bigint + $4::bigint)
+        // One statement, judged by the server's clock: insert the first lease, or take over an
+        // expired one; the fence only grows. clock_timestamp(), not now(): the time of the statement.
+        const result = await client.query<{ fence: string; granted_at: string; expires_at: string }>(
+          `WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now)
+           INSERT INTO ${L} AS l (connection_id, holder, fence, expires_at)
+           SELECT $1, $2, 1, t.now + $3::bigint FROM t
            ON CONFLICT (connection_id) DO UPDATE
              SET holder = EXCLUDED.holder, fence = l.fence + 1, expires_at = EXCLUDED.expires_at
-             WHERE l.expires_at <= $3::bigint
-           RETURNING fence, expires_at`,
-          [connectionId, holder, now, ttlMs]
+             WHERE l.expires_at <= EXCLUDED.expires_at - $3::bigint
+           RETURNING fence, expires_at - $3::bigint AS granted_at, expires_at`,
+          [connectionId, holder, Math.max(1, Math.floor(ttlMs))]
         )
         const row = result.rows[0]
         return row === undefined
           ? undefined
-          : { connectionId, holder, fence: Number(row.fence), expiresAt: Number(row.expires_at) }
+          : {
+              connectionId,
+              holder,
+              fence: Number(row.fence),
+              grantedAt: Number(row.granted_at),
+              expiresAt: Number(row.expires_at)
+            }
+      }),
+    renewLease: (lease, ttlMs) =>
+      transaction("renewLease", async (client): Promise<Lease | undefined> => {
+        const result = await client.query<{ granted_at: string; expires_at: string }>(
+          `UPDATE ${L} SET expires_at = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $4::bigint
+           WHERE connection_id = $1 AND holder = $2 AND fence = $3
+           RETURNING expires_at - $4::bigint AS granted_at, expires_at`,
+          [lease.connectionId, lease.holder, lease.fence, Math.max(1, Math.floor(ttlMs))]
+        )
+        const row = result.rows[0]
+        return row === undefined
+          ? undefined
+          : { ...lease, grantedAt: Number(row.granted_at), expiresAt: Number(row.expires_at) }
       }),
     releaseLease: (lease) =>
       transaction("releaseLease", async (client) => {

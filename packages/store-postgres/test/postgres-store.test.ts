@@ -111,21 +111,21 @@ describe("PostgreSQL specifics", () => {
       lockTimeoutMs: 200,
       maxConnections: 2
     })
-    const first = (await run(store.acquireLease("c1", "A", 60_000, Date.now())))!
+    const first = (await run(store.acquireLease("c1", "A", 60_000)))!
     await run(store.releaseLease(first))
     // Another session holds the row lock (e.g. a stuck transaction).
     const blocker = await admin.connect()
     try {
       await blocker.query("BEGIN")
       await blocker.query(`SELECT * FROM "${s}".latchkey_leases WHERE connection_id = 'c1' FOR UPDATE`)
-      const error = await run(Effect.flip(store.acquireLease("c1", "B", 60_000, Date.now())))
+      const error = await run(Effect.flip(store.acquireLease("c1", "B", 60_000)))
       expect(error).toMatchObject({ _tag: "StoreError", reason: "timeout" })
       expect(error.isRetryable).toBe(true)
       await blocker.query("ROLLBACK")
     } finally {
       blocker.release()
     }
-    expect((await run(store.acquireLease("c1", "B", 60_000, Date.now())))?.fence).toBe(2)
+    expect((await run(store.acquireLease("c1", "B", 60_000)))?.fence).toBe(2)
     await run(store.close())
   })
 
@@ -161,7 +161,7 @@ describe("PostgreSQL specifics", () => {
     await run(store.insert(sampleRecord("a")))
     await run(store.update(sampleRecord("a", { version: 2 }), 1))
     expect((await run(store.get("a")))?.version).toBe(2)
-    const lease = (await run(store.acquireLease("a", "h", 1_000, 0)))!
+    const lease = (await run(store.acquireLease("a", "h", 1_000)))!
     await run(store.releaseLease(lease))
     await run(store.takePending("nope", 0))
     await run(Effect.flip(store.insert(sampleRecord("a"))))

@@ -12,7 +12,9 @@
  * - `P l:<id>` the lease: a hash (holder, fence, expiry) created with a PX TTL of the lease's length,
  *   only when no unexpired lease exists (`SET NX PX` semantics, inside a script so that the fence is
  *   incremented in the same step); released by compare-and-delete (same holder and fence). `P f:<id>`
- *   the fence counter (`INCR`): it survives releases, so fences only grow.
+ *   the fence counter (`INCR`): it survives releases, so fences only grow; `P r:<id>` the last
+ *   released fence (a released lease is never renewed). Lease time is the server's `TIME`, never a
+ *   caller's clock.
  * - `P p:<state>` a pending authorization: a hash taken once by a get-and-mark script; it expires an
  *   hour after the authorization does.
  *
@@ -120,7 +122,7 @@ local P, id = ARGV[1], ARGV[2]
 local ck = P .. 'c:' .. id
 local cur = redis.call('HMGET', ck, 'o', 'a')
 if not cur[1] then return 0 end
-redis.call('DEL', ck, P .. 'a:' .. cur[2], P .. 'l:' .. id, P .. 'f:' .. id)
+redis.call('DEL', ck, P .. 'a:' .. cur[2], P .. 'l:' .. id, P .. 'f:' .. id, P .. 'r:' .. id)
 redis.call('ZREM', P .. 'o:' .. cur[1], id)
 redis.call('ZREM', P .. 'ids', id)
 redis.call('ZREM', P .. 'due', id)
@@ -179,17 +181,25 @@ end
 return out`
 )
 
+/** The server's clock in epoch milliseconds (leases are judged by it, never by a caller's clock). */
+const SERVER_NOW = `
+local function serverNow()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+`
+
 /**
- * ARGV: prefix, connection id, holder, now, ttl. The lease is granted when no unexpired lease
- * exists: the key is gone (its PX ran out, or it was released) or its expiry is at or before the
- * caller's `now`. Then the fence is incremented and the lease written with a PX TTL. Returns
- * { fence, expiresAt } or false.
+ * ARGV: prefix, connection id, holder, ttl. The lease is granted when no unexpired lease exists by
+ * the server's clock: the key is gone (its PX ran out, or it was released) or its expiry is at or
+ * before the server's now. Then the fence is incremented and the lease written with a PX TTL.
+ * Returns { fence, grantedAt, expiresAt } or false.
  */
 const ACQUIRE = script(
   "acquireLease",
-  `
+  `${SERVER_NOW}
 local lk = ARGV[1] .. 'l:' .. ARGV[2]
-local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local now, ttl = serverNow(), tonumber(ARGV[4])
 local held = redis.call('HGET', lk, 'e')
 if held and tonumber(held) > now then return false end
 local fence = redis.call('INCR', ARGV[1] .. 'f:' .. ARGV[2])
@@ -197,16 +207,40 @@ local expires = now + ttl
 redis.call('DEL', lk)
 redis.call('HSET', lk, 'h', ARGV[3], 'f', fence, 'e', string.format('%.0f', expires))
 redis.call('PEXPIRE', lk, math.max(1, ttl))
-return { fence, string.format('%.0f', expires) }`
+return { fence, string.format('%.0f', now), string.format('%.0f', expires) }`
 )
 
-/** ARGV: prefix, connection id, holder, fence. Compare-and-delete. */
+/**
+ * ARGV: prefix, connection id, holder, fence, ttl. Renew the caller's own lease from the server's
+ * now: still its own when the fence counter was not advanced by a newer holder (the key may have
+ * lapsed meanwhile). Returns { grantedAt, expiresAt } or false.
+ */
+const RENEW = script(
+  "renewLease",
+  `${SERVER_NOW}
+local lk = ARGV[1] .. 'l:' .. ARGV[2]
+local fence = redis.call('GET', ARGV[1] .. 'f:' .. ARGV[2])
+if fence ~= ARGV[4] then return false end
+local cur = redis.call('HMGET', lk, 'h', 'f')
+if cur[1] and (cur[1] ~= ARGV[3] or cur[2] ~= ARGV[4]) then return false end
+if not cur[1] and redis.call('GET', ARGV[1] .. 'r:' .. ARGV[2]) == ARGV[4] then return false end
+local now, ttl = serverNow(), tonumber(ARGV[5])
+local expires = now + ttl
+redis.call('HSET', lk, 'h', ARGV[3], 'f', ARGV[4], 'e', string.format('%.0f', expires))
+redis.call('PEXPIRE', lk, math.max(1, ttl))
+return { string.format('%.0f', now), string.format('%.0f', expires) }`
+)
+
+/** ARGV: prefix, connection id, holder, fence. Compare-and-delete; marks the fence released. */
 const RELEASE = script(
   "releaseLease",
   `
 local lk = ARGV[1] .. 'l:' .. ARGV[2]
 local cur = redis.call('HMGET', lk, 'h', 'f')
-if cur[1] == ARGV[3] and cur[2] == ARGV[4] then return redis.call('DEL', lk) end
+if cur[1] == ARGV[3] and cur[2] == ARGV[4] then
+  redis.call('SET', ARGV[1] .. 'r:' .. ARGV[2], ARGV[4], 'PX', 86400000)
+  return redis.call('DEL', lk)
+end
 return 0`
 )
 
@@ -431,12 +465,31 @@ export const make = (options: RedisStoreOptions): RedisStore => {
             )
           ),
     remove: (id) => run(REMOVE, [id]).pipe(Effect.map((n) => Number(n) === 1)),
-    acquireLease: (connectionId, holder, ttlMs, now) =>
-      run(ACQUIRE, [connectionId, holder, String(now), String(Math.max(1, Math.floor(ttlMs)))]).pipe(
+    acquireLease: (connectionId, holder, ttlMs) =>
+      run(ACQUIRE, [connectionId, holder, String(Math.max(1, Math.floor(ttlMs)))]).pipe(
         Effect.map((answer) => {
           if (!Array.isArray(answer)) return undefined
-          return { connectionId, holder, fence: Number(answer[0]), expiresAt: Number(answer[1]) }
+          return {
+            connectionId,
+            holder,
+            fence: Number(answer[0]),
+            grantedAt: Number(answer[1]),
+            expiresAt: Number(answer[2])
+          }
         })
+      ),
+    renewLease: (lease, ttlMs) =>
+      run(RENEW, [
+        lease.connectionId,
+        lease.holder,
+        String(lease.fence),
+        String(Math.max(1, Math.floor(ttlMs)))
+      ]).pipe(
+        Effect.map((answer) =>
+          Array.isArray(answer)
+            ? { ...lease, grantedAt: Number(answer[0]), expiresAt: Number(answer[1]) }
+            : undefined
+        )
       ),
     releaseLease: (lease) =>
       run(RELEASE, [lease.connectionId, lease.holder, String(lease.fence)]).pipe(Effect.asVoid),

@@ -97,7 +97,7 @@ describe("Redis specifics", () => {
     const p = prefix()
     const store = RedisStore.make({ url: URL_, keyPrefix: p })
     try {
-      const lease = (await run(store.acquireLease("c1", "holder-a", 5_000, Date.now())))!
+      const lease = (await run(store.acquireLease("c1", "holder-a", 5_000)))!
       expect(lease.fence).toBe(1)
       const ttl = await admin.pttl(`${p}l:c1`)
       expect(ttl).toBeGreaterThan(0)
@@ -110,26 +110,36 @@ describe("Redis specifics", () => {
       await run(store.releaseLease(lease))
       expect(await admin.exists(`${p}l:c1`)).toBe(0)
       expect(await admin.get(`${p}f:c1`)).toBe("1")
-      expect((await run(store.acquireLease("c1", "holder-b", 5_000, Date.now())))?.fence).toBe(2)
+      expect((await run(store.acquireLease("c1", "holder-b", 5_000)))?.fence).toBe(2)
     } finally {
       await run(store.close())
     }
   })
 
-  it("a lease whose holder died lapses with its PX TTL, even for a caller whose clock is behind", async () => {
+  it("a lease is judged by the server's clock (TIME), never the caller's: a dead holder's lapses with its PX TTL", async () => {
     const p = prefix()
     const store = RedisStore.make({ url: URL_, keyPrefix: p })
     try {
-      expect((await run(store.acquireLease("c1", "crashed", 1_000, Date.now())))?.fence).toBe(1)
-      // A caller an hour behind would think the lease runs for another hour; Redis's TTL frees it.
-      const behind = () => Date.now() - 3_600_000
-      expect(await run(store.acquireLease("c1", "late", 1_000, behind()))).toBeUndefined()
+      const before = Date.now()
+      const crashed = (await run(store.acquireLease("c1", "crashed", 1_000)))!
+      expect(crashed.fence).toBe(1)
+      // The times are the server's: TIME, not this process's clock (same host here, so close to it).
+      const [seconds, micros] = (await admin.time()) as [number | string, number | string]
+      const serverNow = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000)
+      expect(Math.abs(crashed.grantedAt - serverNow)).toBeLessThan(1_000)
+      expect(Math.abs(crashed.grantedAt - before)).toBeLessThan(1_000)
+      expect(crashed.expiresAt - crashed.grantedAt).toBe(1_000)
+      expect(await run(store.acquireLease("c1", "late", 1_000))).toBeUndefined()
       let taken: ConnectionStore.Lease | undefined
       for (let i = 0; i < 100 && taken === undefined; i++) {
         await new Promise((r) => setTimeout(r, 50))
-        taken = await run(store.acquireLease("c1", "late", 1_000, behind()))
+        taken = await run(store.acquireLease("c1", "late", 1_000))
       }
       expect(taken?.fence).toBe(2)
+      // The dead holder's lease cannot be renewed any more; a released one neither.
+      expect(await run(store.renewLease(crashed, 5_000))).toBeUndefined()
+      await run(store.releaseLease(taken!))
+      expect(await run(store.renewLease(taken!, 5_000))).toBeUndefined()
     } finally {
       await run(store.close())
     }
@@ -154,7 +164,7 @@ describe("Redis specifics", () => {
       expect((await run(prefixed.listByOwner("owner"))).map((r) => r.id)).toEqual(["x"])
       expect((await run(prefixed.listDue(10, 10))).map((r) => r.id)).toEqual(["x"])
       expect((await run(prefixed.findByAccount("owner", "p", "acct-x")))?.id).toBe("x")
-      expect((await run(prefixed.acquireLease("x", "h", 5_000, Date.now())))?.fence).toBe(1)
+      expect((await run(prefixed.acquireLease("x", "h", 5_000)))?.fence).toBe(1)
       // Every key, written by plain commands or by scripts, sits under both prefixes.
       const keys = await keysOf("lk-test-app:")
       expect(keys).toContain("lk-test-app:lk:c:x")

@@ -297,7 +297,15 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
             refreshExpiresAt: 1_731_536_000_000,
             scopes: [],
             extras: "lk1.k1.aXY.ZXh0cmFz",
-            refreshDueAt: null
+            refreshDueAt: null,
+            journal: {
+              holder: "4242-holder",
+              fence: 12,
+              startedAt: 1_700_000_000_500,
+              fingerprint: "q1w2e3r4t5y6u7i8o9p0aa",
+              suspectedAt: 1_700_000_200_000,
+              resend: { holder: "4343-other", fence: 13, at: 1_700_000_300_000 }
+            }
           })
           await run(store.insert(full))
           expect(await run(store.get("full"))).toEqual(full)
@@ -387,39 +395,73 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
         })
       })
 
-      it("grants the lease to one holder at a time with increasing fences", async () => {
+      it("grants the lease to one holder at a time with increasing fences, judged by the store's clock", async () => {
         await withStore(options, async (store) => {
-          // Times are the caller's (the contract passes `now` in); leases last 10 s.
-          const first = await run(store.acquireLease("c1", "A", 10_000, 0))
-          expect(first).toEqual({ connectionId: "c1", holder: "A", fence: 1, expiresAt: 10_000 })
-          expect(await run(store.acquireLease("c1", "B", 10_000, 5_000))).toBeUndefined()
+          const before = Date.now()
+          const first = await run(store.acquireLease("c1", "A", 60_000))
+          expect(first).toMatchObject({ connectionId: "c1", holder: "A", fence: 1 })
+          // The store says when, on its own clock (this host's, or the database server's).
+          expect(first!.expiresAt - first!.grantedAt).toBe(60_000)
+          expect(Math.abs(first!.grantedAt - before)).toBeLessThan(5_000)
+          expect(await run(store.acquireLease("c1", "B", 60_000))).toBeUndefined()
           // Only the holder's own lease is released.
           await run(store.releaseLease({ ...first!, holder: "B" }))
-          expect(await run(store.acquireLease("c1", "B", 10_000, 6_000))).toBeUndefined()
+          expect(await run(store.acquireLease("c1", "B", 60_000))).toBeUndefined()
           await run(store.releaseLease({ ...first!, fence: 7 }))
-          expect(await run(store.acquireLease("c1", "B", 10_000, 6_500))).toBeUndefined()
+          expect(await run(store.acquireLease("c1", "B", 60_000))).toBeUndefined()
           await run(store.releaseLease(first!))
-          const second = await run(store.acquireLease("c1", "B", 10_000, 7_000))
+          // A released lease is not renewed.
+          expect(await run(store.renewLease(first!, 60_000))).toBeUndefined()
+          const second = await run(store.acquireLease("c1", "B", 150))
           expect(second?.fence).toBe(2)
-          // An expired lease can be taken over.
-          const third = await run(store.acquireLease("c1", "C", 10_000, 17_001))
+          // An expired lease (by the store's clock) can be taken over.
+          await new Promise((r) => setTimeout(r, 400))
+          const third = await run(store.acquireLease("c1", "C", 60_000))
           expect(third?.fence).toBe(3)
-          // The previous holder's late release does not free the new holder's lease.
+          // The previous holder can neither renew nor release the new holder's lease.
+          expect(await run(store.renewLease(second!, 60_000))).toBeUndefined()
           await run(store.releaseLease(second!))
-          expect(await run(store.acquireLease("c1", "D", 10_000, 18_000))).toBeUndefined()
+          expect(await run(store.acquireLease("c1", "D", 60_000))).toBeUndefined()
           // Leases of different connections are independent.
-          expect((await run(store.acquireLease("c2", "D", 10_000, 18_000)))?.fence).toBe(1)
+          expect((await run(store.acquireLease("c2", "D", 60_000)))?.fence).toBe(1)
           // Fences keep increasing after a release.
           await run(store.releaseLease(third!))
-          expect((await run(store.acquireLease("c1", "E", 10_000, 19_000)))?.fence).toBe(4)
+          expect((await run(store.acquireLease("c1", "E", 60_000)))?.fence).toBe(4)
+        })
+      })
+
+      it("renews only the holder's own lease, from the store's now, also after it lapsed unclaimed", async () => {
+        await withStore(options, async (store) => {
+          const lease = (await run(store.acquireLease("r1", "A", 200)))!
+          const renewed = await run(store.renewLease(lease, 60_000))
+          expect(renewed).toMatchObject({ connectionId: "r1", holder: "A", fence: lease.fence })
+          expect(renewed!.expiresAt - renewed!.grantedAt).toBe(60_000)
+          expect(renewed!.grantedAt).toBeGreaterThanOrEqual(lease.grantedAt)
+          // Renewed: nobody else gets it, even after the first TTL has passed.
+          await new Promise((r) => setTimeout(r, 300))
+          expect(await run(store.acquireLease("r1", "B", 60_000))).toBeUndefined()
+          expect(await run(store.renewLease({ ...renewed!, holder: "B" }, 60_000))).toBeUndefined()
+          await run(store.releaseLease(renewed!))
+          // A lease that lapsed while nobody claimed it can still be renewed by its holder (no newer fence exists) ...
+          const short = (await run(store.acquireLease("r2", "A", 100)))!
+          await new Promise((r) => setTimeout(r, 250))
+          const late = await run(store.renewLease(short, 60_000))
+          expect(late?.fence).toBe(short.fence)
+          expect(await run(store.acquireLease("r2", "B", 60_000))).toBeUndefined()
+          await run(store.releaseLease(late!))
+          // ... but not once another holder took it.
+          const lapsed = (await run(store.acquireLease("r3", "A", 100)))!
+          await new Promise((r) => setTimeout(r, 250))
+          const taker = await run(store.acquireLease("r3", "B", 60_000))
+          expect(taker?.fence).toBe(lapsed.fence + 1)
+          expect(await run(store.renewLease(lapsed, 60_000))).toBeUndefined()
         })
       })
 
       it("grants the lease once when many ask at the same moment", async () => {
         await withStore(options, async (store) => {
-          const now = Date.now()
           const leases = await Promise.all(
-            Array.from({ length: 16 }, (_, i) => run(store.acquireLease("hot", `holder-${i}`, 30_000, now)))
+            Array.from({ length: 16 }, (_, i) => run(store.acquireLease("hot", `holder-${i}`, 30_000)))
           )
           const granted = leases.filter((l) => l !== undefined)
           expect(granted).toHaveLength(1)
@@ -569,7 +611,7 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
           const c = sampleConnection("busy", now)
           await run(store.insert(ConnectionModule.toRecord(vaultA, c, null)))
           // Someone holds the lease; the rotation gives up on this connection after a few attempts.
-          const held = await run(store.acquireLease("busy", "refresher", 60_000, now))
+          const held = await run(store.acquireLease("busy", "refresher", 60_000))
           const report = await rotateOn(store, vaultBA, { maxAttempts: 2 })
           expect(report.resealed).toBe(0)
           expect(report.failed).toHaveLength(1)
@@ -810,12 +852,12 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
             stuck.child.stdin.write("go\n")
             // Wait until the stuck process holds the lease, then kill it.
             for (let i = 0; i < 150; i++) {
-              const probe = await run(store.acquireLease(id, "probe", 1, Date.now()))
+              const probe = await run(store.acquireLease(id, "probe", 1))
               if (probe === undefined) break
               await run(store.releaseLease(probe))
               await new Promise((r) => setTimeout(r, 20))
             }
-            expect(await run(store.acquireLease(id, "probe", 1, Date.now()))).toBeUndefined()
+            expect(await run(store.acquireLease(id, "probe", 1))).toBeUndefined()
             stuck.child.kill("SIGKILL")
             const before = await server.refreshCount()
             next = startStoreWorker(settingsFor(opened, id, { callers: 20, leaseTtlMs: 1_500 }))
