@@ -35,6 +35,25 @@ export interface LatchkeyOptions {
   /** Engine settings (see `LatchkeyConfig` for defaults). */
   readonly config?: Partial<LatchkeyConfigShape> | undefined
   readonly refresher?: (RefresherOptions & { readonly autoStart?: boolean | undefined }) | undefined
+  /**
+   * This instance's wall clock (epoch ms); default the host's. Latchkey never trusts it across
+   * processes (leases are judged by the store's clock): it exists to test exactly that.
+   */
+  readonly clock?: (() => number) | undefined
+}
+
+/** A Clock whose wall time is `now` and whose sleeps and monotonic time are the host's. */
+const clockOf = (now: () => number): Clock.Clock => {
+  const host = Clock.Clock.defaultValue()
+  return {
+    currentTimeMillisUnsafe: now,
+    currentTimeMillis: Effect.sync(now),
+    currentTimeNanosUnsafe: () => BigInt(Math.floor(now())) * 1_000_000n,
+    currentTimeNanos: Effect.sync(() => BigInt(Math.floor(now())) * 1_000_000n),
+    monotonicTimeNanosUnsafe: () => host.monotonicTimeNanosUnsafe(),
+    monotonicTimeNanos: host.monotonicTimeNanos,
+    sleep: (duration) => host.sleep(duration)
+  }
 }
 
 export type LatchkeyServices =
@@ -57,7 +76,11 @@ const storeLayer = (store: LatchkeyOptions["store"]): Layer.Layer<ConnectionStor
 
 /** Every Latchkey service, ready to provide. */
 export const layer = (options: LatchkeyOptions): Layer.Layer<LatchkeyServices, unknown> => {
+  const clock = options.clock
+  const clockLayer =
+    clock === undefined ? Layer.empty : Layer.succeed(Clock.Clock, clockOf(clock))
   const base = Layer.mergeAll(
+    clockLayer,
     Providers.layer(options.providers),
     storeLayer(options.store),
     Vault.layer(options.vault),

@@ -152,6 +152,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       const ttl = config.leaseTtlMs
       /** Every request ends this long before the lease could lapse. */
       const margin = Math.min(1_000, ttl / 4)
+      /** The least lease time worth sending a request with. */
+      const minRequest = Math.min(config.requestTimeoutMs, 1_000, ttl / 2)
 
       // Decoded connections by id, reused while the stored record is unchanged (hot path).
       const decoded = new Map<
@@ -386,7 +388,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         for (let attempt = 0; ; attempt++) {
           const startedAt = yield* Clock.currentTimeMillis
           const left = leaseLeft(keeper, startedAt)
-          if (left < Math.min(config.requestTimeoutMs, 1_000)) {
+          if (left < minRequest) {
             return {
               _tag: "NotSent",
               failure: new OAuth.ProtocolFailure(
@@ -407,7 +409,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           if (!retryable || attempt + 1 >= config.maxAttempts) return { _tag: "Refused", failure }
           const wait = yield* backoff(attempt, failure.details.retryAfterMs)
           const now = yield* Clock.currentTimeMillis
-          if (now + wait + Math.min(config.requestTimeoutMs, 1_000) >= keeper.deadline - margin) {
+          if (now + wait + minRequest >= keeper.deadline - margin) {
             return { _tag: "Refused", failure }
           }
           yield* events.publish({

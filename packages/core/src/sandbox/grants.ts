@@ -33,6 +33,11 @@ export interface RefreshTokenOptions {
   readonly rotate: boolean
   /** Reusing a consumed refresh token revokes the whole grant (default false: only invalid_grant). */
   readonly reuseRevokesGrant: boolean
+  /**
+   * Seconds after its rotation during which a consumed refresh token is still accepted (and issues
+   * new tokens), as Cognito's `RetryGracePeriodSeconds` or Connect2id's grace period (default 0).
+   */
+  readonly reuseGraceSeconds: number
   /** Issue refresh tokens at all (default true). */
   readonly issue: boolean
 }
@@ -85,6 +90,8 @@ interface TokenRecord {
   readonly grantId: string
   readonly expiresAt: number | null
   state: "active" | "consumed" | "revoked"
+  /** When a refresh token was consumed (rotated). */
+  consumedAt?: number | undefined
 }
 
 export type TokenCheck =
@@ -125,6 +132,10 @@ export class GrantRegistry {
   private readonly grantsById = new Map<string, Grant>()
   private readonly accessByGrant = new Map<string, Set<string>>()
   private readonly apiKeys = new Map<string, { accountId: string; revoked: boolean }>()
+  /** Consumed refresh tokens presented again outside any grace period (each one a token spent twice). */
+  reuseCount = 0
+  /** Consumed refresh tokens presented again inside the grace period (accepted). */
+  graceReuseCount = 0
 
   constructor(options: GrantRegistryOptions = {}) {
     this.lifetimes = {
@@ -133,7 +144,13 @@ export class GrantRegistry {
       codeSeconds: 600,
       ...options.lifetimes
     }
-    this.refreshTokens = { rotate: true, reuseRevokesGrant: false, issue: true, ...options.refreshTokens }
+    this.refreshTokens = {
+      rotate: true,
+      reuseRevokesGrant: false,
+      reuseGraceSeconds: 0,
+      issue: true,
+      ...options.refreshTokens
+    }
     this.now = options.now ?? Date.now
     this.prefix = options.prefix ?? "sbx"
   }
@@ -277,8 +294,17 @@ export class GrantRegistry {
       throw new OAuthError("invalid_grant", "refresh token was issued to another client")
     }
     if (record.state === "consumed") {
-      if (this.refreshTokens.reuseRevokesGrant) this.revokeGrant(grant.id)
-      throw new OAuthError("invalid_grant", "refresh token was already used")
+      const grace = this.refreshTokens.reuseGraceSeconds * 1000
+      const inGrace =
+        grace > 0 && record.consumedAt !== undefined && this.now() - record.consumedAt < grace && !grant.revoked
+      if (!inGrace) {
+        this.reuseCount++
+        if (this.refreshTokens.reuseRevokesGrant) this.revokeGrant(grant.id)
+        throw new OAuthError("invalid_grant", "refresh token was already used")
+      }
+      this.graceReuseCount++
+      grant.refreshes++
+      return this.mint(grant, true)
     }
     if (record.state === "revoked" || grant.revoked) {
       throw new OAuthError("invalid_grant", "refresh token was revoked")
@@ -290,7 +316,10 @@ export class GrantRegistry {
       throw new OAuthError("invalid_scope", "requested scope exceeds the grant")
     }
     const rotate = this.refreshTokens.rotate
-    if (rotate) record.state = "consumed"
+    if (rotate) {
+      record.state = "consumed"
+      record.consumedAt = this.now()
+    }
     grant.refreshes++
     return this.mint(grant, rotate)
   }

@@ -91,6 +91,14 @@ export type FaultSpec = {
        */
       readonly fault: "drop_after_rotate"
     }
+  | {
+      /** Keep the request open without processing it or answering, until the client goes away. */
+      readonly fault: "hold"
+    }
+  | {
+      /** Process the request fully (a refresh rotates), then keep it open without answering. */
+      readonly fault: "hold_after_rotate"
+    }
 )
 
 export type FaultKind = FaultSpec["fault"]
@@ -392,6 +400,13 @@ export const startSandboxServer = async (options: SandboxServerOptions = {}): Pr
         await run()
         record({ ...base, status: undefined, fault: "drop_after_rotate" })
         res.socket?.destroy()
+        return
+      case "hold":
+        record({ ...base, status: undefined, fault: "hold" })
+        return
+      case "hold_after_rotate":
+        await run()
+        record({ ...base, status: undefined, fault: "hold_after_rotate" })
         return
     }
   }

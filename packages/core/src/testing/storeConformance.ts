@@ -50,6 +50,7 @@ import type { StoreError } from "../Errors.ts"
 import { createLatchkey, type LatchkeyClient } from "../Latchkey.ts"
 import * as Provider from "../Provider.ts"
 import * as Vault from "../Vault.ts"
+import { storeFaults } from "./storeFaults.ts"
 import {
   type ConformanceProviderSettings,
   openWithOpener,
@@ -202,7 +203,12 @@ const rotateOn = (store: ConnectionStoreShape, vault: Vault.VaultShape, options:
 export interface WorkerHandle {
   readonly child: ChildProcessWithoutNullStreams
   readonly ready: Promise<void>
+  /** A storm's `{ tokens, failures }` (also resolves with a load's `{ calls, ok, failures }`). */
   readonly result: Promise<{ tokens: Array<string>; failures: Array<string> }>
+  /** How the process ended (exit code, or the signal that ended it). */
+  readonly exited: Promise<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>
+  /** Every JSON line the worker printed so far. */
+  readonly lines: Array<Record<string, unknown>>
 }
 
 const workerFile = fileURLToPath(
@@ -223,16 +229,24 @@ export const startStoreWorker = (settings: WorkerSettings): WorkerHandle => {
     stderr += d
   })
   const lines = createInterface({ input: child.stdout })
+  const printed: Array<Record<string, unknown>> = []
   let onReady: () => void = () => {}
   let onFail: (e: Error) => void = () => {}
   const ready = new Promise<void>((resolve, reject) => {
     onReady = resolve
     onFail = reject
   })
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.on("exit", (code, signal) => resolve({ code, signal }))
+  })
   const result = new Promise<{ tokens: Array<string>; failures: Array<string> }>((resolve, reject) => {
     lines.on("line", (line) => {
       if (line === "ready") onReady()
-      else if (line.startsWith("{")) resolve(JSON.parse(line))
+      else if (line.startsWith("{")) {
+        const parsed = JSON.parse(line) as Record<string, unknown>
+        printed.push(parsed)
+        if ("tokens" in parsed || "calls" in parsed) resolve(parsed as never)
+      }
     })
     child.on("exit", (code, signal) => {
       const error = new Error(`store worker exited (${code ?? signal}): ${stderr.slice(-800)}`)
@@ -242,7 +256,7 @@ export const startStoreWorker = (settings: WorkerSettings): WorkerHandle => {
   })
   ready.catch(() => {})
   result.catch(() => {})
-  return { child, ready, result }
+  return { child, ready, result, exited, lines: printed }
 }
 
 /**
@@ -695,6 +709,8 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
         })
       })
     })
+
+    storeFaults(options)
 
     const cross = options.crossProcess
     if (cross === undefined) {

@@ -1,9 +1,13 @@
 /**
  * One OS process of the store conformance suite's cross-process checks (`storeConformance` spawns it
  * with `node`). It opens the store under test through the suite's `crossProcess.opener`, builds a
- * Latchkey instance on it, and when the parent writes "go" its callers all ask for the same
- * connection's access token at once. Settings come as JSON in LK_STORE_WORKER; it prints "ready",
- * then one JSON line `{ tokens, failures }` (failures are error tags, never token values).
+ * Latchkey instance on it, and when the parent writes "go":
+ * - `storm` (default): its callers all ask for the same connection's access token at once, and it
+ *   prints one JSON line `{ tokens, failures }` (failures are error tags, never token values);
+ * - `load`: its callers keep asking for the access tokens of `connectionIds`, round after round, until
+ *   SIGTERM; then it prints `{ calls, ok, failures }`.
+ * It answers SIGTERM as an app should: `await latchkey.close()` (the drain), then exit 0, printing
+ * `{ drained: true }` first. Settings come as JSON in LK_STORE_WORKER; it prints "ready" first.
  */
 import { createInterface } from "node:readline"
 import { Effect } from "effect"
@@ -28,6 +32,8 @@ export interface ConformanceProviderSettings {
   readonly redirectUri: string
   readonly scopes?: ReadonlyArray<string> | undefined
   readonly authorizationParams?: Readonly<Record<string, string>> | undefined
+  readonly refreshTokenPolicy?: Provider.RefreshTokenPolicy | undefined
+  readonly refreshTokenReuse?: Provider.RefreshTokenReuse | undefined
 }
 
 export interface WorkerSettings {
@@ -43,6 +49,12 @@ export interface WorkerSettings {
   readonly vaultKeyId?: string | undefined
   /** Hang forever on the refresh request (the parent kills this process while it holds the lease). */
   readonly hang?: boolean | undefined
+  /** `storm` (default) or `load` (see the module comment). */
+  readonly mode?: "storm" | "load" | undefined
+  /** The connections of `load`. */
+  readonly connectionIds?: ReadonlyArray<string> | undefined
+  /** More engine settings (numbers only). */
+  readonly config?: Readonly<Record<string, number>> | undefined
 }
 
 export const openWithOpener = async (
@@ -82,13 +94,56 @@ const main = async () => {
       leaseTtlMs: settings.leaseTtlMs,
       baseBackoffMs: 5,
       maxBackoffMs: 50,
+      ...settings.config,
       ...(settings.hang ? { fetch: hangingFetch } : {})
     }
+  })
+  const tagOf = (e: unknown) => {
+    const error = e as { _tag?: string; reason?: string } | undefined
+    return `${error?._tag ?? "unknown error"}${error?.reason ? `:${error.reason}` : ""}`
+  }
+  let stopping = false
+  const shutdown = async (code: number) => {
+    await latchkey.close()
+    if (store.close) await Effect.runPromise(store.close())
+    process.exit(code)
+  }
+  // What an app adds for rolling restarts: drain on SIGTERM, then exit.
+  process.once("SIGTERM", () => {
+    stopping = true
+    void latchkey.close().then(() => {
+      process.stdout.write(`${JSON.stringify({ drained: true })}\n`)
+      return shutdown(0)
+    })
   })
   const lines = createInterface({ input: process.stdin })
   process.stdout.write("ready\n")
   for await (const line of lines) {
     if (line.trim() !== "go") continue
+    if (settings.mode === "load") {
+      const ids = settings.connectionIds ?? [settings.connectionId]
+      const failures: Record<string, number> = {}
+      let calls = 0
+      let ok = 0
+      await Promise.all(
+        Array.from({ length: settings.callers }, async (_, caller) => {
+          for (let round = 0; !stopping; round++) {
+            const id = ids[(caller + round) % ids.length]!
+            calls++
+            try {
+              await latchkey.accessToken(id)
+              ok++
+            } catch (e) {
+              const tag = tagOf(e)
+              failures[tag] = (failures[tag] ?? 0) + 1
+            }
+            await new Promise((r) => setTimeout(r, 20))
+          }
+        })
+      )
+      process.stdout.write(`${JSON.stringify({ calls, ok, failures })}\n`)
+      continue
+    }
     const results = await Promise.allSettled(
       Array.from({ length: settings.callers }, () => latchkey.accessToken(settings.connectionId))
     )
@@ -99,9 +154,7 @@ const main = async () => {
       else failures.push(String((r.reason as { _tag?: string })?._tag ?? "unknown error"))
     }
     process.stdout.write(`${JSON.stringify({ tokens: [...tokens], failures })}\n`)
-    await latchkey.close()
-    if (store.close) await Effect.runPromise(store.close())
-    process.exit(0)
+    if (!stopping) await shutdown(0)
   }
 }
 
