@@ -77,8 +77,7 @@ const storeLayer = (store: LatchkeyOptions["store"]): Layer.Layer<ConnectionStor
 /** Every Latchkey service, ready to provide. */
 export const layer = (options: LatchkeyOptions): Layer.Layer<LatchkeyServices, unknown> => {
   const clock = options.clock
-  const clockLayer =
-    clock === undefined ? Layer.empty : Layer.succeed(Clock.Clock, clockOf(clock))
+  const clockLayer = clock === undefined ? Layer.empty : Layer.succeed(Clock.Clock, clockOf(clock))
   const base = Layer.mergeAll(
     clockLayer,
     Providers.layer(options.providers),
@@ -124,6 +123,12 @@ export interface LatchkeyClient {
   }
   /** Run an Effect that needs Latchkey services on this instance's runtime. */
   run<A, E>(effect: Effect.Effect<A, E, LatchkeyServices>): Promise<A>
+  /**
+   * Shut down gracefully: the Refresher takes no new work, refreshes in flight finish their write
+   * (at most `config.drainTimeoutMs`) and release their leases, then everything is released. New
+   * refreshes meanwhile fail with `RefreshError("draining")`. On SIGTERM:
+   * `process.once("SIGTERM", () => latchkey.close().finally(() => process.exit(0)))`.
+   */
   close(): Promise<void>
 }
 
@@ -191,6 +196,7 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
     if (Exit.isSuccess(exit)) return exit.value
     throw Cause.squash(exit.cause)
   }
+  let closing: Promise<void> | undefined
   const flow = <A>(f: (flow: AuthorizationFlowShape) => Effect.Effect<A, unknown>) =>
     run(AuthorizationFlow.use(f))
   let events: { subscribe: (l: (e: LatchkeyEvent) => void) => () => void } | undefined
@@ -236,6 +242,18 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
       isRunning: () => run(Refresher.use((r) => r.isRunning))
     },
     run,
-    close: () => runtime.dispose()
+    close: () => {
+      // Drain before disposing: disposal interrupts the callers' fibers, so let the refreshes in
+      // flight write their tokens (and their callers get them) first.
+      closing ??= run(
+        Effect.gen(function* () {
+          yield* Refresher.use((r) => r.stop)
+          yield* TokenManager.use((t) => t.drain)
+        })
+      )
+        .catch(() => undefined)
+        .then(() => runtime.dispose())
+      return closing
+    }
   }
 }

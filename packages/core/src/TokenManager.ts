@@ -196,7 +196,11 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           )
 
       const recordOf = (connection: Connection) =>
-        ConnectionModule.toRecord(vault, connection, refreshDueAt(connection.tokens, connection.status, config))
+        ConnectionModule.toRecord(
+          vault,
+          connection,
+          refreshDueAt(connection.tokens, connection.status, config)
+        )
 
       const write = (connection: Connection): Effect.Effect<void, StoreError> =>
         store.update(recordOf(connection), connection.version - 1)
@@ -295,7 +299,9 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           providerId: c.providerId,
           message,
           ...(providerError ? { providerError } : {}),
-          ...(providerErrorDescription && reason !== "refresh_interrupted" ? { providerErrorDescription } : {})
+          ...(providerErrorDescription && reason !== "refresh_interrupted"
+            ? { providerErrorDescription }
+            : {})
         })
       })
 
@@ -473,7 +479,9 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             }
             const cap = config.writeMaxBackoffMs
             const jitter = yield* Random.next
-            yield* Effect.sleep(Math.max(5, Math.floor(Math.min(cap, 25 * 2 ** Math.min(attempt, 10)) * (0.5 + jitter / 2))))
+            yield* Effect.sleep(
+              Math.max(5, Math.floor(Math.min(cap, 25 * 2 ** Math.min(attempt, 10)) * (0.5 + jitter / 2)))
+            )
             continue
           }
           // A conflict: did our write land after all (a lost answer from the store), or did someone write?
@@ -557,7 +565,12 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           }
           case "Lost": {
             if (resend) {
-              return yield* interrupted(c, provider, journal, `the resend got no answer either (${outcome.failure.message})`)
+              return yield* interrupted(
+                c,
+                provider,
+                journal,
+                `the resend got no answer either (${outcome.failure.message})`
+              )
             }
             // A live process lost the answer. With a grace period the resend is safe; without one it
             // is the only chance left (the new tokens exist only in the lost answer). Once, recorded first.
@@ -691,7 +704,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         need: RefreshNeed
       ): Effect.fn.Return<Connection, TokenError> {
         const journal = c.journal!
-        const refreshToken = c.tokens.refreshToken === undefined ? undefined : Redacted.value(c.tokens.refreshToken)
+        const refreshToken =
+          c.tokens.refreshToken === undefined ? undefined : Redacted.value(c.tokens.refreshToken)
         if (refreshToken === undefined || fingerprint(refreshToken) !== journal.fingerprint) {
           // The entry does not describe the stored token (written over by a re-link): nothing in doubt.
           const cleared = yield* setJournal(c, undefined)
@@ -710,7 +724,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         if (!safe && !own) {
           const suspectedAt = journal.suspectedAt ?? lease.grantedAt
           const waited = lease.grantedAt - suspectedAt
-          if (journal.suspectedAt === undefined) yield* setJournal(c, { ...journal, suspectedAt }).pipe(Effect.ignore)
+          if (journal.suspectedAt === undefined)
+            yield* setJournal(c, { ...journal, suspectedAt }).pipe(Effect.ignore)
           if (waited < config.inDoubtAfterMs) {
             const retryAfterMs = config.inDoubtAfterMs - waited
             return yield* new RefreshError({
@@ -721,10 +736,9 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             })
           }
         }
+        // The entry keeps naming the original sender; the resend is recorded beside it, once.
         const marked = yield* setJournal(c, {
           ...journal,
-          holder,
-          fence: lease.fence,
           resend: { holder, fence: lease.fence, at: lease.grantedAt }
         })
         return yield* sendAndCommit(flight, provider, marked, refreshToken, keeper, true)
@@ -803,7 +817,9 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               const c = yield* load(id).pipe(Effect.flatMap(ensureActive))
               const provider = yield* providers.get(c.providerId)
               return yield* refreshHolding(flight, c, provider, keeper, need)
-            }).pipe(Effect.ensuring(stop.pipe(Effect.andThen(store.releaseLease(keeper.lease)), Effect.ignore)))
+            }).pipe(
+              Effect.ensuring(stop.pipe(Effect.andThen(store.releaseLease(keeper.lease)), Effect.ignore))
+            )
           }
           // Another process holds the lease: wait for its result to land, or for the lease to lapse.
           const now = yield* Clock.currentTimeMillis

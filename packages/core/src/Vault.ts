@@ -22,7 +22,7 @@ import {
   randomBytes,
   randomUUID
 } from "node:crypto"
-import { Clock, Context, Effect, Layer, Redacted } from "effect"
+import { Context, Effect, Layer, Redacted } from "effect"
 import type { ConnectionRecord } from "./Connection.ts"
 import { ConnectionStore } from "./ConnectionStore.ts"
 import { ProviderDefinitionError, StoreError, VaultError } from "./Errors.ts"

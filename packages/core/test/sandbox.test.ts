@@ -69,7 +69,12 @@ beforeAll(async () => {
 afterAll(() => sandbox.close())
 afterEach(() => {
   sandbox.clearFaults()
-  sandbox.registry.refreshTokens = { rotate: true, reuseRevokesGrant: false, reuseGraceSeconds: 0, issue: true }
+  sandbox.registry.refreshTokens = {
+    rotate: true,
+    reuseRevokesGrant: false,
+    reuseGraceSeconds: 0,
+    issue: true
+  }
 })
 
 const authorizeUrl = (params: Record<string, string>) => {

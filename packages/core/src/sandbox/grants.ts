@@ -296,7 +296,10 @@ export class GrantRegistry {
     if (record.state === "consumed") {
       const grace = this.refreshTokens.reuseGraceSeconds * 1000
       const inGrace =
-        grace > 0 && record.consumedAt !== undefined && this.now() - record.consumedAt < grace && !grant.revoked
+        grace > 0 &&
+        record.consumedAt !== undefined &&
+        this.now() - record.consumedAt < grace &&
+        !grant.revoked
       if (!inGrace) {
         this.reuseCount++
         if (this.refreshTokens.reuseRevokesGrant) this.revokeGrant(grant.id)

@@ -103,6 +103,7 @@ const main = async () => {
     return `${error?._tag ?? "unknown error"}${error?.reason ? `:${error.reason}` : ""}`
   }
   let stopping = false
+  let loadDone: Promise<void> = Promise.resolve()
   const shutdown = async (code: number) => {
     await latchkey.close()
     if (store.close) await Effect.runPromise(store.close())
@@ -111,10 +112,13 @@ const main = async () => {
   // What an app adds for rolling restarts: drain on SIGTERM, then exit.
   process.once("SIGTERM", () => {
     stopping = true
-    void latchkey.close().then(() => {
-      process.stdout.write(`${JSON.stringify({ drained: true })}\n`)
-      return shutdown(0)
-    })
+    void latchkey
+      .close()
+      .then(() => loadDone)
+      .then(() => {
+        process.stdout.write(`${JSON.stringify({ drained: true })}\n`)
+        return shutdown(0)
+      })
   })
   const lines = createInterface({ input: process.stdin })
   process.stdout.write("ready\n")
@@ -125,7 +129,7 @@ const main = async () => {
       const failures: Record<string, number> = {}
       let calls = 0
       let ok = 0
-      await Promise.all(
+      loadDone = Promise.all(
         Array.from({ length: settings.callers }, async (_, caller) => {
           for (let round = 0; !stopping; round++) {
             const id = ids[(caller + round) % ids.length]!
@@ -140,8 +144,9 @@ const main = async () => {
             await new Promise((r) => setTimeout(r, 20))
           }
         })
-      )
-      process.stdout.write(`${JSON.stringify({ calls, ok, failures })}\n`)
+      ).then(() => {
+        process.stdout.write(`${JSON.stringify({ calls, ok, failures })}\n`)
+      })
       continue
     }
     const results = await Promise.allSettled(

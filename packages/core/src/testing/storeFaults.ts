@@ -143,7 +143,12 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
     })
     afterEach(() => {
       sandbox.clearFaults()
-      sandbox.registry.refreshTokens = { rotate: true, reuseRevokesGrant: true, reuseGraceSeconds: 0, issue: true }
+      sandbox.registry.refreshTokens = {
+        rotate: true,
+        reuseRevokesGrant: true,
+        reuseGraceSeconds: 0,
+        issue: true
+      }
       sandbox.setLifetimes({ accessTokenSeconds: 3600 })
     })
     const begin = () => {
@@ -186,7 +191,8 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
     }
     const read = async (store: ConnectionStoreShape, id: string) =>
       run(ConnectionModule.fromRecord(vault, (await run(store.get(id)))!))
-    const journalOf = async (store: ConnectionStoreShape, id: string) => (await run(store.get(id)))?.journal ?? null
+    const journalOf = async (store: ConnectionStoreShape, id: string) =>
+      (await run(store.get(id)))?.journal ?? null
     /** The stored connection is active, its journal ended, its access token accepted and its grant alive. */
     const expectIntact = async (store: ConnectionStoreShape, id: string) => {
       const c = await read(store, id)
@@ -214,11 +220,19 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
     }
 
     /** A store whose connection writes (and, with `renewals`, lease renewals) are `ms` slow. */
-    const slowWrites = (store: ConnectionStoreShape, ms: number, renewals: boolean): ConnectionStoreShape => ({
+    const slowWrites = (
+      store: ConnectionStoreShape,
+      ms: number,
+      renewals: boolean
+    ): ConnectionStoreShape => ({
       ...store,
       update: (record, expected) =>
-        record.journal == null ? Effect.andThen(Effect.sleep(ms), store.update(record, expected)) : store.update(record, expected),
-      renewLease: renewals ? (lease, ttl) => Effect.andThen(Effect.sleep(ms), store.renewLease(lease, ttl)) : store.renewLease
+        record.journal == null
+          ? Effect.andThen(Effect.sleep(ms), store.update(record, expected))
+          : store.update(record, expected),
+      renewLease: renewals
+        ? (lease, ttl) => Effect.andThen(Effect.sleep(ms), store.renewLease(lease, ttl))
+        : store.renewLease
     })
 
     for (const renewals of [false, true]) {
@@ -253,53 +267,63 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
     }
 
     for (const outageMs of [2_000, 30_000]) {
-      it(`the store unreachable for ${outageMs / 1000} s right after the provider answered: the rotated tokens are kept, nobody else sends the old token`, async () => {
-        await withStore(async (store) => {
-          const id = await seed(store)
-          const before = begin()
-          let downUntil = 0
-          const down = () =>
-            Date.now() < downUntil
-              ? Effect.fail(new StoreError({ reason: "unavailable", message: "store unreachable (test outage)" }))
-              : Effect.void
-          // Instance A loses the store the moment it writes the provider's answer (its lease renewals fail too).
-          const cut: ConnectionStoreShape = {
-            ...store,
-            get: (i) => Effect.andThen(down(), store.get(i)),
-            update: (record, expected) => {
-              if (record.journal == null && downUntil === 0) downUntil = Date.now() + outageMs
-              return Effect.andThen(down(), store.update(record, expected))
-            },
-            renewLease: (lease, ttl) => Effect.andThen(down(), store.renewLease(lease, ttl)),
-            releaseLease: (lease) => Effect.andThen(down(), store.releaseLease(lease))
-          }
-          const a = latchkey(cut)
-          const b = latchkey(store, { inDoubtAfterMs: outageMs + 10_000 })
-          try {
-            const first = await a.accessToken(id).then(
-              () => undefined,
-              (e: { _tag: string; reason: string; isRetryable: boolean }) => e
-            )
-            expect(first).toMatchObject({ _tag: "RefreshError", reason: "pending_write", isRetryable: true })
-            const fromB = await untilSettled(() => b.accessToken(id), outageMs + 15_000)
-            expect(fromB.ok).toBe(true)
-            expect(refreshes() - before).toBe(1)
-            expect(spentTwice()).toBe(0)
-            expect(Date.now()).toBeGreaterThanOrEqual(downUntil)
-            const c = await read(store, id)
-            expect(Redacted.value(c.tokens.accessToken)).toBe(fromB.ok && fromB.value)
-            expect(await a.accessToken(id)).toBe(fromB.ok && fromB.value)
-            await expectIntact(store, id)
-            report(`store unreachable ${outageMs} ms after the answer`, {
-              refreshes: 1,
-              sentTwice: spentTwice(),
-              retriedByB: fromB.retried
-            })
-          } finally {
-            await Promise.all([a.close(), b.close()])
-          }
-        })
-      }, outageMs + 40_000)
+      it(
+        `the store unreachable for ${outageMs / 1000} s right after the provider answered: the rotated tokens are kept, nobody else sends the old token`,
+        async () => {
+          await withStore(async (store) => {
+            const id = await seed(store)
+            const before = begin()
+            let downUntil = 0
+            const down = () =>
+              Date.now() < downUntil
+                ? Effect.fail(
+                    new StoreError({ reason: "unavailable", message: "store unreachable (test outage)" })
+                  )
+                : Effect.void
+            // Instance A loses the store the moment it writes the provider's answer (its lease renewals fail too).
+            const cut: ConnectionStoreShape = {
+              ...store,
+              get: (i) => Effect.andThen(down(), store.get(i)),
+              update: (record, expected) => {
+                if (record.journal == null && downUntil === 0) downUntil = Date.now() + outageMs
+                return Effect.andThen(down(), store.update(record, expected))
+              },
+              renewLease: (lease, ttl) => Effect.andThen(down(), store.renewLease(lease, ttl)),
+              releaseLease: (lease) => Effect.andThen(down(), store.releaseLease(lease))
+            }
+            const a = latchkey(cut)
+            const b = latchkey(store, { inDoubtAfterMs: outageMs + 10_000 })
+            try {
+              const first = await a.accessToken(id).then(
+                () => undefined,
+                (e: { _tag: string; reason: string; isRetryable: boolean }) => e
+              )
+              expect(first).toMatchObject({
+                _tag: "RefreshError",
+                reason: "pending_write",
+                isRetryable: true
+              })
+              const fromB = await untilSettled(() => b.accessToken(id), outageMs + 15_000)
+              expect(fromB.ok).toBe(true)
+              expect(refreshes() - before).toBe(1)
+              expect(spentTwice()).toBe(0)
+              expect(Date.now()).toBeGreaterThanOrEqual(downUntil)
+              const c = await read(store, id)
+              expect(Redacted.value(c.tokens.accessToken)).toBe(fromB.ok && fromB.value)
+              expect(await a.accessToken(id)).toBe(fromB.ok && fromB.value)
+              await expectIntact(store, id)
+              report(`store unreachable ${outageMs} ms after the answer`, {
+                refreshes: 1,
+                sentTwice: spentTwice(),
+                retriedByB: fromB.retried
+              })
+            } finally {
+              await Promise.all([a.close(), b.close()])
+            }
+          })
+        },
+        outageMs + 40_000
+      )
     }
 
     for (const skewMs of [-1_500, 1_500, 30_000, -30_000]) {
@@ -412,9 +436,24 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
     const start = async (s: WorkerSettings) => startStoreWorker(s)
 
     const killCases = [
-      { name: "a 30 s grace period, the provider had rotated", fault: "hold_after_rotate", reuse: grace, recovers: true },
-      { name: "no grace period, the provider had not processed it", fault: "hold", reuse: noGrace, recovers: true },
-      { name: "no grace period, the provider had rotated", fault: "hold_after_rotate", reuse: noGrace, recovers: false }
+      {
+        name: "a 30 s grace period, the provider had rotated",
+        fault: "hold_after_rotate",
+        reuse: grace,
+        recovers: true
+      },
+      {
+        name: "no grace period, the provider had not processed it",
+        fault: "hold",
+        reuse: noGrace,
+        recovers: true
+      },
+      {
+        name: "no grace period, the provider had rotated",
+        fault: "hold_after_rotate",
+        reuse: noGrace,
+        recovers: false
+      }
     ] as const
     for (const kill of killCases) {
       it(`SIGKILL of the holder with the refresh at the provider (${kill.name}): at most one resend, ${kill.recovers ? "recovered" : "refresh_interrupted"}`, async () => {
@@ -426,7 +465,9 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
             reuseGraceSeconds: kill.reuse.graceSeconds ?? 0
           }
           sandbox.inject({ endpoint: "token", grantType: "refresh_token", fault: kill.fault })
-          const holder = await start(workerSettings(opened, id, kill.reuse, { config: { requestTimeoutMs: 30_000 } }))
+          const holder = await start(
+            workerSettings(opened, id, kill.reuse, { config: { requestTimeoutMs: 30_000 } })
+          )
           let lk: LatchkeyClient | undefined
           try {
             await holder.ready
@@ -489,7 +530,10 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
           const exit = await holder.exited
           expect(exit).toEqual({ code: 0, signal: null })
           expect(holder.lines).toContainEqual({ drained: true })
-          const result = holder.lines.find((l) => "tokens" in l) as { tokens: Array<string>; failures: Array<string> }
+          const result = holder.lines.find((l) => "tokens" in l) as {
+            tokens: Array<string>
+            failures: Array<string>
+          }
           expect(result.failures).toEqual([])
           expect(result.tokens).toHaveLength(1)
           expect(refreshes() - before).toBe(1)
@@ -542,11 +586,19 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
           for (const w of workers) w.child.kill("SIGTERM")
           for (const w of workers) expect(await w.exited).toEqual({ code: 0, signal: null })
           finished.push(...workers)
-          const stats = finished.map((w) => w.lines.find((l) => "calls" in l) as { calls: number; ok: number; failures: Record<string, number> })
+          const stats = finished.map(
+            (w) =>
+              w.lines.find((l) => "calls" in l) as {
+                calls: number
+                ok: number
+                failures: Record<string, number>
+              }
+          )
           const calls = stats.reduce((n, s) => n + (s?.calls ?? 0), 0)
           const ok = stats.reduce((n, s) => n + (s?.ok ?? 0), 0)
           const failures: Record<string, number> = {}
-          for (const s of stats) for (const [k, v] of Object.entries(s?.failures ?? {})) failures[k] = (failures[k] ?? 0) + v
+          for (const s of stats)
+            for (const [k, v] of Object.entries(s?.failures ?? {})) failures[k] = (failures[k] ?? 0) + v
           expect(spentTwice()).toBe(0)
           let lost = 0
           for (const id of ids) {
