@@ -12,6 +12,7 @@ import { availableParallelism, cpus } from "node:os"
 import { type BackgroundResult, benchBackground } from "./background.ts"
 import { progress, REDIRECT, round } from "./common.ts"
 import { benchHotPath, type HotPathResult } from "./hot-path.ts"
+import { benchInDoubtWindow, type InDoubtResult } from "./in-doubt.ts"
 import { benchNaiveOpenidClient, benchNaiveSimpleOauth2, type NaiveResult } from "./naive.ts"
 import { startBenchServer } from "./server.ts"
 import { benchStorm, type StormResult } from "./storm.ts"
@@ -29,6 +30,7 @@ interface Results {
   readonly naive: { readonly openidClient: NaiveResult; readonly simpleOauth2: NaiveResult }
   readonly background: BackgroundResult
   readonly stores?: unknown
+  readonly inDoubtWindow?: InDoubtResult
 }
 
 const server = await startBenchServer(REDIRECT)
@@ -76,6 +78,12 @@ if (existsSync(new URL("./stores.ts", import.meta.url))) {
   progress("stores", "bench/stores.ts is not there yet: skipped")
 }
 if (stores !== undefined) results = { ...results, stores }
+
+progress(
+  "inDoubtWindow",
+  "provider answer -> durable write, per store, 500 callers x 100 connections x 5 rounds"
+)
+results = { ...results, inDoubtWindow: await benchInDoubtWindow() }
 
 const totalSeconds = round((performance.now() - startedAt) / 1000, 1)
 results = { ...results, meta: { ...results.meta, totalSeconds } }
@@ -138,6 +146,23 @@ const flatten = (value: unknown, path: string) => {
   }
 }
 if (results.stores !== undefined) flatten(results.stores, "")
+for (const [store, w] of Object.entries(results.inDoubtWindow ?? {})) {
+  if ("error" in w) {
+    add("inDoubtWindow", store, `error: ${w.error}`)
+    continue
+  }
+  add(
+    "inDoubtWindow",
+    `${store}: p50 / p99 / max ms (samples)`,
+    `${w.p50Ms} / ${w.p99Ms} / ${w.maxMs} (${w.samples})`
+  )
+  add(
+    "inDoubtWindow",
+    `${store}: raw write p50 / p99 ms; window/raw p50`,
+    `${w.rawWriteP50Ms} / ${w.rawWriteP99Ms}; ${w.ratioP50}`
+  )
+  add("inDoubtWindow", `${store}: refreshes, sent twice`, `${w.refreshes}, ${w.sentTwice}`)
+}
 add("total", "bench seconds", totalSeconds)
 
 const widths = [0, 1, 2].map((i) =>
@@ -156,6 +181,10 @@ const failures: Array<string> = []
 if (storm.refreshCalls !== 1)
   failures.push(`storm made ${storm.refreshCalls} refresh calls (expected exactly 1)`)
 if (!storm.grantSurvived) failures.push("the grant did not survive the storm")
+for (const [store, w] of Object.entries(results.inDoubtWindow ?? {})) {
+  if (!("error" in w) && w.sentTwice !== 0)
+    failures.push(`inDoubtWindow ${store}: ${w.sentTwice} refresh tokens sent twice`)
+}
 if (failures.length > 0) {
   process.stderr.write(`INVARIANT FAILED: ${failures.join("; ")}\n`)
   process.exitCode = 1

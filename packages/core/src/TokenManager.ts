@@ -574,6 +574,16 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             }
             // A live process lost the answer. With a grace period the resend is safe; without one it
             // is the only chance left (the new tokens exist only in the lost answer). Once, recorded first.
+            yield* events.publish({
+              type: "refresh_failed",
+              at: yield* Clock.currentTimeMillis,
+              connectionId: c.id,
+              ownerId: c.ownerId,
+              providerId: c.providerId,
+              reason: "answer_lost",
+              message: `${provider.name}: ${outcome.failure.message}; the refresh token may have been rotated, resending it once`,
+              retryable: true
+            })
             const at = keeper.lease.grantedAt
             const marked = yield* setJournal(c, {
               ...journal,

@@ -50,6 +50,21 @@ storeConformance({
       }
     }
   },
+  // A stuck transaction in another session holding the connection's row lock.
+  lockRow: async (opened, connectionId) => {
+    const { schema } = opened.settings as { schema: string }
+    const blocker = await admin.connect()
+    await blocker.query("BEGIN")
+    await blocker.query(`SELECT id FROM "${schema}".latchkey_connections WHERE id = $1 FOR UPDATE`, [
+      connectionId
+    ])
+    return {
+      release: async () => {
+        await blocker.query("ROLLBACK")
+        blocker.release()
+      }
+    }
+  },
   crossProcess: {
     opener: { module: new URL("../src/index.ts", import.meta.url).href, export: "PostgresStore.make" },
     tokenServer: oidcTokenServer

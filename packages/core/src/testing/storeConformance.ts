@@ -93,6 +93,13 @@ export interface StoreConformanceOptions {
   readonly name: string
   /** Open a fresh, empty store. */
   readonly open: () => Promise<OpenedStore>
+  /**
+   * For stores with row locks (PostgreSQL): lock a connection's row from another session, as a
+   * stuck transaction would, until `release`. The fault suite then holds it across a refresh's write.
+   */
+  readonly lockRow?:
+    | ((opened: OpenedStore, connectionId: string) => Promise<{ readonly release: () => Promise<void> }>)
+    | undefined
   /** For durable stores that several processes share; omit for a one-process store (memory). */
   readonly crossProcess?:
     | {

@@ -196,15 +196,19 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
     /** The stored connection is active, its journal ended, its access token accepted and its grant alive. */
     const expectIntact = async (store: ConnectionStoreShape, id: string) => {
       const c = await read(store, id)
-      expect(c.status).toBe("active")
-      expect(c.journal).toBeUndefined()
-      expect(serverAccepts(Redacted.value(c.tokens.accessToken))).toBe(true)
+      expect(c.status, `connection ${id} is active`).toBe("active")
+      expect(c.journal, `connection ${id} has no refresh in doubt`).toBeUndefined()
+      const token = Redacted.value(c.tokens.accessToken)
+      if ((c.tokens.expiresAt ?? Number.POSITIVE_INFINITY) > Date.now() + 200) {
+        expect(serverAccepts(token), "the server accepts the stored access token").toBe(true)
+      }
       // The grant is alive: the stored refresh token refreshes once more, accepted.
       const lk = latchkey(store)
       try {
         const before = sandbox.registry.reuseCount
         expect((await lk.refresh(id)).status).toBe("active")
-        expect(sandbox.registry.reuseCount).toBe(before)
+        expect(sandbox.registry.reuseCount, "the stored refresh token was not a spent one").toBe(before)
+        expect(serverAccepts(await lk.accessToken(id)), "the refreshed token is accepted").toBe(true)
       } finally {
         await lk.close()
       }
@@ -258,6 +262,41 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
               refreshes: 1,
               sentTwice: spentTwice(),
               retriedByB: fromB.retried
+            })
+          } finally {
+            await Promise.all([a.close(), b.close()])
+          }
+        })
+      }, 40_000)
+    }
+
+    const lockRow = options.lockRow
+    if (lockRow !== undefined) {
+      it("a real lock on the connection's row, held 4 s across the holder's write: no second sender, the tokens land", async () => {
+        await withStore(async (store, opened) => {
+          const id = await seed(store)
+          const before = begin()
+          sandbox.inject({ endpoint: "token", grantType: "refresh_token", fault: "delay", ms: 500 })
+          const a = latchkey(store)
+          const b = latchkey(store, { inDoubtAfterMs: 20_000 })
+          try {
+            const fromA = untilSettled(() => a.accessToken(id), 20_000)
+            await waitFor("A's journal", async () => (await journalOf(store, id)) !== null)
+            const lock = await lockRow(opened, id)
+            const fromB = untilSettled(() => b.accessToken(id), 20_000)
+            await sleep(4_000)
+            await lock.release()
+            const [resultA, resultB] = await Promise.all([fromA, fromB])
+            expect(resultA.ok && resultB.ok).toBe(true)
+            expect(resultA.ok && resultA.value).toBe(resultB.ok && resultB.value)
+            expect(refreshes() - before).toBe(1)
+            expect(spentTwice()).toBe(0)
+            await expectIntact(store, id)
+            report("row locked 4 s across the write", {
+              refreshes: 1,
+              sentTwice: spentTwice(),
+              retriedByA: resultA.retried,
+              retriedByB: resultB.retried
             })
           } finally {
             await Promise.all([a.close(), b.close()])
@@ -574,7 +613,7 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
         try {
           for (let i = 0; i < 4; i++) workers.push(await worker())
           for (let round = 0; round < 4; round++) {
-            await sleep(2_500)
+            await sleep(1_500)
             const old = workers[round]!
             old.child.kill("SIGTERM")
             const exit = await old.exited
@@ -622,7 +661,7 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
           for (const w of [...workers, ...finished]) w.child.kill("SIGKILL")
         }
       })
-    }, 90_000)
+    }, 180_000)
 
     it("a reopened handle sees the same journal (it is part of the connection, durable)", async () => {
       await withStore(async (store, opened) => {
