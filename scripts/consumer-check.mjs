@@ -213,7 +213,10 @@ const step = async (name, fn) => {
     Object.assign(result, {
       ok: false,
       seconds: ((Date.now() - t0) / 1000).toFixed(1),
-      detail: message.split("\n")[0]
+      detail: message
+        .split("\n")
+        .slice(0, message.split("\n")[0].endsWith(":") ? 2 : 1)
+        .join(" ")
     })
     process.stderr.write(`FAIL ${name} (${result.seconds} s)\n${message}\n`)
     return false
@@ -376,7 +379,6 @@ const laneApp = async () => {
     await run("npm", ["install", ...publicPackages.map((p) => p.tarball), `effect@${effect}`], { cwd: app })
     await run("npm", ["install", "-D", `typescript@${typescript}`, "@types/node@24"], { cwd: app })
     await run("npm", ["ls", "--all"], { cwd: app })
-    if (existsSync(join(app, "node_modules", "vitest"))) fail("vitest was installed by a production install")
     // Every entry point imports from node_modules; /testing needs its optional peer vitest, and says so.
     const entries = publicPackages.flatMap((p) =>
       Object.keys(p.packed.exports).map((e) => `${p.name}${e.slice(1)}`)
@@ -393,7 +395,8 @@ const laneApp = async () => {
         }
       }
       if (failures.length) { console.error(failures.join("\\n")); process.exit(1) }`
-    await run(process.execPath, ["--input-type=module", "-e", script], { cwd: app })
+    writeFileSync(join(app, "import-every-entry.mjs"), script)
+    await run(process.execPath, ["import-every-entry.mjs"], { cwd: app })
     return `${entries.length} entry points import (${entries.filter((e) => e.endsWith("/testing")).length} of them need vitest)`
   })
   if (!ok.install) return
@@ -444,6 +447,7 @@ export {}
 `
     )
     const written = []
+    const origins = new Map()
     for (const readme of readmes) {
       const text = readFileSync(readme, "utf8")
       const slug = relative(root, dirname(readme)).replace(/^packages\//, "") || "root"
@@ -460,6 +464,11 @@ export {}
         const file = `${slug}-${n}.ts`
         writeFileSync(join(dir, file), `// ${relative(root, readme)}:${line}\n${imports}${code}\nexport {}\n`)
         written.push(file)
+        // tsc's line in the wrapped file -> the README's line (the fence is at `line`)
+        origins.set(file, {
+          readme: relative(root, readme),
+          offset: line - 1 - imports.split("\n").length + 1
+        })
       }
     }
     writeFileSync(
@@ -481,7 +490,23 @@ export {}
         2
       )}\n`
     )
-    await run(join(app, "node_modules", ".bin", "tsc"), ["-p", "tsconfig.json", "--strict"], { cwd: app })
+    const tsc = await runAsync(
+      join(app, "node_modules", ".bin", "tsc"),
+      ["-p", "tsconfig.json", "--strict"],
+      {
+        cwd: app
+      }
+    )
+    if (tsc.status !== 0) {
+      const located = `${tsc.stdout}${tsc.stderr}`.replace(
+        /readme\/([\w.-]+\.ts)\((\d+),(\d+)\)/g,
+        (all, file, l, c) => {
+          const origin = origins.get(file)
+          return origin ? `${origin.readme}:${Number(l) + origin.offset}:${c} (${all})` : all
+        }
+      )
+      fail(`tsc --strict found errors in README examples:\n${tail(located)}`)
+    }
     return `${written.length} blocks from ${readmes.length} READMEs, library types checked too (no skipLibCheck)`
   })
 
