@@ -96,8 +96,8 @@ const tail = (text, lines = 40) => {
   const all = (text ?? "").trimEnd().split("\n")
   return all.length === 1 && all[0] === "" ? "" : `${all.slice(-lines).join("\n")}\n`
 }
-const kB = (bytes) =>
-  bytes >= 1024 * 1024 ? `${(bytes / 1024 / 1024).toFixed(1)} MB` : `${(bytes / 1024).toFixed(1)} kB`
+/** Sizes as npm prints them: kB = 1000 bytes, MB = 1000 kB. */
+const kB = (bytes) => (bytes >= 1e6 ? `${(bytes / 1e6).toFixed(1)} MB` : `${(bytes / 1e3).toFixed(1)} kB`)
 
 /** Files of a .tgz: Map<path without "package/", Buffer>. */
 const readTarball = (file) => {
@@ -363,6 +363,51 @@ const laneChecks = async () => {
   })
 
   await step("release: changeset version (scratch copy), publish plan, publish dry run", release)
+  await step("minimal app: core + provider-generic + SQLite", async () => {
+    mkdirSync(minimal)
+    writeFileSync(
+      join(minimal, "package.json"),
+      `${JSON.stringify({ name: "latchkey-minimal", version: "1.0.0", private: true, type: "module" }, null, 2)}\n`
+    )
+    await run(
+      "npm",
+      ["install", byName.get("@latchkey/core").tarball, byName.get("@latchkey/provider-generic").tarball],
+      { cwd: minimal }
+    )
+    const testMachinery = ["vitest", "@vitest", "vite", "@effect/vitest", "oidc-provider", "playwright-core"]
+    const found = testMachinery.filter((m) => existsSync(join(minimal, "node_modules", m)))
+    if (found.length > 0) fail(`a production install pulled test machinery: ${found.join(", ")}`)
+    writeFileSync(
+      join(minimal, "app.ts"),
+      `import { createLatchkey, SqliteStore } from "@latchkey/core"
+import { Generic } from "@latchkey/provider-generic"
+
+const latchkey = createLatchkey({
+  providers: [
+    Generic.provider({
+      id: "example",
+      clientId: "app",
+      clientSecret: "secret",
+      redirectUri: "https://app.example.com/oauth/callback",
+      endpoints: {
+        issuer: "https://auth.example.com",
+        authorization: "https://auth.example.com/oauth/authorize",
+        token: "https://auth.example.com/oauth/token"
+      }
+    })
+  ],
+  store: SqliteStore.make({ path: "./latchkey.db" })
+})
+const { url } = await latchkey.startAuthorization({ providerId: "example", ownerId: "user-42" })
+console.log(new URL(url).origin + new URL(url).pathname)
+await latchkey.close()
+`
+    )
+    const r = await run(process.execPath, ["app.ts"], { cwd: minimal })
+    if (r.stdout.trim() !== "https://auth.example.com/oauth/authorize") fail(`app.ts printed ${r.stdout}`)
+    if (!existsSync(join(minimal, "latchkey.db"))) fail("no SQLite file was written")
+    return "started an authorization stored in SQLite; no vitest, vite or oidc-provider installed"
+  })
 }
 
 const laneApp = async () => {
@@ -376,8 +421,11 @@ const laneApp = async () => {
       readFileSync(join(root, "node_modules/typescript/package.json"), "utf8")
     ).version
     const effect = byName.get("@latchkey/core").packed.dependencies.effect
-    await run("npm", ["install", ...publicPackages.map((p) => p.tarball), `effect@${effect}`], { cwd: app })
-    await run("npm", ["install", "-D", `typescript@${typescript}`, "@types/node@24"], { cwd: app })
+    // The packages, effect (the README examples import it) and the compiler for the README check, in one go.
+    const tools = [`typescript@${typescript}`, "@types/node@24"]
+    await run("npm", ["install", ...publicPackages.map((p) => p.tarball), `effect@${effect}`, ...tools], {
+      cwd: app
+    })
     await run("npm", ["ls", "--all"], { cwd: app })
     // Every entry point imports from node_modules; /testing needs its optional peer vitest, and says so.
     const entries = publicPackages.flatMap((p) =>
@@ -544,52 +592,6 @@ export {}
 }
 
 const laneGuide = async () => {
-  await step("minimal app: core + provider-generic + SQLite", async () => {
-    mkdirSync(minimal)
-    writeFileSync(
-      join(minimal, "package.json"),
-      `${JSON.stringify({ name: "latchkey-minimal", version: "1.0.0", private: true, type: "module" }, null, 2)}\n`
-    )
-    await run(
-      "npm",
-      ["install", byName.get("@latchkey/core").tarball, byName.get("@latchkey/provider-generic").tarball],
-      { cwd: minimal }
-    )
-    const testMachinery = ["vitest", "@vitest", "vite", "@effect/vitest", "oidc-provider", "playwright-core"]
-    const found = testMachinery.filter((m) => existsSync(join(minimal, "node_modules", m)))
-    if (found.length > 0) fail(`a production install pulled test machinery: ${found.join(", ")}`)
-    writeFileSync(
-      join(minimal, "app.ts"),
-      `import { createLatchkey, SqliteStore } from "@latchkey/core"
-import { Generic } from "@latchkey/provider-generic"
-
-const latchkey = createLatchkey({
-  providers: [
-    Generic.provider({
-      id: "example",
-      clientId: "app",
-      clientSecret: "secret",
-      redirectUri: "https://app.example.com/oauth/callback",
-      endpoints: {
-        issuer: "https://auth.example.com",
-        authorization: "https://auth.example.com/oauth/authorize",
-        token: "https://auth.example.com/oauth/token"
-      }
-    })
-  ],
-  store: SqliteStore.make({ path: "./latchkey.db" })
-})
-const { url } = await latchkey.startAuthorization({ providerId: "example", ownerId: "user-42" })
-console.log(new URL(url).origin + new URL(url).pathname)
-await latchkey.close()
-`
-    )
-    const r = await run(process.execPath, ["app.ts"], { cwd: minimal })
-    if (r.stdout.trim() !== "https://auth.example.com/oauth/authorize") fail(`app.ts printed ${r.stdout}`)
-    if (!existsSync(join(minimal, "latchkey.db"))) fail("no SQLite file was written")
-    return "started an authorization stored in SQLite; no vitest, vite or oidc-provider installed"
-  })
-
   await step("docs/providers.md, steps 1-6, against the tarballs", async () => {
     const doc = readFileSync(join(root, "docs/providers.md"), "utf8")
     const core = byName.get("@latchkey/core").tarball
