@@ -304,6 +304,25 @@ const laneChecks = async () => {
         if (file.endsWith(".js") && !p.files.has(file.replace(/\.js$/, ".d.ts"))) say(`${file} has no .d.ts`)
       }
       if (!p.files.has("LICENSE")) say("no LICENSE file")
+      // The main entry never loads the sandbox kit or the test suites (the ./sandbox and ./testing entries).
+      const main = m.exports["."]?.default?.replace(/^\.\//, "")
+      const reached = new Set()
+      for (const queue = main ? [main] : []; queue.length > 0; ) {
+        const file = queue.shift()
+        if (reached.has(file) || !p.files.has(file)) continue
+        reached.add(file)
+        const code = p.files.get(file).toString("utf8")
+        for (const [, spec] of code.matchAll(
+          /(?:^|\n)\s*(?:import|export)\b[^"']*?["'](\.{1,2}\/[^"']+)["']/g
+        )) {
+          queue.push(join(dirname(file), spec))
+        }
+      }
+      for (const file of reached) {
+        if (/^dist\/(sandbox|testing)(\/|\.)/.test(file)) say(`the main entry loads ${file}`)
+      }
+      if (main && reached.size < 2 && p.name === "@latchkey/core")
+        say("could not follow the main entry's imports")
       // Dependencies are exactly what dist/ imports (types included): none unused, none missing.
       const imported = new Set()
       for (const [file, body] of p.files) {
@@ -369,11 +388,23 @@ const laneChecks = async () => {
       join(minimal, "package.json"),
       `${JSON.stringify({ name: "latchkey-minimal", version: "1.0.0", private: true, type: "module" }, null, 2)}\n`
     )
-    await run(
-      "npm",
-      ["install", byName.get("@latchkey/core").tarball, byName.get("@latchkey/provider-generic").tarball],
-      { cwd: minimal }
-    )
+    // README.md's install command, as written, each @latchkey package taken from its tarball.
+    const install = blockAfter(readFileSync(join(root, "README.md"), "utf8"), "## Install", "sh")
+      .split("\n")
+      .find((line) => line.startsWith("npm install "))
+      ?.replace(/\s+#.*$/, "")
+    if (install !== "npm install @latchkey/core @latchkey/provider-generic") {
+      fail(
+        `README.md's install command is "${install}", not core + provider-generic (update this check with it)`
+      )
+    }
+    const specs = install
+      .split(/\s+/)
+      .slice(2)
+      .map(
+        (name) => byName.get(name)?.tarball ?? fail(`README.md installs ${name}, which is not packed here`)
+      )
+    await run("npm", ["install", ...specs], { cwd: minimal })
     const testMachinery = ["vitest", "@vitest", "vite", "@effect/vitest", "oidc-provider", "playwright-core"]
     const found = testMachinery.filter((m) => existsSync(join(minimal, "node_modules", m)))
     if (found.length > 0) fail(`a production install pulled test machinery: ${found.join(", ")}`)
