@@ -46,7 +46,8 @@ if (command === "test") {
     [
       "tests",
       () => pnpm("exec", "turbo", "run", "test", "--continue", "--concurrency=1", "--output-logs=full")
-    ]
+    ],
+    ["consumer check", () => run(process.execPath, ["scripts/consumer-check.mjs"])]
   ]
   const failed = []
   for (const [name, step] of steps) {

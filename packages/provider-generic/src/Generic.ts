@@ -5,7 +5,6 @@
  * server does not say how long its tokens live.
  */
 import { Provider } from "@latchkey/core"
-import type { Redacted } from "effect"
 
 export interface GenericOptions {
   /** Provider id within your Latchkey instance. Default `"generic"`. */
@@ -13,8 +12,8 @@ export interface GenericOptions {
   /** Display name. Default `"OAuth provider"`. */
   readonly name?: string
   readonly clientId: string
-  /** Omit for a public client (then PKCE is always used). */
-  readonly clientSecret?: string | Redacted.Redacted<string>
+  /** A string or an Effect `Redacted`. Omit for a public client (then PKCE is always used). */
+  readonly clientSecret?: Provider.ProviderDefinition["clientSecret"]
   /** How the client authenticates at the token endpoint. Default `client_secret_basic`. */
   readonly auth?: "client_secret_basic" | "client_secret_post" | "none"
   readonly redirectUri: string
