@@ -16,7 +16,17 @@ import {
 import { Cause, Data, Effect, Layer, Option } from "effect"
 import { Argument, Command, Flag } from "effect/cli"
 import { ConfigError, loadOptions } from "./config.ts"
-import { type Check, checkLines, clip, progressLine, relative, span, wrap } from "./format.ts"
+import {
+  type Check,
+  checkLines,
+  clip,
+  clockCheck,
+  evictionCheck,
+  progressLine,
+  relative,
+  span,
+  wrap
+} from "./format.ts"
 
 type ConnectionRecord = ConnectionModule.ConnectionRecord
 type ConnectionSummary = ConnectionModule.ConnectionSummary
@@ -670,27 +680,9 @@ const storeChecks = (options: LatchkeyOptions) =>
           ? "in memory: nothing survives a restart and other processes cannot see it"
           : `${description.kind} reachable in ${rtt} ms${description.schemaVersion !== undefined ? `, schema version ${description.schemaVersion}` : ""}${count !== undefined ? `, ${count} connections` : ""}`
     })
-    const skew = description.serverTime - (before + after) / 2
-    const tolerance = Math.max(1_000, rtt)
-    const direction = skew >= 0 ? "ahead of" : "behind"
-    checks.push({
-      check: "clock",
-      verdict: Math.abs(skew) <= tolerance ? "ok" : Math.abs(skew) <= 10_000 ? "warn" : "fail",
-      message:
-        Math.abs(skew) <= tolerance
-          ? `the store's clock is within ${Math.max(Math.round(Math.abs(skew)), 1)} ms of this host's (±${Math.ceil(rtt / 2)} ms)`
-          : `the store's clock is ${span(Math.abs(skew))} ${direction} this host's: hosts compare lease expiries with their own clocks, so keep them all in sync (NTP)`
-    })
+    checks.push(clockCheck(description.serverTime, before, after))
     if (description.kind === "redis") {
-      const policy = description.settings["maxmemory-policy"] ?? "unknown"
-      checks.push({
-        check: "redis eviction",
-        verdict: policy === "noeviction" ? "ok" : "fail",
-        message:
-          policy === "noeviction"
-            ? "maxmemory-policy is noeviction: Redis never drops Latchkey's keys"
-            : `maxmemory-policy is ${policy}: under memory pressure Redis may drop leases or connections; set it to noeviction`
-      })
+      checks.push(evictionCheck(description.settings["maxmemory-policy"] ?? "unknown"))
     }
     return checks
   })

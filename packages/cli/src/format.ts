@@ -69,6 +69,42 @@ export const checkLines = (checks: ReadonlyArray<Check>): Array<string> => {
   )
 }
 
+/**
+ * The store's clock against this host's: `serverTime` read between `before` and `after` (this host's
+ * clock). Hosts sharing a store compare lease expiries with their own clocks, so they must agree.
+ */
+export const clockCheck = (serverTime: number, before: number, after: number): Check => {
+  const rtt = Math.max(0, after - before)
+  const skew = serverTime - (before + after) / 2
+  const tolerance = Math.max(1_000, rtt)
+  if (Math.abs(skew) <= tolerance) {
+    return {
+      check: "clock",
+      verdict: "ok",
+      message: `the store's clock is within ${Math.max(Math.round(Math.abs(skew)), 1)} ms of this host's (±${Math.ceil(rtt / 2)} ms)`
+    }
+  }
+  return {
+    check: "clock",
+    verdict: Math.abs(skew) <= 10_000 ? "warn" : "fail",
+    message: `the store's clock is ${span(Math.abs(skew))} ${skew >= 0 ? "ahead of" : "behind"} this host's: hosts compare lease expiries with their own clocks, so keep them all in sync (NTP)`
+  }
+}
+
+/** Redis may drop keys under memory pressure unless its policy is `noeviction`: leases and connections would vanish. */
+export const evictionCheck = (policy: string): Check =>
+  policy === "noeviction"
+    ? {
+        check: "redis eviction",
+        verdict: "ok",
+        message: "maxmemory-policy is noeviction: Redis never drops Latchkey's keys"
+      }
+    : {
+        check: "redis eviction",
+        verdict: "fail",
+        message: `maxmemory-policy is ${policy}: under memory pressure Redis may drop leases or connections; set it to noeviction`
+      }
+
 /** A progress bar with a rate and an ETA, on one line. */
 export const progressLine = (done: number, total: number, elapsedMs: number): string => {
   const ratio = total === 0 ? 1 : Math.min(1, done / total)
