@@ -77,16 +77,24 @@ if (command === "test") {
   for (const file of readdirSync(join(artifacts, "vitest")).sort()) {
     const report = JSON.parse(readFileSync(join(artifacts, "vitest", file), "utf8"))
     const pending = report.numPendingTests + (report.numTodoTests ?? 0)
+    // A test file that crashed before its tests ran counts as one failure.
+    const crashed = report.testResults.filter(
+      (r) => r.status === "failed" && !r.assertionResults.some((a) => a.status === "failed")
+    ).length
     passed += report.numPassedTests
-    failedTests += report.numFailedTests
+    failedTests += report.numFailedTests + crashed
     skipped += pending
     const end = Math.max(report.startTime, ...report.testResults.map((r) => r.endTime ?? report.startTime))
-    const failures = report.testResults.flatMap((r) =>
-      r.assertionResults.filter((a) => a.status === "failed").map((a) => a.fullName)
-    )
+    // Failed tests, and test files that failed as a whole (a crash before any test ran).
+    const failures = report.testResults.flatMap((r) => {
+      const tests = r.assertionResults.filter((a) => a.status === "failed").map((a) => a.fullName)
+      if (tests.length > 0 || r.status !== "failed") return tests
+      const file = r.name.slice(r.name.lastIndexOf("/") + 1)
+      return [`${file}: ${(r.message ?? "").split("\n").find((l) => l.trim().length > 0) ?? "failed"}`]
+    })
     rows.push({
       name: file.replace(/\.json$/, ""),
-      text: `${report.numPassedTests} passed, ${report.numFailedTests} failed${pending ? `, ${pending} skipped` : ""}`,
+      text: `${report.numPassedTests} passed, ${report.numFailedTests + crashed} failed${pending ? `, ${pending} skipped` : ""}`,
       seconds: ((end - report.startTime) / 1000).toFixed(1),
       failures
     })

@@ -82,6 +82,9 @@ const targets: Record<StoreKind, () => Target> = {
 
 export const cliSuite = (kind: StoreKind) =>
   describe(`latchkey on ${kind}`, () => {
+    // Every command runs on every store; the checks that do not depend on the store (text layout,
+    // error output, a second rotation) run on SQLite only, to keep the suite lean.
+    const full = kind === "sqlite"
     let sandbox: HeyGenSandbox
     let target: Target
     let seeder: LatchkeyClient
@@ -173,30 +176,36 @@ export const cliSuite = (kind: StoreKind) =>
     })
 
     it("connections list and show: filters, and never a token value", async () => {
-      const [all, mine, dead, show, missing] = await Promise.all([
+      const [all, show] = await Promise.all([
         cliJson(["connections", "list"]),
-        cliJson(["connections", "list", "--owner", "user-1"]),
-        cli(["connections", "list", "--status", "needs_reauth"]),
-        cli(["connections", "show", ids.jane!]),
-        cli(["connections", "show", "conn_nope"])
+        cli(["connections", "show", ids.jane!])
       ])
       expect(all.json.map((c: { id: string }) => c.id).sort()).toEqual([ids.jane, ids.walt, ids.uma].sort())
-      expect(mine.json.map((c: { id: string }) => c.id).sort()).toEqual([ids.jane, ids.walt].sort())
-      expect(dead.stdout).toContain(ids.uma)
-      expect(dead.stdout).not.toContain(ids.jane)
-      expect(dead.stdout.trimEnd().split("\n").at(-1)).toBe("1 connection")
       expect(show.stdout).toMatch(/^status {8}active$/m)
       expect(show.stdout).toMatch(/^sealed with {3}accessToken: k1, refreshToken: k1, extras: k1$/m)
-      for (const output of [all.stdout, mine.stdout, dead.stdout, show.stdout]) {
+      const outputs = [all.stdout, show.stdout]
+      if (full) {
+        const [mine, dead, missing] = await Promise.all([
+          cliJson(["connections", "list", "--owner", "user-1"]),
+          cli(["connections", "list", "--status", "needs_reauth"]),
+          cli(["connections", "show", "conn_nope"])
+        ])
+        expect(mine.json.map((c: { id: string }) => c.id).sort()).toEqual([ids.jane, ids.walt].sort())
+        expect(dead.stdout).toContain(ids.uma)
+        expect(dead.stdout).not.toContain(ids.jane)
+        expect(dead.stdout.trimEnd().split("\n").at(-1)).toBe("1 connection")
+        expect(missing.code).toBe(1)
+        expect(missing.stderr).toBe("error: no connection conn_nope\n")
+        outputs.push(mine.stdout, dead.stdout)
+      }
+      for (const output of outputs) {
         for (const token of tokens) expect(output).not.toContain(token)
         for (const line of output.trimEnd().split("\n")) expect(line.length).toBeLessThanOrEqual(80)
       }
-      expect(missing.code).toBe(1)
-      expect(missing.stderr).toBe("error: no connection conn_nope\n")
     })
 
     it("health: counts, due refreshes, needs_reauth causes, oldest refresh tokens", async () => {
-      const [health, text] = await Promise.all([cliJson(["health"]), cli(["health"])])
+      const health = await cliJson(["health"])
       expect(health.json).toMatchObject({
         total: 3,
         byStatus: { active: 2, needs_reauth: 1, revoked: 0 },
@@ -205,23 +214,31 @@ export const cliSuite = (kind: StoreKind) =>
       expect(health.json.oldestRefreshTokens.map((r: { id: string }) => r.id).sort()).toEqual(
         [ids.jane, ids.walt].sort()
       )
-      console.log(`latchkey health (${kind}):\n${text.stdout}`)
-      expect(text.stdout).toMatch(/^connections {4}3: 2 active, 1 needs_reauth, 0 revoked$/m)
-      expect(text.stdout).toMatch(/^ {2}1 × invalid_grant/m)
+      if (full) {
+        const text = await cli(["health"])
+        console.log(`latchkey health (${kind}):\n${text.stdout}`)
+        expect(text.stdout).toMatch(/^connections {4}3: 2 active, 1 needs_reauth, 0 revoked$/m)
+        expect(text.stdout).toMatch(/^ {2}1 × invalid_grant/m)
+        for (const line of text.stdout.trimEnd().split("\n")) expect(line.length).toBeLessThanOrEqual(80)
+      }
     })
 
     it("refresh, vault check, vault rotate --to (resumable), unlink", async () => {
       const refreshed = await cliJson(["refresh", ids.jane!])
       expect(refreshed.json).toMatchObject({ id: ids.jane, status: "active", version: 2 })
-      const before = await cliJson(["vault", "check"], { LK_WRITE_KEY: "k2" })
-      expect(before.json).toMatchObject({ connections: 3, writeKeyId: "k2", stale: 3, failed: [] })
+      if (full) {
+        const before = await cliJson(["vault", "check"], { LK_WRITE_KEY: "k2" })
+        expect(before.json).toMatchObject({ connections: 3, writeKeyId: "k2", stale: 3, failed: [] })
+      }
       const rotated = await cliJson(["vault", "rotate", "--to", "k2"])
       expect(rotated.code).toBe(0)
       expect(rotated.json).toMatchObject({ to: "k2", done: 3, total: 3, resealed: 3, failed: [] })
-      // Run again: nothing left to do.
-      const again = await cli(["vault", "rotate", "--to", "k2"], { LK_WRITE_KEY: "k2" })
-      expect(again.stdout).toMatch(/^re-sealed 0 of 3 connections with key "k2"/)
-      expect(again.stderr).toMatch(/\[#{30}\] 3\/3 100%/)
+      if (full) {
+        // Run again: it resumes, with nothing left to do.
+        const again = await cli(["vault", "rotate", "--to", "k2"], { LK_WRITE_KEY: "k2" })
+        expect(again.stdout).toMatch(/^re-sealed 0 of 3 connections with key "k2"/)
+        expect(again.stderr).toMatch(/\[#{30}\] 3\/3 100%/)
+      }
       // With only the new key configured, everything still opens.
       const onlyNew = await cli(["vault", "check"], {
         LK_KEYS: JSON.stringify([{ id: "k2", key: k2 }]),
@@ -232,6 +249,6 @@ export const cliSuite = (kind: StoreKind) =>
       const unlinked = await cli(["unlink", ids.walt!])
       expect(unlinked.code).toBe(0)
       expect(unlinked.stdout).toMatch(new RegExp(`^unlinked ${ids.walt} \\(revoked at the provider\\)`))
-      expect((await cliJson(["connections", "list"])).json).toHaveLength(2)
+      if (full) expect((await cliJson(["connections", "list"])).json).toHaveLength(2)
     })
   })
