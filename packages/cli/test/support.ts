@@ -110,7 +110,11 @@ export const cliSuite = (kind: StoreKind) =>
     }
 
     beforeAll(async () => {
-      sandbox = await startHeyGenSandbox({ redirectUris: [REDIRECT] })
+      // Half-hour access tokens: both live connections are due for a refresh within the hour.
+      sandbox = await startHeyGenSandbox({
+        redirectUris: [REDIRECT],
+        lifetimes: { accessTokenSeconds: 1800 }
+      })
       target = targets[kind]!()
       env = {
         ...target.env,
@@ -185,11 +189,15 @@ export const cliSuite = (kind: StoreKind) =>
       expect(show.stdout).toMatch(/^sealed with {3}accessToken: k1, refreshToken: k1, extras: k1$/m)
       const outputs = [all.stdout, show.stdout]
       if (full) {
-        const [mine, dead, missing] = await Promise.all([
+        const [mine, dead, missing, heygen, none] = await Promise.all([
           cliJson(["connections", "list", "--owner", "user-1"]),
           cli(["connections", "list", "--status", "needs_reauth"]),
-          cli(["connections", "show", "conn_nope"])
+          cli(["connections", "show", "conn_nope"]),
+          cliJson(["connections", "list", "--provider", "heygen", "--status", "active"]),
+          cli(["connections", "list", "--provider", "nope"])
         ])
+        expect(heygen.json.map((c: { id: string }) => c.id).sort()).toEqual([ids.jane, ids.walt].sort())
+        expect(none.stdout).toBe("0 connections\n")
         expect(mine.json.map((c: { id: string }) => c.id).sort()).toEqual([ids.jane, ids.walt].sort())
         expect(dead.stdout).toContain(ids.uma)
         expect(dead.stdout).not.toContain(ids.jane)
@@ -209,6 +217,7 @@ export const cliSuite = (kind: StoreKind) =>
       expect(health.json).toMatchObject({
         total: 3,
         byStatus: { active: 2, needs_reauth: 1, revoked: 0 },
+        dueWithinHour: 2,
         needsReauth: [{ code: "invalid_grant", count: 1 }]
       })
       expect(health.json.oldestRefreshTokens.map((r: { id: string }) => r.id).sort()).toEqual(
@@ -218,6 +227,7 @@ export const cliSuite = (kind: StoreKind) =>
         const text = await cli(["health"])
         console.log(`latchkey health (${kind}):\n${text.stdout}`)
         expect(text.stdout).toMatch(/^connections {4}3: 2 active, 1 needs_reauth, 0 revoked$/m)
+        expect(text.stdout).toMatch(/^due in 1 hour {2}2 refreshes, next in (19|20)m/m)
         expect(text.stdout).toMatch(/^ {2}1 × invalid_grant/m)
         for (const line of text.stdout.trimEnd().split("\n")) expect(line.length).toBeLessThanOrEqual(80)
       }
