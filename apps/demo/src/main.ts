@@ -6,25 +6,13 @@ import { ConfigError, readConfig } from "./config.ts"
 import { startDemo } from "./demo.ts"
 import { VaultKeyError } from "./vaultKey.ts"
 
-// Example Corp is oidc-provider on its development settings (memory adapter, development keys, its
-// login and consent pages), exactly what a local stand-in should be; say so once instead of its warnings.
-const warn = console.warn
-console.warn = (...args: Array<unknown>) => {
-  if (typeof args[0] === "string" && args[0].includes("quick start development-only")) return
-  warn(...args)
-}
-const info = console.info
-console.info = (...args: Array<unknown>) => {
-  if (typeof args[0] === "string" && args[0].startsWith("oidc-provider NOTICE")) return
-  info(...args)
-}
 try {
   const config = readConfig(process.env)
   const demo = await startDemo({ ...config, log: (line) => console.log(`[demo] ${line}`) })
   const modes = demo.providers.setups.map((s) => `${s.name} (${s.mode === "sandbox" ? "sandbox" : "live"})`)
   console.log(`Latchkey demo: ${modes.join(", ")}`)
   console.log(
-    "Example Corp runs on oidc-provider's development settings (in memory, development keys and login pages)."
+    "Example Corp is a local oidc-provider (in memory, a throwaway signing key, test login and consent pages)."
   )
   console.log(
     `Tokens sealed with ${demo.vaultKey.source === "env" ? "LATCHKEY_VAULT_KEY" : `the vault key in ${demo.vaultKey.path}${demo.vaultKey.source === "generated" ? " (generated now)" : ""}`}`

@@ -229,7 +229,7 @@ const example = async (config: DemoConfig, origin_: string) => {
     name: "Example Corp",
     clientId: "latchkey-demo",
     clientSecret,
-    auth: "client_secret_basic",
+    clientAuth: "client_secret_basic",
     redirectUri,
     endpoints: server.endpoints,
     // openid + offline_access make oidc-provider issue a refresh token; prompt=consent shows its consent page.

@@ -107,7 +107,8 @@ const authError = (
       : {})
   })
 
-const fromProtocol = (providerId: string, failure: OAuth.ProtocolFailure): AuthorizationError => {
+/** Messages name the provider by its display name; its id is the error's `providerId`. */
+const fromProtocol = (provider: Provider, failure: OAuth.ProtocolFailure): AuthorizationError => {
   const reason: AuthorizationError["reason"] =
     failure.kind === "invalid_grant"
       ? "invalid_grant"
@@ -116,7 +117,7 @@ const fromProtocol = (providerId: string, failure: OAuth.ProtocolFailure): Autho
         : failure.retryable
           ? "transient"
           : "exchange_failed"
-  return authError(reason, providerId, `${providerId}: ${failure.message}`, {
+  return authError(reason, provider.id, `${provider.name}: ${failure.message}`, {
     providerError: failure.details.error,
     providerErrorDescription: failure.details.description
   })
@@ -165,7 +166,20 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           scopes,
           codeChallenge: challenge,
           extraParams: input.params
-        }).pipe(Effect.mapError((f) => fromProtocol(provider.id, f)))
+        }).pipe(Effect.mapError((f) => fromProtocol(provider, f)))
+        if (provider.requiresUserinfo === true) {
+          // Checked before the user is sent away, not after they consented.
+          const userinfo = yield* OAuth.userinfoEndpoint(provider, protocol).pipe(
+            Effect.mapError((f) => fromProtocol(provider, f))
+          )
+          if (userinfo === undefined) {
+            return yield* authError(
+              "identity_failed",
+              provider.id,
+              `${provider.name}: no user-info endpoint to identify the account with (none configured, none in the discovery document); give one or an identify function`
+            )
+          }
+        }
         const pending: PendingAuthorization = {
           state,
           providerId: provider.id,
@@ -185,25 +199,35 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
       })
 
       const identify = (provider: Provider, tokens: TokenSet.TokenSet, credential: Credential) =>
-        Effect.tryPromise({
-          try: () => provider.identify({ tokens, fetch: authorizedFetch(provider, credential, config) }),
-          catch: (cause) =>
-            authError(
-              "identity_failed",
-              provider.id,
-              `${provider.name}: could not identify the linked account (${cause instanceof Error ? cause.message : "unknown error"})`
-            )
-        }).pipe(
-          Effect.flatMap((identity: AccountIdentity) =>
-            typeof identity?.accountId === "string" && identity.accountId.length > 0
-              ? Effect.succeed(identity)
-              : Effect.fail(
-                  authError(
-                    "identity_failed",
-                    provider.id,
-                    `${provider.name}: identify returned no accountId`
-                  )
+        OAuth.userinfoEndpoint(provider, protocol).pipe(
+          Effect.orElseSucceed(() => undefined),
+          Effect.flatMap((userinfoEndpoint) =>
+            Effect.tryPromise({
+              try: () =>
+                provider.identify({
+                  tokens,
+                  fetch: authorizedFetch(provider, credential, config),
+                  userinfoEndpoint
+                }),
+              catch: (cause) =>
+                authError(
+                  "identity_failed",
+                  provider.id,
+                  `${provider.name}: could not identify the linked account (${cause instanceof Error ? cause.message : "unknown error"})`
                 )
+            }).pipe(
+              Effect.flatMap((identity: AccountIdentity) =>
+                typeof identity?.accountId === "string" && identity.accountId.length > 0
+                  ? Effect.succeed(identity)
+                  : Effect.fail(
+                      authError(
+                        "identity_failed",
+                        provider.id,
+                        `${provider.name}: identify returned no accountId`
+                      )
+                    )
+              )
+            )
           )
         )
 
@@ -246,7 +270,15 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           )
           if (!written) continue
           const connection = Connection.summary(base)
-          yield* events.publish({ type: "linked", at: now, connection, relinked: existing !== undefined })
+          yield* events.publish({
+            type: "linked",
+            at: now,
+            connectionId: connection.id,
+            ownerId: connection.ownerId,
+            providerId: connection.providerId,
+            connection,
+            relinked: existing !== undefined
+          })
           return { connection, relinked: existing !== undefined, metadata }
         }
       })
@@ -290,7 +322,7 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           redirectUri,
           expectedState,
           codeVerifier
-        }).pipe(Effect.mapError((f) => fromProtocol(provider.id, f)))
+        }).pipe(Effect.mapError((f) => fromProtocol(provider, f)))
         const now = yield* Clock.currentTimeMillis
         const tokens = yield* Effect.try({
           try: () => TokenSet.fromResponse(provider, response, now, undefined, scopes),

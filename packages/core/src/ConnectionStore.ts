@@ -54,6 +54,18 @@ export interface PendingAuthorization {
   readonly metadata: Record<string, unknown> | null
 }
 
+/** What a store tells about itself (`describe`), for operators (`latchkey doctor`). */
+export interface StoreDescription {
+  /** `memory`, `sqlite`, `postgres`, `redis`, … */
+  readonly kind: string
+  /** The store's own clock (epoch ms), read from it directly: lease expiries are compared with it. */
+  readonly serverTime: number
+  /** The schema version its tables are at, for stores with migrations. */
+  readonly schemaVersion?: number | undefined
+  /** Settings an operator should see, e.g. Redis's `maxmemory-policy`. */
+  readonly settings: Readonly<Record<string, string>>
+}
+
 /** One page of `scan`. */
 export interface ScanPage {
   readonly records: ReadonlyArray<ConnectionRecord>
@@ -100,6 +112,8 @@ export interface ConnectionStoreShape {
   readonly scan?: (after: string | undefined, limit: number) => Effect.Effect<ScanPage, StoreError>
   /** How many connections the store holds. Optional; `Vault.rotate` reports progress against it. */
   readonly count?: () => Effect.Effect<number, StoreError>
+  /** Its kind, its clock and its settings (optional; every built-in store has it). */
+  readonly describe?: () => Effect.Effect<StoreDescription, StoreError>
   /** Release connections to the backing driver (pools, files). */
   readonly close?: () => Effect.Effect<void>
 }
@@ -152,6 +166,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         }
       }),
     count: () => Effect.sync(() => rows.size),
+    describe: () => Effect.sync(() => ({ kind: "memory", serverTime: Date.now(), settings: {} })),
     listDue: (now, limit) =>
       Effect.sync(() =>
         [...rows.values()]

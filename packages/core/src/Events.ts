@@ -1,5 +1,6 @@
 /**
  * What happened to connections: linked, refreshed, refresh_failed, needs_reauth, revoked, unlinked.
+ * Every event has the same core: `type`, `at`, `connectionId`, `ownerId`, `providerId`.
  * Available as an Effect Stream (`Events.stream`) and as plain callbacks (`Events.subscribe`).
  * Events are in-process: each process sees the events of the work it did.
  */
@@ -10,6 +11,10 @@ export type LatchkeyEvent =
   | {
       readonly type: "linked"
       readonly at: number
+      readonly connectionId: string
+      readonly ownerId: string
+      readonly providerId: string
+      /** The linked connection (no token values). */
       readonly connection: ConnectionSummary
       readonly relinked: boolean
     }

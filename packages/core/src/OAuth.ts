@@ -292,6 +292,16 @@ const run = <A>(
       e instanceof ProtocolFailure ? e : new ProtocolFailure("transient", `${what}: unexpected failure`, {})
   })
 
+/** The user-info URL: `endpoints.userinfo`, or the discovered `userinfo_endpoint` (undefined when neither). */
+export const userinfoEndpoint = (
+  provider: Provider,
+  options: ProtocolOptions
+): Effect.Effect<string | undefined, ProtocolFailure> =>
+  run(provider, options, "token", "reading the server metadata", async (config) => {
+    const endpoint = config.serverMetadata().userinfo_endpoint
+    return typeof endpoint === "string" && endpoint.length > 0 ? endpoint : undefined
+  })
+
 export interface AuthorizationUrlInput {
   readonly state: string
   readonly redirectUri: string

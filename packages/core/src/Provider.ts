@@ -38,6 +38,8 @@ export interface AccountIdentity {
 export interface IdentifyContext {
   readonly tokens: TokenSet
   readonly fetch: (input: string | URL, init?: RequestInit) => Promise<Response>
+  /** The user-info URL: `endpoints.userinfo`, or the `userinfo_endpoint` the discovery document publishes. */
+  readonly userinfoEndpoint?: string | undefined
 }
 
 /** The credential an API request is authorized with. */
@@ -142,6 +144,11 @@ export interface ProviderDefinition {
   readonly tokenExtras?: z.ZodType<Record<string, unknown>> | undefined
   /** Identify the linked account from fresh tokens. */
   readonly identify: (context: IdentifyContext) => Promise<AccountIdentity>
+  /**
+   * `identify` reads the user-info endpoint: `start` then refuses to send a user away when neither
+   * `endpoints.userinfo` nor the discovered metadata has one (instead of failing after consent).
+   */
+  readonly requiresUserinfo?: boolean | undefined
   /** Base URL for relative ApiClient requests. */
   readonly apiBaseUrl?: string | undefined
   /** Headers that authorize an API request. Default: `Authorization: <type> <token>`. */
@@ -192,26 +199,27 @@ const LOOPBACK = /^(localhost|127(?:\.\d{1,3}){3}|\[::1\])$/i
 /** True for hosts on this machine (127.0.0.0/8, localhost, [::1]): the only hosts plain http is allowed for. */
 export const isLoopbackHost = (hostname: string): boolean => LOOPBACK.test(hostname)
 
-const url = (what: string) =>
+// Messages name no field: `make` prefixes every message with the field's path, once.
+const url = () =>
   z.string().superRefine((value, ctx) => {
     let parsed: URL
     try {
       parsed = new URL(value)
     } catch {
-      ctx.addIssue({ code: "custom", message: `${what} must be an absolute URL` })
+      ctx.addIssue({ code: "custom", message: "must be an absolute URL" })
       return
     }
     if (parsed.protocol === "https:") return
     if (parsed.protocol === "http:" && isLoopbackHost(parsed.hostname)) return
     ctx.addIssue({
       code: "custom",
-      message: `${what} must use https (plain http is allowed only for loopback hosts)`
+      message: "must use https (plain http is allowed only for loopback hosts)"
     })
   })
 
-const fn = (what: string) =>
+const fn = () =>
   z.custom<(...args: Array<any>) => any>((value) => typeof value === "function", {
-    message: `${what} must be a function`
+    message: "must be a function"
   })
 
 const lifetime = z.number().int().positive().nullable().optional()
@@ -229,20 +237,20 @@ const DefinitionSchema = z
     endpoints: z
       .object({
         issuer: z.string().min(1),
-        authorization: url("endpoints.authorization"),
-        token: url("endpoints.token"),
-        refresh: url("endpoints.refresh").optional(),
-        revocation: url("endpoints.revocation").optional(),
-        userinfo: url("endpoints.userinfo").optional()
+        authorization: url(),
+        token: url(),
+        refresh: url().optional(),
+        revocation: url().optional(),
+        userinfo: url().optional()
       })
       .optional(),
-    discovery: z.object({ issuer: url("discovery.issuer") }).optional(),
+    discovery: z.object({ issuer: url() }).optional(),
     redirectUri: z.string().superRefine((value, ctx) => {
       try {
         const u = new URL(value)
-        if (u.hash) ctx.addIssue({ code: "custom", message: "redirectUri must not have a fragment" })
+        if (u.hash) ctx.addIssue({ code: "custom", message: "must not have a fragment" })
       } catch {
-        ctx.addIssue({ code: "custom", message: "redirectUri must be an absolute URL" })
+        ctx.addIssue({ code: "custom", message: "must be an absolute URL" })
       }
     }),
     scopes: z
@@ -267,23 +275,24 @@ const DefinitionSchema = z
       .strict()
       .optional(),
     tokenErrorCodes: z.record(z.string().min(1), TokenErrorCodeSchema).optional(),
-    classifyTokenError: fn("classifyTokenError").optional(),
-    revoke: fn("revoke").optional(),
+    classifyTokenError: fn().optional(),
+    revoke: fn().optional(),
     tokenExtras: z.custom<z.ZodType>((v) => v instanceof z.ZodType, "must be a zod schema").optional(),
-    identify: fn("identify"),
-    apiBaseUrl: url("apiBaseUrl").optional(),
-    authorizeRequest: fn("authorizeRequest").optional(),
-    classifyResponse: fn("classifyResponse").optional(),
+    identify: fn(),
+    apiBaseUrl: url().optional(),
+    authorizeRequest: fn().optional(),
+    classifyResponse: fn().optional(),
     apiKeys: z.boolean().optional(),
     providerInitiated: z.boolean().optional(),
-    apiFetch: fn("apiFetch").optional()
+    requiresUserinfo: z.boolean().optional(),
+    apiFetch: fn().optional()
   })
   .superRefine((def, ctx) => {
     if (!def.endpoints === !def.discovery) {
       ctx.addIssue({
         code: "custom",
         path: ["endpoints"],
-        message: "give exactly one of endpoints or discovery"
+        message: "or discovery: give exactly one of the two"
       })
     }
     if (def.clientAuth !== "none" && def.clientSecret === undefined) {
@@ -297,7 +306,7 @@ const DefinitionSchema = z
       ctx.addIssue({
         code: "custom",
         path: ["pkce"],
-        message: "a public client (clientAuth none) must use PKCE"
+        message: "must be S256 for a public client (clientAuth none)"
       })
     }
   })

@@ -171,6 +171,19 @@ export const make = (
           next: rows.length > size && size > 0 ? page[page.length - 1]!.id : undefined
         }
       }),
+    describe: () =>
+      attempt("describe", () => {
+        const row = sql(
+          "SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER) AS now, (SELECT value FROM latchkey_meta WHERE key = 'schema_version') AS version"
+        ).get() as { now: number; version: string | null }
+        const mode = (db.prepare("PRAGMA journal_mode").get() as { journal_mode: string }).journal_mode
+        return {
+          kind: "sqlite",
+          serverTime: Number(row.now),
+          schemaVersion: row.version === null ? undefined : Number(row.version),
+          settings: { path: options.path, journal_mode: mode }
+        }
+      }),
     count: () =>
       attempt(
         "count",

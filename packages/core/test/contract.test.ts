@@ -57,6 +57,9 @@ describe("Provider.make", () => {
     expect(error.field).toBe(field)
     expect(error.message).toContain(`"${(patch as { id?: string }).id ?? "acme"}"`)
     expect(error.message).toContain(field)
+    // The field is named once ("endpoints.token must use https", not "endpoints.token endpoints.token …").
+    const named = error.message.match(new RegExp(`(?<![\\w.])${field.replace(".", "\\.")}(?![\\w.])`, "g"))
+    expect(named).toHaveLength(1)
     expect(error.message).not.toContain("s3cret-value")
   })
 

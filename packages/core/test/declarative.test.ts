@@ -378,7 +378,7 @@ identity:
       "both endpoints and discovery",
       `${good}discovery:\n  issuer: https://auth.acme.test\n`,
       "endpoints",
-      "exactly one of endpoints or discovery"
+      "endpoints or discovery: give exactly one of the two"
     ],
     ["a scope list that is a string", `${good}scopes: read write\n`, "scopes", "must be a list"],
     [

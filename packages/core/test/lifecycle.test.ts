@@ -1,13 +1,13 @@
 /**
  * The token lifecycle engine against a real authorization server (oidc-provider with rotating,
- * single-use refresh tokens and reuse detection). One describe block per DESIGN.md invariant 1-4.
+ * single-use refresh tokens and reuse detection). One describe block per invariant 1-4 of docs/architecture.md.
  */
 import type { OidcServer } from "@latchkey/testkit-oidc"
 import { Effect, Stream } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { ApiClient as ApiClientService } from "../src/ApiClient.ts"
 import { StoreError } from "../src/Errors.ts"
-import { Events as EventsService } from "../src/Events.ts"
+import { Events as EventsService, type LatchkeyEvent } from "../src/Events.ts"
 import { type ConnectionStore, createLatchkey, type Events } from "../src/index.ts"
 import {
   exampleProvider,
@@ -396,6 +396,27 @@ describe("events", () => {
     await lk.unlink(c.id)
     expect(seen).toEqual(["linked", "refreshed", "unlinked"])
     expect([...(await streamed)].map((e) => e.type)).toEqual(["linked", "refreshed", "unlinked"])
+    stop()
+    await lk.close()
+  })
+
+  it("every event has the same core: connectionId, ownerId and providerId", async () => {
+    const lk = createLatchkey({ providers: [exampleProvider(server)], config: fast })
+    const events: Array<LatchkeyEvent> = []
+    const stop = lk.on((e) => events.push(e))
+    const c = await link(lk)
+    await lk.refresh(c.id)
+    await lk.unlink(c.id)
+    expect(events.map((e) => e.type)).toEqual(["linked", "refreshed", "unlinked"])
+    for (const e of events) {
+      expect({ connectionId: e.connectionId, ownerId: e.ownerId, providerId: e.providerId }).toEqual({
+        connectionId: c.id,
+        ownerId: c.ownerId,
+        providerId: c.providerId
+      })
+    }
+    const linked = events[0]
+    expect(linked?.type === "linked" && linked.connection.id).toBe(c.id)
     stop()
     await lk.close()
   })

@@ -4,7 +4,7 @@
  * refresh on the token endpoint, space-separated scopes. One hour / 30 days are assumed when the
  * server does not say how long its tokens live.
  */
-import { Provider } from "@latchkey/core"
+import { Provider, ProviderDefinitionError } from "@latchkey/core"
 
 export interface GenericOptions {
   /** Provider id within your Latchkey instance. Default `"generic"`. */
@@ -14,8 +14,13 @@ export interface GenericOptions {
   readonly clientId: string
   /** A string or an Effect `Redacted`. Omit for a public client (then PKCE is always used). */
   readonly clientSecret?: Provider.ProviderDefinition["clientSecret"]
-  /** How the client authenticates at the token endpoint. Default `client_secret_basic`. */
-  readonly auth?: "client_secret_basic" | "client_secret_post" | "none"
+  /**
+   * How the client authenticates at the token endpoint (the same name as in `Provider.make`).
+   * Default `client_secret_basic`, or `none` when there is no `clientSecret`.
+   */
+  readonly clientAuth?: Provider.ClientAuth
+  /** @deprecated Renamed `clientAuth`, as in `Provider.make`; still accepted. */
+  readonly auth?: Provider.ClientAuth
   readonly redirectUri: string
   /** Explicit endpoints (recommended: no discovery request). */
   readonly endpoints?: Provider.Endpoints
@@ -37,7 +42,10 @@ export interface GenericOptions {
    * whether reuse revokes the grant). Default: no grace, reuse revokes the grant.
    */
   readonly refreshTokenReuse?: Provider.RefreshTokenReuse
-  /** The user-info URL used to identify the account; default `endpoints.userinfo`. */
+  /**
+   * The user-info URL used to identify the account; default `endpoints.userinfo`, or with `issuer` the
+   * discovery document's `userinfo_endpoint`.
+   */
   readonly userinfoUrl?: string
   /** Custom identification; default: GET the user-info URL and read `sub`/`id` and `email`/`name`. */
   readonly identify?: Provider.ProviderDefinition["identify"]
@@ -69,10 +77,22 @@ const safeOrigin = (url: string): string | undefined => {
 }
 
 export const provider = (options: GenericOptions): Provider.Provider => {
+  const id = options.id ?? "generic"
   const userinfo = options.userinfoUrl ?? options.endpoints?.userinfo
-  const auth = options.auth ?? (options.clientSecret === undefined ? "none" : "client_secret_basic")
+  const auth =
+    options.clientAuth ??
+    options.auth ??
+    (options.clientSecret === undefined ? "none" : "client_secret_basic")
+  // Explicit endpoints without a user-info URL cannot identify an account: say so now, not after consent.
+  if (options.identify === undefined && userinfo === undefined && options.endpoints !== undefined) {
+    throw new ProviderDefinitionError({
+      providerId: id,
+      field: "endpoints.userinfo",
+      message: `Invalid provider "${id}": endpoints.userinfo (or userinfoUrl, or an identify function) is needed to identify the linked account`
+    })
+  }
   return Provider.make({
-    id: options.id ?? "generic",
+    id,
     name: options.name ?? "OAuth provider",
     clientId: options.clientId,
     ...(options.clientSecret !== undefined ? { clientSecret: options.clientSecret } : {}),
@@ -92,15 +112,19 @@ export const provider = (options: GenericOptions): Provider.Provider => {
     ...(options.refreshTokenReuse ? { refreshTokenReuse: options.refreshTokenReuse } : {}),
     apiBaseUrl:
       options.apiBaseUrl ?? (options.endpoints ? safeOrigin(options.endpoints.token) : options.issuer),
+    // With discovery only, `start` checks the discovered metadata has a user-info endpoint before the
+    // user is sent to the provider.
+    ...(options.identify === undefined && userinfo === undefined ? { requiresUserinfo: true } : {}),
     identify:
       options.identify ??
-      (async ({ fetch }) => {
-        if (userinfo === undefined) {
+      (async ({ fetch, userinfoEndpoint }) => {
+        const url = userinfo ?? userinfoEndpoint
+        if (url === undefined) {
           throw new Error(
             "no user-info URL: give userinfoUrl (or endpoints.userinfo) or an identify function"
           )
         }
-        const response = await fetch(userinfo)
+        const response = await fetch(url)
         if (!response.ok) throw new Error(`user-info answered ${response.status}`)
         return readIdentity((await response.json()) as Record<string, unknown>)
       })

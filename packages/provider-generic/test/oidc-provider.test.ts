@@ -31,7 +31,7 @@ const makeProvider = (
     name: "Example Corp",
     clientId,
     ...(auth !== "none" ? { clientSecret: secretOf(clientId)! } : {}),
-    auth,
+    clientAuth: auth,
     redirectUri: REDIRECT,
     endpoints: server.endpoints,
     scopes: ["openid", "offline_access", "email", "read", "write"],
@@ -95,16 +95,15 @@ describe("generic provider against oidc-provider", () => {
     })
   }
 
-  it("discovers the server's metadata from its issuer when no endpoints are given", async () => {
+  it("with only an issuer: discovers the metadata and identifies the account at the discovered userinfo_endpoint", async () => {
     const discovered = Generic.provider({
       id: "example",
       name: "Example Corp",
       clientId: "post-client",
       clientSecret: secretOf("post-client")!,
-      auth: "client_secret_post",
+      clientAuth: "client_secret_post",
       redirectUri: REDIRECT,
       issuer: server.issuer,
-      userinfoUrl: server.endpoints.userinfo,
       scopes: ["openid", "offline_access", "email"],
       authorizationParams: { prompt: "consent" }
     })
@@ -275,7 +274,10 @@ describe("callbacks that must be refused (typed error, nothing stored)", () => {
     })
     const { url } = await lk.startAuthorization({ providerId: "example", ownerId: "user-1" })
     const callback = await consent(url, { login: "alice", redirectUri: REDIRECT })
-    await expectRefused(lk, lk.completeAuthorization({ callback }), "invalid_client")
+    const error = await expectRefused(lk, lk.completeAuthorization({ callback }), "invalid_client")
+    // Messages name the provider by its display name; the id is the error's providerId.
+    expect(error.message).toMatch(/^Example Corp: /)
+    expect(error).toMatchObject({ providerId: "example" })
     await lk.close()
   })
 

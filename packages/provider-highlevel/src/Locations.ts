@@ -258,7 +258,15 @@ export const link = Effect.fn("HighLevel.Locations.link")(function* (
     )
     if (!written) continue
     const connection = Connection.summary(next)
-    yield* events.publish({ type: "linked", at: now, connection, relinked: existing !== undefined })
+    yield* events.publish({
+      type: "linked",
+      at: now,
+      connectionId: connection.id,
+      ownerId: connection.ownerId,
+      providerId: connection.providerId,
+      connection,
+      relinked: existing !== undefined
+    })
     return { connection, source: "agency", relinked: existing !== undefined } as LinkResult
   }
 })

@@ -407,6 +407,18 @@ const build = (
         }
       )
     },
+    describe: () =>
+      query(
+        "describe",
+        `SELECT (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS now, current_setting('server_version') AS server_version, (SELECT value FROM ${s}.latchkey_meta WHERE key = 'schema_version') AS version`,
+        [],
+        (result: pg.QueryResult<{ now: number; server_version: string; version: string | null }>) => ({
+          kind: "postgres",
+          serverTime: Math.round(Number(result.rows[0]!.now)),
+          schemaVersion: result.rows[0]!.version === null ? undefined : Number(result.rows[0]!.version),
+          settings: { schema: schemaName, server_version: result.rows[0]!.server_version }
+        })
+      ),
     count: () =>
       query("count", `SELECT count(*) AS n FROM ${C}`, [], (result: pg.QueryResult<{ n: string }>) =>
         Number(result.rows[0]?.n ?? 0)

@@ -417,6 +417,22 @@ export const make = (options: RedisStoreOptions): RedisStore => {
       )
     },
     count: () => call("count", () => client.zcard(`${keyPrefix}ids`)),
+    describe: () =>
+      call("describe", async () => {
+        const [seconds, micros] = await client.time()
+        // INFO works where CONFIG GET is disabled (managed Redis).
+        const info = `${await client.info("memory")}\n${await client.info("server")}`
+        const field = (name: string) => new RegExp(`^${name}:(.*)$`, "m").exec(info)?.[1]?.trim()
+        return {
+          kind: "redis",
+          serverTime: Number(seconds) * 1000 + Math.floor(Number(micros) / 1000),
+          settings: {
+            keyPrefix,
+            "maxmemory-policy": field("maxmemory_policy") ?? "unknown",
+            redis_version: field("redis_version") ?? "unknown"
+          }
+        }
+      }),
     insert: (record) =>
       run(INSERT, [
         record.id,

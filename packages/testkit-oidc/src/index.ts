@@ -1,12 +1,14 @@
 /**
  * A real authorization server for tests, benchmarks and the demo: `oidc-provider` (a certified
  * OpenID Provider) in-process on 127.0.0.1, with rotating single-use refresh tokens, revocation,
- * introspection and its development login/consent forms; and `consent()`, which walks those forms
+ * introspection, its own storage, signing key and login/consent forms (configured so that
+ * oidc-provider has nothing to warn about); and `consent()`, which walks those forms
  * with a cookie jar the way a browser would, returning the callback URL the server redirects to.
  */
-import { createServer, type Server } from "node:http"
+import { generateKeyPairSync } from "node:crypto"
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
-import Provider, { type Configuration } from "oidc-provider"
+import Provider, { type Adapter, type AdapterPayload, type Configuration } from "oidc-provider"
 
 export interface OidcClient {
   readonly client_id: string
@@ -28,8 +30,8 @@ export interface OidcServerOptions {
   /** Display names by login. */
   readonly accounts?: Readonly<Record<string, { name?: string; email?: string }>>
   /**
-   * oidc-provider's storage adapter. Default: its development memory adapter, an LRU of about a
-   * thousand entries per server (enough for tests; benchmarks holding thousands of grants pass one).
+   * oidc-provider's storage adapter. Default: an in-memory store of this server's own, without a
+   * size limit (entries leave when they expire).
    */
   readonly adapter?: Configuration["adapter"]
 }
@@ -68,6 +70,153 @@ export const defaultClients: ReadonlyArray<OidcClient> = [
 
 export const SCOPES = ["openid", "offline_access", "read", "write", "admin", "email", "profile"] as const
 
+/**
+ * oidc-provider's storage, in this process's memory, one per server. (Its built-in adapter is a
+ * development LRU shared by every server in the process, and it warns about it on each start.)
+ */
+const memoryAdapter = (): Configuration["adapter"] => {
+  const rows = new Map<string, { payload: AdapterPayload; expiresAt: number }>()
+  const index = new Map<string, string>()
+  const live = (key: string) => {
+    const row = rows.get(key)
+    if (row === undefined) return undefined
+    if (row.expiresAt <= Date.now()) {
+      rows.delete(key)
+      return undefined
+    }
+    return row.payload
+  }
+  return class MemoryAdapter implements Adapter {
+    readonly name: string
+    constructor(name: string) {
+      this.name = name
+    }
+    key(id: string) {
+      return `${this.name}:${id}`
+    }
+    async upsert(id: string, payload: AdapterPayload, expiresIn: number) {
+      rows.set(this.key(id), { payload, expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : Infinity })
+      if (payload.uid) index.set(`uid:${payload.uid}`, id)
+      if (payload.userCode) index.set(`userCode:${payload.userCode}`, id)
+    }
+    async find(id: string) {
+      return live(this.key(id))
+    }
+    async findByUid(uid: string) {
+      const id = index.get(`uid:${uid}`)
+      return id === undefined ? undefined : live(this.key(id))
+    }
+    async findByUserCode(userCode: string) {
+      const id = index.get(`userCode:${userCode}`)
+      return id === undefined ? undefined : live(this.key(id))
+    }
+    async consume(id: string) {
+      const payload = live(this.key(id))
+      if (payload) payload.consumed = Math.floor(Date.now() / 1000)
+    }
+    async destroy(id: string) {
+      rows.delete(this.key(id))
+    }
+    async revokeByGrantId(grantId: string) {
+      for (const [key, row] of rows) if (row.payload.grantId === grantId) rows.delete(key)
+    }
+  }
+}
+
+/** One RS256 signing key per process (generating RSA keys is slow), instead of the development keys. */
+let signingKey: Record<string, unknown> | undefined
+const jwks = () => {
+  signingKey ??= {
+    ...generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey.export({ format: "jwk" }),
+    kid: "testkit-rs256",
+    alg: "RS256",
+    use: "sig"
+  }
+  return { keys: [signingKey] }
+}
+
+const page = (title: string, body: string) =>
+  `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${title}</title></head><body><h1>${title}</h1>${body}</body></html>`
+
+const readForm = async (req: IncomingMessage) => {
+  let text = ""
+  for await (const chunk of req) text += chunk
+  return new URLSearchParams(text)
+}
+
+/**
+ * The login and consent pages (the same forms as oidc-provider's development interactions, which
+ * warn on every start): any login and password sign in; Continue grants what the client asked for;
+ * `/interaction/<uid>/abort` denies.
+ */
+const interactions =
+  (provider: Provider) =>
+  async (req: IncomingMessage, res: ServerResponse, uid: string, abort: boolean): Promise<void> => {
+    try {
+      if (abort) {
+        await provider.interactionFinished(
+          req,
+          res,
+          { error: "access_denied", error_description: "End-User aborted interaction" },
+          { mergeWithLastSubmission: false }
+        )
+        return
+      }
+      const details = await provider.interactionDetails(req, res)
+      const action = `/interaction/${encodeURIComponent(uid)}`
+      if (req.method === "GET") {
+        const body =
+          details.prompt.name === "login"
+            ? `<form autocomplete="off" action="${action}" method="post"><input type="hidden" name="prompt" value="login"/><input required type="text" name="login" placeholder="Enter any login" autofocus><input required type="password" name="password" placeholder="and password"><button type="submit">Sign-in</button></form>`
+            : `<form autocomplete="off" action="${action}" method="post"><input type="hidden" name="prompt" value="consent"/><button autofocus type="submit">Continue</button></form><a href="${action}/abort">Cancel</a>`
+        res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" })
+        res.end(page(details.prompt.name === "login" ? "Sign-in" : "Authorize", body))
+        return
+      }
+      const form = await readForm(req)
+      if (form.get("prompt") === "login" && details.prompt.name === "login") {
+        await provider.interactionFinished(
+          req,
+          res,
+          { login: { accountId: form.get("login") ?? "" } },
+          { mergeWithLastSubmission: false }
+        )
+        return
+      }
+      if (form.get("prompt") === "consent" && details.prompt.name === "consent") {
+        const missing = details.prompt.details as {
+          missingOIDCScope?: ReadonlyArray<string>
+          missingOIDCClaims?: ReadonlyArray<string>
+          missingResourceScopes?: Record<string, ReadonlyArray<string>>
+        }
+        const grant = details.grantId
+          ? await provider.Grant.find(details.grantId)
+          : new provider.Grant({
+              accountId: details.session!.accountId,
+              clientId: String(details.params.client_id)
+            })
+        if (grant === undefined) throw new Error("grant not found")
+        if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(" "))
+        if (missing.missingOIDCClaims) grant.addOIDCClaims([...missing.missingOIDCClaims])
+        for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+          grant.addResourceScope(indicator, scopes.join(" "))
+        }
+        await provider.interactionFinished(
+          req,
+          res,
+          { consent: { grantId: await grant.save() } },
+          { mergeWithLastSubmission: true }
+        )
+        return
+      }
+      res.writeHead(400, { "content-type": "application/json" }).end('{"error":"invalid_request"}')
+    } catch (error) {
+      res
+        .writeHead(400, { "content-type": "application/json" })
+        .end(JSON.stringify({ error: "interaction_failed", message: (error as Error).message }))
+    }
+  }
+
 export const startOidcServer = async (options: OidcServerOptions): Promise<OidcServer> => {
   const server: Server = createServer()
   await new Promise<void>((resolve) => server.listen(options.port ?? 0, "127.0.0.1", resolve))
@@ -76,7 +225,9 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
   const clients = options.clients ?? defaultClients
   const accounts = options.accounts ?? {}
   const provider = new Provider(issuer, {
-    ...(options.adapter ? { adapter: options.adapter } : {}),
+    adapter: options.adapter ?? memoryAdapter(),
+    jwks: jwks() as Configuration["jwks"],
+    interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
     clients: clients.map((c) => ({
       ...c,
       redirect_uris: [...options.redirectUris],
@@ -87,10 +238,19 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
     scopes: [...SCOPES],
     claims: { openid: ["sub"], email: ["email"], profile: ["name"] },
     features: {
-      devInteractions: { enabled: true },
-      revocation: { enabled: true },
-      introspection: { enabled: true }
+      devInteractions: { enabled: false },
+      // oidc-provider's default policies, given explicitly (it prints a notice whenever a default runs).
+      revocation: {
+        enabled: true,
+        allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId
+      },
+      introspection: {
+        enabled: true,
+        allowedPolicy: async (ctx, client, token) =>
+          !(client.clientAuthMethod === "none" && token.clientId !== ctx.oidc.client?.clientId)
+      }
     },
+    clientBasedCORS: () => false,
     pkce: { required: () => false },
     rotateRefreshToken: options.rotateRefreshToken ?? true,
     issueRefreshToken: async (_ctx, client, code) =>
@@ -135,7 +295,13 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
   })
   // oidc-provider logs server errors to the console by default; tests see them through responses.
   provider.on("server_error", () => {})
-  server.on("request", provider.callback())
+  const callback = provider.callback()
+  const interact = interactions(provider)
+  server.on("request", (req, res) => {
+    const match = /^\/interaction\/([^/?]+)(\/abort)?(?:\?|$)/.exec(req.url ?? "")
+    if (match) return void interact(req, res, decodeURIComponent(match[1]!), match[2] !== undefined)
+    callback(req, res)
+  })
   return {
     issuer,
     port,
@@ -159,7 +325,7 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
 }
 
 export interface ConsentOptions {
-  /** The account to log in as (any login is accepted by the development forms). */
+  /** The account to log in as (any login is accepted by the forms). */
   readonly login: string
   /** Abort at the consent step: the server redirects back with error=access_denied. */
   readonly deny?: boolean
@@ -168,7 +334,7 @@ export interface ConsentOptions {
 }
 
 /**
- * Walk the development login and consent forms like a browser: follow redirects with a cookie jar,
+ * Walk the login and consent forms like a browser: follow redirects with a cookie jar,
  * post the forms, and return the URL the server finally redirects to under `redirectUri`.
  */
 export const consent = async (authorizeUrl: string, options: ConsentOptions): Promise<string> => {

@@ -1,0 +1,2 @@
+export { cli } from "./commands.ts"
+export { ConfigError, loadOptions } from "./config.ts"

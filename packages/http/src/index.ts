@@ -1,0 +1,8 @@
+export {
+  type FailureCode,
+  type Handler,
+  type Handlers,
+  type HandlersOptions,
+  handlers
+} from "./handlers.ts"
+export { safeReturnPath } from "./returnPath.ts"
