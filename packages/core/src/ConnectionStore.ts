@@ -166,7 +166,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         }
       }),
     count: () => Effect.sync(() => rows.size),
-    describe: () => Effect.sync(() => ({ kind: "memory", serverTime: Date.now(), settings: {} })),
+    describe: () => Effect.sync(() => ({ kind: "memory", serverTime: clock(), settings: {} })),
     listDue: (now, limit) =>
       Effect.sync(() =>
         [...rows.values()]
