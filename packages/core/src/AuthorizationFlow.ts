@@ -13,6 +13,7 @@ import type { PendingAuthorization } from "./ConnectionStore.ts"
 import { ConnectionStore } from "./ConnectionStore.ts"
 import { AuthorizationError, type StoreError, type VaultError } from "./Errors.ts"
 import { Events } from "./Events.ts"
+import { allowsCredentials, sendScoped } from "./internal/credentialScope.ts"
 import { refreshDueAt } from "./internal/due.ts"
 import * as OAuth from "./OAuth.ts"
 import type { AccountIdentity, Credential, Provider } from "./Provider.ts"
@@ -82,6 +83,29 @@ export interface AuthorizationFlowShape {
   readonly linkApiKey: (input: ApiKeyInput) => Effect.Effect<CompleteResult, FlowError>
 }
 
+/**
+ * Authorize-URL parameters Latchkey sets itself and that `params` may not override: the state and
+ * PKCE binding, where the code goes, and what is asked for (RFC 9700 §2.1, §4.1, §4.5).
+ */
+export const RESERVED_PARAMS: ReadonlySet<string> = new Set([
+  "state",
+  "response_type",
+  "response_mode",
+  "redirect_uri",
+  "client_id",
+  "code_challenge",
+  "code_challenge_method",
+  "scope",
+  "request",
+  "request_uri"
+])
+
+/** Callback parameters that must appear at most once (RFC 6749 §3.1: parameters must not repeat). */
+const SINGLE_PARAMS = ["state", "code", "iss", "error", "error_description"] as const
+
+const repeated = (params: URLSearchParams): ReadonlyArray<string> =>
+  SINGLE_PARAMS.filter((name) => params.getAll(name).length > 1)
+
 const toParams = (callback: string | URL | URLSearchParams): URLSearchParams => {
   if (callback instanceof URLSearchParams) return callback
   if (callback instanceof URL) return callback.searchParams
@@ -125,15 +149,20 @@ const fromProtocol = (providerId: string, failure: OAuth.ProtocolFailure): Autho
 /** A fetch that carries the provider's auth headers, resolving relative URLs against its API base. */
 export const authorizedFetch =
   (provider: Provider, credential: Credential, config: LatchkeyConfigShape) =>
-  (input: string | URL, init?: RequestInit): Promise<Response> => {
+  async (input: string | URL, init?: RequestInit): Promise<Response> => {
     const url = new URL(input, provider.apiBaseUrl)
-    const headers = new Headers(init?.headers)
-    for (const [k, v] of Object.entries(provider.authorizeRequest(credential))) headers.set(k, v)
-    return (provider.apiFetch ? provider.apiFetch(config.fetch) : config.fetch)(url, {
-      ...init,
-      headers,
-      signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs)
-    })
+    if (!allowsCredentials(provider, url)) {
+      throw new TypeError(
+        `${url.protocol}//${url.host} is not one of ${provider.name}'s API origins; its credentials are not sent there`
+      )
+    }
+    return sendScoped(
+      provider,
+      provider.apiFetch ? provider.apiFetch(config.fetch) : config.fetch,
+      url,
+      { ...init, signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs) },
+      provider.authorizeRequest(credential)
+    )
   }
 
 export class AuthorizationFlow extends Context.Service<AuthorizationFlow, AuthorizationFlowShape>()(
@@ -151,6 +180,14 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
 
       const start = Effect.fn("AuthorizationFlow.start")(function* (input: StartInput) {
         const provider = yield* providers.get(input.providerId)
+        const overriding = Object.keys(input.params ?? {}).filter((k) => RESERVED_PARAMS.has(k.toLowerCase()))
+        if (overriding.length > 0) {
+          return yield* authError(
+            "invalid_request",
+            provider.id,
+            `startAuthorization: params may not set ${overriding.join(", ")}; Latchkey sets them itself`
+          )
+        }
         const now = yield* Clock.currentTimeMillis
         const state = randomBytes(32).toString("base64url")
         const verifier = provider.pkce === "S256" ? oidc.randomPKCECodeVerifier() : undefined
@@ -246,7 +283,13 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           )
           if (!written) continue
           const connection = Connection.summary(base)
-          yield* events.publish({ type: "linked", at: now, connection, relinked: existing !== undefined })
+          yield* events.publish({
+            type: "linked",
+            at: now,
+            connection,
+            relinked: existing !== undefined,
+            ...(tokens.widenedScopes !== undefined ? { widenedScopes: tokens.widenedScopes } : {})
+          })
           return { connection, relinked: existing !== undefined, metadata }
         }
       })
@@ -261,9 +304,26 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
         scopes: ReadonlyArray<string>,
         metadata: Record<string, unknown> | undefined
       ) {
+        const twice = repeated(params)
+        if (twice.length > 0) {
+          return yield* authError(
+            "invalid_request",
+            provider.id,
+            `${provider.name}: the callback repeats ${twice.join(", ")}; it is not a valid authorization response`
+          )
+        }
         const iss = params.get("iss")
-        const expectedIssuer = provider.endpoints?.issuer
-        if (iss !== null && expectedIssuer !== undefined && iss !== expectedIssuer) {
+        const expected = yield* OAuth.issuerCheck(provider, protocol).pipe(
+          Effect.mapError((f) => fromProtocol(provider.id, f))
+        )
+        if (iss === null && expected.required) {
+          return yield* authError(
+            "missing_iss",
+            provider.id,
+            `${provider.name}: the callback has no iss, which this provider always sends (RFC 9207); it may come from another server`
+          )
+        }
+        if (iss !== null && iss !== expected.issuer) {
           return yield* authError(
             "iss_mismatch",
             provider.id,
@@ -291,6 +351,10 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           expectedState,
           codeVerifier
         }).pipe(Effect.mapError((f) => fromProtocol(provider.id, f)))
+        const problem = TokenSet.unsafeResponse(response)
+        if (problem !== undefined) {
+          return yield* authError("exchange_failed", provider.id, `${provider.name}: ${problem}`)
+        }
         const now = yield* Clock.currentTimeMillis
         const tokens = yield* Effect.try({
           try: () => TokenSet.fromResponse(provider, response, now, undefined, scopes),
@@ -311,6 +375,14 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
 
       const complete = Effect.fn("AuthorizationFlow.complete")(function* (input: CompleteInput) {
         const params = toParams(input.callback)
+        const twice = repeated(params)
+        if (twice.length > 0) {
+          return yield* authError(
+            "invalid_request",
+            input.providerId,
+            `The callback repeats ${twice.join(", ")}; it is not a valid authorization response`
+          )
+        }
         const state = params.get("state")
         if (state === null || state === "") {
           return yield* authError(
@@ -320,7 +392,16 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           )
         }
         const now = yield* Clock.currentTimeMillis
-        const taken = yield* store.takePending(state, now)
+        // The owner is checked by the store before the state is consumed: another user's callback
+        // leaves the state usable by its owner.
+        const taken = yield* store.takePending(state, now, input.ownerId)
+        if (taken._tag === "Foreign") {
+          return yield* authError(
+            "foreign_state",
+            input.providerId,
+            "The callback's state was issued for another provider or user"
+          )
+        }
         if (taken._tag === "Missing") {
           return yield* authError("unknown_state", input.providerId, "The callback's state is unknown")
         }

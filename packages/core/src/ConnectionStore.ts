@@ -11,7 +11,8 @@
  *   returns a strictly increasing `fence`; it returns `undefined` while someone else holds it.
  *   `releaseLease` releases only the caller's own lease (same holder and fence).
  * - `takePending` is single-use: exactly one caller gets `Found` for a state; later callers get
- *   `Consumed` until the record's expiry, then `Missing`.
+ *   `Consumed` until the record's expiry, then `Missing`. With an `ownerId`, a pending record issued
+ *   to another owner answers `Foreign` and stays unconsumed (checked and taken in one atomic step).
  * - `scan` and `count` (optional; every built-in store has them, `Vault.rotate` needs `scan`) walk
  *   every connection in pages ordered by id: `scan(after, limit)` returns at most `limit` connections
  *   whose id sorts after `after`, and `next`, the cursor of the following page (`undefined` after the
@@ -55,6 +56,8 @@ export type TakePendingResult =
   | { readonly _tag: "Found"; readonly pending: PendingAuthorization }
   | { readonly _tag: "Consumed" }
   | { readonly _tag: "Missing" }
+  /** The state was issued to another owner than the one given; it was left unconsumed. */
+  | { readonly _tag: "Foreign" }
 
 export interface ConnectionStoreShape {
   readonly get: (id: string) => Effect.Effect<ConnectionRecord | undefined, StoreError>
@@ -77,7 +80,11 @@ export interface ConnectionStoreShape {
   ) => Effect.Effect<Lease | undefined, StoreError>
   readonly releaseLease: (lease: Lease) => Effect.Effect<void, StoreError>
   readonly putPending: (pending: PendingAuthorization) => Effect.Effect<void, StoreError>
-  readonly takePending: (state: string, now: number) => Effect.Effect<TakePendingResult, StoreError>
+  readonly takePending: (
+    state: string,
+    now: number,
+    ownerId?: string | undefined
+  ) => Effect.Effect<TakePendingResult, StoreError>
   /**
    * Every connection, a page at a time, ordered by id: those whose id sorts after `after` (all when
    * `undefined`). Optional for third-party stores; `Vault.rotate` needs it.
@@ -202,11 +209,12 @@ export const makeMemory = (): ConnectionStoreShape => {
         }
         pending.set(p.state, { pending: p, consumedAt: undefined })
       }),
-    takePending: (state, now) =>
+    takePending: (state, now, ownerId) =>
       Effect.sync((): TakePendingResult => {
         const entry = pending.get(state)
         if (entry === undefined) return { _tag: "Missing" }
         if (entry.consumedAt !== undefined) return { _tag: "Consumed" }
+        if (ownerId !== undefined && entry.pending.ownerId !== ownerId) return { _tag: "Foreign" }
         entry.consumedAt = now
         return { _tag: "Found", pending: entry.pending }
       })

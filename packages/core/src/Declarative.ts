@@ -515,6 +515,8 @@ const build = (file: string, data: Parsed): Provider.Provider => {
     ...(data.refreshTokenPolicy !== undefined ? { refreshTokenPolicy: data.refreshTokenPolicy } : {}),
     ...(data.tokenErrorCodes !== undefined ? { tokenErrorCodes: data.tokenErrorCodes } : {}),
     ...(baseUrl !== undefined ? { apiBaseUrl: baseUrl } : {}),
+    // The identity request carries the credentials: its origin is one of the provider's API origins.
+    apiOrigins: [resolvedIdentityUrl],
     ...(data.providerInitiated !== undefined ? { providerInitiated: data.providerInitiated } : {}),
     ...(apiKeyHeaders !== undefined ? { apiKeys: true } : {}),
     identify: identifyWith(data.identity, resolvedIdentityUrl),

@@ -12,6 +12,8 @@ export type LatchkeyEvent =
       readonly at: number
       readonly connection: ConnectionSummary
       readonly relinked: boolean
+      /** Scopes the provider granted beyond those asked for (RFC 6749 §3.3), when there are any. */
+      readonly widenedScopes?: ReadonlyArray<string> | undefined
     }
   | {
       readonly type: "refreshed"

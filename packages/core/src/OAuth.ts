@@ -11,7 +11,7 @@ import { Effect, Redacted } from "effect"
 import * as oidc from "openid-client"
 import type { Provider } from "./Provider.ts"
 import { usesLoopbackOnly } from "./Provider.ts"
-import type { TokenResponse, TokenSet } from "./TokenSet.ts"
+import { type TokenResponse, type TokenSet, unsafeResponse } from "./TokenSet.ts"
 
 export type ProtocolFailureKind =
   | "invalid_grant"
@@ -261,6 +261,7 @@ const run = <A>(
         setup = await configure(provider, options, endpoint)
         return await f(setup.config)
       } catch (cause) {
+        if (cause instanceof ProtocolFailure) throw cause
         throw classify(
           provider,
           cause,
@@ -287,16 +288,38 @@ export const authorizationUrl = (
   input: AuthorizationUrlInput
 ): Effect.Effect<URL, ProtocolFailure> =>
   run(provider, options, "token", "building the authorization URL", async (config) => {
+    // What binds the response to this request comes last, so that no extra parameter replaces it.
     const params: Record<string, string> = {
+      ...(input.scopes.length > 0 ? { scope: input.scopes.join(provider.scopeSeparator) } : {}),
+      ...provider.authorizationParams,
+      ...input.extraParams,
       response_type: "code",
       redirect_uri: input.redirectUri,
       state: input.state,
-      ...(input.scopes.length > 0 ? { scope: input.scopes.join(provider.scopeSeparator) } : {}),
-      ...(input.codeChallenge ? { code_challenge: input.codeChallenge, code_challenge_method: "S256" } : {}),
-      ...provider.authorizationParams,
-      ...input.extraParams
+      ...(input.codeChallenge ? { code_challenge: input.codeChallenge, code_challenge_method: "S256" } : {})
     }
     return oidc.buildAuthorizationUrl(config, params)
+  })
+
+/**
+ * The issuer a callback's RFC 9207 `iss` must equal, and whether it must be present: when the
+ * provider declares `requireIss`, or its server metadata says it sends it
+ * (`authorization_response_iss_parameter_supported`).
+ */
+export const issuerCheck = (
+  provider: Provider,
+  options: ProtocolOptions
+): Effect.Effect<{ readonly issuer: string; readonly required: boolean }, ProtocolFailure> =>
+  Effect.tryPromise({
+    try: async () => {
+      const metadata = await serverMetadata(provider, options.fetch ?? fetch)
+      return {
+        issuer: provider.endpoints?.issuer ?? metadata.issuer,
+        required:
+          provider.requireIss === true || metadata.authorization_response_iss_parameter_supported === true
+      }
+    },
+    catch: () => new ProtocolFailure("transient", "reading the provider's metadata failed", {})
   })
 
 export interface ExchangeInput {
@@ -332,17 +355,17 @@ export const refresh = (
   options: ProtocolOptions,
   refreshToken: string
 ): Effect.Effect<TokenResponse, ProtocolFailure> =>
-  run(
-    provider,
-    options,
-    "refresh",
-    "refresh",
-    async (config) =>
-      (await oidc.refreshTokenGrant(config, refreshToken, {
-        ...provider.tokenParams,
-        ...provider.refreshParams
-      })) as unknown as TokenResponse
-  )
+  run(provider, options, "refresh", "refresh", async (config) => {
+    const response = (await oidc.refreshTokenGrant(config, refreshToken, {
+      ...provider.tokenParams,
+      ...provider.refreshParams
+    })) as unknown as TokenResponse
+    const problem = unsafeResponse(response)
+    if (problem !== undefined) {
+      throw new ProtocolFailure("invalid_response", `refresh: ${problem}`, { maybeProcessed: true })
+    }
+    return response
+  })
 
 export const revoke = (
   provider: Provider,

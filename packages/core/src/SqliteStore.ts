@@ -63,14 +63,30 @@ const MIGRATIONS = [
 const isConstraint = (e: unknown) => /constraint/i.test(String((e as Error)?.message ?? e))
 const isBusy = (e: unknown) => /busy|locked/i.test(String((e as Error)?.message ?? e))
 
+/** The driver's error reduced to its name, message and code (no bound values, no record text). */
+const safeCause = (cause: unknown): Error => {
+  const error = new Error(String((cause as Error)?.message ?? cause))
+  error.name = String((cause as Error)?.name ?? "Error")
+  const code = (cause as { code?: unknown } | undefined)?.code
+  if (typeof code === "string") Object.assign(error, { code })
+  error.stack = `${error.name}: ${error.message}`
+  return error
+}
+
 const storeError = (what: string) => (cause: unknown) =>
   cause instanceof StoreError
     ? cause
-    : new StoreError({
-        reason: isBusy(cause) ? "timeout" : "unavailable",
-        message: `SQLite store: ${what} failed (${isBusy(cause) ? "database is busy" : String((cause as Error)?.message ?? cause)})`,
-        cause
-      })
+    : cause instanceof SyntaxError
+      ? // JSON.parse quotes the record it failed on, and records hold sealed (or plain) tokens.
+        new StoreError({
+          reason: "corrupt",
+          message: `SQLite store: ${what}: a stored record is not valid JSON`
+        })
+      : new StoreError({
+          reason: isBusy(cause) ? "timeout" : "unavailable",
+          message: `SQLite store: ${what} failed (${isBusy(cause) ? "database is busy" : String((cause as Error)?.message ?? cause)})`,
+          cause: safeCause(cause)
+        })
 
 const parse = (row: { record: string } | undefined): ConnectionRecord | undefined =>
   row === undefined ? undefined : (JSON.parse(row.record) as ConnectionRecord)
@@ -284,15 +300,22 @@ export const make = (
           ).run(pending.state, JSON.stringify(pending), pending.expiresAt)
         })
       ),
-    takePending: (state, now) =>
+    takePending: (state, now, ownerId) =>
       attempt("takePending", (): TakePendingResult => {
+        // One statement: the owner is compared in the same step that consumes the state.
         const taken = sql(
-          "UPDATE latchkey_pending SET consumed_at = ? WHERE state = ? AND consumed_at IS NULL RETURNING record"
-        ).get(now, state) as { record: string } | undefined
+          "UPDATE latchkey_pending SET consumed_at = ? WHERE state = ? AND consumed_at IS NULL AND (? IS NULL OR json_extract(record, '$.ownerId') = ?) RETURNING record"
+        ).get(now, state, ownerId ?? null, ownerId ?? null) as { record: string } | undefined
         if (taken !== undefined)
           return { _tag: "Found", pending: JSON.parse(taken.record) as PendingAuthorization }
-        const exists = sql("SELECT 1 AS one FROM latchkey_pending WHERE state = ?").get(state)
-        return exists === undefined ? { _tag: "Missing" } : { _tag: "Consumed" }
+        const exists = sql("SELECT consumed_at IS NULL AS open FROM latchkey_pending WHERE state = ?").get(
+          state
+        ) as { open: number } | undefined
+        return exists === undefined
+          ? { _tag: "Missing" }
+          : exists.open === 1 && ownerId !== undefined
+            ? { _tag: "Foreign" }
+            : { _tag: "Consumed" }
       }),
     close: () =>
       Effect.sync(() => {

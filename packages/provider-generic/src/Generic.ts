@@ -38,6 +38,10 @@ export interface GenericOptions {
   /** Custom identification; default: GET the user-info URL and read `sub`/`id` and `email`/`name`. */
   readonly identify?: Provider.ProviderDefinition["identify"]
   readonly apiBaseUrl?: string
+  /** More origins that may receive the tokens (the user-info URL's is added by itself). */
+  readonly apiOrigins?: ReadonlyArray<string>
+  /** The server always sends RFC 9207 `iss`; required when providers share a redirect URI. */
+  readonly requireIss?: boolean
 }
 
 const readIdentity = (body: Record<string, unknown>): Provider.AccountIdentity => {
@@ -85,6 +89,8 @@ export const provider = (options: GenericOptions): Provider.Provider => {
       refreshTokenSeconds: options.refreshTokenLifetime ?? 30 * 24 * 3600
     },
     refreshTokenPolicy: options.refreshTokenPolicy ?? "rotating",
+    ...(options.requireIss !== undefined ? { requireIss: options.requireIss } : {}),
+    apiOrigins: [...(options.apiOrigins ?? []), ...(options.userinfoUrl ? [options.userinfoUrl] : [])],
     apiBaseUrl:
       options.apiBaseUrl ?? (options.endpoints ? safeOrigin(options.endpoints.token) : options.issuer),
     identify:

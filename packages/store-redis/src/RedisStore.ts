@@ -221,7 +221,10 @@ redis.call('PEXPIRE', pk, tonumber(ARGV[5]))
 return 'ok'`
 )
 
-/** ARGV: prefix, state, now, tombstone ms. Returns { 'found', record } | { 'consumed' } | { 'missing' }. */
+/**
+ * ARGV: prefix, state, now, tombstone ms, "1" to check the owner, expected owner. Returns { 'found', record } |
+ * { 'consumed' } | { 'missing' } | { 'foreign' } (another owner's state: left unconsumed).
+ */
 const TAKE_PENDING = script(
   "takePending",
   `
@@ -229,12 +232,30 @@ local pk = ARGV[1] .. 'p:' .. ARGV[2]
 local cur = redis.call('HMGET', pk, 'r', 'c')
 if not cur[1] then return { 'missing' } end
 if cur[2] then return { 'consumed' } end
+if ARGV[5] == '1' then
+  local ok, rec = pcall(cjson.decode, cur[1])
+  if not ok or type(rec) ~= 'table' or rec.ownerId ~= ARGV[6] then return { 'foreign' } end
+end
 redis.call('HSET', pk, 'c', ARGV[3])
 if redis.call('PTTL', pk) < tonumber(ARGV[4]) then redis.call('PEXPIRE', pk, tonumber(ARGV[4])) end
 return { 'found', cur[1] }`
 )
 
 const errorText = (e: unknown) => String((e as Error)?.message ?? e)
+
+/**
+ * The driver's error without what it carries about the command: ioredis errors keep the command's
+ * arguments (`command.args`: records with sealed or, without a vault key, plain tokens), so only the
+ * name, message and code are kept.
+ */
+export const safeCause = (cause: unknown): Error => {
+  const error = new Error(errorText(cause))
+  error.name = String((cause as Error)?.name ?? "Error")
+  const code = (cause as { code?: unknown } | undefined)?.code
+  if (typeof code === "string") Object.assign(error, { code })
+  error.stack = `${error.name}: ${error.message}`
+  return error
+}
 
 const storeError = (what: string) => (cause: unknown) => {
   if (cause instanceof StoreError) return cause
@@ -243,7 +264,7 @@ const storeError = (what: string) => (cause: unknown) => {
   return new StoreError({
     reason: timeout ? "timeout" : "unavailable",
     message: `Redis store: ${what} failed (${text})`,
-    cause
+    cause: safeCause(cause)
   })
 }
 
@@ -253,8 +274,9 @@ const conflict = (message: string) =>
 const parseRecord = <A>(what: string, text: string): A => {
   try {
     return JSON.parse(text) as A
-  } catch (cause) {
-    throw new StoreError({ reason: "corrupt", message: `Redis store: ${what} is not valid JSON`, cause })
+  } catch {
+    // The parser's message quotes the text, which holds sealed (or plain) tokens: not kept.
+    throw new StoreError({ reason: "corrupt", message: `Redis store: ${what} is not valid JSON` })
   }
 }
 
@@ -447,8 +469,14 @@ export const make = (options: RedisStoreOptions): RedisStore => {
         String(pending.expiresAt),
         Math.max(1, pending.expiresAt - pending.createdAt) + CONSUMED_TOMBSTONE_MS
       ]).pipe(Effect.asVoid),
-    takePending: (state, now) =>
-      run(TAKE_PENDING, [state, String(now), CONSUMED_TOMBSTONE_MS]).pipe(
+    takePending: (state, now, ownerId) =>
+      run(TAKE_PENDING, [
+        state,
+        String(now),
+        CONSUMED_TOMBSTONE_MS,
+        ownerId === undefined ? "0" : "1",
+        ownerId ?? ""
+      ]).pipe(
         Effect.flatMap((answer) =>
           Effect.try({
             try: (): TakePendingResult => {
@@ -459,6 +487,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
                   pending: parseRecord<PendingAuthorization>("a pending authorization", record!)
                 }
               }
+              if (tag === "foreign") return { _tag: "Foreign" }
               return tag === "consumed" ? { _tag: "Consumed" } : { _tag: "Missing" }
             },
             catch: storeError("takePending")

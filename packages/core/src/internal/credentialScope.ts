@@ -1,0 +1,74 @@
+/**
+ * Credentials go only where the provider said its API lives (RFC 9700 §4.9, §2.2): a request is sent
+ * with the auth headers only to one of the provider's `credentialOrigins` (https, or plain http on a
+ * loopback host), and redirects are followed here, by hand, so that a hop to any other origin goes
+ * out without them. A request whose first URL is elsewhere is refused before anything is sent.
+ */
+import type { Provider } from "../Provider.ts"
+
+/** The origin of `url` may receive the provider's credentials. */
+export const allowsCredentials = (provider: Provider, url: URL): boolean =>
+  (url.protocol === "https:" || url.protocol === "http:") && provider.credentialOrigins.includes(url.origin)
+
+const MAX_REDIRECTS = 10
+
+/**
+ * Send `url` with the credential headers `auth`, following redirects by hand (at most 10): each hop
+ * keeps the headers only while it stays on one of the provider's credential origins; once a hop leaves
+ * them, the request goes on without the headers (and does not get them back). 303, and 301/302 after a
+ * POST, become a GET without a body, as browsers do. `init.redirect` of `manual` or `error` is honoured.
+ */
+export const sendScoped = async (
+  provider: Provider,
+  fetchImpl: typeof fetch,
+  url: URL,
+  init: RequestInit,
+  auth: Readonly<Record<string, string>>
+): Promise<Response> => {
+  const names = Object.keys(auth).map((k) => k.toLowerCase())
+  const headers = new Headers(init.headers)
+  for (const [k, v] of Object.entries(auth)) headers.set(k, v)
+  if (init.redirect === "manual" || init.redirect === "error") {
+    return fetchImpl(url, { ...init, headers })
+  }
+  let current = url
+  let method = (init.method ?? "GET").toUpperCase()
+  let body = init.body
+  let credentialed = true
+  for (let hop = 0; ; hop++) {
+    const response = await fetchImpl(current, {
+      ...init,
+      method,
+      headers,
+      ...(body !== undefined ? { body } : { body: null }),
+      redirect: "manual"
+    })
+    const location = response.headers.get("location")
+    if (response.status < 300 || response.status > 399 || response.status === 304 || location === null) {
+      return response
+    }
+    if (hop >= MAX_REDIRECTS) {
+      await response.body?.cancel()
+      throw new TypeError("fetch failed: too many redirects")
+    }
+    await response.body?.cancel()
+    const next = new URL(location, current)
+    if (
+      response.status === 303 ||
+      ((response.status === 301 || response.status === 302) && method === "POST")
+    ) {
+      method = method === "HEAD" ? "HEAD" : "GET"
+      body = undefined
+      headers.delete("content-type")
+      headers.delete("content-length")
+    }
+    if (credentialed && !allowsCredentials(provider, next)) {
+      credentialed = false
+      for (const name of names) headers.delete(name)
+      // A cookie or authorization the caller set itself is not ours to forward elsewhere either.
+      headers.delete("authorization")
+      headers.delete("cookie")
+    }
+    current = next
+  }
+}
