@@ -13,6 +13,9 @@
  * - `takePending` is single-use: exactly one caller gets `Found` for a state; later callers get
  *   `Consumed` until the record's expiry, then `Missing`. With an `ownerId`, a pending record issued
  *   to another owner answers `Foreign` and stays unconsumed (checked and taken in one atomic step).
+ * - `claimOnce(key, until, now)` (optional; every built-in store has it) is an atomic
+ *   insert-if-absent with expiry: true for the first caller, false for every other caller until
+ *   `until`, true again after. Used to drop replayed webhook deliveries across instances.
  * - `scan` and `count` (optional; every built-in store has them, `Vault.rotate` needs `scan`) walk
  *   every connection in pages ordered by id: `scan(after, limit)` returns at most `limit` connections
  *   whose id sorts after `after`, and `next`, the cursor of the following page (`undefined` after the
@@ -90,6 +93,11 @@ export interface ConnectionStoreShape {
    * `undefined`). Optional for third-party stores; `Vault.rotate` needs it.
    */
   readonly scan?: (after: string | undefined, limit: number) => Effect.Effect<ScanPage, StoreError>
+  /**
+   * Record `key` until `until`: true when this call recorded it, false when it was recorded already
+   * and has not expired (atomic across instances). Optional for third-party stores.
+   */
+  readonly claimOnce?: (key: string, until: number, now: number) => Effect.Effect<boolean, StoreError>
   /** How many connections the store holds. Optional; `Vault.rotate` reports progress against it. */
   readonly count?: () => Effect.Effect<number, StoreError>
   /** Release connections to the backing driver (pools, files). */
@@ -116,6 +124,7 @@ export const makeMemory = (): ConnectionStoreShape => {
   const accountKey = (r: Pick<ConnectionRecord, "ownerId" | "providerId" | "accountId">) =>
     `${r.ownerId}\u0000${r.providerId}\u0000${r.accountId}`
   const byAccount = new Map<string, string>()
+  const claims = new Map<string, number>()
 
   return {
     get: (id) => Effect.sync(() => rows.get(id)),
@@ -138,6 +147,13 @@ export const makeMemory = (): ConnectionStoreShape => {
         }
       }),
     count: () => Effect.sync(() => rows.size),
+    claimOnce: (key, until, now) =>
+      Effect.sync(() => {
+        for (const [k, expiry] of claims) if (expiry <= now) claims.delete(k)
+        if (claims.has(key)) return false
+        claims.set(key, until)
+        return true
+      }),
     listDue: (now, limit) =>
       Effect.sync(() =>
         [...rows.values()]

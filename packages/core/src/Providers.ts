@@ -55,5 +55,16 @@ export const make = (providers: ReadonlyArray<Provider>): ProvidersShape => {
 }
 
 export class Providers extends Context.Service<Providers, ProvidersShape>()("@latchkey/core/Providers") {
-  static readonly layer = (providers: ReadonlyArray<Provider>) => Layer.sync(Providers, () => make(providers))
+  /** Fails with `ProviderDefinitionError` when the providers cannot be registered together. */
+  static readonly layer = (providers: ReadonlyArray<Provider>) =>
+    Layer.effect(
+      Providers,
+      Effect.try({
+        try: () => make(providers),
+        catch: (e) =>
+          e instanceof ProviderDefinitionError
+            ? e
+            : new ProviderDefinitionError({ providerId: "(providers)", field: "providers", message: String(e) })
+      })
+    )
 }

@@ -288,6 +288,18 @@ export const make = (
           "UPDATE latchkey_leases SET holder = NULL, expires_at = 0 WHERE connection_id = ? AND holder = ? AND fence = ?"
         ).run(lease.connectionId, lease.holder, lease.fence)
       }),
+    // Claims share the pending table (no migration): a row born consumed, so that no callback can
+    // take it, kept until `until` (and swept with the pending rows).
+    claimOnce: (key, until, now) =>
+      attempt("claimOnce", () => {
+        const row = sql(
+          `INSERT INTO latchkey_pending (state, record, expires_at, consumed_at) VALUES (?, '{}', ?, ?)
+           ON CONFLICT (state) DO UPDATE SET expires_at = excluded.expires_at, consumed_at = excluded.consumed_at
+           WHERE latchkey_pending.expires_at <= ?
+           RETURNING state`
+        ).get(`claim:${key}`, until, now, now)
+        return row !== undefined
+      }),
     putPending: (pending: PendingAuthorization) =>
       attempt("putPending", () =>
         transaction(() => {

@@ -519,6 +519,20 @@ const build = (
           [lease.connectionId, lease.holder, lease.fence]
         )
       }),
+    // Claims share the pending table (no migration): a row born consumed, so that no callback can
+    // take it, kept until `until` (and swept with the pending rows).
+    claimOnce: (key, until, now) =>
+      transaction("claimOnce", async (client) => {
+        const result = await client.query(
+          `INSERT INTO ${P} AS t (state, record, expires_at, consumed_at, keep_until) VALUES ($1, '{}', $2, $3, $2)
+           ON CONFLICT (state) DO UPDATE
+             SET expires_at = EXCLUDED.expires_at, consumed_at = EXCLUDED.consumed_at, keep_until = EXCLUDED.keep_until
+             WHERE t.expires_at <= $3
+           RETURNING state`,
+          [`claim:${key}`, until, now]
+        )
+        return (result.rowCount ?? 0) > 0
+      }),
     putPending: (pending: PendingAuthorization) =>
       transaction("putPending", async (client) => {
         await client.query(`DELETE FROM ${P} WHERE keep_until < $1 AND state <> $2`, [

@@ -42,6 +42,12 @@ export interface RedisStoreOptions {
   readonly commandTimeoutMs?: number | undefined
   /** More ioredis options for the client this store creates (RESP2 replies). */
   readonly redisOptions?: Omit<RedisOptions, "replyMapping"> | undefined
+  /**
+   * Accept a server whose `maxmemory-policy` may evict keys (`allkeys-*`, `volatile-*`). By default
+   * the store refuses to work on such a server: an evicted connection is a linked account lost, an
+   * evicted lease a refresh token spent twice. Set only when eviction cannot happen (no maxmemory).
+   */
+  readonly allowEviction?: boolean | undefined
 }
 
 export interface RedisStore extends ConnectionStore.ConnectionStoreShape {
@@ -271,6 +277,17 @@ const storeError = (what: string) => (cause: unknown) => {
 const conflict = (message: string) =>
   new StoreError({ reason: "conflict", message: `Redis store: ${message}` })
 
+/** The server's `maxmemory-policy`, read from `INFO memory` (allowed where `CONFIG` is not, e.g. managed Redis). */
+export const readEvictionPolicy = async (client: Redis): Promise<string> => {
+  const info = await client.info("memory")
+  const match = /^maxmemory_policy:(\S+)/m.exec(info)
+  if (match === null) throw new Error("INFO memory has no maxmemory_policy")
+  return match[1]!
+}
+
+/** Whether a `maxmemory-policy` can evict the store's keys: every policy but `noeviction` can. */
+export const evicts = (policy: string): boolean => policy !== "noeviction"
+
 const parseRecord = <A>(what: string, text: string): A => {
   try {
     return JSON.parse(text) as A
@@ -321,8 +338,33 @@ export const make = (options: RedisStoreOptions): RedisStore => {
   // Scripts build keys themselves, so they need the client's own prefix too (plain commands get it from ioredis).
   const P = `${client.options.keyPrefix ?? ""}${keyPrefix}`
 
+  // The eviction policy is checked once, before the first command; a refusal is checked again next
+  // time (an operator may fix the server's policy without restarting the app).
+  let policyChecked: Promise<void> | undefined
+  const checkPolicy = (): Promise<void> => {
+    if (options.allowEviction === true) return Promise.resolve()
+    policyChecked ??= readEvictionPolicy(client).then((policy) => {
+      if (evicts(policy)) {
+        throw new StoreError({
+          reason: "unavailable",
+          message: `Redis store: the server's maxmemory-policy is ${policy}, which can evict connections and leases (linked accounts lost, refresh tokens spent twice). Set it to noeviction, or pass allowEviction: true if the server never reaches maxmemory`
+        })
+      }
+    })
+    policyChecked.catch(() => {
+      policyChecked = undefined
+    })
+    return policyChecked
+  }
+
   const call = <A>(what: string, f: () => Promise<A>): Effect.Effect<A, StoreError> =>
-    Effect.tryPromise({ try: f, catch: storeError(what) })
+    Effect.tryPromise({
+      try: async () => {
+        await checkPolicy()
+        return f()
+      },
+      catch: storeError(what)
+    })
 
   const evalScript = async (s: Script, args: ReadonlyArray<string | number>): Promise<unknown> => {
     try {
@@ -462,6 +504,10 @@ export const make = (options: RedisStoreOptions): RedisStore => {
       ),
     releaseLease: (lease) =>
       run(RELEASE, [lease.connectionId, lease.holder, String(lease.fence)]).pipe(Effect.asVoid),
+    claimOnce: (key, until, now) =>
+      call("claimOnce", () =>
+        client.set(`${keyPrefix}w:${key}`, "1", "PX", Math.max(1, Math.ceil(until - now)), "NX")
+      ).pipe(Effect.map((answer) => answer === "OK")),
     putPending: (pending: PendingAuthorization) =>
       run(PUT_PENDING, [
         pending.state,
