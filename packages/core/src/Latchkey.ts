@@ -21,10 +21,10 @@ import { ConnectionStore, type ConnectionStoreShape } from "./ConnectionStore.ts
 import { Events, type LatchkeyEvent } from "./Events.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Provider } from "./Provider.ts"
+import * as ProvidersModule from "./Providers.ts"
 import { Providers } from "./Providers.ts"
 import { Refresher, type RefresherOptions, type SweepReport } from "./Refresher.ts"
 import { TokenManager } from "./TokenManager.ts"
-import * as ProvidersModule from "./Providers.ts"
 import * as VaultModule from "./Vault.ts"
 import { Vault, type VaultOptions } from "./Vault.ts"
 

@@ -11,7 +11,7 @@ import { Effect, Redacted } from "effect"
 import * as oidc from "openid-client"
 import type { Provider } from "./Provider.ts"
 import { usesLoopbackOnly } from "./Provider.ts"
-import { type TokenResponse, type TokenSet, unsafeResponse } from "./TokenSet.ts"
+import { lifetimeInBounds, type TokenResponse, type TokenSet, unsafeResponse } from "./TokenSet.ts"
 
 export type ProtocolFailureKind =
   | "invalid_grant"
@@ -21,6 +21,8 @@ export type ProtocolFailureKind =
   | "transient"
   | "invalid_response"
   | "unsupported"
+  /** The token response is well-formed but unsafe to use (a token that would break an HTTP header). */
+  | "unsafe_response"
 
 export interface ProtocolFailureDetails {
   readonly status?: number | undefined
@@ -106,6 +108,51 @@ interface Capture {
   sent: boolean
   /** The server answered HTTP 200 with an `error` field and no `access_token` (GitHub does). */
   errorIn200: boolean
+  /** An `expires_in` taken out of the response before openid-client saw it (see `screenTokenResponse`). */
+  rawExpiresIn?: unknown
+  /** The answer was refused by `screenTokenResponse` (openid-client wraps what a fetch throws). */
+  refused?: ProtocolFailure
+}
+
+/**
+ * Screen a successful token response before openid-client parses it: a token that would break an
+ * HTTP header is refused (the answer is not used at all), and an `expires_in` out of bounds (0,
+ * negative, not a number, Infinity, beyond ten years) is taken out and remembered, so that the
+ * token set falls back to the provider's default and keeps the raw value for diagnostics.
+ */
+const screenTokenResponse = async (
+  response: Response,
+  capture: Capture,
+  endpoint: "token" | "refresh"
+): Promise<Response> => {
+  if (response.status !== 200 || !(response.headers.get("content-type") ?? "").includes("json")) {
+    return response
+  }
+  let body: unknown
+  try {
+    body = JSON.parse(await response.clone().text())
+  } catch {
+    return response
+  }
+  if (typeof body !== "object" || body === null || Array.isArray(body) || !("access_token" in body)) {
+    return response
+  }
+  const fields = body as Record<string, unknown>
+  const problem = unsafeResponse(fields as TokenResponse)
+  if (problem !== undefined) {
+    await response.body?.cancel()
+    capture.refused = new ProtocolFailure(
+      endpoint === "refresh" ? "invalid_response" : "unsafe_response",
+      `${endpoint === "refresh" ? "refresh" : "code exchange"}: ${problem}`,
+      { status: 200, maybeProcessed: true }
+    )
+    throw capture.refused
+  }
+  if (fields.expires_in === undefined || lifetimeInBounds(fields.expires_in)) return response
+  capture.rawExpiresIn = fields.expires_in
+  delete fields.expires_in
+  await response.body?.cancel()
+  return new Response(JSON.stringify(fields), { status: 200, headers: response.headers })
 }
 
 /**
@@ -162,7 +209,10 @@ const configure = async (
     })
     capture.response = response
     const error = await errorAnsweredWith200(response)
-    if (error === undefined) return response
+    if (error === undefined)
+      return endpoint === "token" || endpoint === "refresh"
+        ? screenTokenResponse(response, capture, endpoint)
+        : response
     capture.errorIn200 = true
     return error
   }
@@ -259,9 +309,15 @@ const run = <A>(
       let setup: Awaited<ReturnType<typeof configure>> | undefined
       try {
         setup = await configure(provider, options, endpoint)
-        return await f(setup.config)
+        const result = await f(setup.config)
+        if (setup.capture.rawExpiresIn !== undefined && typeof result === "object" && result !== null) {
+          // Back to the value as received: the token set replaces it by the default and records it.
+          ;(result as Record<string, unknown>).expires_in = setup.capture.rawExpiresIn
+        }
+        return result
       } catch (cause) {
         if (cause instanceof ProtocolFailure) throw cause
+        if (setup?.capture.refused !== undefined) throw setup.capture.refused
         throw classify(
           provider,
           cause,

@@ -64,7 +64,11 @@ export class Providers extends Context.Service<Providers, ProvidersShape>()("@la
         catch: (e) =>
           e instanceof ProviderDefinitionError
             ? e
-            : new ProviderDefinitionError({ providerId: "(providers)", field: "providers", message: String(e) })
+            : new ProviderDefinitionError({
+                providerId: "(providers)",
+                field: "providers",
+                message: String(e)
+              })
       })
     )
 }

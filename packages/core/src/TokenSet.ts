@@ -29,7 +29,8 @@ export interface TokenSet {
 
 /**
  * A token-response field normalised on the way in: a lifetime out of bounds replaced by the
- * provider's default (`expires_in` of 0, negative, not a number, or beyond `MAX_LIFETIME_SECONDS`),
+ * provider's default, or `FALLBACK_LIFETIME_SECONDS` (`expires_in` of 0, negative, not a number, or
+ * beyond `MAX_LIFETIME_SECONDS`),
  * or an extra field dropped for its size. `raw` is the value as received, cut to 64 characters.
  */
 export interface Adjustment {
@@ -40,6 +41,9 @@ export interface Adjustment {
 
 /** The longest access-token lifetime taken from a response: ten years. Longer is treated as absent. */
 export const MAX_LIFETIME_SECONDS = 10 * 365 * 24 * 3600
+
+/** The lifetime assumed for an out-of-bounds `expires_in` when the provider declares no default. */
+export const FALLBACK_LIFETIME_SECONDS = 3600
 
 /** Largest single extra field kept (serialised JSON), and largest extras object in total. */
 export const MAX_EXTRA_FIELD_BYTES = 16 * 1024
@@ -77,6 +81,17 @@ export const unsafeResponse = (response: TokenResponse): string | undefined => {
     return "the token_type is not a single HTTP token"
   }
   return undefined
+}
+
+/** An `expires_in` taken as given: a positive finite number (or numeric string) of at most ten years. */
+export const lifetimeInBounds = (value: unknown): boolean => {
+  const n =
+    typeof value === "number"
+      ? value
+      : typeof value === "string" && value.trim() !== ""
+        ? Number(value)
+        : Number.NaN
+  return Number.isFinite(n) && n > 0 && n <= MAX_LIFETIME_SECONDS
 }
 
 const rawText = (value: unknown): string => {
@@ -128,16 +143,17 @@ export const fromResponse = (
       : typeof rawExpiresIn === "number" || typeof rawExpiresIn === "string"
         ? Number(rawExpiresIn)
         : Number.NaN
-  const inBounds =
-    expiresIn !== undefined &&
-    Number.isFinite(expiresIn) &&
-    expiresIn > 0 &&
-    expiresIn <= MAX_LIFETIME_SECONDS
+  const inBounds = expiresIn !== undefined && lifetimeInBounds(expiresIn)
   if (expiresIn !== undefined && !inBounds) {
     adjustments.push({ field: "expires_in", raw: rawText(rawExpiresIn), action: "default_lifetime" })
   }
-  // Whole milliseconds: a fraction of a second would otherwise reach integer columns (bigint).
-  const accessSeconds = inBounds ? expiresIn : provider.defaultAccessTokenSeconds
+  // A lifetime the server gave but that cannot be right falls back to the provider's default, or to
+  // an hour when it has none: never to "does not expire".
+  const accessSeconds = inBounds
+    ? expiresIn
+    : expiresIn !== undefined
+      ? (provider.defaultAccessTokenSeconds ?? FALLBACK_LIFETIME_SECONDS)
+      : provider.defaultAccessTokenSeconds
   const rotated = typeof response.refresh_token === "string" && response.refresh_token.length > 0
   const rawExtras: Record<string, unknown> = {}
   let extrasBytes = 0

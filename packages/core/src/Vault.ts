@@ -123,7 +123,7 @@ const checkPlaintext = (options: VaultOptions | undefined, env: NodeJS.ProcessEn
     throw new VaultError({
       reason: "no_key",
       message:
-        "No vault key is configured and NODE_ENV is production: tokens would be stored unencrypted. Configure vault.keys (e.g. Vault.keyFromEnv(\"2026-11\", \"LATCHKEY_KEY\")), or set vault.plaintext: true to accept that"
+        'No vault key is configured and NODE_ENV is production: tokens would be stored unencrypted. Configure vault.keys (e.g. Vault.keyFromEnv("2026-11", "LATCHKEY_KEY")), or set vault.plaintext: true to accept that'
     })
   }
   if (!warnedPlaintext) {
@@ -140,7 +140,10 @@ const checkPlaintext = (options: VaultOptions | undefined, env: NodeJS.ProcessEn
  * bytes (naming the key id and its environment variable), and `VaultError("no_key")` when no key
  * is configured in production without `plaintext: true`.
  */
-export const make = (options?: VaultOptions | undefined, env: NodeJS.ProcessEnv = process.env): VaultShape => {
+export const make = (
+  options?: VaultOptions | undefined,
+  env: NodeJS.ProcessEnv = process.env
+): VaultShape => {
   const keys = new Map<string, KeyObject>()
   for (const k of options?.keys ?? []) {
     if (typeof k?.id !== "string" || !/^[A-Za-z0-9_-]+$/.test(k.id)) {

@@ -1,5 +1,7 @@
 /**
  * `@latchkey/core/testing`: conformance suites for the plugins of Latchkey.
  */
+
+export * as Hostile from "./hostile.ts"
 export * from "./providerConformance.ts"
 export * from "./storeConformance.ts"
