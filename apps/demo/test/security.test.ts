@@ -390,3 +390,53 @@ describe("tokens never reach the browser", () => {
     for (const c of connections) await client.post(`/connections/${c.id}/unlink`, { _csrf: token })
   })
 })
+
+describe("issue 12: open redirect through dot segments, and forged log lines", () => {
+  it("safeLocalPath never yields a //host after resolving dot segments", async () => {
+    const table = [
+      "/.//evil.example",
+      "/./\\evil.example",
+      "/a/..//evil.example",
+      "/..//evil.example",
+      "/.//evil.example/path?x=1",
+      "/%2e//evil.example",
+      "/%2e%2e//evil.example",
+      "/././/evil.example",
+      "/a/b/../..//evil.example"
+    ]
+    for (const next of table) {
+      const path = safeLocalPath(next)
+      expect(path.startsWith("//") || path.startsWith("/\\"), `${next} -> ${path}`).toBe(false)
+      expect(new URL(path, "http://local.invalid").origin).toBe("http://local.invalid")
+      const client = new Client(url())
+      const response = await client.post("/session/user", { _csrf: await client.csrf(), user: "ada", next })
+      const location = response.headers.get("location")!
+      expect(location.startsWith("//"), next).toBe(false)
+      expect(new URL(location, url()).origin, next).toBe(url())
+    }
+  })
+
+  it("a provider's error_description cannot forge lines in the server log", async () => {
+    const client = new Client(url())
+    const forged = [
+      "nope\n[demo] linking example succeeded for admin",
+      "nope\r\n[demo] forged",
+      "nope\u2028[demo] forged",
+      "nope\r[demo] forged",
+      "nope\u0085[demo] forged"
+    ]
+    for (const description of forged) {
+      const start = await client.post("/link/example", { _csrf: await client.csrf() })
+      const state = new URL(start.headers.get("location")!).searchParams.get("state")!
+      const before = logs.length
+      const query = new URLSearchParams({ state, error: "access_denied", error_description: description })
+      await client.fetch(`/oauth/example/callback?${query}`)
+      const written = logs.slice(before)
+      expect(written.length).toBeGreaterThan(0)
+      for (const line of written) {
+        expect(line, JSON.stringify(line)).not.toMatch(/[\r\n\u0085\u2028\u2029]/)
+      }
+      expect(written.join("\n")).toContain("[demo] ")
+    }
+  })
+})
