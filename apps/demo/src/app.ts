@@ -78,11 +78,15 @@ export const safeLocalPath = (value: string | null | undefined): string => {
 }
 
 /** `text` on one line: C0/C1 control characters and U+2028/U+2029 shown as `\uXXXX`. */
-export const oneLine = (text: string): string =>
-  text.replace(
-    /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
-    (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, "0")}`
-  )
+export const oneLine = (text: string): string => {
+  let out = ""
+  for (const ch of text) {
+    const code = ch.charCodeAt(0)
+    const breaks = code < 0x20 || (code >= 0x7f && code <= 0x9f) || code === 0x2028 || code === 0x2029
+    out += breaks ? `\\u${code.toString(16).padStart(4, "0")}` : ch
+  }
+  return out
+}
 
 class HttpError extends Error {
   readonly status: number
