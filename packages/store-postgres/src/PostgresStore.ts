@@ -549,18 +549,26 @@ const build = (
       }),
     takePending: (state, now, ownerId) =>
       transaction("takePending", async (client): Promise<TakePendingResult> => {
+        // No state we issued holds a NUL (nor can PostgreSQL take one): a hostile callback's is unknown.
+        if (state.includes("\u0000")) return { _tag: "Missing" }
         // One statement: the owner is compared in the same step that consumes the state.
         const result = await client.query<{ record: string | null; present: boolean; open: boolean }>(
           `WITH taken AS (
              UPDATE ${P} SET consumed_at = $2, keep_until = GREATEST(expires_at, $2::bigint + ${CONSUMED_TOMBSTONE_MS})
-             WHERE state = $1 AND consumed_at IS NULL
-               AND ($3::text IS NULL OR (record::jsonb ->> 'ownerId') = $3::text)
+             WHERE state = $1 AND consumed_at IS NULL AND NOT $4::boolean
+               AND ($3::text IS NULL OR (record::json ->> 'ownerId') = $3::text)
              RETURNING record
            )
            SELECT (SELECT record FROM taken) AS record,
                   EXISTS (SELECT 1 FROM ${P} WHERE state = $1) AS present,
                   EXISTS (SELECT 1 FROM ${P} WHERE state = $1 AND consumed_at IS NULL) AS open`,
-          [state, now, ownerId ?? null]
+          // A NUL cannot be sent in a text parameter, nor be in a stored owner id: such an owner never matches.
+          [
+            state,
+            now,
+            ownerId?.includes("\u0000") ? null : (ownerId ?? null),
+            ownerId?.includes("\u0000") === true
+          ]
         )
         const row = result.rows[0]
         if (row?.record != null) {

@@ -4,4 +4,5 @@
 
 export * as Hostile from "./hostile.ts"
 export * from "./providerConformance.ts"
+export * from "./securityConformance.ts"
 export * from "./storeConformance.ts"
