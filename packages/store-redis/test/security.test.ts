@@ -35,7 +35,18 @@ beforeAll(async () => {
   const port = await freePort()
   own = spawn(
     "redis-server",
-    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxmemory-policy", "allkeys-lru"],
+    [
+      "--port",
+      String(port),
+      "--bind",
+      "127.0.0.1",
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+      "--maxmemory-policy",
+      "allkeys-lru"
+    ],
     { stdio: "ignore" }
   )
   ownUrl = `redis://127.0.0.1:${port}`
@@ -55,14 +66,23 @@ describe("item 1: Redis store errors keep no command arguments", () => {
     const keyPrefix = RedisStore.randomPrefix("lk-sec")
     const store = RedisStore.make({ url: URL_, keyPrefix })
     try {
-      const table = ["plain.access-SECRET-1a2b3c", "plain.refresh-SECRET-4d5e6f", "plain.{\"apiKey\":\"SECRET-789\"}"]
+      const table = [
+        "plain.access-SECRET-1a2b3c",
+        "plain.refresh-SECRET-4d5e6f",
+        'plain.{"apiKey":"SECRET-789"}'
+      ]
       for (const [i, secret] of table.entries()) {
         const owner = `owner-${i}`
         await admin.set(`${keyPrefix}o:${owner}`, "not a sorted set")
         const error = await flip(store.insert(sampleRecord(`c${i}`, { ownerId: owner, accessToken: secret })))
         expect(error).toBeInstanceOf(StoreError)
         expect(error.message).toContain("WRONGTYPE")
-        const texts = [String(error), JSON.stringify(error), inspect(error, { depth: 20, showHidden: true }), error.stack]
+        const texts = [
+          String(error),
+          JSON.stringify(error),
+          inspect(error, { depth: 20, showHidden: true }),
+          error.stack
+        ]
         for (const text of texts) expect(text).not.toContain(secret.slice(6))
         Hostile.record("driver error carrying tokens", "neutralised")
       }
@@ -115,7 +135,11 @@ describe("item 11: the store refuses a server that can evict its keys", () => {
       )
       expect(Exit.isFailure(exit)).toBe(true)
       // An explicit override accepts it.
-      const allowed = RedisStore.make({ url: ownUrl, keyPrefix: RedisStore.randomPrefix("lk-evict"), allowEviction: true })
+      const allowed = RedisStore.make({
+        url: ownUrl,
+        keyPrefix: RedisStore.randomPrefix("lk-evict"),
+        allowEviction: true
+      })
       await run(allowed.ready)
       await run(allowed.insert(sampleRecord("y")))
       expect(await run(allowed.get("y"))).toBeDefined()
