@@ -5,7 +5,9 @@
  * connection or field.
  *
  * Format: `lk1.<keyId>.<iv b64url>.<ciphertext+tag b64url>`. Without a key the vault stores
- * `plain.<value>` (tests and throwaway setups only; the demo always configures a key).
+ * `plain.<value>` (tests and throwaway setups only; the demo always configures a key): refused when
+ * `NODE_ENV` is `production` unless `plaintext: true`, one process warning otherwise. With keys, a
+ * `plain.` value is refused (`acceptPlaintext` for a migration; `rotate()` seals them).
  *
  * Rotation: add the new key, make it the write key and keep the old one for reading. Every write
  * seals with the write key, so connections move to it as they refresh; `rotate()` re-seals the rest

@@ -15,6 +15,10 @@
  *   the fence counter (`INCR`): it survives releases, so fences only grow.
  * - `P p:<state>` a pending authorization: a hash taken once by a get-and-mark script; it expires an
  *   hour after the authorization does.
+ * - `P w:<key>` a `claimOnce` record (`SET NX PX`), e.g. a webhook id already handled.
+ *
+ * The server's `maxmemory-policy` must be `noeviction` (checked before the first command; see
+ * `allowEviction`), and errors keep nothing of the driver's command arguments.
  *
  * Writes of a connection are compare-and-set on its version in a script, so a writer whose lease
  * lapsed (its fence superseded) cannot overwrite the newer tokens: its write fails with `conflict`.
