@@ -185,6 +185,7 @@ const FileSchema = z.strictObject({
     .optional(),
   discovery: z.strictObject({ issuer: z.string() }).optional(),
   redirectUri: z.string(),
+  requireIss: z.boolean().optional(),
   scopes: z.array(z.string()).optional(),
   scopeSeparator: z.string().optional(),
   authorizationParams: params.optional(),
@@ -208,6 +209,8 @@ const FileSchema = z.strictObject({
   api: z
     .strictObject({
       baseUrl: z.string().optional(),
+      /** More origins that may receive the credentials (those of baseUrl and the identity URL always may). */
+      origins: z.array(z.string()).optional(),
       /** Headers on every API request; `{token}` is the access token, `{tokenType}` its type. */
       headers: placeholders(["token", "tokenType"], "token").optional(),
       /** Statuses that mean the access token was refused (refresh once and retry). Default [401]. */
@@ -229,7 +232,7 @@ const KNOWN_KEYS: Readonly<Record<string, ReadonlyArray<string>>> = {
   discovery: ["issuer"],
   lifetimes: ["accessTokenSeconds", "refreshTokenSeconds"],
   identity: ["url", "method", "headers", "accountIdPath", "labelPath", "profile"],
-  api: ["baseUrl", "headers", "tokenInvalidStatuses", "rateLimitedStatuses"],
+  api: ["baseUrl", "origins", "headers", "tokenInvalidStatuses", "rateLimitedStatuses"],
   apiKey: ["headers"]
 }
 
@@ -452,11 +455,13 @@ const identifyWith =
 const fileField = (field: string): string =>
   field === "apiBaseUrl"
     ? "api.baseUrl"
-    : field === "identify"
-      ? "identity"
-      : field === "authorizeRequest"
-        ? "api.headers"
-        : field
+    : field.startsWith("apiOrigins")
+      ? "api.origins"
+      : field === "identify"
+        ? "identity"
+        : field === "authorizeRequest"
+          ? "api.headers"
+          : field
 
 const build = (file: string, data: Parsed): Provider.Provider => {
   const id = data.id
@@ -516,7 +521,8 @@ const build = (file: string, data: Parsed): Provider.Provider => {
     ...(data.tokenErrorCodes !== undefined ? { tokenErrorCodes: data.tokenErrorCodes } : {}),
     ...(baseUrl !== undefined ? { apiBaseUrl: baseUrl } : {}),
     // The identity request carries the credentials: its origin is one of the provider's API origins.
-    apiOrigins: [resolvedIdentityUrl],
+    apiOrigins: [resolvedIdentityUrl, ...(data.api?.origins ?? [])],
+    ...(data.requireIss !== undefined ? { requireIss: data.requireIss } : {}),
     ...(data.providerInitiated !== undefined ? { providerInitiated: data.providerInitiated } : {}),
     ...(apiKeyHeaders !== undefined ? { apiKeys: true } : {}),
     identify: identifyWith(data.identity, resolvedIdentityUrl),

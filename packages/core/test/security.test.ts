@@ -716,3 +716,47 @@ describe("rule: no plain-text tokens at rest without the app saying so", () => {
 })
 
 void ConnectionModule
+
+describe("rule: credentials scoped on every path (HttpClient, identify)", () => {
+  it("the Effect HttpClient and identify's fetch refuse foreign origins too", async () => {
+    const elsewhere = await listen(() => ({ status: 200, body: "{}" }))
+    try {
+      const lk = createLatchkey({ providers: [exampleProvider(server)], vault })
+      const c = await link(lk)
+      const { ApiClient } = await import("../src/index.ts")
+      const failure = await lk.run(
+        Effect.flip(
+          Effect.flatMap(
+            ApiClient.ApiClient.use((api) => api.httpClient(c.id)),
+            (client) => client.get(`${elsewhere.origin}/steal`)
+          )
+        )
+      )
+      const cause = (failure as { cause?: unknown }).cause ?? failure
+      expect(cause).toBeInstanceOf(ApiError)
+      expect((cause as ApiError).reason).toBe("forbidden_origin")
+      Hostile.record("credential to a foreign origin", "refused")
+      await lk.close()
+
+      // identify reaching for another origin gets no credentials and the link fails.
+      const greedy = createLatchkey({
+        providers: [
+          exampleProvider(server, {
+            identify: async ({ fetch }) => {
+              await fetch(`${elsewhere.origin}/whoami`)
+              return { accountId: "x", label: "x" }
+            }
+          })
+        ],
+        vault
+      })
+      const e = await rejection(link(greedy))
+      expect((e as AuthorizationError).reason).toBe("identity_failed")
+      expect(elsewhere.seen).toHaveLength(0)
+      Hostile.record("credential to a foreign origin", "refused")
+      await greedy.close()
+    } finally {
+      await elsewhere.close()
+    }
+  })
+})
