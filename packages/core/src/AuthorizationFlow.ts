@@ -106,6 +106,21 @@ const SINGLE_PARAMS = ["state", "code", "iss", "error", "error_description"] as 
 const repeated = (params: URLSearchParams): ReadonlyArray<string> =>
   SINGLE_PARAMS.filter((name) => params.getAll(name).length > 1)
 
+/** Characters that break (or smuggle into) an HTTP header value: controls and anything beyond ASCII. */
+const HEADER_UNSAFE = /[^\x20-\x7e]/
+
+/** An owner id is a non-empty string without NUL (which no SQL store can keep). */
+const checkOwner = (providerId: string, ownerId: unknown) =>
+  typeof ownerId === "string" && ownerId.length > 0 && !ownerId.includes("\u0000")
+    ? Effect.void
+    : Effect.fail(
+        new AuthorizationError({
+          reason: "invalid_request",
+          providerId,
+          message: "ownerId must be a non-empty string without NUL characters"
+        })
+      )
+
 const toParams = (callback: string | URL | URLSearchParams): URLSearchParams => {
   if (callback instanceof URLSearchParams) return callback
   if (callback instanceof URL) return callback.searchParams
@@ -180,6 +195,7 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
 
       const start = Effect.fn("AuthorizationFlow.start")(function* (input: StartInput) {
         const provider = yield* providers.get(input.providerId)
+        yield* checkOwner(provider.id, input.ownerId)
         const overriding = Object.keys(input.params ?? {}).filter((k) => RESERVED_PARAMS.has(k.toLowerCase()))
         if (overriding.length > 0) {
           return yield* authError(
@@ -447,6 +463,7 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
         input: ProviderInitiatedInput
       ) {
         const provider = yield* providers.get(input.providerId)
+        yield* checkOwner(provider.id, input.ownerId)
         if (provider.providerInitiated !== true) {
           return yield* authError(
             "missing_state",
@@ -479,7 +496,15 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
         if (provider.apiKeys !== true) {
           return yield* authError("provider_error", provider.id, `${provider.name} does not support API keys`)
         }
+        yield* checkOwner(provider.id, input.ownerId)
         const key = Redacted.isRedacted(input.apiKey) ? input.apiKey : Redacted.make(input.apiKey)
+        if (typeof Redacted.value(key) !== "string" || HEADER_UNSAFE.test(Redacted.value(key))) {
+          return yield* authError(
+            "invalid_request",
+            provider.id,
+            `${provider.name}: the API key has characters not allowed in an HTTP header (control characters or non-ASCII)`
+          )
+        }
         const now = yield* Clock.currentTimeMillis
         const tokens: TokenSet.TokenSet = {
           accessToken: key,

@@ -760,3 +760,41 @@ describe("rule: credentials scoped on every path (HttpClient, identify)", () => 
     }
   })
 })
+
+describe("rule: app inputs that cannot be stored or sent are refused up front", () => {
+  it("refuses unusable owner ids and header-breaking API keys with invalid_request", async () => {
+    const keyed = Provider.make({
+      id: "keyed",
+      name: "Keyed",
+      clientId: "c",
+      clientAuth: "none",
+      endpoints: {
+        issuer: server.issuer,
+        authorization: server.endpoints.authorization,
+        token: server.endpoints.token
+      },
+      redirectUri: "http://127.0.0.1:9/keyed",
+      apiKeys: true,
+      apiBaseUrl: server.issuer,
+      identify: async () => ({ accountId: "k", label: "k" })
+    })
+    const lk = createLatchkey({ providers: [exampleProvider(server), keyed], vault })
+    for (const ownerId of ["", "user\u0000admin", 42 as unknown as string]) {
+      for (const attempt of [
+        lk.startAuthorization({ providerId: "example", ownerId }),
+        lk.linkApiKey({ providerId: "keyed", ownerId, apiKey: "k" })
+      ]) {
+        expect(((await rejection(attempt)) as AuthorizationError).reason).toBe("invalid_request")
+        Hostile.record("unusable owner id", "refused")
+      }
+    }
+    for (const apiKey of ["key\r\nX-Injected: 1", "key\n", "k\u0000", "kéy", "key\u2028"]) {
+      const e = await rejection(lk.linkApiKey({ providerId: "keyed", ownerId: "u", apiKey }))
+      expect((e as AuthorizationError).reason).toBe("invalid_request")
+      expect((e as AuthorizationError).message).not.toContain(apiKey)
+      Hostile.record("header-breaking API key", "refused")
+    }
+    expect(await lk.connections("u")).toHaveLength(0)
+    await lk.close()
+  })
+})
