@@ -7,6 +7,7 @@
 import { readFileSync } from "node:fs"
 import { request } from "node:http"
 import { TokenManager } from "@latchkey/core"
+import { Hostile } from "@latchkey/core/testing"
 import { consent } from "@latchkey/testkit-oidc"
 import { Redacted } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -21,7 +22,10 @@ const sandboxes = () => started.demo.providers.sandboxes
 beforeAll(async () => {
   started = await startTestDemo({ log: (line) => logs.push(line) })
 })
-afterAll(() => started?.close())
+afterAll(async () => {
+  await started?.close()
+  console.info(Hostile.report("apps/demo/test/security.test.ts"))
+})
 
 /** Link an account for the client's user through the real redirect flow; returns the callback response. */
 const link = async (
@@ -413,6 +417,7 @@ describe("issue 12: open redirect through dot segments, and forged log lines", (
       const location = response.headers.get("location")!
       expect(location.startsWith("//"), next).toBe(false)
       expect(new URL(location, url()).origin, next).toBe(url())
+      Hostile.record("open redirect through dot segments", "neutralised")
     }
   })
 
@@ -437,6 +442,7 @@ describe("issue 12: open redirect through dot segments, and forged log lines", (
         expect(line, JSON.stringify(line)).not.toMatch(/[\r\n\u0085\u2028\u2029]/)
       }
       expect(written.join("\n")).toContain("[demo] ")
+      Hostile.record("forged log line", "neutralised")
     }
   })
 })

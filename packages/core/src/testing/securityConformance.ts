@@ -23,6 +23,7 @@ import type { LatchkeyEvent } from "../Events.ts"
 import { createLatchkey, markRevoked } from "../Latchkey.ts"
 import * as Provider from "../Provider.ts"
 import * as Vault from "../Vault.ts"
+import * as Hostile from "./hostile.ts"
 import type { ConformanceTokenServer, OpenedStore } from "./storeConformance.ts"
 
 export interface SecurityConformanceOptions {
@@ -106,6 +107,7 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
           expect((await run(store.takePending("st-1", now, other)))._tag, JSON.stringify(other)).toBe(
             "Foreign"
           )
+          Hostile.record(`${options.name}: foreign owner at takePending`, "refused")
         }
         const taken = await run(store.takePending("st-1", now, "owner-a"))
         expect(taken._tag).toBe("Found")
@@ -126,6 +128,7 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
             (await run(store.takePending(state, now, "owner-a")))._tag,
             JSON.stringify(state.slice(0, 20))
           ).toBe("Missing")
+          Hostile.record(`${options.name}: hostile state at takePending`, "refused")
         }
         // Without an owner the check is skipped (the provider-initiated and app-checked paths).
         await run(store.putPending(pending("st-2", "owner-a", now)))
@@ -142,7 +145,10 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
         const found = results.flatMap((r, i) => (r._tag === "Found" ? [owners[i]] : []))
         expect(found).toEqual(["victim"])
         for (const [i, r] of results.entries()) {
-          if (owners[i] !== "victim") expect(["Foreign", "Consumed"]).toContain(r._tag)
+          if (owners[i] !== "victim") {
+            expect(["Foreign", "Consumed"]).toContain(r._tag)
+            Hostile.record(`${options.name}: racing foreign owner`, "refused")
+          }
         }
       })
     })
@@ -156,6 +162,7 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
         for (const key of ["wh-1", "wh:with:colons", "wh with spaces", "wh-ünïcode", "x".repeat(200)]) {
           const wins = await Promise.all(Array.from({ length: 12 }, () => run(claim(key, now + 60_000, now))))
           expect(wins.filter(Boolean), key).toHaveLength(1)
+          Hostile.record(`${options.name}: concurrent replayed claim`, "refused")
         }
         // A short claim expires; after it the key can be claimed again.
         expect(await run(claim("short", now + 50, now))).toBe(true)
@@ -195,6 +202,7 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
             const record = (await run(store.get(connection.id)))!
             expect(record.expiresAt! - record.obtainedAt, String(raw)).toBe(900_000)
             expect(Number.isSafeInteger(record.expiresAt)).toBe(true)
+            Hostile.record(`${options.name}: absurd lifetime through the store`, "neutralised")
             // And through a refresh (the write that used to fail forever on PostgreSQL's bigint).
             const refreshed = await lk.refresh(connection.id)
             expect(refreshed.expiresAt! - Date.now()).toBeLessThanOrEqual(900_000)
@@ -463,6 +471,10 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
           for (const leak of leaks(e, secrets)) found.push(`${label} (${leak})`)
         for (const e of events) for (const leak of leaks(e, secrets)) found.push(`event ${e.type} (${leak})`)
         expect(found).toEqual([])
+        for (let i = 0; i < errors.length + events.length; i++) {
+          Hostile.record(`${options.name}: error or event serialised 4 ways`, "neutralised")
+        }
+        console.info(Hostile.report(`securityConformance (${options.name})`))
       } finally {
         await server.close()
       }
