@@ -31,6 +31,11 @@ export interface ProtocolFailureDetails {
   readonly retryAfterMs?: number | undefined
   /** The request may have reached the server (the failure came after sending). */
   readonly maybeProcessed?: boolean | undefined
+  /**
+   * The server answered, but with tokens unsafe to use: not retried (a refresh would send the same,
+   * possibly already rotated, refresh token again).
+   */
+  readonly unsafe?: boolean | undefined
 }
 
 export class ProtocolFailure {
@@ -44,6 +49,7 @@ export class ProtocolFailure {
     this.details = details
   }
   get retryable(): boolean {
+    if (this.details.unsafe === true) return false
     return this.kind === "transient" || this.kind === "rate_limited" || this.kind === "invalid_response"
   }
 }
@@ -144,7 +150,7 @@ const screenTokenResponse = async (
     capture.refused = new ProtocolFailure(
       endpoint === "refresh" ? "invalid_response" : "unsafe_response",
       `${endpoint === "refresh" ? "refresh" : "code exchange"}: ${problem}`,
-      { status: 200, maybeProcessed: true }
+      { status: 200, maybeProcessed: true, unsafe: true }
     )
     throw capture.refused
   }
@@ -418,7 +424,10 @@ export const refresh = (
     })) as unknown as TokenResponse
     const problem = unsafeResponse(response)
     if (problem !== undefined) {
-      throw new ProtocolFailure("invalid_response", `refresh: ${problem}`, { maybeProcessed: true })
+      throw new ProtocolFailure("invalid_response", `refresh: ${problem}`, {
+        maybeProcessed: true,
+        unsafe: true
+      })
     }
     return response
   })

@@ -392,14 +392,20 @@ describe("rule: token responses are normalised before they are stored", () => {
     }
     // At refresh: the refresh answer carries a CR/LF token; the stored tokens stay as they were.
     let poison = false
+    let refreshes = 0
     const store = memoryStore()
     const lk = createLatchkey({
       providers: [exampleProvider(server)],
       store,
       vault,
       config: {
-        maxAttempts: 1,
-        fetch: rewritingFetch((b) => (poison ? { ...b, access_token: "new\r\nX-Injected: 1" } : b))
+        maxAttempts: 4,
+        baseBackoffMs: 1,
+        fetch: rewritingFetch((b) => {
+          if (!poison) return b
+          refreshes++
+          return { ...b, access_token: "new\r\nX-Injected: 1" }
+        })
       }
     })
     const c = await link(lk)
@@ -409,6 +415,9 @@ describe("rule: token responses are normalised before they are stored", () => {
     const e = await rejection(lk.refresh(c.id))
     expect(e).toBeInstanceOf(RefreshError)
     expect((e as RefreshError).message).toContain("not allowed in an HTTP header")
+    expect((e as RefreshError).reason).toBe("invalid_response")
+    // Not retried: another attempt would send the refresh token the server may have rotated already.
+    expect(refreshes).toBe(1)
     expect((await stored(store, c.id)).accessToken).toBe(before.accessToken)
     Hostile.record("header-breaking token", "refused")
     await lk.close()
