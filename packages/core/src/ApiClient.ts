@@ -12,7 +12,7 @@ import * as HttpClientRequest from "effect/http/HttpClientRequest"
 import * as HttpClientResponse from "effect/http/HttpClientResponse"
 import { LatchkeyConfig } from "./Config.ts"
 import { ApiError } from "./Errors.ts"
-import { allowsCredentials, sendScoped } from "./internal/credentialScope.ts"
+import { allowsCredentials, proofsFor, sendScoped } from "./internal/credentialScope.ts"
 import { parseRetryAfter } from "./OAuth.ts"
 import type { ApiResponseInfo, Credential, Provider } from "./Provider.ts"
 import { Providers } from "./Providers.ts"
@@ -91,7 +91,8 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
               apiFetches.get(provider.id) ?? config.fetch,
               url,
               { ...init, signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs) },
-              provider.authorizeRequest(credential)
+              provider.authorizeRequest(credential),
+              proofsFor(credential)
             ),
           catch: (cause) => {
             const name = (cause as { name?: string } | undefined)?.name

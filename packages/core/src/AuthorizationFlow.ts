@@ -13,7 +13,8 @@ import type { PendingAuthorization } from "./ConnectionStore.ts"
 import { ConnectionStore } from "./ConnectionStore.ts"
 import { AuthorizationError, type StoreError, type VaultError } from "./Errors.ts"
 import { Events } from "./Events.ts"
-import { allowsCredentials, sendScoped } from "./internal/credentialScope.ts"
+import { allowsCredentials, proofsFor, sendScoped } from "./internal/credentialScope.ts"
+import * as Dpop from "./internal/dpop.ts"
 import { refreshDueAt } from "./internal/due.ts"
 import * as OAuth from "./OAuth.ts"
 import type { AccountIdentity, Credential, Provider } from "./Provider.ts"
@@ -176,7 +177,8 @@ export const authorizedFetch =
       provider.apiFetch ? provider.apiFetch(config.fetch) : config.fetch,
       url,
       { ...init, signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs) },
-      provider.authorizeRequest(credential)
+      provider.authorizeRequest(credential),
+      proofsFor(credential)
     )
   }
 
@@ -219,6 +221,7 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           codeChallenge: challenge,
           extraParams: input.params
         }).pipe(Effect.mapError((f) => fromProtocol(provider.id, f)))
+        const dpopKey = provider.dpop === true ? yield* Effect.promise(() => Dpop.generateKey()) : undefined
         const pending: PendingAuthorization = {
           state,
           providerId: provider.id,
@@ -228,6 +231,9 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
             verifier === undefined
               ? null
               : vault.seal(verifier, { connectionId: `pending:${state}`, field: "pkce" }),
+          ...(dpopKey !== undefined
+            ? { dpopKey: vault.seal(dpopKey, { connectionId: `pending:${state}`, field: "dpop" }) }
+            : {}),
           scopes: [...scopes],
           createdAt: now,
           expiresAt: now + config.pendingTtlMs,
@@ -318,7 +324,8 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
         expectedState: string | undefined,
         codeVerifier: string | undefined,
         scopes: ReadonlyArray<string>,
-        metadata: Record<string, unknown> | undefined
+        metadata: Record<string, unknown> | undefined,
+        pendingDpopKey: string | undefined
       ) {
         const twice = repeated(params)
         if (twice.length > 0) {
@@ -361,11 +368,16 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
         if (!params.get("code")) {
           return yield* authError("missing_code", provider.id, `${provider.name}: the callback has no code`)
         }
+        const dpopKey =
+          provider.dpop === true
+            ? (pendingDpopKey ?? (yield* Effect.promise(() => Dpop.generateKey())))
+            : undefined
         const response = yield* OAuth.exchangeCode(provider, protocol, {
           callbackParams: params,
           redirectUri,
           expectedState,
-          codeVerifier
+          codeVerifier,
+          dpopKey
         }).pipe(Effect.mapError((f) => fromProtocol(provider.id, f)))
         const problem = TokenSet.unsafeResponse(response)
         if (problem !== undefined) {
@@ -373,7 +385,12 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
         }
         const now = yield* Clock.currentTimeMillis
         const tokens = yield* Effect.try({
-          try: () => TokenSet.fromResponse(provider, response, now, undefined, scopes),
+          try: (): TokenSet.TokenSet => {
+            const made = TokenSet.fromResponse(provider, response, now, undefined, scopes)
+            if (dpopKey === undefined) return made
+            Dpop.bind(dpopKey, [response.access_token, response.refresh_token])
+            return { ...made, dpopKey }
+          },
           catch: () =>
             authError(
               "exchange_failed",
@@ -447,6 +464,10 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           pending.codeVerifier === null
             ? undefined
             : yield* vault.open(pending.codeVerifier, { connectionId: `pending:${state}`, field: "pkce" })
+        const dpopKey =
+          pending.dpopKey === undefined || pending.dpopKey === null
+            ? undefined
+            : yield* vault.open(pending.dpopKey, { connectionId: `pending:${state}`, field: "dpop" })
         return yield* exchangeAndSave(
           provider,
           params,
@@ -455,7 +476,8 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           state,
           verifier,
           pending.scopes,
-          pending.metadata ?? undefined
+          pending.metadata ?? undefined,
+          dpopKey
         )
       })
 
@@ -487,6 +509,7 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           undefined,
           undefined,
           provider.scopes,
+          undefined,
           undefined
         )
       })

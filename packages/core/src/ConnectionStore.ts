@@ -41,6 +41,8 @@ export interface PendingAuthorization {
   readonly redirectUri: string
   /** Sealed PKCE code verifier, when PKCE is used. */
   readonly codeVerifier: string | null
+  /** Sealed DPoP private key (JWK JSON) of the connection to be, for providers with `dpop`. */
+  readonly dpopKey?: string | null | undefined
   readonly scopes: ReadonlyArray<string>
   readonly createdAt: number
   readonly expiresAt: number

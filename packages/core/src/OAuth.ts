@@ -9,6 +9,7 @@
  */
 import { Effect, Redacted } from "effect"
 import * as oidc from "openid-client"
+import * as Dpop from "./internal/dpop.ts"
 import type { Provider } from "./Provider.ts"
 import { usesLoopbackOnly } from "./Provider.ts"
 import { lifetimeInBounds, type TokenResponse, type TokenSet, unsafeResponse } from "./TokenSet.ts"
@@ -390,7 +391,13 @@ export interface ExchangeInput {
   readonly redirectUri: string
   readonly expectedState: string | undefined
   readonly codeVerifier: string | undefined
+  /** The connection's DPoP private key (JWK JSON), for providers with `dpop`. */
+  readonly dpopKey?: string | undefined
 }
+
+/** openid-client's DPoP option for a key (proofs on token requests, DPoP-Nonce retries included). */
+const dpopOption = async (config: oidc.Configuration, key: string | undefined): Promise<oidc.DPoPOptions> =>
+  key === undefined ? {} : { DPoP: oidc.getDPoPHandle(config, (await Dpop.keyPair(key)).pair) }
 
 export const exchangeCode = (
   provider: Provider,
@@ -407,21 +414,35 @@ export const exchangeCode = (
         expectedState: input.expectedState ?? oidc.skipStateCheck,
         ...(input.codeVerifier ? { pkceCodeVerifier: input.codeVerifier } : {})
       },
-      { ...provider.tokenParams }
+      { ...provider.tokenParams },
+      await dpopOption(config, input.dpopKey)
     )
     return response as unknown as TokenResponse
   })
 
+/**
+ * Refresh. For a provider with `dpop`, the proof is made with the connection's key: `dpopKey` when
+ * the caller has it, else the key remembered for this refresh token when its connection was opened.
+ */
 export const refresh = (
   provider: Provider,
   options: ProtocolOptions,
-  refreshToken: string
+  refreshToken: string,
+  dpopKey?: string | undefined
 ): Effect.Effect<TokenResponse, ProtocolFailure> =>
   run(provider, options, "refresh", "refresh", async (config) => {
-    const response = (await oidc.refreshTokenGrant(config, refreshToken, {
-      ...provider.tokenParams,
-      ...provider.refreshParams
-    })) as unknown as TokenResponse
+    const key = provider.dpop === true ? (dpopKey ?? Dpop.keyOf(refreshToken)) : undefined
+    if (provider.dpop === true && key === undefined) {
+      throw new ProtocolFailure("unsupported", "refresh: the connection's DPoP key is not loaded", {
+        maybeProcessed: false
+      })
+    }
+    const response = (await oidc.refreshTokenGrant(
+      config,
+      refreshToken,
+      { ...provider.tokenParams, ...provider.refreshParams },
+      await dpopOption(config, key)
+    )) as unknown as TokenResponse
     const problem = unsafeResponse(response)
     if (problem !== undefined) {
       throw new ProtocolFailure("invalid_response", `refresh: ${problem}`, {

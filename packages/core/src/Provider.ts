@@ -88,6 +88,11 @@ export interface ProviderDefinition {
    * RFC 9700 §4.4); implied when the server's metadata says `authorization_response_iss_parameter_supported`.
    */
   readonly requireIss?: boolean | undefined
+  /**
+   * Sender-constrained tokens (DPoP, RFC 9449): every token request and API request carries a proof
+   * made with the connection's own key pair, which is sealed with the connection.
+   */
+  readonly dpop?: boolean | undefined
   readonly scopes?: ReadonlyArray<string> | undefined
   readonly scopeSeparator?: string | undefined
   readonly authorizationParams?: Readonly<Record<string, string>> | undefined
@@ -251,6 +256,7 @@ const DefinitionSchema = z
       }
     }),
     requireIss: z.boolean().optional(),
+    dpop: z.boolean().optional(),
     scopes: z
       .array(
         z
@@ -311,7 +317,7 @@ const defaultAuthorize = (credential: Credential): Record<string, string> =>
   credential.kind === "api_key"
     ? { "x-api-key": credential.apiKey }
     : {
-        authorization: `${/^bearer$/i.test(credential.tokenType) ? "Bearer" : credential.tokenType} ${credential.accessToken}`
+        authorization: `${/^bearer$/i.test(credential.tokenType) ? "Bearer" : /^dpop$/i.test(credential.tokenType) ? "DPoP" : credential.tokenType} ${credential.accessToken}`
       }
 
 const defaultClassify = (response: ApiResponseInfo): ApiResponseClass =>

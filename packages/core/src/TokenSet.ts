@@ -3,6 +3,7 @@
  * logs, errors and `JSON.stringify`. Times are epoch milliseconds.
  */
 import { Redacted } from "effect"
+import * as Dpop from "./internal/dpop.ts"
 import type { Provider } from "./Provider.ts"
 
 export interface TokenSet {
@@ -25,6 +26,8 @@ export interface TokenSet {
   readonly widenedScopes?: ReadonlyArray<string> | undefined
   /** Response fields Latchkey did not take as given (see `Adjustment`). Not stored; for diagnostics. */
   readonly adjustments?: ReadonlyArray<Adjustment> | undefined
+  /** The connection's DPoP private key (JWK JSON) for providers with `dpop`; sealed with the extras. */
+  readonly dpopKey?: string | undefined
 }
 
 /**
@@ -175,6 +178,8 @@ export const fromResponse = (
   const asked = previous?.scopes ?? requestedScopes ?? provider.scopes
   const scopes = granted ?? asked
   const widenedScopes = granted === undefined ? [] : granted.filter((s) => !asked.includes(s))
+  const dpopKey = previous?.dpopKey
+  if (dpopKey !== undefined) Dpop.bind(dpopKey, [response.access_token, response.refresh_token])
   return {
     accessToken: Redacted.make(response.access_token),
     refreshToken: rotated ? Redacted.make(response.refresh_token as string) : previous?.refreshToken,
@@ -189,7 +194,8 @@ export const fromResponse = (
     scopes,
     extras: previous ? { ...previous.extras, ...extras } : extras,
     ...(widenedScopes.length > 0 ? { widenedScopes } : {}),
-    ...(adjustments.length > 0 ? { adjustments } : {})
+    ...(adjustments.length > 0 ? { adjustments } : {}),
+    ...(dpopKey !== undefined ? { dpopKey } : {})
   }
 }
 

@@ -4,13 +4,27 @@
  * loopback host), and redirects are followed here, by hand, so that a hop to any other origin goes
  * out without them. A request whose first URL is elsewhere is refused before anything is sent.
  */
-import type { Provider } from "../Provider.ts"
+import type { Credential, Provider } from "../Provider.ts"
+import * as Dpop from "./dpop.ts"
 
 /** The origin of `url` may receive the provider's credentials. */
 export const allowsCredentials = (provider: Provider, url: URL): boolean =>
   (url.protocol === "https:" || url.protocol === "http:") && provider.credentialOrigins.includes(url.origin)
 
 const MAX_REDIRECTS = 10
+
+/**
+ * The DPoP proofs a credential needs (a `DPoP`-type access token), made with its connection's key;
+ * undefined for bearer tokens and API keys.
+ */
+export const proofsFor = (
+  credential: Credential
+): ((method: string, url: URL) => Promise<string>) | undefined => {
+  if (credential.kind !== "oauth" || !/^dpop$/i.test(credential.tokenType)) return undefined
+  const key = Dpop.keyOf(credential.accessToken)
+  if (key === undefined) throw new TypeError("the connection's DPoP key is not loaded")
+  return (method, url) => Dpop.proof(key, method, url, credential.accessToken)
+}
 
 /**
  * Send `url` with the credential headers `auth`, following redirects by hand (at most 10): each hop
@@ -23,12 +37,15 @@ export const sendScoped = async (
   fetchImpl: typeof fetch,
   url: URL,
   init: RequestInit,
-  auth: Readonly<Record<string, string>>
+  auth: Readonly<Record<string, string>>,
+  /** A DPoP proof for one hop (RFC 9449: bound to its method and URL), for sender-constrained tokens. */
+  proofFor?: ((method: string, url: URL) => Promise<string>) | undefined
 ): Promise<Response> => {
-  const names = Object.keys(auth).map((k) => k.toLowerCase())
+  const names = [...Object.keys(auth).map((k) => k.toLowerCase()), ...(proofFor ? ["dpop"] : [])]
   const headers = new Headers(init.headers)
   for (const [k, v] of Object.entries(auth)) headers.set(k, v)
   if (init.redirect === "manual" || init.redirect === "error") {
+    if (proofFor) headers.set("dpop", await proofFor((init.method ?? "GET").toUpperCase(), url))
     return fetchImpl(url, { ...init, headers })
   }
   let current = url
@@ -36,6 +53,7 @@ export const sendScoped = async (
   let body = init.body
   let credentialed = true
   for (let hop = 0; ; hop++) {
+    if (credentialed && proofFor) headers.set("dpop", await proofFor(method, current))
     const response = await fetchImpl(current, {
       ...init,
       method,

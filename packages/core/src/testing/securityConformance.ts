@@ -258,6 +258,8 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
         id: "conformance",
         name: "Security conformance",
         ...server.provider,
+        // Sender-constrained tokens: the connections' DPoP private keys are secrets too.
+        dpop: true,
         apiKeys: true,
         identify: async (context) =>
           context.tokens.tokenType === "api_key"
@@ -291,6 +293,11 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
 
           // linked (and a relink), refreshed
           const main = await linkAs("owner-1", "alice")
+          const extras = JSON.parse(
+            (await run(store.get(main.id)))!.extras.replace(/^plain\./, "")
+          ) as Record<string, unknown>
+          const dpopKey = JSON.parse(String(extras["latchkey:dpop"])) as { d: string }
+          add(dpopKey.d)
           await linkAs("owner-1", "alice")
           await lk.refresh(main.id)
           const token = await lk.accessToken(main.id)
