@@ -186,6 +186,7 @@ const FileSchema = z.strictObject({
   discovery: z.strictObject({ issuer: z.string() }).optional(),
   redirectUri: z.string(),
   requireIss: z.boolean().optional(),
+  dpop: z.boolean().optional(),
   scopes: z.array(z.string()).optional(),
   scopeSeparator: z.string().optional(),
   authorizationParams: params.optional(),
@@ -523,6 +524,7 @@ const build = (file: string, data: Parsed): Provider.Provider => {
     // The identity request carries the credentials: its origin is one of the provider's API origins.
     apiOrigins: [resolvedIdentityUrl, ...(data.api?.origins ?? [])],
     ...(data.requireIss !== undefined ? { requireIss: data.requireIss } : {}),
+    ...(data.dpop !== undefined ? { dpop: data.dpop } : {}),
     ...(data.providerInitiated !== undefined ? { providerInitiated: data.providerInitiated } : {}),
     ...(apiKeyHeaders !== undefined ? { apiKeys: true } : {}),
     identify: identifyWith(data.identity, resolvedIdentityUrl),

@@ -42,6 +42,8 @@ export interface GenericOptions {
   readonly apiOrigins?: ReadonlyArray<string>
   /** The server always sends RFC 9207 `iss`; required when providers share a redirect URI. */
   readonly requireIss?: boolean
+  /** Sender-constrained tokens (DPoP, RFC 9449), for servers that issue them. */
+  readonly dpop?: boolean
 }
 
 const readIdentity = (body: Record<string, unknown>): Provider.AccountIdentity => {
@@ -90,6 +92,7 @@ export const provider = (options: GenericOptions): Provider.Provider => {
     },
     refreshTokenPolicy: options.refreshTokenPolicy ?? "rotating",
     ...(options.requireIss !== undefined ? { requireIss: options.requireIss } : {}),
+    ...(options.dpop !== undefined ? { dpop: options.dpop } : {}),
     apiOrigins: [...(options.apiOrigins ?? []), ...(options.userinfoUrl ? [options.userinfoUrl] : [])],
     apiBaseUrl:
       options.apiBaseUrl ?? (options.endpoints ? safeOrigin(options.endpoints.token) : options.issuer),
