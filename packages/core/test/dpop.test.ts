@@ -131,3 +131,39 @@ describe("DPoP (RFC 9449) for providers that declare it", () => {
     await lk.close()
   })
 })
+
+describe("DPoP with server-provided nonces (RFC 9449 §8, §9)", () => {
+  it("a server that requires nonces: link, API requests and refreshes retry once with its nonce", async () => {
+    const strict = await startServer({ dpopNonce: true })
+    try {
+      const store = memoryStore()
+      const seen: Array<{ url: string; status: number }> = []
+      const lk = createLatchkey({
+        providers: [exampleProvider(strict, { dpop: true })],
+        store,
+        vault: { keys: [key] },
+        config: {
+          fetch: async (input, init) => {
+            const response = await fetch(input, init)
+            seen.push({ url: String(input instanceof Request ? input.url : input), status: response.status })
+            return response
+          }
+        }
+      })
+      const c = await link(lk)
+      const token = await lk.accessToken(c.id)
+      expect((await lk.fetch(c.id, "/me")).status).toBe(200)
+      await expire(store, c.id)
+      expect(await lk.accessToken(c.id)).not.toBe(token)
+      expect((await lk.fetch(c.id, "/me")).status).toBe(200)
+      // The token endpoint and userinfo each asked for a nonce (400 / 401) and then answered.
+      const at = (path: string) => seen.filter((s) => new URL(s.url).pathname === path).map((s) => s.status)
+      expect(at("/token")).toContain(400)
+      expect(at("/me")).toContain(401)
+      expect(at("/me").at(-1)).toBe(200)
+      await lk.close()
+    } finally {
+      await strict.close()
+    }
+  })
+})

@@ -4,6 +4,7 @@
  * introspection and its development login/consent forms; and `consent()`, which walks those forms
  * with a cookie jar the way a browser would, returning the callback URL the server redirects to.
  */
+import { randomBytes } from "node:crypto"
 import { createServer, type Server } from "node:http"
 import type { AddressInfo } from "node:net"
 import Provider, { type Configuration } from "oidc-provider"
@@ -32,6 +33,8 @@ export interface OidcServerOptions {
    * thousand entries per server (enough for tests; benchmarks holding thousands of grants pass one).
    */
   readonly adapter?: Configuration["adapter"]
+  /** Require a server-provided nonce in every DPoP proof (RFC 9449 §8, §9), at the token endpoint and userinfo. */
+  readonly dpopNonce?: boolean
 }
 
 export interface OidcServer {
@@ -89,7 +92,10 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
     features: {
       devInteractions: { enabled: true },
       revocation: { enabled: true },
-      introspection: { enabled: true }
+      introspection: { enabled: true },
+      ...(options.dpopNonce
+        ? { dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true } }
+        : {})
     },
     pkce: { required: () => false },
     rotateRefreshToken: options.rotateRefreshToken ?? true,

@@ -23,7 +23,7 @@ export const proofsFor = (
   if (credential.kind !== "oauth" || !/^dpop$/i.test(credential.tokenType)) return undefined
   const key = Dpop.keyOf(credential.accessToken)
   if (key === undefined) throw new TypeError("the connection's DPoP key is not loaded")
-  return (method, url) => Dpop.proof(key, method, url, credential.accessToken)
+  return (method, url) => Dpop.proof(key, method, url, credential.accessToken, Dpop.nonceFor(url.origin))
 }
 
 /**
@@ -52,6 +52,7 @@ export const sendScoped = async (
   let method = (init.method ?? "GET").toUpperCase()
   let body = init.body
   let credentialed = true
+  let nonceRetried = false
   for (let hop = 0; ; hop++) {
     if (credentialed && proofFor) headers.set("dpop", await proofFor(method, current))
     const response = await fetchImpl(current, {
@@ -61,6 +62,21 @@ export const sendScoped = async (
       ...(body !== undefined ? { body } : { body: null }),
       redirect: "manual"
     })
+    const nonce = credentialed && proofFor ? response.headers.get("dpop-nonce") : null
+    if (nonce !== null) {
+      Dpop.rememberNonce(current.origin, nonce)
+      // RFC 9449 §9: the resource server wants a nonce in the proof; send the same request once more.
+      if (
+        !nonceRetried &&
+        response.status === 401 &&
+        /use_dpop_nonce/.test(response.headers.get("www-authenticate") ?? "")
+      ) {
+        nonceRetried = true
+        await response.body?.cancel()
+        hop--
+        continue
+      }
+    }
     const location = response.headers.get("location")
     if (response.status < 300 || response.status > 399 || response.status === 304 || location === null) {
       return response

@@ -99,8 +99,18 @@ export const bind = (privateJwk: string, tokens: ReadonlyArray<string | undefine
 /** The key bound to a token, when its connection was opened or made in this process. */
 export const keyOf = (token: string): string | undefined => byToken.get(digest(token))
 
+/** The last nonce each server gave (RFC 9449 §8: a server's nonce is used until it sends another). */
+const nonces = new Map<string, string>()
+
+export const nonceFor = (origin: string): string | undefined => nonces.get(origin)
+
+export const rememberNonce = (origin: string, nonce: string): void => {
+  if (nonce.length > 0 && nonce.length <= 1024) remember(nonces, origin, nonce)
+}
+
 /** Forget every remembered key (tests: a process that has not opened the connection yet). */
 export const forgetAll = (): void => {
   byToken.clear()
   imported.clear()
+  nonces.clear()
 }
