@@ -88,13 +88,13 @@ export const leaks = (value: unknown, secrets: Iterable<string>): ReadonlyArray<
   return found
 }
 
-const settle = async (p: Promise<unknown>): Promise<unknown> => {
+const settle = async (p: Promise<unknown>, label: string): Promise<unknown> => {
   try {
     await p
   } catch (e) {
     return e
   }
-  throw new Error("expected a failure")
+  throw new Error(`${label}: expected a failure`)
 }
 
 export const securityConformance = (options: SecurityConformanceOptions): void => {
@@ -269,7 +269,7 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
       const errors: Array<[string, unknown]> = []
       const events: Array<LatchkeyEvent> = []
       const expectFailure = async (label: string, p: Promise<unknown>, tag: string) => {
-        const e = await settle(p)
+        const e = await settle(p, label)
         expect((e as { _tag?: string })._tag, `${label}: ${String(e)}`).toBe(tag)
         errors.push([label, e])
       }
@@ -426,7 +426,8 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
             await sealedLk.linkApiKey({ providerId: "conformance", ownerId: "owner-6", apiKey })
           ).connection
           const row = (await run(store.get(sealed.id)))!
-          const flipped = `${row.accessToken.slice(0, -3)}${row.accessToken.endsWith("A") ? "B" : "A"}${row.accessToken.slice(-2)}`
+          const at = row.accessToken.length - 3
+          const flipped = `${row.accessToken.slice(0, at)}${row.accessToken[at] === "A" ? "B" : "A"}${row.accessToken.slice(at + 1)}`
           await run(store.update({ ...row, accessToken: flipped, version: row.version + 1 }, row.version))
           await expectFailure("vault tampered", sealedLk.accessToken(sealed.id), "VaultError")
           await sealedLk.close()
