@@ -67,10 +67,25 @@ export const safeLocalPath = (value: string | null | undefined): string => {
   try {
     const parsed = new URL(value, "http://local.invalid")
     if (parsed.origin !== "http://local.invalid") return "/"
-    return `${parsed.pathname}${parsed.search}${parsed.hash}`
+    const path = `${parsed.pathname}${parsed.search}${parsed.hash}`
+    // Dot segments are resolved above: "/.//evil.example" becomes "//evil.example", which a
+    // browser reads as another host. Checked again on the result.
+    if (path.startsWith("//") || path.startsWith("/\\")) return "/"
+    return path
   } catch {
     return "/"
   }
+}
+
+/** `text` on one line: C0/C1 control characters and U+2028/U+2029 shown as `\uXXXX`. */
+export const oneLine = (text: string): string => {
+  let out = ""
+  for (const ch of text) {
+    const code = ch.charCodeAt(0)
+    const breaks = code < 0x20 || (code >= 0x7f && code <= 0x9f) || code === 0x2028 || code === 0x2029
+    out += breaks ? `\\u${code.toString(16).padStart(4, "0")}` : ch
+  }
+  return out
 }
 
 class HttpError extends Error {
@@ -108,7 +123,10 @@ const readForm = (req: IncomingMessage): Promise<URLSearchParams> =>
 
 export const createApp = (options: AppOptions): App => {
   const { latchkey, setups, origin } = options
-  const log = options.log ?? (() => {})
+  const sink = options.log ?? (() => {})
+  // One call, one line: control characters (CR, LF, ...) and Unicode line breaks in anything that
+  // reaches the log (a provider's error_description, say) are escaped, so no line can be forged.
+  const log = (line: string) => sink(oneLine(line))
   const publicUrl = new URL(origin)
   const sessions = new Sessions({ secure: publicUrl.protocol === "https:" })
   const setupById = new Map(setups.map((s) => [s.id, s]))

@@ -7,6 +7,7 @@
 import { readFileSync } from "node:fs"
 import { request } from "node:http"
 import { TokenManager } from "@latchkey/core"
+import { Hostile } from "@latchkey/core/testing"
 import { consent } from "@latchkey/testkit-oidc"
 import { Redacted } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -21,7 +22,10 @@ const sandboxes = () => started.demo.providers.sandboxes
 beforeAll(async () => {
   started = await startTestDemo({ log: (line) => logs.push(line) })
 })
-afterAll(() => started?.close())
+afterAll(async () => {
+  await started?.close()
+  console.info(Hostile.report("apps/demo/test/security.test.ts"))
+})
 
 /** Link an account for the client's user through the real redirect flow; returns the callback response. */
 const link = async (
@@ -388,5 +392,57 @@ describe("tokens never reach the browser", () => {
     for (const secret of secrets) expect(files.includes(secret)).toBe(false)
     for (const secret of secrets) expect(logs.join("\n").includes(secret)).toBe(false)
     for (const c of connections) await client.post(`/connections/${c.id}/unlink`, { _csrf: token })
+  })
+})
+
+describe("issue 12: open redirect through dot segments, and forged log lines", () => {
+  it("safeLocalPath never yields a //host after resolving dot segments", async () => {
+    const table = [
+      "/.//evil.example",
+      "/./\\evil.example",
+      "/a/..//evil.example",
+      "/..//evil.example",
+      "/.//evil.example/path?x=1",
+      "/%2e//evil.example",
+      "/%2e%2e//evil.example",
+      "/././/evil.example",
+      "/a/b/../..//evil.example"
+    ]
+    for (const next of table) {
+      const path = safeLocalPath(next)
+      expect(path.startsWith("//") || path.startsWith("/\\"), `${next} -> ${path}`).toBe(false)
+      expect(new URL(path, "http://local.invalid").origin).toBe("http://local.invalid")
+      const client = new Client(url())
+      const response = await client.post("/session/user", { _csrf: await client.csrf(), user: "ada", next })
+      const location = response.headers.get("location")!
+      expect(location.startsWith("//"), next).toBe(false)
+      expect(new URL(location, url()).origin, next).toBe(url())
+      Hostile.record("open redirect through dot segments", "neutralised")
+    }
+  })
+
+  it("a provider's error_description cannot forge lines in the server log", async () => {
+    const client = new Client(url())
+    const forged = [
+      "nope\n[demo] linking example succeeded for admin",
+      "nope\r\n[demo] forged",
+      "nope\u2028[demo] forged",
+      "nope\r[demo] forged",
+      "nope\u0085[demo] forged"
+    ]
+    for (const description of forged) {
+      const start = await client.post("/link/example", { _csrf: await client.csrf() })
+      const state = new URL(start.headers.get("location")!).searchParams.get("state")!
+      const before = logs.length
+      const query = new URLSearchParams({ state, error: "access_denied", error_description: description })
+      await client.fetch(`/oauth/example/callback?${query}`)
+      const written = logs.slice(before)
+      expect(written.length).toBeGreaterThan(0)
+      for (const line of written) {
+        expect(line, JSON.stringify(line)).not.toMatch(/[\r\n\u0085\u2028\u2029]/)
+      }
+      expect(written.join("\n")).toContain("[demo] ")
+      Hostile.record("forged log line", "neutralised")
+    }
   })
 })

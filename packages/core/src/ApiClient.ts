@@ -12,6 +12,7 @@ import * as HttpClientRequest from "effect/http/HttpClientRequest"
 import * as HttpClientResponse from "effect/http/HttpClientResponse"
 import { LatchkeyConfig } from "./Config.ts"
 import { ApiError } from "./Errors.ts"
+import { allowsCredentials, proofsFor, sendScoped } from "./internal/credentialScope.ts"
 import { parseRetryAfter } from "./OAuth.ts"
 import type { ApiResponseInfo, Credential, Provider } from "./Provider.ts"
 import { Providers } from "./Providers.ts"
@@ -84,15 +85,15 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
         provider: Provider
       ) =>
         Effect.tryPromise({
-          try: () => {
-            const headers = new Headers(init?.headers)
-            for (const [k, v] of Object.entries(provider.authorizeRequest(credential))) headers.set(k, v)
-            return (apiFetches.get(provider.id) ?? config.fetch)(url, {
-              ...init,
-              headers,
-              signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs)
-            })
-          },
+          try: () =>
+            sendScoped(
+              provider,
+              apiFetches.get(provider.id) ?? config.fetch,
+              url,
+              { ...init, signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs) },
+              provider.authorizeRequest(credential),
+              proofsFor(credential)
+            ),
           catch: (cause) => {
             const name = (cause as { name?: string } | undefined)?.name
             const timeout = name === "TimeoutError" || name === "AbortError"
@@ -110,7 +111,22 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
         init?: RequestInit
       ) {
         let { credential, provider } = yield* tokens.credential(connectionId)
-        const url = new URL(input, provider.apiBaseUrl)
+        const url = yield* Effect.try({
+          try: () => new URL(input, provider.apiBaseUrl),
+          catch: () =>
+            new ApiError({
+              reason: "forbidden_origin",
+              connectionId,
+              message: `${provider.name}: the request URL is not absolute and the provider has no apiBaseUrl`
+            })
+        })
+        if (!allowsCredentials(provider, url)) {
+          return yield* new ApiError({
+            reason: "forbidden_origin",
+            connectionId,
+            message: `${provider.name}: ${url.protocol}//${url.host} is not one of the provider's API origins (${provider.credentialOrigins.join(", ") || "none declared"}); its credentials are not sent there`
+          })
+        }
         let refreshed = false
         let rateLimitedRetries = 0
         for (;;) {

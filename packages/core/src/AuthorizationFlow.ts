@@ -13,6 +13,8 @@ import type { PendingAuthorization } from "./ConnectionStore.ts"
 import { ConnectionStore } from "./ConnectionStore.ts"
 import { AuthorizationError, type StoreError, type VaultError } from "./Errors.ts"
 import { Events } from "./Events.ts"
+import { allowsCredentials, proofsFor, sendScoped } from "./internal/credentialScope.ts"
+import * as Dpop from "./internal/dpop.ts"
 import { refreshDueAt } from "./internal/due.ts"
 import * as OAuth from "./OAuth.ts"
 import type { AccountIdentity, Credential, Provider } from "./Provider.ts"
@@ -82,6 +84,44 @@ export interface AuthorizationFlowShape {
   readonly linkApiKey: (input: ApiKeyInput) => Effect.Effect<CompleteResult, FlowError>
 }
 
+/**
+ * Authorize-URL parameters Latchkey sets itself and that `params` may not override: the state and
+ * PKCE binding, where the code goes, and what is asked for (RFC 9700 §2.1, §4.1, §4.5).
+ */
+export const RESERVED_PARAMS: ReadonlySet<string> = new Set([
+  "state",
+  "response_type",
+  "response_mode",
+  "redirect_uri",
+  "client_id",
+  "code_challenge",
+  "code_challenge_method",
+  "scope",
+  "request",
+  "request_uri"
+])
+
+/** Callback parameters that must appear at most once (RFC 6749 §3.1: parameters must not repeat). */
+const SINGLE_PARAMS = ["state", "code", "iss", "error", "error_description"] as const
+
+const repeated = (params: URLSearchParams): ReadonlyArray<string> =>
+  SINGLE_PARAMS.filter((name) => params.getAll(name).length > 1)
+
+/** Characters that break (or smuggle into) an HTTP header value: controls and anything beyond ASCII. */
+const HEADER_UNSAFE = /[^\x20-\x7e]/
+
+/** An owner id is a non-empty string without NUL (which no SQL store can keep). */
+const checkOwner = (providerId: string, ownerId: unknown) =>
+  typeof ownerId === "string" && ownerId.length > 0 && !ownerId.includes("\u0000")
+    ? Effect.void
+    : Effect.fail(
+        new AuthorizationError({
+          reason: "invalid_request",
+          providerId,
+          message: "ownerId must be a non-empty string without NUL characters"
+        })
+      )
+
 const toParams = (callback: string | URL | URLSearchParams): URLSearchParams => {
   if (callback instanceof URLSearchParams) return callback
   if (callback instanceof URL) return callback.searchParams
@@ -126,15 +166,21 @@ const fromProtocol = (provider: Provider, failure: OAuth.ProtocolFailure): Autho
 /** A fetch that carries the provider's auth headers, resolving relative URLs against its API base. */
 export const authorizedFetch =
   (provider: Provider, credential: Credential, config: LatchkeyConfigShape) =>
-  (input: string | URL, init?: RequestInit): Promise<Response> => {
+  async (input: string | URL, init?: RequestInit): Promise<Response> => {
     const url = new URL(input, provider.apiBaseUrl)
-    const headers = new Headers(init?.headers)
-    for (const [k, v] of Object.entries(provider.authorizeRequest(credential))) headers.set(k, v)
-    return (provider.apiFetch ? provider.apiFetch(config.fetch) : config.fetch)(url, {
-      ...init,
-      headers,
-      signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs)
-    })
+    if (!allowsCredentials(provider, url)) {
+      throw new TypeError(
+        `${url.protocol}//${url.host} is not one of ${provider.name}'s API origins; its credentials are not sent there`
+      )
+    }
+    return sendScoped(
+      provider,
+      provider.apiFetch ? provider.apiFetch(config.fetch) : config.fetch,
+      url,
+      { ...init, signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs) },
+      provider.authorizeRequest(credential),
+      proofsFor(credential)
+    )
   }
 
 export class AuthorizationFlow extends Context.Service<AuthorizationFlow, AuthorizationFlowShape>()(
@@ -152,6 +198,15 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
 
       const start = Effect.fn("AuthorizationFlow.start")(function* (input: StartInput) {
         const provider = yield* providers.get(input.providerId)
+        yield* checkOwner(provider.id, input.ownerId)
+        const overriding = Object.keys(input.params ?? {}).filter((k) => RESERVED_PARAMS.has(k.toLowerCase()))
+        if (overriding.length > 0) {
+          return yield* authError(
+            "invalid_request",
+            provider.id,
+            `startAuthorization: params may not set ${overriding.join(", ")}; Latchkey sets them itself`
+          )
+        }
         const now = yield* Clock.currentTimeMillis
         const state = randomBytes(32).toString("base64url")
         const verifier = provider.pkce === "S256" ? oidc.randomPKCECodeVerifier() : undefined
@@ -180,6 +235,7 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
             )
           }
         }
+        const dpopKey = provider.dpop === true ? yield* Effect.promise(() => Dpop.generateKey()) : undefined
         const pending: PendingAuthorization = {
           state,
           providerId: provider.id,
@@ -189,6 +245,9 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
             verifier === undefined
               ? null
               : vault.seal(verifier, { connectionId: `pending:${state}`, field: "pkce" }),
+          ...(dpopKey !== undefined
+            ? { dpopKey: vault.seal(dpopKey, { connectionId: `pending:${state}`, field: "dpop" }) }
+            : {}),
           scopes: [...scopes],
           createdAt: now,
           expiresAt: now + config.pendingTtlMs,
@@ -277,7 +336,8 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
             ownerId: connection.ownerId,
             providerId: connection.providerId,
             connection,
-            relinked: existing !== undefined
+            relinked: existing !== undefined,
+            ...(tokens.widenedScopes !== undefined ? { widenedScopes: tokens.widenedScopes } : {})
           })
           return { connection, relinked: existing !== undefined, metadata }
         }
@@ -291,11 +351,29 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
         expectedState: string | undefined,
         codeVerifier: string | undefined,
         scopes: ReadonlyArray<string>,
-        metadata: Record<string, unknown> | undefined
+        metadata: Record<string, unknown> | undefined,
+        pendingDpopKey: string | undefined
       ) {
+        const twice = repeated(params)
+        if (twice.length > 0) {
+          return yield* authError(
+            "invalid_request",
+            provider.id,
+            `${provider.name}: the callback repeats ${twice.join(", ")}; it is not a valid authorization response`
+          )
+        }
         const iss = params.get("iss")
-        const expectedIssuer = provider.endpoints?.issuer
-        if (iss !== null && expectedIssuer !== undefined && iss !== expectedIssuer) {
+        const expected = yield* OAuth.issuerCheck(provider, protocol).pipe(
+          Effect.mapError((f) => fromProtocol(provider, f))
+        )
+        if (iss === null && expected.required) {
+          return yield* authError(
+            "missing_iss",
+            provider.id,
+            `${provider.name}: the callback has no iss, which this provider always sends (RFC 9207); it may come from another server`
+          )
+        }
+        if (iss !== null && iss !== expected.issuer) {
           return yield* authError(
             "iss_mismatch",
             provider.id,
@@ -317,15 +395,29 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
         if (!params.get("code")) {
           return yield* authError("missing_code", provider.id, `${provider.name}: the callback has no code`)
         }
+        const dpopKey =
+          provider.dpop === true
+            ? (pendingDpopKey ?? (yield* Effect.promise(() => Dpop.generateKey())))
+            : undefined
         const response = yield* OAuth.exchangeCode(provider, protocol, {
           callbackParams: params,
           redirectUri,
           expectedState,
-          codeVerifier
+          codeVerifier,
+          dpopKey
         }).pipe(Effect.mapError((f) => fromProtocol(provider, f)))
+        const problem = TokenSet.unsafeResponse(response)
+        if (problem !== undefined) {
+          return yield* authError("exchange_failed", provider.id, `${provider.name}: ${problem}`)
+        }
         const now = yield* Clock.currentTimeMillis
         const tokens = yield* Effect.try({
-          try: () => TokenSet.fromResponse(provider, response, now, undefined, scopes),
+          try: (): TokenSet.TokenSet => {
+            const made = TokenSet.fromResponse(provider, response, now, undefined, scopes)
+            if (dpopKey === undefined) return made
+            Dpop.bind(dpopKey, [response.access_token, response.refresh_token])
+            return { ...made, dpopKey }
+          },
           catch: () =>
             authError(
               "exchange_failed",
@@ -343,6 +435,14 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
 
       const complete = Effect.fn("AuthorizationFlow.complete")(function* (input: CompleteInput) {
         const params = toParams(input.callback)
+        const twice = repeated(params)
+        if (twice.length > 0) {
+          return yield* authError(
+            "invalid_request",
+            input.providerId,
+            `The callback repeats ${twice.join(", ")}; it is not a valid authorization response`
+          )
+        }
         const state = params.get("state")
         if (state === null || state === "") {
           return yield* authError(
@@ -352,7 +452,16 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           )
         }
         const now = yield* Clock.currentTimeMillis
-        const taken = yield* store.takePending(state, now)
+        // The owner is checked by the store before the state is consumed: another user's callback
+        // leaves the state usable by its owner.
+        const taken = yield* store.takePending(state, now, input.ownerId)
+        if (taken._tag === "Foreign") {
+          return yield* authError(
+            "foreign_state",
+            input.providerId,
+            "The callback's state was issued for another provider or user"
+          )
+        }
         if (taken._tag === "Missing") {
           return yield* authError("unknown_state", input.providerId, "The callback's state is unknown")
         }
@@ -382,6 +491,10 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           pending.codeVerifier === null
             ? undefined
             : yield* vault.open(pending.codeVerifier, { connectionId: `pending:${state}`, field: "pkce" })
+        const dpopKey =
+          pending.dpopKey === undefined || pending.dpopKey === null
+            ? undefined
+            : yield* vault.open(pending.dpopKey, { connectionId: `pending:${state}`, field: "dpop" })
         return yield* exchangeAndSave(
           provider,
           params,
@@ -390,7 +503,8 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           state,
           verifier,
           pending.scopes,
-          pending.metadata ?? undefined
+          pending.metadata ?? undefined,
+          dpopKey
         )
       })
 
@@ -398,6 +512,7 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
         input: ProviderInitiatedInput
       ) {
         const provider = yield* providers.get(input.providerId)
+        yield* checkOwner(provider.id, input.ownerId)
         if (provider.providerInitiated !== true) {
           return yield* authError(
             "missing_state",
@@ -421,6 +536,7 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           undefined,
           undefined,
           provider.scopes,
+          undefined,
           undefined
         )
       })
@@ -430,7 +546,15 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
         if (provider.apiKeys !== true) {
           return yield* authError("provider_error", provider.id, `${provider.name} does not support API keys`)
         }
+        yield* checkOwner(provider.id, input.ownerId)
         const key = Redacted.isRedacted(input.apiKey) ? input.apiKey : Redacted.make(input.apiKey)
+        if (typeof Redacted.value(key) !== "string" || HEADER_UNSAFE.test(Redacted.value(key))) {
+          return yield* authError(
+            "invalid_request",
+            provider.id,
+            `${provider.name}: the API key has characters not allowed in an HTTP header (control characters or non-ASCII)`
+          )
+        }
         const now = yield* Clock.currentTimeMillis
         const tokens: TokenSet.TokenSet = {
           accessToken: key,

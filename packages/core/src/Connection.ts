@@ -5,6 +5,7 @@
  */
 import { Effect, Redacted } from "effect"
 import { VaultError } from "./Errors.ts"
+import * as Dpop from "./internal/dpop.ts"
 import type { TokenSet } from "./TokenSet.ts"
 import type { VaultShape } from "./Vault.ts"
 
@@ -158,7 +159,14 @@ export const toRecord = (vault: VaultShape, c: Connection, refreshDueAt: number 
     expiresAt: c.tokens.expiresAt ?? null,
     refreshExpiresAt: c.tokens.refreshExpiresAt ?? null,
     scopes: [...c.tokens.scopes],
-    extras: vault.seal(JSON.stringify(c.tokens.extras), ctx("extras")),
+    extras: vault.seal(
+      JSON.stringify(
+        c.tokens.dpopKey === undefined
+          ? c.tokens.extras
+          : { ...c.tokens.extras, [Dpop.EXTRAS_KEY]: c.tokens.dpopKey }
+      ),
+      ctx("extras")
+    ),
     refreshDueAt,
     journal: c.journal ?? null
   }
@@ -171,7 +179,7 @@ export const fromRecord = (vault: VaultShape, r: ConnectionRecord): Effect.Effec
     const refreshToken =
       r.refreshToken === null ? undefined : yield* vault.open(r.refreshToken, ctx("refreshToken"))
     const extrasText = yield* vault.open(r.extras, ctx("extras"))
-    const extras = yield* Effect.try({
+    const { [Dpop.EXTRAS_KEY]: dpopKey, ...extras } = yield* Effect.try({
       try: () => JSON.parse(extrasText) as Record<string, unknown>,
       catch: () =>
         new VaultError({
@@ -203,10 +211,17 @@ export const fromRecord = (vault: VaultShape, r: ConnectionRecord): Effect.Effec
         expiresAt: r.expiresAt ?? undefined,
         refreshExpiresAt: r.refreshExpiresAt ?? undefined,
         scopes: r.scopes,
-        extras
+        extras,
+        ...(typeof dpopKey === "string" ? { dpopKey: bindDpop(dpopKey, accessToken, refreshToken) } : {})
       }
     }
   })
+
+/** Remember the DPoP key of opened tokens (the refresh engine finds it by the refresh token). */
+const bindDpop = (key: string, accessToken: string, refreshToken: string | undefined): string => {
+  Dpop.bind(key, [accessToken, refreshToken])
+  return key
+}
 
 /** Summary straight from a record, without opening any sealed field. */
 export const summaryOfRecord = (r: ConnectionRecord): ConnectionSummary => ({

@@ -15,7 +15,11 @@
  *   holder has taken it; `releaseLease` releases only the caller's own lease. A fence only grows,
  *   also across releases, so "same holder and fence" means nobody else held it in between.
  * - `takePending` is single-use: exactly one caller gets `Found` for a state; later callers get
- *   `Consumed` until the record's expiry, then `Missing`.
+ *   `Consumed` until the record's expiry, then `Missing`. With an `ownerId`, a pending record issued
+ *   to another owner answers `Foreign` and stays unconsumed (checked and taken in one atomic step).
+ * - `claimOnce(key, until, now)` (optional; every built-in store has it) is an atomic
+ *   insert-if-absent with expiry: true for the first caller, false for every other caller until
+ *   `until`, true again after. Used to drop replayed webhook deliveries across instances.
  * - `scan` and `count` (optional; every built-in store has them, `Vault.rotate` needs `scan`) walk
  *   every connection in pages ordered by id: `scan(after, limit)` returns at most `limit` connections
  *   whose id sorts after `after`, and `next`, the cursor of the following page (`undefined` after the
@@ -47,6 +51,8 @@ export interface PendingAuthorization {
   readonly redirectUri: string
   /** Sealed PKCE code verifier, when PKCE is used. */
   readonly codeVerifier: string | null
+  /** Sealed DPoP private key (JWK JSON) of the connection to be, for providers with `dpop`. */
+  readonly dpopKey?: string | null | undefined
   readonly scopes: ReadonlyArray<string>
   readonly createdAt: number
   readonly expiresAt: number
@@ -77,6 +83,8 @@ export type TakePendingResult =
   | { readonly _tag: "Found"; readonly pending: PendingAuthorization }
   | { readonly _tag: "Consumed" }
   | { readonly _tag: "Missing" }
+  /** The state was issued to another owner than the one given; it was left unconsumed. */
+  | { readonly _tag: "Foreign" }
 
 export interface ConnectionStoreShape {
   readonly get: (id: string) => Effect.Effect<ConnectionRecord | undefined, StoreError>
@@ -104,12 +112,21 @@ export interface ConnectionStoreShape {
   readonly renewLease: (lease: Lease, ttlMs: number) => Effect.Effect<Lease | undefined, StoreError>
   readonly releaseLease: (lease: Lease) => Effect.Effect<void, StoreError>
   readonly putPending: (pending: PendingAuthorization) => Effect.Effect<void, StoreError>
-  readonly takePending: (state: string, now: number) => Effect.Effect<TakePendingResult, StoreError>
+  readonly takePending: (
+    state: string,
+    now: number,
+    ownerId?: string | undefined
+  ) => Effect.Effect<TakePendingResult, StoreError>
   /**
    * Every connection, a page at a time, ordered by id: those whose id sorts after `after` (all when
    * `undefined`). Optional for third-party stores; `Vault.rotate` needs it.
    */
   readonly scan?: (after: string | undefined, limit: number) => Effect.Effect<ScanPage, StoreError>
+  /**
+   * Record `key` until `until`: true when this call recorded it, false when it was recorded already
+   * and has not expired (atomic across instances). Optional for third-party stores.
+   */
+  readonly claimOnce?: (key: string, until: number, now: number) => Effect.Effect<boolean, StoreError>
   /** How many connections the store holds. Optional; `Vault.rotate` reports progress against it. */
   readonly count?: () => Effect.Effect<number, StoreError>
   /** Its kind, its clock and its settings (optional; every built-in store has it). */
@@ -144,6 +161,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
   const accountKey = (r: Pick<ConnectionRecord, "ownerId" | "providerId" | "accountId">) =>
     `${r.ownerId}\u0000${r.providerId}\u0000${r.accountId}`
   const byAccount = new Map<string, string>()
+  const claims = new Map<string, number>()
 
   return {
     get: (id) => Effect.sync(() => rows.get(id)),
@@ -167,6 +185,13 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
       }),
     count: () => Effect.sync(() => rows.size),
     describe: () => Effect.sync(() => ({ kind: "memory", serverTime: clock(), settings: {} })),
+    claimOnce: (key, until, now) =>
+      Effect.sync(() => {
+        for (const [k, expiry] of claims) if (expiry <= now) claims.delete(k)
+        if (claims.has(key)) return false
+        claims.set(key, until)
+        return true
+      }),
     listDue: (now, limit) =>
       Effect.sync(() =>
         [...rows.values()]
@@ -251,11 +276,12 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         }
         pending.set(p.state, { pending: p, consumedAt: undefined })
       }),
-    takePending: (state, now) =>
+    takePending: (state, now, ownerId) =>
       Effect.sync((): TakePendingResult => {
         const entry = pending.get(state)
         if (entry === undefined) return { _tag: "Missing" }
         if (entry.consumedAt !== undefined) return { _tag: "Consumed" }
+        if (ownerId !== undefined && entry.pending.ownerId !== ownerId) return { _tag: "Foreign" }
         entry.consumedAt = now
         return { _tag: "Found", pending: entry.pending }
       })

@@ -185,6 +185,8 @@ const FileSchema = z.strictObject({
     .optional(),
   discovery: z.strictObject({ issuer: z.string() }).optional(),
   redirectUri: z.string(),
+  requireIss: z.boolean().optional(),
+  dpop: z.boolean().optional(),
   scopes: z.array(z.string()).optional(),
   scopeSeparator: z.string().optional(),
   authorizationParams: params.optional(),
@@ -211,6 +213,8 @@ const FileSchema = z.strictObject({
   api: z
     .strictObject({
       baseUrl: z.string().optional(),
+      /** More origins that may receive the credentials (those of baseUrl and the identity URL always may). */
+      origins: z.array(z.string()).optional(),
       /** Headers on every API request; `{token}` is the access token, `{tokenType}` its type. */
       headers: placeholders(["token", "tokenType"], "token").optional(),
       /** Statuses that mean the access token was refused (refresh once and retry). Default [401]. */
@@ -232,7 +236,7 @@ const KNOWN_KEYS: Readonly<Record<string, ReadonlyArray<string>>> = {
   discovery: ["issuer"],
   lifetimes: ["accessTokenSeconds", "refreshTokenSeconds"],
   identity: ["url", "method", "headers", "accountIdPath", "labelPath", "profile"],
-  api: ["baseUrl", "headers", "tokenInvalidStatuses", "rateLimitedStatuses"],
+  api: ["baseUrl", "origins", "headers", "tokenInvalidStatuses", "rateLimitedStatuses"],
   apiKey: ["headers"]
 }
 
@@ -455,11 +459,13 @@ const identifyWith =
 const fileField = (field: string): string =>
   field === "apiBaseUrl"
     ? "api.baseUrl"
-    : field === "identify"
-      ? "identity"
-      : field === "authorizeRequest"
-        ? "api.headers"
-        : field
+    : field.startsWith("apiOrigins")
+      ? "api.origins"
+      : field === "identify"
+        ? "identity"
+        : field === "authorizeRequest"
+          ? "api.headers"
+          : field
 
 const build = (file: string, data: Parsed): Provider.Provider => {
   const id = data.id
@@ -519,6 +525,10 @@ const build = (file: string, data: Parsed): Provider.Provider => {
     ...(data.refreshTokenReuse !== undefined ? { refreshTokenReuse: data.refreshTokenReuse } : {}),
     ...(data.tokenErrorCodes !== undefined ? { tokenErrorCodes: data.tokenErrorCodes } : {}),
     ...(baseUrl !== undefined ? { apiBaseUrl: baseUrl } : {}),
+    // The identity request carries the credentials: its origin is one of the provider's API origins.
+    apiOrigins: [resolvedIdentityUrl, ...(data.api?.origins ?? [])],
+    ...(data.requireIss !== undefined ? { requireIss: data.requireIss } : {}),
+    ...(data.dpop !== undefined ? { dpop: data.dpop } : {}),
     ...(data.providerInitiated !== undefined ? { providerInitiated: data.providerInitiated } : {}),
     ...(apiKeyHeaders !== undefined ? { apiKeys: true } : {}),
     identify: identifyWith(data.identity, resolvedIdentityUrl),

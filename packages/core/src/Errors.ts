@@ -31,6 +31,8 @@ export const AuthorizationErrorReason = Schema.Literals([
   "foreign_state",
   "missing_code",
   "iss_mismatch",
+  "missing_iss",
+  "invalid_request",
   "access_denied",
   "provider_error",
   "invalid_grant",
@@ -143,13 +145,28 @@ export class StoreError extends Schema.TaggedError<StoreError>()("StoreError", {
   }
 }
 
-export const VaultErrorReason = Schema.Literals(["unknown_key", "tampered", "malformed", "no_key"])
+export const VaultErrorReason = Schema.Literals([
+  "unknown_key",
+  "tampered",
+  "malformed",
+  "no_key",
+  "invalid_key",
+  "plaintext_refused"
+])
 export type VaultErrorReason = typeof VaultErrorReason.Type
 
-/** A sealed token could not be opened: wrong key, tampered or truncated ciphertext. */
+/**
+ * A sealed token could not be opened (wrong key, tampered or truncated ciphertext, a `plain.` value
+ * while keys are configured), or the vault's configuration is invalid (`invalid_key`, `no_key` in
+ * production without `plaintext: true`): then `variable` names the environment variable when known.
+ */
 export class VaultError extends Schema.TaggedError<VaultError>()("VaultError", {
   reason: VaultErrorReason,
   connectionId: Schema.optional(Schema.String),
+  /** The vault key id concerned, when known. */
+  keyId: Schema.optional(Schema.String),
+  /** The environment variable the key was read from, when the app said so. */
+  variable: Schema.optional(Schema.String),
   message: Schema.String
 }) {
   get isRetryable(): boolean {
@@ -157,7 +174,13 @@ export class VaultError extends Schema.TaggedError<VaultError>()("VaultError", {
   }
 }
 
-export const ApiErrorReason = Schema.Literals(["unauthorized", "rate_limited", "network", "timeout"])
+export const ApiErrorReason = Schema.Literals([
+  "unauthorized",
+  "rate_limited",
+  "network",
+  "timeout",
+  "forbidden_origin"
+])
 export type ApiErrorReason = typeof ApiErrorReason.Type
 
 /** An API request through the ApiClient could not be completed. */
@@ -169,7 +192,7 @@ export class ApiError extends Schema.TaggedError<ApiError>()("ApiError", {
   retryAfterMs: Schema.optional(Schema.Number)
 }) {
   get isRetryable(): boolean {
-    return this.reason !== "unauthorized"
+    return this.reason !== "unauthorized" && this.reason !== "forbidden_origin"
   }
 }
 

@@ -17,6 +17,8 @@ export type LatchkeyEvent =
       /** The linked connection (no token values). */
       readonly connection: ConnectionSummary
       readonly relinked: boolean
+      /** Scopes the provider granted beyond those asked for (RFC 6749 §3.3), when there are any. */
+      readonly widenedScopes?: ReadonlyArray<string> | undefined
     }
   | {
       readonly type: "refreshed"
@@ -30,6 +32,8 @@ export type LatchkeyEvent =
       readonly commitMs?: number | undefined
       /** The refresh recovered one that was in doubt (a lost answer, or a holder that died). */
       readonly recovered?: boolean | undefined
+      /** Scopes the provider granted beyond those asked for, when it widened them. */
+      readonly widenedScopes?: ReadonlyArray<string> | undefined
     }
   | {
       readonly type: "refresh_failed"

@@ -21,9 +21,11 @@ import { ConnectionStore, type ConnectionStoreShape } from "./ConnectionStore.ts
 import { Events, type LatchkeyEvent } from "./Events.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Provider } from "./Provider.ts"
+import * as ProvidersModule from "./Providers.ts"
 import { Providers } from "./Providers.ts"
 import { Refresher, type RefresherOptions, type SweepReport } from "./Refresher.ts"
 import { TokenManager } from "./TokenManager.ts"
+import * as VaultModule from "./Vault.ts"
 import { Vault, type VaultOptions } from "./Vault.ts"
 
 export interface LatchkeyOptions {
@@ -74,15 +76,24 @@ const storeLayer = (store: LatchkeyOptions["store"]): Layer.Layer<ConnectionStor
       ? (store as Layer.Layer<ConnectionStore, unknown>)
       : Layer.succeed(ConnectionStore, store as ConnectionStoreShape)
 
-/** Every Latchkey service, ready to provide. */
-export const layer = (options: LatchkeyOptions): Layer.Layer<LatchkeyServices, unknown> => {
+/**
+ * Every Latchkey service, ready to provide. Building it fails with `VaultError` when a vault key is
+ * unset or invalid (or missing in production without `vault.plaintext`).
+ */
+export const layer = (options: LatchkeyOptions): Layer.Layer<LatchkeyServices, unknown> =>
+  build(options, Vault.layer(options.vault))
+
+const build = (
+  options: LatchkeyOptions,
+  vaultLayer: Layer.Layer<Vault, unknown>
+): Layer.Layer<LatchkeyServices, unknown> => {
   const clock = options.clock
   const clockLayer = clock === undefined ? Layer.empty : Layer.succeed(Clock.Clock, clockOf(clock))
   const base = Layer.mergeAll(
     clockLayer,
     Providers.layer(options.providers),
     storeLayer(options.store),
-    Vault.layer(options.vault),
+    vaultLayer,
     Events.layer,
     Layer.succeed(LatchkeyConfig, { ...defaults(), ...options.config })
   )
@@ -189,8 +200,15 @@ export const markRevoked = Effect.fn("Latchkey.markRevoked")(function* (connecti
   }
 })
 
+/**
+ * The Promise API. Throws at once, before anything runs: `ProviderDefinitionError` for providers that
+ * cannot be registered together (same id, a shared redirect URI without `requireIss`), `VaultError`
+ * for a vault key that is unset or invalid, or no key in production without `vault.plaintext`.
+ */
 export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
-  const runtime = ManagedRuntime.make(layer(options))
+  ProvidersModule.make(options.providers)
+  const vault = VaultModule.make(options.vault)
+  const runtime = ManagedRuntime.make(build(options, Layer.succeed(Vault, vault)))
   const run = async <A, E>(effect: Effect.Effect<A, E, LatchkeyServices>): Promise<A> => {
     const exit = await runtime.runPromiseExit(effect)
     if (Exit.isSuccess(exit)) return exit.value

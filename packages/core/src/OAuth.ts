@@ -9,9 +9,10 @@
  */
 import { Effect, Redacted } from "effect"
 import * as oidc from "openid-client"
+import * as Dpop from "./internal/dpop.ts"
 import type { Provider } from "./Provider.ts"
 import { usesLoopbackOnly } from "./Provider.ts"
-import type { TokenResponse, TokenSet } from "./TokenSet.ts"
+import { lifetimeInBounds, type TokenResponse, type TokenSet, unsafeResponse } from "./TokenSet.ts"
 
 export type ProtocolFailureKind =
   | "invalid_grant"
@@ -21,6 +22,8 @@ export type ProtocolFailureKind =
   | "transient"
   | "invalid_response"
   | "unsupported"
+  /** The token response is well-formed but unsafe to use (a token that would break an HTTP header). */
+  | "unsafe_response"
 
 export interface ProtocolFailureDetails {
   readonly status?: number | undefined
@@ -29,6 +32,11 @@ export interface ProtocolFailureDetails {
   readonly retryAfterMs?: number | undefined
   /** The request may have reached the server (the failure came after sending). */
   readonly maybeProcessed?: boolean | undefined
+  /**
+   * The server answered, but with tokens unsafe to use: not retried (a refresh would send the same,
+   * possibly already rotated, refresh token again).
+   */
+  readonly unsafe?: boolean | undefined
 }
 
 export class ProtocolFailure {
@@ -42,6 +50,7 @@ export class ProtocolFailure {
     this.details = details
   }
   get retryable(): boolean {
+    if (this.details.unsafe === true) return false
     return this.kind === "transient" || this.kind === "rate_limited" || this.kind === "invalid_response"
   }
 }
@@ -108,6 +117,51 @@ interface Capture {
   sent: boolean
   /** The server answered HTTP 200 with an `error` field and no `access_token` (GitHub does). */
   errorIn200: boolean
+  /** An `expires_in` taken out of the response before openid-client saw it (see `screenTokenResponse`). */
+  rawExpiresIn?: unknown
+  /** The answer was refused by `screenTokenResponse` (openid-client wraps what a fetch throws). */
+  refused?: ProtocolFailure
+}
+
+/**
+ * Screen a successful token response before openid-client parses it: a token that would break an
+ * HTTP header is refused (the answer is not used at all), and an `expires_in` out of bounds (0,
+ * negative, not a number, Infinity, beyond ten years) is taken out and remembered, so that the
+ * token set falls back to the provider's default and keeps the raw value for diagnostics.
+ */
+const screenTokenResponse = async (
+  response: Response,
+  capture: Capture,
+  endpoint: "token" | "refresh"
+): Promise<Response> => {
+  if (response.status !== 200 || !(response.headers.get("content-type") ?? "").includes("json")) {
+    return response
+  }
+  let body: unknown
+  try {
+    body = JSON.parse(await response.clone().text())
+  } catch {
+    return response
+  }
+  if (typeof body !== "object" || body === null || Array.isArray(body) || !("access_token" in body)) {
+    return response
+  }
+  const fields = body as Record<string, unknown>
+  const problem = unsafeResponse(fields as TokenResponse)
+  if (problem !== undefined) {
+    await response.body?.cancel()
+    capture.refused = new ProtocolFailure(
+      endpoint === "refresh" ? "invalid_response" : "unsafe_response",
+      `${endpoint === "refresh" ? "refresh" : "code exchange"}: ${problem}`,
+      { status: 200, maybeProcessed: true, unsafe: true }
+    )
+    throw capture.refused
+  }
+  if (fields.expires_in === undefined || lifetimeInBounds(fields.expires_in)) return response
+  capture.rawExpiresIn = fields.expires_in
+  delete fields.expires_in
+  await response.body?.cancel()
+  return new Response(JSON.stringify(fields), { status: 200, headers: response.headers })
 }
 
 /**
@@ -181,7 +235,10 @@ const configure = async (
     }
     capture.response = response
     const error = await errorAnsweredWith200(response)
-    if (error === undefined) return response
+    if (error === undefined)
+      return endpoint === "token" || endpoint === "refresh"
+        ? screenTokenResponse(response, capture, endpoint)
+        : response
     capture.errorIn200 = true
     return error
   }
@@ -278,8 +335,15 @@ const run = <A>(
       let setup: Awaited<ReturnType<typeof configure>> | undefined
       try {
         setup = await configure(provider, options, endpoint)
-        return await f(setup.config)
+        const result = await f(setup.config)
+        if (setup.capture.rawExpiresIn !== undefined && typeof result === "object" && result !== null) {
+          // Back to the value as received: the token set replaces it by the default and records it.
+          ;(result as Record<string, unknown>).expires_in = setup.capture.rawExpiresIn
+        }
+        return result
       } catch (cause) {
+        if (cause instanceof ProtocolFailure) throw cause
+        if (setup?.capture.refused !== undefined) throw setup.capture.refused
         throw classify(
           provider,
           cause,
@@ -316,16 +380,38 @@ export const authorizationUrl = (
   input: AuthorizationUrlInput
 ): Effect.Effect<URL, ProtocolFailure> =>
   run(provider, options, "token", "building the authorization URL", async (config) => {
+    // What binds the response to this request comes last, so that no extra parameter replaces it.
     const params: Record<string, string> = {
+      ...(input.scopes.length > 0 ? { scope: input.scopes.join(provider.scopeSeparator) } : {}),
+      ...provider.authorizationParams,
+      ...input.extraParams,
       response_type: "code",
       redirect_uri: input.redirectUri,
       state: input.state,
-      ...(input.scopes.length > 0 ? { scope: input.scopes.join(provider.scopeSeparator) } : {}),
-      ...(input.codeChallenge ? { code_challenge: input.codeChallenge, code_challenge_method: "S256" } : {}),
-      ...provider.authorizationParams,
-      ...input.extraParams
+      ...(input.codeChallenge ? { code_challenge: input.codeChallenge, code_challenge_method: "S256" } : {})
     }
     return oidc.buildAuthorizationUrl(config, params)
+  })
+
+/**
+ * The issuer a callback's RFC 9207 `iss` must equal, and whether it must be present: when the
+ * provider declares `requireIss`, or its server metadata says it sends it
+ * (`authorization_response_iss_parameter_supported`).
+ */
+export const issuerCheck = (
+  provider: Provider,
+  options: ProtocolOptions
+): Effect.Effect<{ readonly issuer: string; readonly required: boolean }, ProtocolFailure> =>
+  Effect.tryPromise({
+    try: async () => {
+      const metadata = await serverMetadata(provider, options.fetch ?? fetch)
+      return {
+        issuer: provider.endpoints?.issuer ?? metadata.issuer,
+        required:
+          provider.requireIss === true || metadata.authorization_response_iss_parameter_supported === true
+      }
+    },
+    catch: () => new ProtocolFailure("transient", "reading the provider's metadata failed", {})
   })
 
 export interface ExchangeInput {
@@ -334,7 +420,13 @@ export interface ExchangeInput {
   readonly redirectUri: string
   readonly expectedState: string | undefined
   readonly codeVerifier: string | undefined
+  /** The connection's DPoP private key (JWK JSON), for providers with `dpop`. */
+  readonly dpopKey?: string | undefined
 }
+
+/** openid-client's DPoP option for a key (proofs on token requests, DPoP-Nonce retries included). */
+const dpopOption = async (config: oidc.Configuration, key: string | undefined): Promise<oidc.DPoPOptions> =>
+  key === undefined ? {} : { DPoP: oidc.getDPoPHandle(config, (await Dpop.keyPair(key)).pair) }
 
 export const exchangeCode = (
   provider: Provider,
@@ -351,27 +443,44 @@ export const exchangeCode = (
         expectedState: input.expectedState ?? oidc.skipStateCheck,
         ...(input.codeVerifier ? { pkceCodeVerifier: input.codeVerifier } : {})
       },
-      { ...provider.tokenParams }
+      { ...provider.tokenParams },
+      await dpopOption(config, input.dpopKey)
     )
     return response as unknown as TokenResponse
   })
 
+/**
+ * Refresh. For a provider with `dpop`, the proof is made with the connection's key: `dpopKey` when
+ * the caller has it, else the key remembered for this refresh token when its connection was opened.
+ */
 export const refresh = (
   provider: Provider,
   options: ProtocolOptions,
-  refreshToken: string
+  refreshToken: string,
+  dpopKey?: string | undefined
 ): Effect.Effect<TokenResponse, ProtocolFailure> =>
-  run(
-    provider,
-    options,
-    "refresh",
-    "refresh",
-    async (config) =>
-      (await oidc.refreshTokenGrant(config, refreshToken, {
-        ...provider.tokenParams,
-        ...provider.refreshParams
-      })) as unknown as TokenResponse
-  )
+  run(provider, options, "refresh", "refresh", async (config) => {
+    const key = provider.dpop === true ? (dpopKey ?? Dpop.keyOf(refreshToken)) : undefined
+    if (provider.dpop === true && key === undefined) {
+      throw new ProtocolFailure("unsupported", "refresh: the connection's DPoP key is not loaded", {
+        maybeProcessed: false
+      })
+    }
+    const response = (await oidc.refreshTokenGrant(
+      config,
+      refreshToken,
+      { ...provider.tokenParams, ...provider.refreshParams },
+      await dpopOption(config, key)
+    )) as unknown as TokenResponse
+    const problem = unsafeResponse(response)
+    if (problem !== undefined) {
+      throw new ProtocolFailure("invalid_response", `refresh: ${problem}`, {
+        maybeProcessed: true,
+        unsafe: true
+      })
+    }
+    return response
+  })
 
 export const revoke = (
   provider: Provider,

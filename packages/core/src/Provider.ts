@@ -95,6 +95,17 @@ export interface ProviderDefinition {
   readonly discovery?: { readonly issuer: string } | undefined
   /** The redirect URI registered at the provider. Sent exactly as given. */
   readonly redirectUri: string
+  /**
+   * The server always sends RFC 9207 `iss` in its authorization responses: a callback without it is
+   * refused. Required of every provider that shares its redirect URI with another (mix-up defence,
+   * RFC 9700 §4.4); implied when the server's metadata says `authorization_response_iss_parameter_supported`.
+   */
+  readonly requireIss?: boolean | undefined
+  /**
+   * Sender-constrained tokens (DPoP, RFC 9449): every token request and API request carries a proof
+   * made with the connection's own key pair, which is sealed with the connection.
+   */
+  readonly dpop?: boolean | undefined
   readonly scopes?: ReadonlyArray<string> | undefined
   readonly scopeSeparator?: string | undefined
   readonly authorizationParams?: Readonly<Record<string, string>> | undefined
@@ -149,8 +160,15 @@ export interface ProviderDefinition {
    * `endpoints.userinfo` nor the discovered metadata has one (instead of failing after consent).
    */
   readonly requiresUserinfo?: boolean | undefined
-  /** Base URL for relative ApiClient requests. */
+  /** Base URL for relative ApiClient requests. Its origin receives the connection's credentials. */
   readonly apiBaseUrl?: string | undefined
+  /**
+   * Further origins (https; plain http only for loopback hosts) that may receive the connection's
+   * credentials, besides those of `apiBaseUrl` and `endpoints.userinfo`. A request through the
+   * ApiClient to any other origin is refused with `ApiError("forbidden_origin")`, and a redirect to
+   * one is followed without the credentials (RFC 9700 §4.9: tokens go only to their resource servers).
+   */
+  readonly apiOrigins?: ReadonlyArray<string> | undefined
   /** Headers that authorize an API request. Default: `Authorization: <type> <token>`. */
   readonly authorizeRequest?: ((credential: Credential) => Record<string, string>) | undefined
   /** Classify API responses. Default: 401 → token_invalid, 429 → rate_limited. */
@@ -182,6 +200,8 @@ export interface Provider extends ProviderDefinition {
   readonly classifyResponse: (response: ApiResponseInfo) => ApiResponseClass
   readonly defaultAccessTokenSeconds: number | undefined
   readonly defaultRefreshTokenSeconds: number | undefined
+  /** The origins that may receive this provider's credentials (see `apiOrigins`). */
+  readonly credentialOrigins: ReadonlyArray<string>
 }
 
 /** The RFC 6749 §5.2 token-endpoint error codes a provider's own codes can be mapped to. */
@@ -216,6 +236,16 @@ const url = () =>
       message: "must use https (plain http is allowed only for loopback hosts)"
     })
   })
+
+/** Authorize parameters that bind the response to its request: never set by a definition. */
+const AUTHORIZE_RESERVED = new Set([
+  "state",
+  "response_type",
+  "redirect_uri",
+  "client_id",
+  "code_challenge",
+  "code_challenge_method"
+])
 
 const fn = () =>
   z.custom<(...args: Array<any>) => any>((value) => typeof value === "function", {
@@ -253,6 +283,8 @@ const DefinitionSchema = z
         ctx.addIssue({ code: "custom", message: "must be an absolute URL" })
       }
     }),
+    requireIss: z.boolean().optional(),
+    dpop: z.boolean().optional(),
     scopes: z
       .array(
         z
@@ -262,7 +294,12 @@ const DefinitionSchema = z
       )
       .optional(),
     scopeSeparator: z.string().min(1).optional(),
-    authorizationParams: z.record(z.string(), z.string()).optional(),
+    authorizationParams: z
+      .record(z.string(), z.string())
+      .refine((params) => !Object.keys(params).some((k) => AUTHORIZE_RESERVED.has(k.toLowerCase())), {
+        message: "may not set state, response_type, redirect_uri, client_id or code_challenge(_method)"
+      })
+      .optional(),
     tokenParams: z.record(z.string(), z.string()).optional(),
     refreshParams: z.record(z.string(), z.string()).optional(),
     lifetimes: z.object({ accessTokenSeconds: lifetime, refreshTokenSeconds: lifetime }).optional(),
@@ -282,6 +319,7 @@ const DefinitionSchema = z
     apiBaseUrl: url().optional(),
     authorizeRequest: fn().optional(),
     classifyResponse: fn().optional(),
+    apiOrigins: z.array(url()).optional(),
     apiKeys: z.boolean().optional(),
     providerInitiated: z.boolean().optional(),
     requiresUserinfo: z.boolean().optional(),
@@ -315,7 +353,7 @@ const defaultAuthorize = (credential: Credential): Record<string, string> =>
   credential.kind === "api_key"
     ? { "x-api-key": credential.apiKey }
     : {
-        authorization: `${/^bearer$/i.test(credential.tokenType) ? "Bearer" : credential.tokenType} ${credential.accessToken}`
+        authorization: `${/^bearer$/i.test(credential.tokenType) ? "Bearer" : /^dpop$/i.test(credential.tokenType) ? "DPoP" : credential.tokenType} ${credential.accessToken}`
       }
 
 const defaultClassify = (response: ApiResponseInfo): ApiResponseClass =>
@@ -356,7 +394,14 @@ export const make = (definition: ProviderDefinition): Provider => {
     authorizeRequest: definition.authorizeRequest ?? defaultAuthorize,
     classifyResponse: definition.classifyResponse ?? defaultClassify,
     defaultAccessTokenSeconds: definition.lifetimes?.accessTokenSeconds ?? undefined,
-    defaultRefreshTokenSeconds: definition.lifetimes?.refreshTokenSeconds ?? undefined
+    defaultRefreshTokenSeconds: definition.lifetimes?.refreshTokenSeconds ?? undefined,
+    credentialOrigins: [
+      ...new Set(
+        [definition.apiBaseUrl, definition.endpoints?.userinfo, ...(definition.apiOrigins ?? [])]
+          .filter((u): u is string => u !== undefined)
+          .map((u) => new URL(u).origin)
+      )
+    ]
   }
 }
 

@@ -23,6 +23,19 @@ export const make = (providers: ReadonlyArray<Provider>): ProvidersShape => {
     }
     byId.set(p.id, p)
   }
+  // Mix-up (RFC 9700 §4.4): a code delivered to a shared redirect URI can only be told apart by `iss`.
+  const byRedirect = new Map<string, Provider>()
+  for (const p of byId.values()) {
+    const other = byRedirect.get(p.redirectUri)
+    if (other !== undefined && !(other.requireIss === true && p.requireIss === true)) {
+      throw new ProviderDefinitionError({
+        providerId: p.id,
+        field: "redirectUri",
+        message: `Providers "${other.id}" and "${p.id}" share the redirect URI ${p.redirectUri}: give each its own, or set requireIss on both (their servers must send RFC 9207 iss)`
+      })
+    }
+    byRedirect.set(p.redirectUri, p)
+  }
   return {
     all: [...byId.values()],
     find: (id) => byId.get(id),
@@ -42,5 +55,20 @@ export const make = (providers: ReadonlyArray<Provider>): ProvidersShape => {
 }
 
 export class Providers extends Context.Service<Providers, ProvidersShape>()("@latchkey/core/Providers") {
-  static readonly layer = (providers: ReadonlyArray<Provider>) => Layer.sync(Providers, () => make(providers))
+  /** Fails with `ProviderDefinitionError` when the providers cannot be registered together. */
+  static readonly layer = (providers: ReadonlyArray<Provider>) =>
+    Layer.effect(
+      Providers,
+      Effect.try({
+        try: () => make(providers),
+        catch: (e) =>
+          e instanceof ProviderDefinitionError
+            ? e
+            : new ProviderDefinitionError({
+                providerId: "(providers)",
+                field: "providers",
+                message: String(e)
+              })
+      })
+    )
 }

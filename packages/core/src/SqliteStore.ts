@@ -68,14 +68,30 @@ const MIGRATIONS = [
 const isConstraint = (e: unknown) => /constraint/i.test(String((e as Error)?.message ?? e))
 const isBusy = (e: unknown) => /busy|locked/i.test(String((e as Error)?.message ?? e))
 
+/** The driver's error reduced to its name, message and code (no bound values, no record text). */
+const safeCause = (cause: unknown): Error => {
+  const error = new Error(String((cause as Error)?.message ?? cause))
+  error.name = String((cause as Error)?.name ?? "Error")
+  const code = (cause as { code?: unknown } | undefined)?.code
+  if (typeof code === "string") Object.assign(error, { code })
+  error.stack = `${error.name}: ${error.message}`
+  return error
+}
+
 const storeError = (what: string) => (cause: unknown) =>
   cause instanceof StoreError
     ? cause
-    : new StoreError({
-        reason: isBusy(cause) ? "timeout" : "unavailable",
-        message: `SQLite store: ${what} failed (${isBusy(cause) ? "database is busy" : String((cause as Error)?.message ?? cause)})`,
-        cause
-      })
+    : cause instanceof SyntaxError
+      ? // JSON.parse quotes the record it failed on, and records hold sealed (or plain) tokens.
+        new StoreError({
+          reason: "corrupt",
+          message: `SQLite store: ${what}: a stored record is not valid JSON`
+        })
+      : new StoreError({
+          reason: isBusy(cause) ? "timeout" : "unavailable",
+          message: `SQLite store: ${what} failed (${isBusy(cause) ? "database is busy" : String((cause as Error)?.message ?? cause)})`,
+          cause: safeCause(cause)
+        })
 
 const parse = (row: { record: string } | undefined): ConnectionRecord | undefined =>
   row === undefined ? undefined : (JSON.parse(row.record) as ConnectionRecord)
@@ -300,6 +316,18 @@ export const make = (
           "UPDATE latchkey_leases SET holder = NULL, expires_at = 0 WHERE connection_id = ? AND holder = ? AND fence = ?"
         ).run(lease.connectionId, lease.holder, lease.fence)
       }),
+    // Claims share the pending table (no migration): a row born consumed, so that no callback can
+    // take it, kept until `until` (and swept with the pending rows).
+    claimOnce: (key, until, now) =>
+      attempt("claimOnce", () => {
+        const row = sql(
+          `INSERT INTO latchkey_pending (state, record, expires_at, consumed_at) VALUES (?, '{}', ?, ?)
+           ON CONFLICT (state) DO UPDATE SET expires_at = excluded.expires_at, consumed_at = excluded.consumed_at
+           WHERE latchkey_pending.expires_at <= ?
+           RETURNING state`
+        ).get(`claim:${key}`, until, now, now)
+        return row !== undefined
+      }),
     putPending: (pending: PendingAuthorization) =>
       attempt("putPending", () =>
         transaction(() => {
@@ -312,15 +340,22 @@ export const make = (
           ).run(pending.state, JSON.stringify(pending), pending.expiresAt)
         })
       ),
-    takePending: (state, now) =>
+    takePending: (state, now, ownerId) =>
       attempt("takePending", (): TakePendingResult => {
+        // One statement: the owner is compared in the same step that consumes the state.
         const taken = sql(
-          "UPDATE latchkey_pending SET consumed_at = ? WHERE state = ? AND consumed_at IS NULL RETURNING record"
-        ).get(now, state) as { record: string } | undefined
+          "UPDATE latchkey_pending SET consumed_at = ? WHERE state = ? AND consumed_at IS NULL AND (? IS NULL OR json_extract(record, '$.ownerId') = ?) RETURNING record"
+        ).get(now, state, ownerId ?? null, ownerId ?? null) as { record: string } | undefined
         if (taken !== undefined)
           return { _tag: "Found", pending: JSON.parse(taken.record) as PendingAuthorization }
-        const exists = sql("SELECT 1 AS one FROM latchkey_pending WHERE state = ?").get(state)
-        return exists === undefined ? { _tag: "Missing" } : { _tag: "Consumed" }
+        const exists = sql("SELECT consumed_at IS NULL AS open FROM latchkey_pending WHERE state = ?").get(
+          state
+        ) as { open: number } | undefined
+        return exists === undefined
+          ? { _tag: "Missing" }
+          : exists.open === 1 && ownerId !== undefined
+            ? { _tag: "Foreign" }
+            : { _tag: "Consumed" }
       }),
     close: () =>
       Effect.sync(() => {

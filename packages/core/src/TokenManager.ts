@@ -120,7 +120,13 @@ interface Flight {
 
 /** How a request to the token endpoint ended. */
 type Outcome =
-  | { readonly _tag: "Answer"; readonly response: TokenSet.TokenResponse; readonly answeredAt: number }
+  | {
+      readonly _tag: "Answer"
+      readonly response: TokenSet.TokenResponse
+      readonly answeredAt: number
+      /** Monotonic nanoseconds when the answer arrived (for the in-doubt window). */
+      readonly answeredNs: bigint
+    }
   /** The provider answered with an error: it did not rotate the token. */
   | { readonly _tag: "Refused"; readonly failure: OAuth.ProtocolFailure }
   /** Nothing reached the provider (or nothing in doubt did): the token is as it was. */
@@ -357,7 +363,12 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
        * One request, aborted the moment the lease could lapse (its renewals failing): while the
        * request is in flight the lease is held, by renewals or by this watcher.
        */
-      const watchedRefresh = (provider: Provider, refreshToken: string, keeper: Keeper) =>
+      const watchedRefresh = (
+        provider: Provider,
+        refreshToken: string,
+        keeper: Keeper,
+        dpopKey: string | undefined
+      ) =>
         Effect.gen(function* () {
           const controller = new AbortController()
           const watcher = yield* Effect.forkDetach(
@@ -377,7 +388,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           return yield* OAuth.refresh(
             provider,
             { ...protocol, signal: controller.signal },
-            refreshToken
+            refreshToken,
+            dpopKey
           ).pipe(Effect.result, Effect.ensuring(Fiber.interrupt(watcher)))
         })
 
@@ -403,9 +415,14 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               )
             }
           }
-          const result = yield* watchedRefresh(provider, refreshToken, keeper)
+          const result = yield* watchedRefresh(provider, refreshToken, keeper, c.tokens.dpopKey)
           if (result._tag === "Success") {
-            return { _tag: "Answer", response: result.success, answeredAt: yield* Clock.currentTimeMillis }
+            return {
+              _tag: "Answer",
+              response: result.success,
+              answeredAt: yield* Clock.currentTimeMillis,
+              answeredNs: yield* Clock.monotonicTimeNanos
+            }
           }
           const failure = result.failure
           const lost = answerLost(failure)
@@ -549,6 +566,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               lastError: undefined
             }))
             const committedAt = yield* Clock.currentTimeMillis
+            const commitMs = Number((yield* Clock.monotonicTimeNanos) - outcome.answeredNs) / 1e6
             if (stored.tokens !== tokens) return stored
             yield* events.publish({
               type: "refreshed",
@@ -558,7 +576,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               providerId: c.providerId,
               expiresAt: tokens.expiresAt,
               refreshExpiresAt: tokens.refreshExpiresAt,
-              commitMs: committedAt - outcome.answeredAt,
+              commitMs: Math.round(commitMs * 1000) / 1000,
+              ...(tokens.widenedScopes !== undefined ? { widenedScopes: tokens.widenedScopes } : {}),
               ...(resend ? { recovered: true } : {})
             })
             return stored

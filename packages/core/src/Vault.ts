@@ -5,7 +5,9 @@
  * connection or field.
  *
  * Format: `lk1.<keyId>.<iv b64url>.<ciphertext+tag b64url>`. Without a key the vault stores
- * `plain.<value>` (tests and throwaway setups only; the demo always configures a key).
+ * `plain.<value>` (tests and throwaway setups only; the demo always configures a key): refused when
+ * `NODE_ENV` is `production` unless `plaintext: true`, one process warning otherwise. With keys, a
+ * `plain.` value is refused (`acceptPlaintext` for a migration; `rotate()` seals them).
  *
  * Rotation: add the new key, make it the write key and keep the old one for reading. Every write
  * seals with the write key, so connections move to it as they refresh; `rotate()` re-seals the rest
@@ -25,21 +27,44 @@ import {
 import { Context, Effect, Layer, Redacted } from "effect"
 import type { ConnectionRecord } from "./Connection.ts"
 import { ConnectionStore } from "./ConnectionStore.ts"
-import { ProviderDefinitionError, StoreError, VaultError } from "./Errors.ts"
+import { StoreError, VaultError } from "./Errors.ts"
 
 export interface VaultKey {
   /** Short id written into each ciphertext, e.g. `"2026-11"`. Letters, digits, `-` and `_`. */
   readonly id: string
-  /** 32 bytes, given as base64/base64url (44/43 chars) or hex (64 chars). */
-  readonly key: Redacted.Redacted<string> | string
+  /**
+   * 32 bytes, given as base64/base64url (44/43 chars) or hex (64 chars). `undefined` (an unset
+   * environment variable) is refused with a `VaultError` naming `variable`.
+   */
+  readonly key: Redacted.Redacted<string> | string | undefined
+  /** The environment variable the key comes from, named in errors (e.g. `"LATCHKEY_KEY"`). */
+  readonly variable?: string | undefined
 }
 
 export interface VaultOptions {
-  /** Keys accepted for reading. */
-  readonly keys: ReadonlyArray<VaultKey>
+  /** Keys accepted for reading. None: tokens are stored in plain (see `plaintext`). */
+  readonly keys?: ReadonlyArray<VaultKey> | undefined
   /** The key id used for writing. Default: the first key. */
   readonly writeKeyId?: string | undefined
+  /**
+   * Store tokens unencrypted, on purpose. Without a key this must be set when `NODE_ENV` is
+   * `production` (else `VaultError("no_key")` at construction); elsewhere it silences the warning.
+   */
+  readonly plaintext?: boolean | undefined
+  /**
+   * With keys configured, still use `plain.` values (written before a key was configured) until
+   * `rotate()` seals them. Default false: such a value is refused (`VaultError("plaintext_refused")`),
+   * so that a token planted in the store in plain is never used; `rotate()` seals them either way.
+   */
+  readonly acceptPlaintext?: boolean | undefined
 }
+
+/** A vault key read from an environment variable, named in errors when it is unset or invalid. */
+export const keyFromEnv = (id: string, variable: string, env: NodeJS.ProcessEnv = process.env): VaultKey => ({
+  id,
+  key: env[variable] === undefined ? undefined : Redacted.make(env[variable]!),
+  variable
+})
 
 export interface VaultShape {
   /** Whether tokens are sealed (a key is configured). */
@@ -57,15 +82,29 @@ export interface SealContext {
   readonly field: string
 }
 
+const invalidKey = (key: VaultKey, problem: string) =>
+  new VaultError({
+    reason: "invalid_key",
+    keyId: String(key.id),
+    ...(key.variable !== undefined ? { variable: key.variable } : {}),
+    message: `Vault key "${String(key.id)}"${key.variable !== undefined ? ` (environment variable ${key.variable})` : ""} ${problem}`
+  })
+
 const decodeKey = (key: VaultKey): KeyObject => {
   const raw = Redacted.isRedacted(key.key) ? Redacted.value(key.key) : key.key
-  const bytes = /^[0-9a-f]{64}$/i.test(raw) ? Buffer.from(raw, "hex") : Buffer.from(raw, "base64url")
+  if (raw === undefined || raw === null) throw invalidKey(key, "is not set")
+  if (typeof raw !== "string") throw invalidKey(key, `must be a string, not ${typeof raw}`)
+  const text = raw.trim()
+  if (text.length === 0) throw invalidKey(key, "is empty")
+  if (!/^[0-9a-f]{64}$/i.test(text) && !/^[A-Za-z0-9+/_-]{43}={0,1}$/.test(text)) {
+    throw invalidKey(
+      key,
+      `must be 32 bytes given as base64/base64url (43 or 44 characters) or hex (64); got ${text.length} characters (generate one with Vault.generateKey())`
+    )
+  }
+  const bytes = /^[0-9a-f]{64}$/i.test(text) ? Buffer.from(text, "hex") : Buffer.from(text, "base64url")
   if (bytes.length !== 32) {
-    throw new ProviderDefinitionError({
-      providerId: "(vault)",
-      field: `keys.${key.id}`,
-      message: `Vault key "${key.id}" must be 32 bytes (base64 or hex); got ${bytes.length} bytes`
-    })
+    throw invalidKey(key, `must be 32 bytes (base64 or hex); got ${bytes.length} bytes`)
   }
   // A KeyObject is imported once; passing raw bytes makes Node import the key on every call.
   return createSecretKey(bytes)
@@ -74,23 +113,56 @@ const decodeKey = (key: VaultKey): KeyObject => {
 /** Generate a new random key, base64url-encoded. */
 export const generateKey = (): string => randomBytes(32).toString("base64url")
 
-export const make = (options?: VaultOptions | undefined): VaultShape => {
+let warnedPlaintext = false
+
+/**
+ * Refuse, or warn once per process, when tokens would be stored unencrypted: without a key and
+ * without `plaintext: true`, construction fails when `NODE_ENV` is `production`, else one warning.
+ */
+const checkPlaintext = (options: VaultOptions | undefined, env: NodeJS.ProcessEnv) => {
+  if ((options?.keys?.length ?? 0) > 0 || options?.plaintext === true) return
+  if (env.NODE_ENV === "production") {
+    throw new VaultError({
+      reason: "no_key",
+      message:
+        'No vault key is configured and NODE_ENV is production: tokens would be stored unencrypted. Configure vault.keys (e.g. Vault.keyFromEnv("2026-11", "LATCHKEY_KEY")), or set vault.plaintext: true to accept that'
+    })
+  }
+  if (!warnedPlaintext) {
+    warnedPlaintext = true
+    process.emitWarning(
+      "Latchkey: no vault key is configured; tokens are stored unencrypted (set vault.keys, or vault.plaintext: true to silence this)",
+      { code: "LATCHKEY_PLAINTEXT" }
+    )
+  }
+}
+
+/**
+ * Build the vault. Throws `VaultError("invalid_key")` for a key that is unset, empty or not 32
+ * bytes (naming the key id and its environment variable), and `VaultError("no_key")` when no key
+ * is configured in production without `plaintext: true`.
+ */
+export const make = (
+  options?: VaultOptions | undefined,
+  env: NodeJS.ProcessEnv = process.env
+): VaultShape => {
   const keys = new Map<string, KeyObject>()
   for (const k of options?.keys ?? []) {
-    if (!/^[A-Za-z0-9_-]+$/.test(k.id)) {
-      throw new ProviderDefinitionError({
-        providerId: "(vault)",
-        field: "keys.id",
-        message: `Vault key id "${k.id}" must be letters, digits, '-' or '_'`
+    if (typeof k?.id !== "string" || !/^[A-Za-z0-9_-]+$/.test(k.id)) {
+      throw new VaultError({
+        reason: "invalid_key",
+        keyId: String(k?.id),
+        message: `Vault key id "${String(k?.id)}" must be letters, digits, '-' or '_'`
       })
     }
     keys.set(k.id, decodeKey(k))
   }
-  const writeKeyId = options?.writeKeyId ?? options?.keys[0]?.id
+  checkPlaintext(options, env)
+  const writeKeyId = options?.writeKeyId ?? options?.keys?.[0]?.id
   if (writeKeyId !== undefined && !keys.has(writeKeyId)) {
-    throw new ProviderDefinitionError({
-      providerId: "(vault)",
-      field: "writeKeyId",
+    throw new VaultError({
+      reason: "invalid_key",
+      keyId: writeKeyId,
       message: `Vault writeKeyId "${writeKeyId}" is not among the configured keys`
     })
   }
@@ -118,9 +190,14 @@ export const make = (options?: VaultOptions | undefined): VaultShape => {
 
   const open = (sealed: string, context: SealContext): Effect.Effect<string, VaultError> => {
     if (sealed.startsWith("plain.")) {
-      if (writeKey !== undefined) {
-        // Reading a value written before a key was configured is allowed (rotation re-seals it).
-        return Effect.succeed(sealed.slice(6))
+      if (writeKey !== undefined && options?.acceptPlaintext !== true) {
+        // A value in plain where every value is sealed was not written by this vault: it may have
+        // been planted in the store. Only a migration (acceptPlaintext, then rotate) reads it.
+        return fail(
+          "plaintext_refused",
+          context,
+          "it is stored unencrypted while vault keys are configured (set vault.acceptPlaintext and run Vault.rotate to seal values written before the key)"
+        )
       }
       return Effect.succeed(sealed.slice(6))
     }
@@ -138,7 +215,8 @@ export const make = (options?: VaultOptions | undefined): VaultShape => {
     }
     const iv = Buffer.from(ivText, "base64url")
     const body = Buffer.from(bodyText, "base64url")
-    if (iv.length !== 12 || body.length < 17) return fail("malformed", context, "ciphertext is truncated")
+    // An empty value seals to the 16-byte tag alone.
+    if (iv.length !== 12 || body.length < 16) return fail("malformed", context, "ciphertext is truncated")
     try {
       const decipher = createDecipheriv("aes-256-gcm", key, iv)
       decipher.setAAD(aad(context))
@@ -157,7 +235,18 @@ export const make = (options?: VaultOptions | undefined): VaultShape => {
 }
 
 export class Vault extends Context.Service<Vault, VaultShape>()("@latchkey/core/Vault") {
-  static readonly layer = (options?: VaultOptions) => Layer.sync(Vault, () => make(options))
+  /** Fails with the `VaultError` of `make` when the keys are invalid (or missing in production). */
+  static readonly layer = (options?: VaultOptions) =>
+    Layer.effect(
+      Vault,
+      Effect.try({
+        try: () => make(options),
+        catch: (e) =>
+          e instanceof VaultError
+            ? e
+            : new VaultError({ reason: "invalid_key", message: "The vault options are invalid" })
+      })
+    )
 }
 
 export interface RotateProgress {
@@ -247,7 +336,10 @@ export const rotate = Effect.fn("Vault.rotate")(function* (options: RotateOption
           const value = r[field]
           if (value === null) return null
           const context = { connectionId: r.id, field }
-          return vault.seal(yield* vault.open(value, context), context)
+          // The rotation is the migration path for values written before a key was configured: it
+          // seals them. Everywhere else a `plain.` value is refused once keys are configured.
+          const opened = value.startsWith("plain.") ? value.slice(6) : yield* vault.open(value, context)
+          return vault.seal(opened, context)
         })
       const opened = yield* Effect.all({
         accessToken: reseal("accessToken"),

@@ -49,7 +49,9 @@ describe("Provider.make", () => {
     [{ identify: "nope" }, "identify"],
     [{ clientAuth: "none", pkce: "none", clientSecret: undefined }, "pkce"],
     [{ endpoints: undefined }, "endpoints"],
-    [{ scopes: ["read write"] }, "scopes.0"]
+    [{ scopes: ["read write"] }, "scopes.0"],
+    [{ apiOrigins: ["http://api.acme.test"] }, "apiOrigins.0"],
+    [{ authorizationParams: { redirect_uri: "https://evil.test/cb" } }, "authorizationParams"]
   ])("rejects %j naming the provider and the field %s", (patch, field) => {
     const error = invalid(patch)
     expect(error).toBeInstanceOf(ProviderDefinitionError)

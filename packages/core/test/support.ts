@@ -5,7 +5,7 @@ import { ConnectionStore, type LatchkeyClient, Provider } from "../src/index.ts"
 
 export const REDIRECT = "http://127.0.0.1:9/callback"
 
-export const startServer = (options: { accessTokenTtl?: number } = {}) =>
+export const startServer = (options: { accessTokenTtl?: number; dpopNonce?: boolean } = {}) =>
   startOidcServer({ redirectUris: [REDIRECT], ...options })
 
 /** A client_secret_basic provider for the test server, identified through its userinfo endpoint. */

@@ -50,6 +50,12 @@ export interface GenericOptions {
   /** Custom identification; default: GET the user-info URL and read `sub`/`id` and `email`/`name`. */
   readonly identify?: Provider.ProviderDefinition["identify"]
   readonly apiBaseUrl?: string
+  /** More origins that may receive the tokens (the user-info URL's is added by itself). */
+  readonly apiOrigins?: ReadonlyArray<string>
+  /** The server always sends RFC 9207 `iss`; required when providers share a redirect URI. */
+  readonly requireIss?: boolean
+  /** Sender-constrained tokens (DPoP, RFC 9449), for servers that issue them. */
+  readonly dpop?: boolean
 }
 
 const readIdentity = (body: Record<string, unknown>): Provider.AccountIdentity => {
@@ -110,6 +116,9 @@ export const provider = (options: GenericOptions): Provider.Provider => {
     },
     refreshTokenPolicy: options.refreshTokenPolicy ?? "rotating",
     ...(options.refreshTokenReuse ? { refreshTokenReuse: options.refreshTokenReuse } : {}),
+    ...(options.requireIss !== undefined ? { requireIss: options.requireIss } : {}),
+    ...(options.dpop !== undefined ? { dpop: options.dpop } : {}),
+    apiOrigins: [...(options.apiOrigins ?? []), ...(options.userinfoUrl ? [options.userinfoUrl] : [])],
     apiBaseUrl:
       options.apiBaseUrl ?? (options.endpoints ? safeOrigin(options.endpoints.token) : options.issuer),
     // With discovery only, `start` checks the discovered metadata has a user-info endpoint before the

@@ -11,7 +11,8 @@ const latchkey = createLatchkey({
       ...sandbox.providerOptions, // clientId, clientSecret, redirectUri, marketplaceUrl, apiUrl
       scopes: ["locations.readonly", "oauth.readonly"]
     })
-  ]
+  ],
+  vault: { plaintext: true } // a sandbox: tokens in memory, no key (in production, give vault.keys)
 })
 
 // 1. Send the user to HighLevel's chooselocation page.

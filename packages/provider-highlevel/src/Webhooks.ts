@@ -23,7 +23,8 @@ export const WebhookErrorReason = Schema.Literals([
   "malformed",
   "stale",
   "duplicate",
-  "foreign_app"
+  "foreign_app",
+  "unavailable"
 ])
 export type WebhookErrorReason = typeof WebhookErrorReason.Type
 
@@ -33,11 +34,20 @@ export class WebhookError extends Schema.TaggedError<WebhookError>()("WebhookErr
   message: Schema.String
 }) {
   get isRetryable(): boolean {
-    return false
+    return this.reason === "unavailable"
   }
-  /** The HTTP status to answer with: a duplicate was already handled (200), anything else is refused. */
+  /**
+   * The HTTP status to answer with: a duplicate was already handled (200), the replay record could
+   * not be written (503: HighLevel delivers again), anything else is refused.
+   */
   get status(): number {
-    return this.reason === "duplicate" ? 200 : this.reason === "no_key" ? 500 : 401
+    return this.reason === "duplicate"
+      ? 200
+      : this.reason === "no_key"
+        ? 500
+        : this.reason === "unavailable"
+          ? 503
+          : 401
   }
 }
 
@@ -68,14 +78,33 @@ export interface WebhookOptions {
   readonly rsaPublicKey?: PublicKeyInput
   /** Refuse deliveries whose `timestamp` is further than this from now (default 5 minutes). */
   readonly maxAgeMs?: number
-  /** Refuse deliveries without `timestamp` / `webhookId` (older payloads have neither). Default false. */
+  /**
+   * Accept deliveries without `timestamp` or `webhookId` (older payloads have neither). Default
+   * false: such a delivery cannot be told from a replay of itself, so it is refused.
+   */
+  readonly acceptLegacy?: boolean
+  /** Refuse deliveries without `timestamp` / `webhookId`. Default: true unless `acceptLegacy`. */
   readonly requireTimestamp?: boolean
   readonly requireWebhookId?: boolean
   /** How long ids of deliveries without a timestamp are remembered (default 24 hours). */
   readonly rememberMs?: number
   /** When given, deliveries for another app id are refused. */
   readonly appId?: string
+  /**
+   * Where seen webhook ids are remembered. Default: `handle` records them in the Latchkey store
+   * (`claimOnce`, shared by every instance on that store, expiring with the delivery's window);
+   * `verify`, which has no store, in this process's memory.
+   */
   readonly replay?: ReplayGuard
+}
+
+/** A ReplayGuard on a Latchkey store's `claimOnce`: ids seen by any instance sharing the store. */
+export const storeReplayGuard = (store: ConnectionStore.ConnectionStoreShape): ReplayGuard | undefined => {
+  const claimOnce = store.claimOnce
+  if (claimOnce === undefined) return undefined
+  return {
+    claim: (id, until, now) => Effect.runPromise(claimOnce(`highlevel-webhook:${id}`, until, now))
+  }
 }
 
 export interface WebhookEvent {
@@ -164,9 +193,11 @@ export const make = (options: WebhookOptions): Webhooks => {
   }
   const maxAgeMs = options.maxAgeMs ?? 5 * 60_000
   const rememberMs = options.rememberMs ?? 24 * 3600_000
-  const replay = options.replay ?? memoryReplayGuard()
+  const localReplay = options.replay ?? memoryReplayGuard()
+  const requireTimestamp = options.requireTimestamp ?? options.acceptLegacy !== true
+  const requireWebhookId = options.requireWebhookId ?? options.acceptLegacy !== true
 
-  const verify = (body: string | Uint8Array, headers: HeadersInput) =>
+  const check = (body: string | Uint8Array, headers: HeadersInput, replay: ReplayGuard) =>
     Effect.gen(function* () {
       const raw = typeof body === "string" ? Buffer.from(body, "utf8") : Buffer.from(body)
       const ghl = header(headers, "x-ghl-signature")
@@ -209,7 +240,7 @@ export const make = (options: WebhookOptions): Webhooks => {
       const now = yield* Clock.currentTimeMillis
       const timestamp = parseTimestamp(p.timestamp)
       if (timestamp === null) return yield* fail("malformed", "HighLevel webhook: the timestamp is invalid")
-      if (timestamp === undefined && options.requireTimestamp) {
+      if (timestamp === undefined && requireTimestamp) {
         return yield* fail("stale", "HighLevel webhook: the delivery has no timestamp")
       }
       if (timestamp !== undefined && Math.abs(now - timestamp) > maxAgeMs) {
@@ -219,12 +250,19 @@ export const make = (options: WebhookOptions): Webhooks => {
         )
       }
       const webhookId = str(p.webhookId)
-      if (webhookId === undefined && options.requireWebhookId) {
+      if (webhookId === undefined && requireWebhookId) {
         return yield* fail("malformed", "HighLevel webhook: the delivery has no webhookId")
       }
       if (webhookId !== undefined) {
         const until = timestamp !== undefined ? Math.max(now, timestamp) + maxAgeMs : now + rememberMs
-        const first = yield* Effect.promise(async () => replay.claim(webhookId, until, now))
+        const first = yield* Effect.tryPromise({
+          try: async () => replay.claim(webhookId, until, now),
+          catch: () =>
+            new WebhookError({
+              reason: "unavailable",
+              message: "HighLevel webhook: the replay record could not be written; try again"
+            })
+        })
         if (!first)
           return yield* fail("duplicate", `HighLevel webhook: delivery ${webhookId} was already received`)
       }
@@ -241,13 +279,16 @@ export const make = (options: WebhookOptions): Webhooks => {
       return event
     })
 
+  const verify = (body: string | Uint8Array, headers: HeadersInput) => check(body, headers, localReplay)
+
   const handle = (input: HandleInput) =>
     Effect.gen(function* () {
-      const event = yield* verify(input.body, input.headers)
+      const store = yield* ConnectionStore.ConnectionStore
+      const replay = options.replay ?? storeReplayGuard(store) ?? localReplay
+      const event = yield* check(input.body, input.headers, replay)
       if (event.type !== "UNINSTALL") return { event, revoked: [] }
       const providerId = input.providerId ?? "highlevel"
       const owners = yield* Effect.promise(async () => input.owners(event))
-      const store = yield* ConnectionStore.ConnectionStore
       const matches: Array<string> = []
       for (const owner of new Set(owners)) {
         for (const record of yield* store.listByOwner(owner)) {

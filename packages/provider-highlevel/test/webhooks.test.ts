@@ -169,13 +169,19 @@ describe("HighLevel webhook signatures", () => {
     )
   )
 
-  it.effect("older payloads without timestamp or webhookId pass unless required", () =>
+  it.effect("older payloads without timestamp or webhookId are refused unless acceptLegacy", () =>
     atNow(
       Effect.gen(function* () {
         const legacy = JSON.stringify({ type: "INSTALL", appId: "app1", locationId: "loc_9" })
-        const event = yield* hooks.verify(legacy, { "x-wh-signature": wh(legacy) })
+        assert.strictEqual(yield* failure(hooks.verify(legacy, { "x-wh-signature": wh(legacy) })), "stale")
+        const lenient = HighLevel.Webhooks.make({ rsaPublicKey: rsaPem, acceptLegacy: true })
+        const event = yield* lenient.verify(legacy, { "x-wh-signature": wh(legacy) })
         assert.isUndefined(event.timestamp)
-        const strict = HighLevel.Webhooks.make({ rsaPublicKey: rsaPem, requireTimestamp: true })
+        const strict = HighLevel.Webhooks.make({
+          rsaPublicKey: rsaPem,
+          acceptLegacy: true,
+          requireTimestamp: true
+        })
         assert.strictEqual(yield* failure(strict.verify(legacy, { "x-wh-signature": wh(legacy) })), "stale")
       })
     )

@@ -106,8 +106,23 @@ const TIMEOUT_CODES = new Set(["55P03", "57014", "40001", "40P01"])
 const DRIVER_TIMEOUT =
   /timeout exceeded when trying to connect|Query read timeout|Connection terminated due to connection timeout/i
 
-const storeError = (what: string) => (cause: unknown) => {
-  if (cause instanceof StoreError) return cause
+/**
+ * The driver's error reduced to its name, message and SQLSTATE: a pg error also carries the query's
+ * context (`where`, `internalQuery`, `detail` with row values), none of which belongs in an error
+ * that apps log.
+ */
+const safeCause = (cause: unknown): Error => {
+  const error = new Error(String((cause as Error)?.message ?? cause))
+  error.name = String((cause as Error)?.name ?? "Error")
+  const code = errorCode(cause)
+  if (code !== undefined) Object.assign(error, { code })
+  error.stack = `${error.name}: ${error.message}`
+  return error
+}
+
+const storeError = (what: string) => (rawCause: unknown) => {
+  if (rawCause instanceof StoreError) return rawCause
+  const cause = safeCause(rawCause)
   const code = errorCode(cause)
   if (code === "23505") {
     return new StoreError({ reason: "conflict", message: `PostgreSQL store: ${what}: already exists`, cause })
@@ -135,8 +150,9 @@ const conflict = (message: string) =>
 const parseRecord = <A>(what: string, text: string): A => {
   try {
     return JSON.parse(text) as A
-  } catch (cause) {
-    throw new StoreError({ reason: "corrupt", message: `PostgreSQL store: ${what} is not valid JSON`, cause })
+  } catch {
+    // The parser's message quotes the text, which holds sealed (or plain) tokens: not kept.
+    throw new StoreError({ reason: "corrupt", message: `PostgreSQL store: ${what} is not valid JSON` })
   }
 }
 
@@ -537,6 +553,20 @@ const build = (
           [lease.connectionId, lease.holder, lease.fence]
         )
       }),
+    // Claims share the pending table (no migration): a row born consumed, so that no callback can
+    // take it, kept until `until` (and swept with the pending rows).
+    claimOnce: (key, until, now) =>
+      transaction("claimOnce", async (client) => {
+        const result = await client.query(
+          `INSERT INTO ${P} AS t (state, record, expires_at, consumed_at, keep_until) VALUES ($1, '{}', $2, $3, $2)
+           ON CONFLICT (state) DO UPDATE
+             SET expires_at = EXCLUDED.expires_at, consumed_at = EXCLUDED.consumed_at, keep_until = EXCLUDED.keep_until
+             WHERE t.expires_at <= $3
+           RETURNING state`,
+          [`claim:${key}`, until, now]
+        )
+        return (result.rowCount ?? 0) > 0
+      }),
     putPending: (pending: PendingAuthorization) =>
       transaction("putPending", async (client) => {
         await client.query(`DELETE FROM ${P} WHERE keep_until < $1 AND state <> $2`, [
@@ -551,16 +581,28 @@ const build = (
           [pending.state, JSON.stringify(pending), pending.expiresAt]
         )
       }),
-    takePending: (state, now) =>
+    takePending: (state, now, ownerId) =>
       transaction("takePending", async (client): Promise<TakePendingResult> => {
-        const result = await client.query<{ record: string | null; present: boolean }>(
+        // No state we issued holds a NUL (nor can PostgreSQL take one): a hostile callback's is unknown.
+        if (state.includes("\u0000")) return { _tag: "Missing" }
+        // One statement: the owner is compared in the same step that consumes the state.
+        const result = await client.query<{ record: string | null; present: boolean; open: boolean }>(
           `WITH taken AS (
              UPDATE ${P} SET consumed_at = $2, keep_until = GREATEST(expires_at, $2::bigint + ${CONSUMED_TOMBSTONE_MS})
-             WHERE state = $1 AND consumed_at IS NULL
+             WHERE state = $1 AND consumed_at IS NULL AND NOT $4::boolean
+               AND ($3::text IS NULL OR (record::json ->> 'ownerId') = $3::text)
              RETURNING record
            )
-           SELECT (SELECT record FROM taken) AS record, EXISTS (SELECT 1 FROM ${P} WHERE state = $1) AS present`,
-          [state, now]
+           SELECT (SELECT record FROM taken) AS record,
+                  EXISTS (SELECT 1 FROM ${P} WHERE state = $1) AS present,
+                  EXISTS (SELECT 1 FROM ${P} WHERE state = $1 AND consumed_at IS NULL) AS open`,
+          // A NUL cannot be sent in a text parameter, nor be in a stored owner id: such an owner never matches.
+          [
+            state,
+            now,
+            ownerId?.includes("\u0000") ? null : (ownerId ?? null),
+            ownerId?.includes("\u0000") === true
+          ]
         )
         const row = result.rows[0]
         if (row?.record != null) {
@@ -569,6 +611,7 @@ const build = (
             pending: parseRecord<PendingAuthorization>("a pending authorization", row.record)
           }
         }
+        if (row?.present && row.open && ownerId !== undefined) return { _tag: "Foreign" }
         return row?.present ? { _tag: "Consumed" } : { _tag: "Missing" }
       }),
     close: () =>

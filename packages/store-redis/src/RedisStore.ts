@@ -17,6 +17,10 @@
  *   caller's clock.
  * - `P p:<state>` a pending authorization: a hash taken once by a get-and-mark script; it expires an
  *   hour after the authorization does.
+ * - `P w:<key>` a `claimOnce` record (`SET NX PX`), e.g. a webhook id already handled.
+ *
+ * The server's `maxmemory-policy` must be `noeviction` (checked before the first command; see
+ * `allowEviction`), and errors keep nothing of the driver's command arguments.
  *
  * Writes of a connection are compare-and-set on its version in a script, so a writer whose lease
  * lapsed (its fence superseded) cannot overwrite the newer tokens: its write fails with `conflict`.
@@ -44,6 +48,12 @@ export interface RedisStoreOptions {
   readonly commandTimeoutMs?: number | undefined
   /** More ioredis options for the client this store creates (RESP2 replies). */
   readonly redisOptions?: Omit<RedisOptions, "replyMapping"> | undefined
+  /**
+   * Accept a server whose `maxmemory-policy` may evict keys (`allkeys-*`, `volatile-*`). By default
+   * the store refuses to work on such a server: an evicted connection is a linked account lost, an
+   * evicted lease a refresh token spent twice. Set only when eviction cannot happen (no maxmemory).
+   */
+  readonly allowEviction?: boolean | undefined
 }
 
 export interface RedisStore extends ConnectionStore.ConnectionStoreShape {
@@ -255,7 +265,10 @@ redis.call('PEXPIRE', pk, tonumber(ARGV[5]))
 return 'ok'`
 )
 
-/** ARGV: prefix, state, now, tombstone ms. Returns { 'found', record } | { 'consumed' } | { 'missing' }. */
+/**
+ * ARGV: prefix, state, now, tombstone ms, "1" to check the owner, expected owner. Returns { 'found', record } |
+ * { 'consumed' } | { 'missing' } | { 'foreign' } (another owner's state: left unconsumed).
+ */
 const TAKE_PENDING = script(
   "takePending",
   `
@@ -263,12 +276,30 @@ local pk = ARGV[1] .. 'p:' .. ARGV[2]
 local cur = redis.call('HMGET', pk, 'r', 'c')
 if not cur[1] then return { 'missing' } end
 if cur[2] then return { 'consumed' } end
+if ARGV[5] == '1' then
+  local ok, rec = pcall(cjson.decode, cur[1])
+  if not ok or type(rec) ~= 'table' or rec.ownerId ~= ARGV[6] then return { 'foreign' } end
+end
 redis.call('HSET', pk, 'c', ARGV[3])
 if redis.call('PTTL', pk) < tonumber(ARGV[4]) then redis.call('PEXPIRE', pk, tonumber(ARGV[4])) end
 return { 'found', cur[1] }`
 )
 
 const errorText = (e: unknown) => String((e as Error)?.message ?? e)
+
+/**
+ * The driver's error without what it carries about the command: ioredis errors keep the command's
+ * arguments (`command.args`: records with sealed or, without a vault key, plain tokens), so only the
+ * name, message and code are kept.
+ */
+export const safeCause = (cause: unknown): Error => {
+  const error = new Error(errorText(cause))
+  error.name = String((cause as Error)?.name ?? "Error")
+  const code = (cause as { code?: unknown } | undefined)?.code
+  if (typeof code === "string") Object.assign(error, { code })
+  error.stack = `${error.name}: ${error.message}`
+  return error
+}
 
 const storeError = (what: string) => (cause: unknown) => {
   if (cause instanceof StoreError) return cause
@@ -277,18 +308,30 @@ const storeError = (what: string) => (cause: unknown) => {
   return new StoreError({
     reason: timeout ? "timeout" : "unavailable",
     message: `Redis store: ${what} failed (${text})`,
-    cause
+    cause: safeCause(cause)
   })
 }
 
 const conflict = (message: string) =>
   new StoreError({ reason: "conflict", message: `Redis store: ${message}` })
 
+/** The server's `maxmemory-policy`, read from `INFO memory` (allowed where `CONFIG` is not, e.g. managed Redis). */
+export const readEvictionPolicy = async (client: Redis): Promise<string> => {
+  const info = await client.info("memory")
+  const match = /^maxmemory_policy:(\S+)/m.exec(info)
+  if (match === null) throw new Error("INFO memory has no maxmemory_policy")
+  return match[1]!
+}
+
+/** Whether a `maxmemory-policy` can evict the store's keys: every policy but `noeviction` can. */
+export const evicts = (policy: string): boolean => policy !== "noeviction"
+
 const parseRecord = <A>(what: string, text: string): A => {
   try {
     return JSON.parse(text) as A
-  } catch (cause) {
-    throw new StoreError({ reason: "corrupt", message: `Redis store: ${what} is not valid JSON`, cause })
+  } catch {
+    // The parser's message quotes the text, which holds sealed (or plain) tokens: not kept.
+    throw new StoreError({ reason: "corrupt", message: `Redis store: ${what} is not valid JSON` })
   }
 }
 
@@ -333,8 +376,33 @@ export const make = (options: RedisStoreOptions): RedisStore => {
   // Scripts build keys themselves, so they need the client's own prefix too (plain commands get it from ioredis).
   const P = `${client.options.keyPrefix ?? ""}${keyPrefix}`
 
+  // The eviction policy is checked once, before the first command; a refusal is checked again next
+  // time (an operator may fix the server's policy without restarting the app).
+  let policyChecked: Promise<void> | undefined
+  const checkPolicy = (): Promise<void> => {
+    if (options.allowEviction === true) return Promise.resolve()
+    policyChecked ??= readEvictionPolicy(client).then((policy) => {
+      if (evicts(policy)) {
+        throw new StoreError({
+          reason: "unavailable",
+          message: `Redis store: the server's maxmemory-policy is ${policy}, which can evict connections and leases (linked accounts lost, refresh tokens spent twice). Set it to noeviction, or pass allowEviction: true if the server never reaches maxmemory`
+        })
+      }
+    })
+    policyChecked.catch(() => {
+      policyChecked = undefined
+    })
+    return policyChecked
+  }
+
   const call = <A>(what: string, f: () => Promise<A>): Effect.Effect<A, StoreError> =>
-    Effect.tryPromise({ try: f, catch: storeError(what) })
+    Effect.tryPromise({
+      try: async () => {
+        await checkPolicy()
+        return f()
+      },
+      catch: storeError(what)
+    })
 
   const evalScript = async (s: Script, args: ReadonlyArray<string | number>): Promise<unknown> => {
     try {
@@ -509,6 +577,10 @@ export const make = (options: RedisStoreOptions): RedisStore => {
       ),
     releaseLease: (lease) =>
       run(RELEASE, [lease.connectionId, lease.holder, String(lease.fence)]).pipe(Effect.asVoid),
+    claimOnce: (key, until, now) =>
+      call("claimOnce", () =>
+        client.set(`${keyPrefix}w:${key}`, "1", "PX", Math.max(1, Math.ceil(until - now)), "NX")
+      ).pipe(Effect.map((answer) => answer === "OK")),
     putPending: (pending: PendingAuthorization) =>
       run(PUT_PENDING, [
         pending.state,
@@ -516,8 +588,14 @@ export const make = (options: RedisStoreOptions): RedisStore => {
         String(pending.expiresAt),
         Math.max(1, pending.expiresAt - pending.createdAt) + CONSUMED_TOMBSTONE_MS
       ]).pipe(Effect.asVoid),
-    takePending: (state, now) =>
-      run(TAKE_PENDING, [state, String(now), CONSUMED_TOMBSTONE_MS]).pipe(
+    takePending: (state, now, ownerId) =>
+      run(TAKE_PENDING, [
+        state,
+        String(now),
+        CONSUMED_TOMBSTONE_MS,
+        ownerId === undefined ? "0" : "1",
+        ownerId ?? ""
+      ]).pipe(
         Effect.flatMap((answer) =>
           Effect.try({
             try: (): TakePendingResult => {
@@ -528,6 +606,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
                   pending: parseRecord<PendingAuthorization>("a pending authorization", record!)
                 }
               }
+              if (tag === "foreign") return { _tag: "Foreign" }
               return tag === "consumed" ? { _tag: "Consumed" } : { _tag: "Missing" }
             },
             catch: storeError("takePending")

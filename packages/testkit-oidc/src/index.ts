@@ -5,7 +5,7 @@
  * oidc-provider has nothing to warn about); and `consent()`, which walks those forms
  * with a cookie jar the way a browser would, returning the callback URL the server redirects to.
  */
-import { generateKeyPairSync } from "node:crypto"
+import { generateKeyPairSync, randomBytes } from "node:crypto"
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
 import Provider, { type Adapter, type AdapterPayload, type Configuration } from "oidc-provider"
@@ -34,6 +34,8 @@ export interface OidcServerOptions {
    * size limit (entries leave when they expire).
    */
   readonly adapter?: Configuration["adapter"]
+  /** Require a server-provided nonce in every DPoP proof (RFC 9449 §8, §9), at the token endpoint and userinfo. */
+  readonly dpopNonce?: boolean
 }
 
 export interface OidcServer {
@@ -248,7 +250,10 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
         enabled: true,
         allowedPolicy: async (ctx, client, token) =>
           !(client.clientAuthMethod === "none" && token.clientId !== ctx.oidc.client?.clientId)
-      }
+      },
+      ...(options.dpopNonce
+        ? { dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true } }
+        : {})
     },
     clientBasedCORS: () => false,
     pkce: { required: () => false },

@@ -1,5 +1,8 @@
 /**
  * `@latchkey/core/testing`: conformance suites for the plugins of Latchkey.
  */
+
+export * as Hostile from "./hostile.ts"
 export * from "./providerConformance.ts"
+export * from "./securityConformance.ts"
 export * from "./storeConformance.ts"
