@@ -554,6 +554,52 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
       }, 40_000)
     }
 
+    it("two crashes in a row — the holder and then the process resending for it, both SIGKILLed at the provider: never a third send, refresh_interrupted", async () => {
+      await withStore(async (store, opened) => {
+        const id = await seed(store)
+        const before = begin()
+        sandbox.inject({ endpoint: "token", grantType: "refresh_token", fault: "hold_after_rotate" })
+        sandbox.inject({ endpoint: "token", grantType: "refresh_token", fault: "hold" })
+        const config = { requestTimeoutMs: 30_000, inDoubtAfterMs: 1_500 }
+        const first = await start(workerSettings(opened, id, noGrace, { config }))
+        let second: WorkerHandle | undefined
+        let lk: LatchkeyClient | undefined
+        try {
+          await first.ready
+          first.child.stdin.write("go\n")
+          await waitFor("the first send", async () => refreshes() - before === 1)
+          first.child.kill("SIGKILL")
+          await first.exited
+          // The second process keeps asking until it resends (after the in-doubt delay), and dies in that resend.
+          second = await start(workerSettings(opened, id, noGrace, { config, mode: "load", connectionIds: [id] }))
+          await second.ready
+          second.child.stdin.write("go\n")
+          await waitFor("the resend", async () => refreshes() - before === 2, 20_000)
+          second.child.kill("SIGKILL")
+          await second.exited
+          expect((await journalOf(store, id))?.resend).toBeDefined()
+          lk = latchkey(store, config)
+          const outcome = await untilSettled(() => lk!.accessToken(id), 20_000)
+          expect(outcome.ok).toBe(false)
+          expect(!outcome.ok && outcome.error).toMatchObject({
+            _tag: "ReauthorizationRequired",
+            reason: "refresh_interrupted"
+          })
+          await sleep(200)
+          expect(refreshes() - before).toBe(2)
+          report("SIGKILL of the holder, then of the resender", {
+            requests: refreshes() - before,
+            resends: 1,
+            outcome: "refresh_interrupted"
+          })
+        } finally {
+          first.child.kill("SIGKILL")
+          second?.child.kill("SIGKILL")
+          await lk?.close()
+        }
+      })
+    }, 60_000)
+
     it("SIGTERM of the holder in flight: it drains, writes the rotated tokens, releases the lease and exits 0", async () => {
       await withStore(async (store, opened) => {
         const id = await seed(store)
