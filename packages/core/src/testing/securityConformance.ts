@@ -225,7 +225,8 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
       if (server.provider.clientSecret) {
         add(Buffer.from(`${server.provider.clientId}:${server.provider.clientSecret}`).toString("base64"))
       }
-      let failNextToken = false
+      /** Token requests still to refuse as a refused connection (nothing sent: retried, never resent as in doubt). */
+      let failTokens = 0
       const capturing: typeof fetch = async (input, init) => {
         const url = typeof input === "string" ? input : input instanceof URL ? input.href : input.url
         if (url === tokenUrl && typeof init?.body === "string") {
@@ -236,9 +237,11 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
           for (const key of ["code", "code_verifier", "refresh_token", "client_secret"])
             add(init.body.get(key))
         }
-        if (url === tokenUrl && failNextToken) {
-          failNextToken = false
-          throw new TypeError("fetch failed")
+        if (url === tokenUrl && failTokens > 0) {
+          failTokens--
+          throw new TypeError("fetch failed", {
+            cause: Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" })
+          })
         }
         const response = await fetch(input, init)
         if (url === tokenUrl && response.ok) {
@@ -352,8 +355,9 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
           )
 
           // RefreshError (the token endpoint unreachable) and its refresh_failed event
-          failNextToken = true
+          failTokens = 100
           await expectFailure("refresh transient", lk.refresh(main.id), "RefreshError")
+          failTokens = 0
 
           // ApiError: a foreign origin with a token in the URL, a network failure with one in the query
           await expectFailure(
