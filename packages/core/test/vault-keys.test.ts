@@ -5,7 +5,7 @@
 import { randomBytes } from "node:crypto"
 import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
-import { ProviderDefinitionError, Vault } from "../src/index.ts"
+import { Vault, VaultError } from "../src/index.ts"
 
 const roundTrip = (key: string) => {
   const vault = Vault.make({ keys: [{ id: "k1", key }] })
@@ -38,7 +38,7 @@ describe("vault keys", () => {
     ["33 bytes", randomBytes(33).toString("hex")],
     ["a passphrase", "correct horse battery staple"]
   ])("refuses %s, saying a key is 32 bytes", (_what, key) => {
-    expect(() => Vault.make({ keys: [{ id: "k1", key }] })).toThrow(ProviderDefinitionError)
+    expect(() => Vault.make({ keys: [{ id: "k1", key }] })).toThrow(VaultError)
     expect(() => Vault.make({ keys: [{ id: "k1", key }] })).toThrow(/must be 32 bytes/)
   })
 

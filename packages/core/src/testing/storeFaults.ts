@@ -32,6 +32,11 @@ import { openWithOpener, type WorkerSettings } from "./storeConformanceWorker.ts
 
 const run = <A, E>(effect: Effect.Effect<A, E>) => Effect.runPromise(effect)
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+/**
+ * The refresh lease of the suite's instances: short, so that lapses happen within a test, and long
+ * enough that a loaded CI machine's event-loop stalls do not lapse a renewed lease.
+ */
+const LEASE_MS = 3_000
 const PROVIDER_ID = "faults"
 const REDIRECT = "http://127.0.0.1:9/callback"
 const ACCOUNTS: ReadonlyArray<SandboxAccount> = Array.from({ length: 12 }, (_, i) => ({
@@ -42,7 +47,7 @@ const ACCOUNTS: ReadonlyArray<SandboxAccount> = Array.from({ length: 12 }, (_, i
 type Reuse = Provider.RefreshTokenReuse
 
 /** Wait until `check` holds (polling), or fail after `ms`. */
-const waitFor = async (what: string, check: () => Promise<boolean>, ms = 10_000) => {
+const waitFor = async (what: string, check: () => Promise<boolean>, ms = 30_000) => {
   const until = Date.now() + ms
   while (!(await check())) {
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`)
@@ -107,7 +112,13 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
         store,
         vault: vaultOptions,
         ...(extra.clock ? { clock: extra.clock } : {}),
-        config: { leaseTtlMs: 1_000, baseBackoffMs: 5, maxBackoffMs: 50, writeMaxBackoffMs: 100, ...config }
+        config: {
+          leaseTtlMs: LEASE_MS,
+          baseBackoffMs: 5,
+          maxBackoffMs: 50,
+          writeMaxBackoffMs: 100,
+          ...config
+        }
       })
     const refreshes = () => sandbox.countCalls({ endpoint: "token", grantType: "refresh_token" })
     const serverAccepts = (token: string) => sandbox.registry.checkAccessToken(token).ok
@@ -244,14 +255,15 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
         await withStore(async (store) => {
           const id = await seed(store)
           const before = begin()
-          const a = latchkey(slowWrites(store, 2_500, renewals))
+          const a = latchkey(slowWrites(store, LEASE_MS + 1_000, renewals))
           const b = latchkey(store, { inDoubtAfterMs: 20_000 })
           try {
-            const fromA = untilSettled(() => a.accessToken(id), 15_000)
+            const fromA = untilSettled(() => a.accessToken(id), 40_000)
             await waitFor("A's journal", async () => (await journalOf(store, id)) !== null)
-            const fromB = await untilSettled(() => b.accessToken(id), 15_000)
+            const fromB = await untilSettled(() => b.accessToken(id), 40_000)
             const resultA = await fromA
-            expect(resultA.ok && fromB.ok).toBe(true)
+            expect(resultA, JSON.stringify(resultA)).toMatchObject({ ok: true })
+            expect(fromB, JSON.stringify(fromB)).toMatchObject({ ok: true })
             expect(resultA.ok && resultA.value).toBe(fromB.ok && fromB.value)
             expect(refreshes() - before).toBe(1)
             expect(spentTwice()).toBe(0)
@@ -267,7 +279,7 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
             await Promise.all([a.close(), b.close()])
           }
         })
-      }, 40_000)
+      }, 90_000)
     }
 
     const lockRow = options.lockRow
@@ -287,7 +299,8 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
             await sleep(4_000)
             await lock.release()
             const [resultA, resultB] = await Promise.all([fromA, fromB])
-            expect(resultA.ok && resultB.ok).toBe(true)
+            expect(resultA, JSON.stringify(resultA)).toMatchObject({ ok: true })
+            expect(resultB, JSON.stringify(resultB)).toMatchObject({ ok: true })
             expect(resultA.ok && resultA.value).toBe(resultB.ok && resultB.value)
             expect(refreshes() - before).toBe(1)
             expect(spentTwice()).toBe(0)
@@ -302,7 +315,7 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
             await Promise.all([a.close(), b.close()])
           }
         })
-      }, 40_000)
+      }, 90_000)
     }
 
     for (const outageMs of [2_000, 30_000]) {
@@ -370,15 +383,21 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
         await withStore(async (store) => {
           const id = await seed(store)
           const before = begin()
-          sandbox.inject({ endpoint: "token", grantType: "refresh_token", fault: "delay", ms: 1_500 })
+          sandbox.inject({
+            endpoint: "token",
+            grantType: "refresh_token",
+            fault: "delay",
+            ms: LEASE_MS + 500
+          })
           const a = latchkey(store, {}, { clock: () => Date.now() + skewMs })
           const b = latchkey(store)
           try {
-            const fromA = untilSettled(() => a.accessToken(id), 15_000)
+            const fromA = untilSettled(() => a.accessToken(id), 40_000)
             await waitFor("A's journal", async () => (await journalOf(store, id)) !== null)
-            const fromB = await untilSettled(() => b.accessToken(id), 15_000)
+            const fromB = await untilSettled(() => b.accessToken(id), 40_000)
             const resultA = await fromA
-            expect(resultA.ok && fromB.ok).toBe(true)
+            expect(resultA, JSON.stringify(resultA)).toMatchObject({ ok: true })
+            expect(fromB, JSON.stringify(fromB)).toMatchObject({ ok: true })
             expect(resultA.ok && resultA.value).toBe(fromB.ok && fromB.value)
             expect(refreshes() - before).toBe(1)
             expect(spentTwice()).toBe(0)
@@ -388,7 +407,7 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
             await Promise.all([a.close(), b.close()])
           }
         })
-      }, 40_000)
+      }, 90_000)
     }
 
     const lostCases = [
@@ -468,7 +487,7 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
       provider: settings(reuse),
       connectionId,
       callers: 1,
-      leaseTtlMs: 1_000,
+      leaseTtlMs: LEASE_MS,
       vaultKey,
       ...extra
     })
@@ -519,7 +538,7 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
             expect(journal).toMatchObject({ fence: expect.any(Number) })
             // Another process (this one) picks it up.
             lk = latchkey(store, { inDoubtAfterMs: 1_500 }, { reuse: kill.reuse })
-            const outcome = await untilSettled(() => lk!.accessToken(id), 20_000)
+            const outcome = await untilSettled(() => lk!.accessToken(id), 40_000)
             const requests = refreshes() - before
             const resentInGrace = graceResends()
             expect(requests).toBe(2) // the killed request, and one resend
@@ -551,7 +570,7 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
             await lk?.close()
           }
         })
-      }, 40_000)
+      }, 90_000)
     }
 
     it("two crashes in a row — the holder and then the process resending for it, both SIGKILLed at the provider: never a third send, refresh_interrupted", async () => {
@@ -571,7 +590,9 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
           first.child.kill("SIGKILL")
           await first.exited
           // The second process keeps asking until it resends (after the in-doubt delay), and dies in that resend.
-          second = await start(workerSettings(opened, id, noGrace, { config, mode: "load", connectionIds: [id] }))
+          second = await start(
+            workerSettings(opened, id, noGrace, { config, mode: "load", connectionIds: [id] })
+          )
           await second.ready
           second.child.stdin.write("go\n")
           await waitFor("the resend", async () => refreshes() - before === 2, 20_000)
@@ -579,7 +600,7 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
           await second.exited
           expect((await journalOf(store, id))?.resend).toBeDefined()
           lk = latchkey(store, config)
-          const outcome = await untilSettled(() => lk!.accessToken(id), 20_000)
+          const outcome = await untilSettled(() => lk!.accessToken(id), 40_000)
           expect(outcome.ok).toBe(false)
           expect(!outcome.ok && outcome.error).toMatchObject({
             _tag: "ReauthorizationRequired",
@@ -598,7 +619,7 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
           await lk?.close()
         }
       })
-    }, 60_000)
+    }, 120_000)
 
     it("SIGTERM of the holder in flight: it drains, writes the rotated tokens, releases the lease and exits 0", async () => {
       await withStore(async (store, opened) => {
@@ -633,7 +654,7 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
           holder.child.kill("SIGKILL")
         }
       })
-    }, 30_000)
+    }, 90_000)
 
     it("a rolling restart of 4 processes under a 4 x 50-caller load, tokens expiring every 2 s: 0 connections lost, 0 refresh tokens sent twice", async () => {
       await withStore(async (store, opened) => {
