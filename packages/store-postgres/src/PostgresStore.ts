@@ -378,6 +378,47 @@ const build = (
   const first = (what: string) => (result: pg.QueryResult<{ record: string }>) =>
     result.rows[0] === undefined ? undefined : parseRecord<ConnectionRecord>(what, result.rows[0].record)
 
+  /**
+   * The compare-and-set write of a connection in ONE round trip: the transaction, its local timeouts,
+   * the UPDATE and the COMMIT as one simple-protocol batch, values as escaped literals. This write is
+   * what stands between a provider's refresh answer and its durability (the in-doubt window), so it
+   * waits for nothing it can avoid.
+   */
+  const updateInOneTrip = async (record: ConnectionRecord, expectedVersion: number): Promise<void> => {
+    const client = await pool.connect()
+    let broken = false
+    try {
+      const text = (v: string) => client.escapeLiteral(v)
+      const int = (v: number | null) => (v === null ? "NULL" : Number.isFinite(v) ? String(v) : "NULL")
+      const batch = `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs};
+UPDATE ${C} SET owner_id = ${text(record.ownerId)}, provider_id = ${text(record.providerId)},
+  account_id = ${text(record.accountId)}, version = ${int(record.version)}, status = ${text(record.status)},
+  refresh_due_at = ${int(record.refreshDueAt)}, record = ${text(JSON.stringify(record))}
+  WHERE id = ${text(record.id)} AND version = ${int(expectedVersion)};
+COMMIT`
+      let results: Array<pg.QueryResult>
+      try {
+        results = (await client.query({
+          text: batch,
+          query_timeout: statementTimeoutMs + 2_000
+        } as pg.QueryConfig)) as unknown as Array<pg.QueryResult>
+      } catch (error) {
+        try {
+          await client.query("ROLLBACK")
+        } catch {
+          broken = true
+        }
+        if (errorCode(error) === "23505") throw conflict(`connection ${record.id}: account already linked`)
+        throw error
+      }
+      if ((results[3]?.rowCount ?? 0) !== 1) {
+        throw conflict(`connection ${record.id} is missing or not at version ${expectedVersion}`)
+      }
+    } finally {
+      client.release(broken)
+    }
+  }
+
   let closed = false
 
   return {
@@ -469,35 +510,9 @@ const build = (
     update: (record, expectedVersion) =>
       record.version !== expectedVersion + 1
         ? Effect.fail(conflict(`connection ${record.id}: a write must advance the version by one`))
-        : transaction("update", async (client) => {
-            let changed: number
-            try {
-              const result = await client.query(
-                `UPDATE ${C}
-                 SET owner_id = $1, provider_id = $2, account_id = $3, version = $4, status = $5,
-                     refresh_due_at = $6, record = $7
-                 WHERE id = $8 AND version = $9`,
-                [
-                  record.ownerId,
-                  record.providerId,
-                  record.accountId,
-                  record.version,
-                  record.status,
-                  record.refreshDueAt,
-                  JSON.stringify(record),
-                  record.id,
-                  expectedVersion
-                ]
-              )
-              changed = result.rowCount ?? 0
-            } catch (error) {
-              if (errorCode(error) === "23505")
-                throw conflict(`connection ${record.id}: account already linked`)
-              throw error
-            }
-            if (changed !== 1) {
-              throw conflict(`connection ${record.id} is missing or not at version ${expectedVersion}`)
-            }
+        : Effect.tryPromise({
+            try: () => updateInOneTrip(record, expectedVersion),
+            catch: storeError("update")
           }),
     remove: (id) =>
       transaction("remove", async (client) => {
