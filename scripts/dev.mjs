@@ -58,6 +58,7 @@ if (command === "test") {
   const steps = [
     ["typecheck", () => pnpm("exec", "turbo", "run", "typecheck", "--continue", "--output-logs=errors-only")],
     ["lint", () => pnpm("exec", "biome", "check", ".")],
+    ["import cycles", () => run(process.execPath, ["scripts/import-cycles.mjs"])],
     [
       "tests",
       // Passing packages print nothing here (their summary follows); a failing one prints its whole log.

@@ -4,7 +4,6 @@
  */
 import { Redacted } from "effect"
 import * as Dpop from "./internal/dpop.ts"
-import type { Provider } from "./Provider.ts"
 
 export interface TokenSet {
   readonly accessToken: Redacted.Redacted<string>
@@ -128,11 +127,22 @@ export interface TokenResponse {
 }
 
 /**
+ * What `fromResponse` needs to know of a provider (a `Provider` is one). Declared here, not imported,
+ * so that tokens do not depend on the provider contract, which depends on tokens.
+ */
+export interface TokenRules {
+  readonly defaultAccessTokenSeconds: number | undefined
+  readonly defaultRefreshTokenSeconds: number | undefined
+  readonly scopes: ReadonlyArray<string>
+  readonly tokenExtras?: { parse(value: unknown): Record<string, unknown> } | undefined
+}
+
+/**
  * Build a TokenSet from a token response. When the response has no `refresh_token`, the previous one
  * is kept (with its expiry); when it has one, the refresh token's lifetime starts now.
  */
 export const fromResponse = (
-  provider: Provider,
+  provider: TokenRules,
   response: TokenResponse,
   now: number,
   previous?: TokenSet | undefined,

@@ -22,7 +22,7 @@ import { VaultError } from "../Errors.ts"
 import type { LatchkeyEvent } from "../Events.ts"
 import { createLatchkey, markRevoked } from "../Latchkey.ts"
 import * as Provider from "../Provider.ts"
-import * as Vault from "../Vault.ts"
+import * as Vault from "../VaultNamespace.ts"
 import * as Hostile from "./hostile.ts"
 import type { ConformanceTokenServer, OpenedStore } from "./storeConformance.ts"
 

@@ -1,49 +1,4 @@
-/**
- * The store conformance suite: what the refresh engine relies on from a `ConnectionStoreShape`, as
- * vitest tests. Every built-in store runs it (memory, SQLite, PostgreSQL, Redis); a third-party store
- * runs it the same way.
- *
- * ```ts
- * import { storeConformance } from "@latchkey/core/testing"
- *
- * storeConformance({
- *   name: "MyStore",
- *   // A fresh, empty store, and how another process opens the same data.
- *   open: async () => {
- *     const settings = { url: process.env.MY_URL, namespace: `test-${crypto.randomUUID()}` }
- *     const store = await MyStore.make(settings)
- *     return { store, settings, close: () => MyStore.drop(settings) }
- *   },
- *   crossProcess: {
- *     opener: { module: new URL("../src/index.ts", import.meta.url).href, export: "MyStore.make" },
- *     tokenServer: myTokenServer // a server with rotating single-use refresh tokens
- *   }
- * })
- * ```
- *
- * Checks, for any store: create / read / list by owner / find by account / remove, a faithful round
- * trip of every field, uniqueness of ids and of (owner, provider, account), compare-and-set updates
- * (also under concurrent writers), `listDue` (active and due only, soonest first, following updates),
- * the lease (one holder at a time under contention, only the holder releases, takeover after expiry,
- * fences strictly increasing, also after a release), single-use pending authorizations, `scan` /
- * `count` paging, and `Vault.rotate` through the store (everything re-sealed to the new key, with
- * progress; a wrong key, a tampered or a truncated ciphertext ends in a `VaultError` naming the
- * connection, never in an empty token).
- *
- * With `crossProcess` (durable stores shared by processes), also, against a real token server: the
- * connection survives a reopen with its tokens sealed at rest (docs/architecture.md); N OS
- * processes x M callers on one expired connection make exactly one refresh, and the grant survives
- * at a server with single-use refresh tokens (invariants 1 and 2). Without `crossProcess` those tests
- * are registered as skipped, with the reason.
- *
- * Then the promise under faults (`storeFaults.ts`): slow writes past the lease, the store
- * unreachable right after the provider answered, skewed clocks, lost answers, and with
- * `crossProcess` a holder SIGKILLed or SIGTERMed in flight and a rolling restart under load.
- */
-import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
-import { createInterface } from "node:readline"
-import { fileURLToPath } from "node:url"
 import { Effect, Redacted } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { Connection, ConnectionRecord } from "../Connection.ts"
@@ -52,68 +7,20 @@ import { ConnectionStore, type ConnectionStoreShape, type PendingAuthorization }
 import type { StoreError } from "../Errors.ts"
 import { createLatchkey, type LatchkeyClient } from "../Latchkey.ts"
 import * as Provider from "../Provider.ts"
-import * as Vault from "../Vault.ts"
-import {
-  type ConformanceProviderSettings,
-  openWithOpener,
-  type StoreOpener,
-  type WorkerSettings
-} from "./storeConformanceWorker.ts"
+import * as Vault from "../VaultNamespace.ts"
+import { openWithOpener, type WorkerSettings } from "./storeConformanceWorker.ts"
 import { storeFaults } from "./storeFaults.ts"
+import type { ConformanceTokenServer, OpenedStore, StoreConformanceOptions } from "./storeKit.ts"
+import { startStoreWorker } from "./storeKit.ts"
 
 export type { ConformanceProviderSettings, StoreOpener, WorkerSettings } from "./storeConformanceWorker.ts"
-
-/** A store the suite opened: fresh and empty, with its own file, schema or key prefix. */
-export interface OpenedStore {
-  readonly store: ConnectionStoreShape
-  /** Close this handle and delete what it stored. */
-  readonly close: () => Promise<void>
-  /** JSON-safe settings that `crossProcess.opener` turns into another handle on the same data. */
-  readonly settings?: unknown
-  /** Everything the backend holds for this store, as text: checked for plaintext tokens. */
-  readonly raw?: (() => Promise<string>) | undefined
-}
-
-/** A token server with rotating single-use refresh tokens, for the cross-process checks. */
-export interface ConformanceTokenServer {
-  /** How to reach it (JSON: worker processes rebuild the provider from it). */
-  readonly provider: ConformanceProviderSettings
-  /** How the provider identifies the account after the code exchange. */
-  readonly identify: Provider.ProviderDefinition["identify"]
-  /** Act as a user approving `authorizeUrl` as `login`; resolve the callback URL. */
-  readonly approve: (authorizeUrl: string, login: string) => Promise<string>
-  /** Refresh-token grants the server has received so far (counted by the server itself). */
-  readonly refreshCount: () => number | Promise<number>
-  /** Refresh-token grants it refused so far (e.g. a reused refresh token), when it counts them. */
-  readonly refreshErrors?: (() => number | Promise<number>) | undefined
-  readonly close: () => Promise<void>
-}
-
-export interface StoreConformanceOptions {
-  readonly name: string
-  /** Open a fresh, empty store. */
-  readonly open: () => Promise<OpenedStore>
-  /**
-   * For stores with row locks (PostgreSQL): lock a connection's row from another session, as a
-   * stuck transaction would, until `release`. The fault suite then holds it across a refresh's write.
-   */
-  readonly lockRow?:
-    | ((opened: OpenedStore, connectionId: string) => Promise<{ readonly release: () => Promise<void> }>)
-    | undefined
-  /** For durable stores that several processes share; omit for a one-process store (memory). */
-  readonly crossProcess?:
-    | {
-        /** How a worker process (and a reopen) gets a handle from `OpenedStore.settings`. */
-        readonly opener: StoreOpener
-        /** Started once for the cross-process checks, closed after them. */
-        readonly tokenServer: () => Promise<ConformanceTokenServer>
-        /** OS processes in the storm (default 4). */
-        readonly processes?: number | undefined
-        /** Concurrent callers per process (default 50). */
-        readonly callers?: number | undefined
-      }
-    | undefined
-}
+export {
+  type ConformanceTokenServer,
+  type OpenedStore,
+  type StoreConformanceOptions,
+  startStoreWorker,
+  type WorkerHandle
+} from "./storeKit.ts"
 
 const run = <A, E>(effect: Effect.Effect<A, E>) => Effect.runPromise(effect)
 const flip = <A>(effect: Effect.Effect<A, StoreError>) => run(Effect.flip(effect))
@@ -209,65 +116,6 @@ const rotateOn = (store: ConnectionStoreShape, vault: Vault.VaultShape, options:
       Effect.provideService(ConnectionStore, store)
     )
   )
-
-export interface WorkerHandle {
-  readonly child: ChildProcessWithoutNullStreams
-  readonly ready: Promise<void>
-  /** A storm's `{ tokens, failures }` (also resolves with a load's `{ calls, ok, failures }`). */
-  readonly result: Promise<{ tokens: Array<string>; failures: Array<string> }>
-  /** How the process ended (exit code, or the signal that ended it). */
-  readonly exited: Promise<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>
-  /** Every JSON line the worker printed so far. */
-  readonly lines: Array<Record<string, unknown>>
-}
-
-const workerFile = fileURLToPath(
-  new URL(`./storeConformanceWorker${import.meta.url.endsWith(".ts") ? ".ts" : ".js"}`, import.meta.url)
-)
-
-/**
- * Spawn the conformance worker: one OS process with one Latchkey instance on the store described by
- * `settings`. It prints "ready"; write "go\n" to its stdin and `result` resolves with its callers' tokens.
- */
-export const startStoreWorker = (settings: WorkerSettings): WorkerHandle => {
-  const child = spawn(process.execPath, [workerFile], {
-    env: { ...process.env, LK_STORE_WORKER: JSON.stringify(settings) },
-    stdio: ["pipe", "pipe", "pipe"]
-  })
-  let stderr = ""
-  child.stderr.on("data", (d) => {
-    stderr += d
-  })
-  const lines = createInterface({ input: child.stdout })
-  const printed: Array<Record<string, unknown>> = []
-  let onReady: () => void = () => {}
-  let onFail: (e: Error) => void = () => {}
-  const ready = new Promise<void>((resolve, reject) => {
-    onReady = resolve
-    onFail = reject
-  })
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.on("exit", (code, signal) => resolve({ code, signal }))
-  })
-  const result = new Promise<{ tokens: Array<string>; failures: Array<string> }>((resolve, reject) => {
-    lines.on("line", (line) => {
-      if (line === "ready") onReady()
-      else if (line.startsWith("{")) {
-        const parsed = JSON.parse(line) as Record<string, unknown>
-        printed.push(parsed)
-        if ("tokens" in parsed || "calls" in parsed) resolve(parsed as never)
-      }
-    })
-    child.on("exit", (code, signal) => {
-      const error = new Error(`store worker exited (${code ?? signal}): ${stderr.slice(-800)}`)
-      onFail(error)
-      reject(error)
-    })
-  })
-  ready.catch(() => {})
-  result.catch(() => {})
-  return { child, ready, result, exited, lines: printed }
-}
 
 /**
  * Register the suite (vitest `describe` / `it`). Call it at the top level of a test file.

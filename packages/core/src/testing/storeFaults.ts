@@ -21,14 +21,15 @@ import { StoreError } from "../Errors.ts"
 import { createLatchkey, type LatchkeyClient } from "../Latchkey.ts"
 import * as Provider from "../Provider.ts"
 import { type OAuthSandbox, type SandboxAccount, startOAuthSandbox } from "../sandbox/oauth.ts"
-import * as Vault from "../Vault.ts"
+import * as Vault from "../VaultNamespace.ts"
+import type { WorkerSettings } from "./storeConformanceWorker.ts"
+import { openWithOpener } from "./storeConformanceWorker.ts"
 import {
   type OpenedStore,
   type StoreConformanceOptions,
   startStoreWorker,
   type WorkerHandle
-} from "./storeConformance.ts"
-import { openWithOpener, type WorkerSettings } from "./storeConformanceWorker.ts"
+} from "./storeKit.ts"
 
 const run = <A, E>(effect: Effect.Effect<A, E>) => Effect.runPromise(effect)
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))

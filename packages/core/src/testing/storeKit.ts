@@ -1,0 +1,121 @@
+/**
+ * What the store conformance suites share: the options a store passes, and the worker processes of
+ * the cross-process checks (`storeConformanceWorker.ts`).
+ */
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process"
+import { createInterface } from "node:readline"
+import { fileURLToPath } from "node:url"
+import type { ConnectionStoreShape } from "../ConnectionStore.ts"
+import type * as Provider from "../Provider.ts"
+import type { ConformanceProviderSettings, StoreOpener, WorkerSettings } from "./storeConformanceWorker.ts"
+
+/** A store the suite opened: fresh and empty, with its own file, schema or key prefix. */
+export interface OpenedStore {
+  readonly store: ConnectionStoreShape
+  /** Close this handle and delete what it stored. */
+  readonly close: () => Promise<void>
+  /** JSON-safe settings that `crossProcess.opener` turns into another handle on the same data. */
+  readonly settings?: unknown
+  /** Everything the backend holds for this store, as text: checked for plaintext tokens. */
+  readonly raw?: (() => Promise<string>) | undefined
+}
+
+/** A token server with rotating single-use refresh tokens, for the cross-process checks. */
+export interface ConformanceTokenServer {
+  /** How to reach it (JSON: worker processes rebuild the provider from it). */
+  readonly provider: ConformanceProviderSettings
+  /** How the provider identifies the account after the code exchange. */
+  readonly identify: Provider.ProviderDefinition["identify"]
+  /** Act as a user approving `authorizeUrl` as `login`; resolve the callback URL. */
+  readonly approve: (authorizeUrl: string, login: string) => Promise<string>
+  /** Refresh-token grants the server has received so far (counted by the server itself). */
+  readonly refreshCount: () => number | Promise<number>
+  /** Refresh-token grants it refused so far (e.g. a reused refresh token), when it counts them. */
+  readonly refreshErrors?: (() => number | Promise<number>) | undefined
+  readonly close: () => Promise<void>
+}
+
+export interface StoreConformanceOptions {
+  readonly name: string
+  /** Open a fresh, empty store. */
+  readonly open: () => Promise<OpenedStore>
+  /**
+   * For stores with row locks (PostgreSQL): lock a connection's row from another session, as a
+   * stuck transaction would, until `release`. The fault suite then holds it across a refresh's write.
+   */
+  readonly lockRow?:
+    | ((opened: OpenedStore, connectionId: string) => Promise<{ readonly release: () => Promise<void> }>)
+    | undefined
+  /** For durable stores that several processes share; omit for a one-process store (memory). */
+  readonly crossProcess?:
+    | {
+        /** How a worker process (and a reopen) gets a handle from `OpenedStore.settings`. */
+        readonly opener: StoreOpener
+        /** Started once for the cross-process checks, closed after them. */
+        readonly tokenServer: () => Promise<ConformanceTokenServer>
+        /** OS processes in the storm (default 4). */
+        readonly processes?: number | undefined
+        /** Concurrent callers per process (default 50). */
+        readonly callers?: number | undefined
+      }
+    | undefined
+}
+
+export interface WorkerHandle {
+  readonly child: ChildProcessWithoutNullStreams
+  readonly ready: Promise<void>
+  /** A storm's `{ tokens, failures }` (also resolves with a load's `{ calls, ok, failures }`). */
+  readonly result: Promise<{ tokens: Array<string>; failures: Array<string> }>
+  /** How the process ended (exit code, or the signal that ended it). */
+  readonly exited: Promise<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>
+  /** Every JSON line the worker printed so far. */
+  readonly lines: Array<Record<string, unknown>>
+}
+
+const workerFile = fileURLToPath(
+  new URL(`./storeConformanceWorker${import.meta.url.endsWith(".ts") ? ".ts" : ".js"}`, import.meta.url)
+)
+
+/**
+ * Spawn the conformance worker: one OS process with one Latchkey instance on the store described by
+ * `settings`. It prints "ready"; write "go\n" to its stdin and `result` resolves with its callers' tokens.
+ */
+export const startStoreWorker = (settings: WorkerSettings): WorkerHandle => {
+  const child = spawn(process.execPath, [workerFile], {
+    env: { ...process.env, LK_STORE_WORKER: JSON.stringify(settings) },
+    stdio: ["pipe", "pipe", "pipe"]
+  })
+  let stderr = ""
+  child.stderr.on("data", (d) => {
+    stderr += d
+  })
+  const lines = createInterface({ input: child.stdout })
+  const printed: Array<Record<string, unknown>> = []
+  let onReady: () => void = () => {}
+  let onFail: (e: Error) => void = () => {}
+  const ready = new Promise<void>((resolve, reject) => {
+    onReady = resolve
+    onFail = reject
+  })
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.on("exit", (code, signal) => resolve({ code, signal }))
+  })
+  const result = new Promise<{ tokens: Array<string>; failures: Array<string> }>((resolve, reject) => {
+    lines.on("line", (line) => {
+      if (line === "ready") onReady()
+      else if (line.startsWith("{")) {
+        const parsed = JSON.parse(line) as Record<string, unknown>
+        printed.push(parsed)
+        if ("tokens" in parsed || "calls" in parsed) resolve(parsed as never)
+      }
+    })
+    child.on("exit", (code, signal) => {
+      const error = new Error(`store worker exited (${code ?? signal}): ${stderr.slice(-800)}`)
+      onFail(error)
+      reject(error)
+    })
+  })
+  ready.catch(() => {})
+  result.catch(() => {})
+  return { child, ready, result, exited, lines: printed }
+}
