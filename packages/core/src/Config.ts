@@ -17,7 +17,8 @@ export interface LatchkeyConfigShape {
    * How long a refresh whose holder went silent (its lease lapsed with its journal unfinished) is
    * left alone before another instance treats it as in doubt and resends, where the provider's facts
    * say a resend is not safe at once (default 2 minutes: well above the lease, so that a holder cut
-   * off from the store for a while can still come back and write its tokens).
+   * off from the store for a while can still come back and write its tokens). Keep it well above
+   * `requestTimeoutMs`: a holder's request may still be in flight that long after its lease lapsed.
    */
   readonly inDoubtAfterMs: number
   /** How long `close()` waits for refreshes in flight to finish their write (default 20 s). */

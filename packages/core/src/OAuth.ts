@@ -60,7 +60,7 @@ export interface ProtocolOptions {
   readonly timeoutMs: number
   /** The fetch to use (tests and benchmarks may count calls). Default: global fetch. */
   readonly fetch?: typeof fetch | undefined
-  /** Aborts the request early (the refresh engine's lease watcher). */
+  /** Aborts the request early. */
   readonly signal?: AbortSignal | undefined
 }
 

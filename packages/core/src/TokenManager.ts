@@ -360,42 +360,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       // ---- the provider call -------------------------------------------------------------------
 
       /**
-       * One request, aborted the moment the lease could lapse (its renewals failing): while the
-       * request is in flight the lease is held, by renewals or by this watcher.
-       */
-      const watchedRefresh = (
-        provider: Provider,
-        refreshToken: string,
-        keeper: Keeper,
-        dpopKey: string | undefined
-      ) =>
-        Effect.gen(function* () {
-          const controller = new AbortController()
-          const watcher = yield* Effect.forkDetach(
-            Effect.interruptible(
-              Effect.gen(function* () {
-                for (;;) {
-                  yield* Effect.sleep(Math.max(5, Math.min(50, Math.floor(margin / 4))))
-                  const now = yield* Clock.currentTimeMillis
-                  if (leaseLeft(keeper, now) <= 0) {
-                    controller.abort(new Error("the refresh lease is about to lapse"))
-                    return
-                  }
-                }
-              })
-            )
-          )
-          return yield* OAuth.refresh(
-            provider,
-            { ...protocol, signal: controller.signal },
-            refreshToken,
-            dpopKey
-          ).pipe(Effect.result, Effect.ensuring(Fiber.interrupt(watcher)))
-        })
-
-      /**
        * Send the refresh token, retrying what the provider answered as transient while the lease
-       * leaves room for another request. Never sent without the lease; never in flight without it.
+       * leaves room for another request. Never sent without enough lease left.
        */
       const callProvider = Effect.fnUntraced(function* (
         provider: Provider,
@@ -415,7 +381,13 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               )
             }
           }
-          const result = yield* watchedRefresh(provider, refreshToken, keeper, c.tokens.dpopKey)
+          // The request is not cut short when the lease might lapse: the journal, not the lease,
+          // keeps everyone else from sending this token while it is in flight (they wait
+          // `inDoubtAfterMs`, well above the request timeout), and cutting it would only turn a
+          // slow answer into a lost one.
+          const result = yield* OAuth.refresh(provider, protocol, refreshToken, c.tokens.dpopKey).pipe(
+            Effect.result
+          )
           if (result._tag === "Success") {
             return {
               _tag: "Answer",
