@@ -12,7 +12,10 @@
 // 4. publint + attw (@arethetypeswrong/cli, ESM-only profile) on every tarball: zero errors
 // 5. install    a scratch app in the OS temp folder (outside the workspace: no pnpm, no workspace links, no
 //               tsconfig paths) gets every tarball with plain `npm install`; `npm ls` must be clean and every
-//               entry point must import (`@latchkey/core/testing` only with its optional peer vitest)
+//               entry point must import (`@latchkey/core/testing` only with its optional peer vitest); every
+//               bin (`latchkey`) runs `--help` from node_modules/.bin. The app also installs what an app using
+//               @latchkey/http's README has: fastify (the optional peer @latchkey/http/fastify's types import),
+//               express with its types, and hono, at the versions the http examples are tested with
 // 6. readme types  every ```ts block of README.md and of each public package's README is type-checked there
 //               with `tsc --strict`. Blocks are wrapped, not edited: the names a README leaves to the reader
 //               (`request`, `providers`, `vaultKey`, ...) are declared in readme/free-variables.d.ts, and a
