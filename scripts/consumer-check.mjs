@@ -12,7 +12,10 @@
 // 4. publint + attw (@arethetypeswrong/cli, ESM-only profile) on every tarball: zero errors
 // 5. install    a scratch app in the OS temp folder (outside the workspace: no pnpm, no workspace links, no
 //               tsconfig paths) gets every tarball with plain `npm install`; `npm ls` must be clean and every
-//               entry point must import (`@latchkey/core/testing` only with its optional peer vitest)
+//               entry point must import (`@latchkey/core/testing` only with its optional peer vitest); every
+//               bin (`latchkey`) runs `--help` from node_modules/.bin. The app also installs what an app using
+//               @latchkey/http's README has: fastify (the optional peer @latchkey/http/fastify's types import),
+//               express with its types, and hono, at the versions the http examples are tested with
 // 6. readme types  every ```ts block of README.md and of each public package's README is type-checked there
 //               with `tsc --strict`. Blocks are wrapped, not edited: the names a README leaves to the reader
 //               (`request`, `providers`, `vaultKey`, ...) are declared in readme/free-variables.d.ts, and a
@@ -194,6 +197,23 @@ const blockAfter = (text, marker, lang, from = 0) => {
     .join("\n")
 }
 
+/**
+ * The module specifiers a compiled file (.js or .d.ts) loads: static `import ... from "x"`, `import "x"`,
+ * `export ... from "x"` statements (at the start of a line, as tsc emits them) and `import("x")` with a
+ * string literal (dynamic imports, and import types in .d.ts). Only the clause of a statement (names,
+ * braces, commas, `* as`, `type`) may stand between the keyword and the string, so text in a string or a
+ * template (`["tokens from", at(c.obtainedAt)]`) is never taken for an import.
+ */
+const moduleSpecifiers = (code) => {
+  const specs = []
+  const text = code.replace(/\/\*[\s\S]*?\*\//g, "").replace(/^\s*\/\/.*$/gm, "")
+  const statement = /^[ \t]*(?:import|export)\b(?:[ \t]+type)?(?:[\s\w$*,{}]*?\bfrom)?\s*["']([^"'\n]+)["']/gm
+  for (const [, spec] of text.matchAll(statement)) specs.push(spec)
+  for (const [, spec] of text.matchAll(/(?<![\w$.])import\s*\(\s*["']([^"'\n]+)["']\s*[,)]/g))
+    specs.push(spec)
+  return specs
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // steps
 
@@ -311,11 +331,8 @@ const laneChecks = async () => {
         const file = queue.shift()
         if (reached.has(file) || !p.files.has(file)) continue
         reached.add(file)
-        const code = p.files.get(file).toString("utf8")
-        for (const [, spec] of code.matchAll(
-          /(?:^|\n)\s*(?:import|export)\b[^"']*?["'](\.{1,2}\/[^"']+)["']/g
-        )) {
-          queue.push(join(dirname(file), spec))
+        for (const spec of moduleSpecifiers(p.files.get(file).toString("utf8"))) {
+          if (/^\.{1,2}\//.test(spec)) queue.push(join(dirname(file), spec))
         }
       }
       for (const file of reached) {
@@ -327,12 +344,8 @@ const laneChecks = async () => {
       const imported = new Set()
       for (const [file, body] of p.files) {
         if (!/\.(js|d\.ts)$/.test(file)) continue
-        const code = body
-          .toString("utf8")
-          .replace(/\/\*[\s\S]*?\*\//g, "")
-          .replace(/^\s*\/\/.*$/gm, "")
-        for (const [, spec] of code.matchAll(/(?:\bfrom|\bimport)\s*\(?\s*["']([^"'.][^"']*)["']/g)) {
-          if (spec.startsWith("node:")) continue
+        for (const spec of moduleSpecifiers(body.toString("utf8"))) {
+          if (spec.startsWith(".") || spec.startsWith("node:")) continue
           const name = spec.startsWith("@") ? spec.split("/").slice(0, 2).join("/") : spec.split("/")[0]
           if (name !== m.name) imported.add(name)
         }
@@ -423,7 +436,8 @@ const latchkey = createLatchkey({
       endpoints: {
         issuer: "https://auth.example.com",
         authorization: "https://auth.example.com/oauth/authorize",
-        token: "https://auth.example.com/oauth/token"
+        token: "https://auth.example.com/oauth/token",
+        userinfo: "https://auth.example.com/oauth/userinfo"
       }
     })
   ],
@@ -452,11 +466,18 @@ const laneApp = async () => {
       readFileSync(join(root, "node_modules/typescript/package.json"), "utf8")
     ).version
     const effect = byName.get("@latchkey/core").packed.dependencies.effect
+    // The frameworks @latchkey/http's README mounts the handlers on, at the versions its examples are tested
+    // with: what an app using those entry points has installed (fastify is the optional peer that
+    // @latchkey/http/fastify's types import; an app that never imports that entry point needs none of them).
+    const httpDev = JSON.parse(readFileSync(join(root, "packages/http/package.json"), "utf8")).devDependencies
+    const frameworks = ["fastify", "express", "@types/express", "hono"].map((f) => `${f}@${httpDev[f]}`)
     // The packages, effect (the README examples import it) and the compiler for the README check, in one go.
     const tools = [`typescript@${typescript}`, "@types/node@24"]
-    await run("npm", ["install", ...publicPackages.map((p) => p.tarball), `effect@${effect}`, ...tools], {
-      cwd: app
-    })
+    await run(
+      "npm",
+      ["install", ...publicPackages.map((p) => p.tarball), `effect@${effect}`, ...frameworks, ...tools],
+      { cwd: app }
+    )
     await run("npm", ["ls", "--all"], { cwd: app })
     // Every entry point imports from node_modules; /testing needs its optional peer vitest, and says so.
     const entries = publicPackages.flatMap((p) =>
@@ -476,7 +497,13 @@ const laneApp = async () => {
       if (failures.length) { console.error(failures.join("\\n")); process.exit(1) }`
     writeFileSync(join(app, "import-every-entry.mjs"), script)
     await run(process.execPath, ["import-every-entry.mjs"], { cwd: app })
-    return `${entries.length} entry points import (${entries.filter((e) => e.endsWith("/testing")).length} of them need vitest)`
+    // Every bin a package declares runs from node_modules/.bin, as `npx <name>` would start it.
+    const bins = publicPackages.flatMap((p) => Object.keys(p.packed.bin ?? {}))
+    for (const name of bins) {
+      const help = await run(join(app, "node_modules", ".bin", name), ["--help"], { cwd: app })
+      if (!help.stdout.includes("USAGE")) fail(`${name} --help printed no usage:\n${tail(help.stdout)}`)
+    }
+    return `${entries.length} entry points import (${entries.filter((e) => e.endsWith("/testing")).length} of them need vitest); ${bins.map((b) => `${b} --help`).join(", ") || "no bin"} runs`
   })
   if (!ok.install) return
   await step("README examples type-check (tsc --strict)", async () => {
@@ -501,6 +528,7 @@ const laneApp = async () => {
       `// What the README examples leave to the reader: your request, your providers, your secrets.
 import type { IncomingHttpHeaders } from "node:http"
 import type { LatchkeyClient, Provider } from "@latchkey/core"
+import type { Handlers } from "@latchkey/http"
 
 declare global {
   /** The request your redirect URI received (Fetch API). */
@@ -521,6 +549,10 @@ declare global {
   const ed25519PublicKey: string
   const rsaPublicKey: string
   function tenantsOf(companyId: string | undefined, locationId: string | undefined): ReadonlyArray<string>
+  /** Your session system: the signed-in user of a request, if any. */
+  function getSession(request: Request): Promise<{ readonly userId: string } | undefined>
+  /** Route handlers created elsewhere in your app (\`handlers({ latchkey, owner })\`). */
+  const auth: Handlers
 }
 export {}
 `

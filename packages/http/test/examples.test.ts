@@ -1,7 +1,8 @@
 /**
  * Every framework example, served over real HTTP against the HeyGen and HighLevel sandboxes: link
  * HeyGen through the start route and the callback (back to the return path), a replayed callback
- * (the friendly page), a HighLevel marketplace install on the same redirect URI, a signed UNINSTALL
+ * (the friendly page), a HighLevel marketplace install on HighLevel's redirect URI (each provider has
+ * its own: neither sends RFC 9207 `iss`, so one shared URI is refused as a mix-up risk), a signed UNINSTALL
  * webhook (and a forged one), and unlink (someone else's, cross-site, then the owner's).
  *
  * Next.js: the example's route files (`app/oauth/[...latchkey]/route.ts`) are served by a small Node
@@ -67,11 +68,12 @@ describe.each(frameworks)("%s example", (_name, start) => {
   let highlevel: HighLevelSandbox
   beforeAll(async () => {
     const port = await freePort()
-    const callback = `http://127.0.0.1:${port}/oauth/callback`
-    heygen = await startHeyGenSandbox({ redirectUris: [callback] })
-    highlevel = await startSandbox({ redirectUris: [callback] })
+    const appUrl = `http://127.0.0.1:${port}`
+    // Each sandbox accepts exactly the redirect URI registered with it.
+    heygen = await startHeyGenSandbox({ redirectUris: [`${appUrl}/oauth/heygen/callback`] })
+    highlevel = await startSandbox({ redirectUris: [`${appUrl}/oauth/highlevel/callback`] })
     Object.assign(process.env, {
-      APP_CALLBACK_URL: callback,
+      APP_URL: appUrl,
       HEYGEN_URL: heygen.url,
       HEYGEN_CLIENT_ID: heygen.clientId,
       HIGHLEVEL_URL: highlevel.url,
@@ -108,7 +110,7 @@ describe.each(frameworks)("%s example", (_name, start) => {
 
     // The user approves; the callback completes and returns to the return path.
     const callback = await heygen.approve(authorize, { account: "jane_doe" })
-    expect(callback.startsWith(`${app.url}/oauth/callback?`)).toBe(true)
+    expect(callback.startsWith(`${app.url}/oauth/heygen/callback?`)).toBe(true)
     const done = await fetch(callback, as("user-1"))
     expect(done.status).toBe(303)
     expect(done.headers.get("location")).toMatch(/^\/settings\?tab=apps&latchkey=linked&connection=conn_/)
@@ -122,8 +124,9 @@ describe.each(frameworks)("%s example", (_name, start) => {
     expect(page).toContain("reused_state")
     expect(page).not.toMatch(/sbx|Error:|\bat .*\.ts/)
 
-    // A HighLevel marketplace install: code without state on the same redirect URI.
+    // A HighLevel marketplace install: code without state on HighLevel's own redirect URI.
     const install = await highlevel.install({ locationId: "sbxLocation002" })
+    expect(install.startsWith(`${app.url}/oauth/highlevel/callback?`)).toBe(true)
     expect(new URL(install).searchParams.has("state")).toBe(false)
     const installed = await fetch(install, as("user-1"))
     expect(installed.status).toBe(303)
