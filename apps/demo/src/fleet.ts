@@ -83,8 +83,10 @@ export interface Fleet {
   on(listener: (event: FleetEvent) => void): () => void
   /** Wait until every worker runs. */
   ready(): Promise<void>
-  crash(options?: { readonly waitForFlightMs?: number }): Promise<CrashReport>
-  restart(options?: { readonly waitForFlightMs?: number }): Promise<RestartReport>
+  /** SIGKILL a worker `settleMs` (default 400) into one of its refreshes (waiting up to `waitForFlightMs` for one). */
+  crash(options?: { readonly waitForFlightMs?: number; readonly settleMs?: number }): Promise<CrashReport>
+  /** SIGTERM a worker while it refreshes (waiting up to `waitForFlightMs` for one); it drains, then exits. */
+  restart(options?: { readonly waitForFlightMs?: number; readonly settleMs?: number }): Promise<RestartReport>
   close(): Promise<void>
 }
 
@@ -201,14 +203,32 @@ export const startFleet = (options: FleetOptions): Fleet => {
         resent: r.journal!.resend !== undefined
       }))
 
-  /** A running worker with a refresh in flight (waiting for one up to `waitMs`), else any running one. */
-  const pick = async (waitMs: number): Promise<{ slot: Slot; flights: ReadonlyArray<InFlight> }> => {
+  /**
+   * A running worker with a refresh in flight (waiting for one up to `waitMs`), else any running one.
+   * A refresh is taken once its journal has been there `settleMs` (the refresh token is on its way to
+   * the provider, not just about to leave), and is still there.
+   */
+  const pick = async (
+    waitMs: number,
+    settleMs: number
+  ): Promise<{ slot: Slot; flights: ReadonlyArray<InFlight> }> => {
     const deadline = Date.now() + waitMs
+    const seen = new Map<string, number>()
     for (;;) {
       const running = slots.filter((s) => s.state === "running" && s.child !== undefined)
       const flights = await inFlight()
+      const now = Date.now()
+      for (const f of flights) {
+        const key = `${f.connectionId}/${f.holder}/${f.startedAt}`
+        if (!seen.has(key)) seen.set(key, now)
+      }
       for (const slot of running) {
-        const mine = flights.filter((f) => f.holder === slot.holderId && f.suspectedAt === undefined)
+        const mine = flights.filter(
+          (f) =>
+            f.holder === slot.holderId &&
+            f.suspectedAt === undefined &&
+            now - seen.get(`${f.connectionId}/${f.holder}/${f.startedAt}`)! >= settleMs
+        )
         if (mine.length > 0) return { slot, flights: mine }
       }
       if (Date.now() >= deadline && running.length > 0) return { slot: running[0]!, flights: [] }
@@ -245,7 +265,7 @@ export const startFleet = (options: FleetOptions): Fleet => {
       await Promise.all(slots.map((s) => s.ready))
     },
     crash: async (o = {}) => {
-      const { slot, flights } = await pick(o.waitForFlightMs ?? 8_000)
+      const { slot, flights } = await pick(o.waitForFlightMs ?? 8_000, o.settleMs ?? 400)
       const child = slot.child!
       slot.expected = "crash"
       child.kill("SIGKILL")
@@ -264,7 +284,7 @@ export const startFleet = (options: FleetOptions): Fleet => {
       return { worker: slot.name, pid, inFlight: flights }
     },
     restart: async (o = {}) => {
-      const { slot, flights } = await pick(o.waitForFlightMs ?? 8_000)
+      const { slot, flights } = await pick(o.waitForFlightMs ?? 8_000, o.settleMs ?? 200)
       const child = slot.child!
       slot.expected = "restart"
       slot.state = "draining"
