@@ -354,7 +354,7 @@ export const fleetPanel = (view: FleetView, session: Session): string =>
             r.use === undefined ? "–" : r.use.requests === 0 ? "none yet" : String(r.use.maxPerToken)
           const twice = r.use === undefined ? "–" : String(r.use.sentTwice)
           return (
-            `<tr data-fleet-row="${attr(r.connectionId)}" data-per-expiry="${r.use?.maxPerToken ?? ""}" data-sent-twice="${r.use?.sentTwice ?? ""}" data-last="${attr(r.last ?? "")}">` +
+            `<tr data-fleet-row="${attr(r.connectionId)}" data-per-expiry="${r.use?.maxPerToken ?? ""}" data-sent-twice="${r.use?.sentTwice ?? ""}" data-last="${attr(r.last ?? "")}" data-refreshes="${r.counts.reduce((n, [, k]) => n + k, 0)}">` +
             `<th scope="row">${escapeHtml(r.providerName)} · ${escapeHtml(r.label)}</th>` +
             `<td>${escapeHtml(r.last ?? "not yet")}</td>` +
             `<td>${r.counts.length === 0 ? "–" : r.counts.map(([p, n]) => `${escapeHtml(p)} ×${n}`).join(", ")}</td>` +
@@ -420,7 +420,7 @@ export const page = (view: PageView): string => {
         : "") +
       `<div id="accounts" class="board">${accounts(view.groups, view.session, view.now, view.refreshAheadMs)}</div>` +
       `<section class="activity" aria-labelledby="activity-title"><h2 id="activity-title">Live activity</h2>` +
-      `<ol id="activity" data-empty="Events appear here as Latchkey links, refreshes and unlinks accounts.">${view.activity
+      `<ol id="activity" tabindex="0" aria-labelledby="activity-title" data-empty="Events appear here as Latchkey links, refreshes and unlinks accounts.">${view.activity
         .slice()
         .reverse()
         .map(activityItem)
