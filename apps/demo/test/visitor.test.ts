@@ -182,6 +182,7 @@ describe("what a visitor trips on", () => {
     expect(await card.locator("h3").textContent()).toBe(LONG_LOGIN)
     expect(await page.locator(".flash-success").textContent()).not.toContain("@example.com@")
 
+    await page.setViewportSize({ width: 1280, height: 900 })
     await expectNoSidewaysScroll()
     await expectNothingTruncated()
     await expectAccessible("board at 1280 px")
