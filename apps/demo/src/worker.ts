@@ -32,9 +32,12 @@ export type WorkerMessage =
   | { readonly type: "event"; readonly event: unknown }
   | { readonly type: "drained"; readonly ms: number }
 
-const send = (message: WorkerMessage) => {
-  if (process.connected) process.send?.(message)
-}
+/** Resolves once the message is handed to the channel (so that an exit right after does not drop it). */
+const send = (message: WorkerMessage) =>
+  new Promise<void>((resolve) => {
+    if (!process.connected || process.send === undefined) return resolve()
+    process.send(message, undefined, {}, () => resolve())
+  })
 
 const start = async (init: WorkerInit) => {
   const store = SqliteStore.make({ path: init.databasePath })
@@ -47,14 +50,14 @@ const start = async (init: WorkerInit) => {
     config: { ...init.config, holderId },
     refresher: { intervalMs: init.refresherIntervalMs }
   })
-  latchkey.on((event) => send({ type: "event", event }))
+  latchkey.on((event) => void send({ type: "event", event }))
   let stopping = false
   const stop = async (code: number) => {
     if (stopping) return
     stopping = true
     const started = Date.now()
     await latchkey.close().catch(() => {})
-    send({ type: "drained", ms: Date.now() - started })
+    await send({ type: "drained", ms: Date.now() - started })
     await Effect.runPromise(store.close()).catch(() => {})
     process.exit(code)
   }
@@ -63,7 +66,7 @@ const start = async (init: WorkerInit) => {
   // The web process went away: nobody to report to.
   process.once("disconnect", () => void stop(0))
   await latchkey.refresher.start()
-  send({ type: "ready", holderId })
+  await send({ type: "ready", holderId })
 }
 
 process.once("message", (message: WorkerInit) => {

@@ -33,6 +33,7 @@ beforeAll(async () => {
   browser = await launchChromium()
   context = await offlineContext(browser)
   page = await context.newPage()
+  await page.setViewportSize({ width: 1280, height: 900 })
 })
 
 afterAll(async () => {
@@ -69,6 +70,10 @@ const row = async (accountId: string) => {
     text: (await r.textContent()) ?? ""
   }
 }
+
+/** How far the page scrolls sideways (0: not at all). */
+const sidewaysScroll = () =>
+  page.evaluate(() => document.scrollingElement!.scrollWidth - document.documentElement.clientWidth)
 
 const noSeriousViolations = async () => {
   const results = await new AxeBuilder({ page }).analyze()
@@ -110,7 +115,14 @@ describe("the refresh fleet", () => {
     const workers = started.demo.fleet!.workers()
     expect(workers.reduce((n, w) => n + w.refreshes, 0)).toBeGreaterThanOrEqual(3)
     expect(await noSeriousViolations()).toEqual([])
+    expect(await sidewaysScroll()).toBe(0)
     await shot("20-fleet-steady")
+    // The fleet panel at 420 px: the table becomes one block per account, nothing scrolls sideways.
+    await page.setViewportSize({ width: 420, height: 900 })
+    expect(await sidewaysScroll()).toBe(0)
+    expect(await noSeriousViolations()).toEqual([])
+    await shot("25-fleet-420")
+    await page.setViewportSize({ width: 1280, height: 900 })
   })
 
   it("restart a worker (SIGTERM while it refreshes): it drains, nothing is lost, nothing in doubt", async () => {
