@@ -363,10 +363,11 @@ export const createApp = (options: AppOptions): App => {
                     : {
                         holder: holderWorker ?? flight.holder,
                         startedAt: flight.startedAt,
-                        // The holder is gone (killed): the engine treats the refresh as in doubt.
-                        holderAlive: workers.some(
-                          (w) => w.holderId === flight.holder && w.state !== "stopped"
-                        ),
+                        // A worker's process that is gone (killed): the refresh is in doubt. Another
+                        // holder (this web process) is alive unless the engine marked it suspected.
+                        holderAlive:
+                          holderWorker === undefined ||
+                          workers.some((w) => w.holderId === flight.holder && w.state !== "stopped"),
                         suspectedAt: flight.suspectedAt,
                         resent: flight.resent
                       }

@@ -161,17 +161,36 @@ describe("the refresh fleet", () => {
     await page.getByRole("button", { name: "Crash a worker" }).click()
     const toast = page.locator(".toast").last()
     await expect.poll(() => toast.textContent(), { timeout: 15_000 }).toContain("killed (SIGKILL)")
-    expect(await toast.textContent()).toContain("It was refreshing")
+    const crashToast = (await toast.textContent()) ?? ""
+    expect(crashToast).toContain("It was refreshing")
 
     // The card of each refresh the worker had in flight says so, from the journal in the store.
     const inDoubt = page.locator('[data-connection-id]:has([data-flight="in-doubt"])')
     await expect.poll(() => inDoubt.count(), { timeout: 10_000, interval: 100 }).toBeGreaterThan(0)
-    const crashed = await inDoubt.evaluateAll((cards) => cards.map((c) => c.getAttribute("data-account-id")!))
+    // Every card that shows the refresh in doubt while the engine decides (they may appear one by one).
+    const crashed = new Set<string>()
+    const doubted = async () => {
+      const ids = await inDoubt.evaluateAll((cards) => cards.map((c) => c.getAttribute("data-account-id")!))
+      for (const id of ids) crashed.add(id)
+      return ids.length
+    }
+    await doubted()
     expect(await inDoubt.first().textContent()).toContain("stopped before its answer was stored")
     await shot("22-fleet-crash-in-doubt")
 
     // Then the engine decides (the holder silent past inDoubtAfterMs, one resend at most).
-    await expect.poll(() => inDoubt.count(), { timeout: 30_000, interval: 250 }).toBe(0)
+    await expect.poll(doubted, { timeout: 30_000, interval: 100 }).toBe(0)
+    // The toast named what the worker was refreshing: the same accounts.
+    const named = crashToast.split("It was refreshing")[1] ?? ""
+    for (const account of ACCOUNTS) {
+      const label =
+        account === "jane_doe"
+          ? "jane@example.com"
+          : account === "alice"
+            ? "alice@example.com"
+            : "Acme Plumbing"
+      expect(crashed.has(account)).toBe(named.includes(label))
+    }
     let interrupted = 0
     for (const account of crashed) {
       const card = cardOf(account)
@@ -200,7 +219,7 @@ describe("the refresh fleet", () => {
       }
     }
     // Accounts the crashed worker was not refreshing never noticed.
-    for (const account of ACCOUNTS.filter((a) => !crashed.includes(a))) {
+    for (const account of ACCOUNTS.filter((a) => !crashed.has(a))) {
       expect(await cardOf(account).getAttribute("data-status")).toBe("active")
       expect((await row(account)).sentTwice).toBe(0)
     }
