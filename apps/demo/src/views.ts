@@ -252,7 +252,7 @@ export const card = (view: CardView, session: Session, now: number, refreshAhead
       ? timeline("access", "Access token", accessStart, c.expiresAt, now, "", due)
       : `<div class="timeline timeline-open" data-kind="access"><div class="timeline-head"><span class="timeline-name">Access token</span>` +
         `<span class="timeline-left">${active ? "unreadable" : "not usable"}</span></div>` +
-        `<p class="timeline-note">${escapeHtml(active ? "Sealed with another vault key." : `${name} no longer accepts this grant; reconnect to get new tokens.`)}</p></div>`) +
+        `<p class="timeline-note">${escapeHtml(active ? "Sealed with another vault key." : "Not usable until the account is linked again.")}</p></div>`) +
     (c.hasRefreshToken
       ? timeline(
           "refresh",
