@@ -28,7 +28,7 @@ beforeAll(async () => {
     refreshDelayMs: 1200,
     refresherIntervalMs: 500,
     leaseTtlMs: 2000,
-    inDoubtAfterMs: 4000
+    inDoubtAfterMs: 3000
   })
   browser = await launchChromium()
   context = await offlineContext(browser)
@@ -140,7 +140,7 @@ describe("the refresh fleet", () => {
     expect(after.lastExit).toMatch(/exited with code 0 after draining/)
 
     // Nothing in doubt, nothing lost: every account stays active, refreshed once per expiry.
-    for (let i = 0; i < 12; i++) {
+    for (let i = 0; i < 6; i++) {
       expect(await page.locator('[data-flight="in-doubt"]').count()).toBe(0)
       await page.waitForTimeout(250)
     }
