@@ -8,7 +8,15 @@
 import { readFileSync } from "node:fs"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { join } from "node:path"
-import type { Connection, Events, LatchkeyClient } from "@latchkey/core"
+import {
+  type Connection,
+  type ConnectionStore,
+  type Events,
+  type LatchkeyClient,
+  Vault
+} from "@latchkey/core"
+import { Effect, Exit, Option } from "effect"
+import type { Fleet, FleetEvent, InFlight } from "./fleet.ts"
 import {
   apiStatus,
   authorizationFailure,
@@ -25,6 +33,11 @@ type Summary = Connection.ConnectionSummary
 
 export interface AppOptions {
   readonly latchkey: LatchkeyClient
+  /** The refresh workers, when the background refresh runs in other processes. */
+  readonly fleet?: Fleet | undefined
+  /** The store, to read refresh journals and check that the vault key opens each connection. */
+  readonly store?: ConnectionStore.ConnectionStoreShape | undefined
+  readonly vaultKey?: Vault.VaultKey | undefined
   readonly setups: ReadonlyArray<ProviderSetup>
   /** Where browsers reach the app, e.g. `http://127.0.0.1:3000`. */
   readonly origin: string
@@ -43,7 +56,14 @@ export interface App {
   readonly sessions: Sessions
 }
 
+const FAVICON =
+  `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24"><rect width="24" height="24" rx="6" fill="#4338ca"/>` +
+  `<circle cx="8.5" cy="12" r="3.6" fill="none" stroke="#fff" stroke-width="2"/>` +
+  `<path d="M12 12h7.5m-2.5 0v3m-2.5-3v2" fill="none" stroke="#fff" stroke-width="2" stroke-linecap="round"/></svg>`
+
 const ASSETS = {
+  "/favicon.ico": { type: "image/svg+xml", body: Buffer.from(FAVICON) },
+  "/assets/icon.svg": { type: "image/svg+xml", body: Buffer.from(FAVICON) },
   "/assets/app.css": {
     type: "text/css; charset=utf-8",
     body: readFileSync(join(import.meta.dirname, "assets", "app.css"))
@@ -174,7 +194,21 @@ export const createApp = (options: AppOptions): App => {
     for (const res of clients) res.write(frame)
   }
 
-  const onEvent = (event: Events.LatchkeyEvent) => {
+  /** The account's name for the feed: known from a page or an event, else read from the store (after a restart). */
+  const labelOf = async (event: Events.LatchkeyEvent, connectionId: string): Promise<string> => {
+    const known = labels.get(connectionId)
+    if (known !== undefined) return known
+    const c = (await latchkey.connections(event.ownerId).catch(() => [])).find((x) => x.id === connectionId)
+    if (c !== undefined) labels.set(c.id, c.label)
+    return c?.label ?? "an account"
+  }
+
+  /** Which process did each refresh: the web process (`web`) or a worker (`worker-2`). */
+  const refreshCounts = new Map<string, Map<string, number>>()
+  const lastRefresher = new Map<string, string>()
+  const recovered = new Set<string>()
+
+  const onEvent = async (event: Events.LatchkeyEvent, worker?: string) => {
     const ownerId = event.type === "linked" ? event.connection.ownerId : event.ownerId
     const connectionId = event.type === "linked" ? event.connection.id : event.connectionId
     const providerId = event.type === "linked" ? event.connection.providerId : event.providerId
@@ -182,27 +216,93 @@ export const createApp = (options: AppOptions): App => {
       labels.set(connectionId, event.connection.label)
       liveFacts.delete(connectionId)
       refreshedBy.delete(connectionId)
+      lastRefresher.delete(connectionId)
+      recovered.delete(connectionId)
     }
     let by: RefreshedBy | undefined
     if (event.type === "refreshed") {
-      by = manualRefresh.has(connectionId) ? "you" : apiInFlight.has(connectionId) ? "api" : "refresher"
+      by =
+        worker !== undefined
+          ? "worker"
+          : manualRefresh.has(connectionId)
+            ? "you"
+            : apiInFlight.has(connectionId)
+              ? "api"
+              : "refresher"
       refreshedBy.set(connectionId, by)
+      const process_ = worker ?? "web"
+      lastRefresher.set(connectionId, process_)
+      const counts = refreshCounts.get(connectionId) ?? new Map<string, number>()
+      counts.set(process_, (counts.get(process_) ?? 0) + 1)
+      refreshCounts.set(connectionId, counts)
+      if (event.recovered) recovered.add(connectionId)
+      else recovered.delete(connectionId)
     }
-    const text = eventText(event, labels.get(connectionId) ?? "an account", nameOf(providerId), by)
+    const label = await labelOf(event, connectionId)
+    const text = eventText(event, label, nameOf(providerId), by, worker)
     const entry: Views.ActivityEntry = { at: event.at, ...text }
     const log_ = activity.get(ownerId) ?? []
     log_.push(entry)
+    log_.sort((x, y) => x.at - y.at)
     if (log_.length > ACTIVITY_LIMIT) log_.splice(0, log_.length - ACTIVITY_LIMIT)
     activity.set(ownerId, log_)
     if (event.type === "unlinked") {
       labels.delete(connectionId)
       refreshedBy.delete(connectionId)
       liveFacts.delete(connectionId)
+      refreshCounts.delete(connectionId)
+      lastRefresher.delete(connectionId)
     }
     if (event.type === "needs_reauth" || event.type === "revoked") liveFacts.delete(connectionId)
     broadcast(ownerId, { type: event.type, connectionId, providerId, entry })
   }
-  const stopListening = latchkey.on(onEvent)
+  const stopListening = latchkey.on((event) => void onEvent(event).catch(() => {}))
+
+  /** Fleet news (a worker killed, drained, restarted) goes to every signed-in page. */
+  const fleetNews: Array<Views.ActivityEntry> = []
+  const onFleet = (event: FleetEvent) => {
+    if (event.type === "event") {
+      void onEvent(event.event, event.worker).catch(() => {})
+      return
+    }
+    const entry: Views.ActivityEntry = { at: Date.now(), kind: event.kind, text: event.text }
+    fleetNews.push(entry)
+    if (fleetNews.length > ACTIVITY_LIMIT) fleetNews.splice(0, fleetNews.length - ACTIVITY_LIMIT)
+    for (const owner of streams.keys()) broadcast(owner, { type: "fleet", entry })
+  }
+  const stopFleet = options.fleet?.on(onFleet) ?? (() => {})
+
+  // ---- the vault key: can it open each connection? (checked once per version, shown on the card) ----
+  const vault = options.vaultKey ? Vault.make({ keys: [options.vaultKey] }) : undefined
+  const sealChecks = new Map<string, { version: number; opens: boolean }>()
+  const opensWithKey = async (c: Summary): Promise<boolean> => {
+    if (vault === undefined || options.store === undefined) return true
+    const cached = sealChecks.get(c.id)
+    if (cached !== undefined && cached.version === c.version) return cached.opens
+    const exit = await Effect.runPromiseExit(
+      options.store
+        .get(c.id)
+        .pipe(
+          Effect.flatMap((r) =>
+            r === undefined
+              ? Effect.succeed("")
+              : vault.open(r.accessToken, { connectionId: r.id, field: "accessToken" })
+          )
+        )
+    )
+    const failure = Exit.isFailure(exit) ? Option.getOrUndefined(Exit.findErrorOption(exit)) : undefined
+    // Only a VaultError says "another key"; a store hiccup is not the key's fault.
+    const opens = (failure as { _tag?: unknown } | undefined)?._tag !== "VaultError"
+    sealChecks.set(c.id, { version: c.version, opens })
+    return opens
+  }
+
+  /** Refreshes in flight or in doubt, by connection (from the journals in the store). */
+  const flightsOf = async (): Promise<Map<string, InFlight>> => {
+    if (options.fleet === undefined) return new Map()
+    const flights = await options.fleet.inFlight().catch(() => [])
+    return new Map(flights.map((f) => [f.connectionId, f]))
+  }
 
   /** Run `f` marked as an API call of this connection (a refresh it triggers is "on demand"). */
   const asApiCall = async <A>(connectionId: string, f: () => Promise<A>): Promise<A> => {
@@ -216,11 +316,12 @@ export const createApp = (options: AppOptions): App => {
     }
   }
 
-  const factsOf = async (setup: ProviderSetup, c: Summary) => {
+  const factsOf = async (setup: ProviderSetup, c: Summary, opens = true) => {
     const stored = setup.storedFacts(c)
     if (
       setup.liveFacts === undefined ||
       c.status !== "active" ||
+      !opens ||
       (setup.mode === "sandbox" && c.obtainedAt < options.startedAt)
     )
       return { facts: stored, error: undefined }
@@ -250,6 +351,8 @@ export const createApp = (options: AppOptions): App => {
   const groupsFor = async (ownerId: string): Promise<ReadonlyArray<Views.GroupView>> => {
     const all = await latchkey.connections(ownerId)
     for (const c of all) labels.set(c.id, c.label)
+    const flights = await flightsOf()
+    const workers = options.fleet?.workers() ?? []
     return Promise.all(
       setups.map(async (setup) => ({
         setup,
@@ -257,15 +360,35 @@ export const createApp = (options: AppOptions): App => {
           all
             .filter((c) => c.providerId === setup.id)
             .sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id))
-            .map(async (summary) => {
-              const { facts, error } = await factsOf(setup, summary)
+            .map(async (summary): Promise<Views.CardView> => {
+              const opens = await opensWithKey(summary)
+              const { facts, error } = await factsOf(setup, summary, opens)
+              const flight = flights.get(summary.id)
+              const holderWorker = flight ? options.fleet?.workerOf(flight.holder) : undefined
               return {
                 summary,
                 setup,
                 facts,
                 factsError: error,
                 refreshedBy: refreshedBy.get(summary.id),
-                fromEarlierRun: setup.mode === "sandbox" && summary.obtainedAt < options.startedAt
+                refreshedByProcess: lastRefresher.get(summary.id),
+                recovered: recovered.has(summary.id),
+                fromEarlierRun: setup.mode === "sandbox" && summary.obtainedAt < options.startedAt,
+                sealedWithOtherKey: !opens,
+                flight:
+                  flight === undefined
+                    ? undefined
+                    : {
+                        holder: holderWorker ?? flight.holder,
+                        startedAt: flight.startedAt,
+                        // A worker's process that is gone (killed): the refresh is in doubt. Another
+                        // holder (this web process) is alive unless the engine marked it suspected.
+                        holderAlive:
+                          holderWorker === undefined ||
+                          workers.some((w) => w.holderId === flight.holder && w.state !== "stopped"),
+                        suspectedAt: flight.suspectedAt,
+                        resent: flight.resent
+                      }
               }
             })
         )
@@ -346,6 +469,7 @@ export const createApp = (options: AppOptions): App => {
     const body = Views.page({
       session,
       groups,
+      fleet: fleetView(groups),
       activity: activity.get(session.user.id) ?? [],
       flash,
       refreshAheadMs: options.refreshAheadMs,
@@ -354,6 +478,68 @@ export const createApp = (options: AppOptions): App => {
       now: Date.now()
     })
     html(res, 200, body, {}, cookie)
+  }
+
+  /** The fleet panel: the workers, and per account who refreshed it and what the provider saw. */
+  const fleetView = (groups: ReadonlyArray<Views.GroupView>): Views.FleetView | undefined => {
+    const fleet = options.fleet
+    if (fleet === undefined) return undefined
+    return {
+      workers: fleet.workers(),
+      news: fleetNews.slice(-3).reverse(),
+      rows: groups.flatMap((g) =>
+        g.cards.map((card) => ({
+          connectionId: card.summary.id,
+          label: card.summary.label,
+          providerName: g.setup.name,
+          status: card.summary.status,
+          last: lastRefresher.get(card.summary.id),
+          counts: [...(refreshCounts.get(card.summary.id) ?? new Map<string, number>())].sort(([a], [b]) =>
+            a.localeCompare(b)
+          ),
+          use: g.setup.refreshTokenUse?.(card.summary)
+        }))
+      )
+    }
+  }
+
+  const partialFleet = async (req: IncomingMessage, res: ServerResponse) => {
+    const session = sessions.fromCookie(req.headers.cookie)
+    if (session === undefined)
+      return send(res, 401, "Sign in again: reload the page", "text/plain; charset=utf-8")
+    const view = fleetView(await groupsFor(session.user.id))
+    html(res, 200, view ? Views.fleetPanel(view, session) : "")
+  }
+
+  /** "Crash a worker" (SIGKILL) and "Restart a worker" (SIGTERM, it drains): the engines do the rest. */
+  const fleetAction = async (
+    req: IncomingMessage,
+    res: ServerResponse,
+    session: Session,
+    kind: "crash" | "restart"
+  ) => {
+    const fleet = options.fleet
+    if (fleet === undefined) throw new HttpError(404, "This demo runs without refresh workers.")
+    const label = (f: InFlight) => `${nameOf(f.providerId)} · ${f.label}`
+    if (kind === "crash") {
+      const report = await fleet.crash()
+      reply(req, res, session, true, {
+        title: `${report.worker} killed (SIGKILL)`,
+        text:
+          report.inFlight.length > 0
+            ? `It was refreshing ${report.inFlight.map(label).join(", ")} and died without a word. Another worker finds the unfinished refresh journal once the lease lapses, and Latchkey recovers it by the provider's rules; the card shows the outcome.`
+            : "No refresh was in flight, so nothing was at stake. The fleet restarts the worker."
+      })
+      return
+    }
+    const report = await fleet.restart()
+    reply(req, res, session, report.exitCode === 0, {
+      title: `${report.worker} restarted (SIGTERM)`,
+      text:
+        report.exitCode === 0
+          ? `It drained in ${report.drainMs ?? "?"} ms: ${report.inFlight.length > 0 ? `its refresh of ${report.inFlight.map(label).join(", ")} finished its write first` : "no refresh was in flight"}, then it exited and the fleet started it again.`
+          : `It exited with code ${report.exitCode}.`
+    })
   }
 
   const partialAccounts = async (req: IncomingMessage, res: ServerResponse) => {
@@ -520,9 +706,15 @@ export const createApp = (options: AppOptions): App => {
     if (setup.revokeAtProvider === undefined) throw new HttpError(404, "Only the sandboxes can do this.")
     await setup.revokeAtProvider(c)
     liveFacts.delete(c.id)
+    // A card that reads live facts (HeyGen's plan) calls the API at once: Latchkey may learn it now.
+    if (setup.liveFacts !== undefined) await factsOf(setup, c)
+    const after = (await latchkey.connections(session.user.id)).find((x) => x.id === c.id)
     reply(req, res, session, true, {
       title: `${setup.name} ended the grant`,
-      text: `The ${setup.name} sandbox no longer accepts ${c.label}’s tokens. Choose “Refresh now” (or wait for the Refresher) to see Latchkey mark it for reconnecting.`
+      text:
+        after?.status === "needs_reauth"
+          ? `The ${setup.name} sandbox no longer accepts ${c.label}’s tokens. Reading the account needed a refresh, ${setup.name} refused it, and Latchkey marked the account for reconnecting: choose “Reconnect” on the card.`
+          : `The ${setup.name} sandbox no longer accepts ${c.label}’s tokens. Latchkey learns it at the next refresh or API call: choose “Refresh now” (or wait for the Refresher) to see the card ask for a reconnect.`
     })
   }
 
@@ -577,6 +769,7 @@ export const createApp = (options: AppOptions): App => {
     if (method === "GET" || method === "HEAD") {
       if (path === "/") return home(req, res)
       if (path === "/partials/accounts") return partialAccounts(req, res)
+      if (path === "/partials/fleet") return partialFleet(req, res)
       if (path === "/events") return events(req, res)
       if (path === "/healthz") return send(res, 200, "ok", "text/plain; charset=utf-8")
       const asset = ASSETS[path as keyof typeof ASSETS]
@@ -590,6 +783,8 @@ export const createApp = (options: AppOptions): App => {
     const form = await readForm(req)
     const session = checkPost(req, form)
     if (path === "/session/user") return switchUser(res, form, session)
+    if (path === "/fleet/crash") return fleetAction(req, res, session, "crash")
+    if (path === "/fleet/restart") return fleetAction(req, res, session, "restart")
     const linkMatch = /^\/link\/([a-z0-9_-]+)$/.exec(path)
     if (linkMatch) return link(res, linkMatch[1]!, session)
     const action = /^\/connections\/([^/]+)\/(call|refresh|unlink|revoke-at-provider)$/.exec(path)
@@ -627,6 +822,7 @@ export const createApp = (options: AppOptions): App => {
 
   const close = () => {
     stopListening()
+    stopFleet()
     for (const set of streams.values()) for (const res of set) res.end()
     streams.clear()
   }

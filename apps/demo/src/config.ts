@@ -32,6 +32,10 @@ export interface DemoConfig {
   readonly accessTokenSeconds: number
   /** Pause between background Refresher sweeps, milliseconds. */
   readonly refresherIntervalMs: number
+  /** Worker processes doing the background refresh work, sharing the SQLite file (0: the web process refreshes). */
+  readonly workers: number
+  /** The stand-ins hold each refresh answer this long (ms), so that refreshes are in flight long enough to interrupt. */
+  readonly refreshDelayMs: number
   /** Real HeyGen instead of the sandbox. */
   readonly heygen: RealHeyGen | undefined
   /** Real HighLevel instead of the sandbox. */
@@ -49,8 +53,10 @@ export class ConfigError extends Error {
 }
 
 export const DEFAULT_PORT = 3000
-export const DEFAULT_ACCESS_TOKEN_SECONDS = 90
+export const DEFAULT_ACCESS_TOKEN_SECONDS = 40
 export const DEFAULT_REFRESHER_INTERVAL_SECONDS = 5
+export const DEFAULT_WORKERS = 3
+export const DEFAULT_REFRESH_DELAY_MS = 1500
 export const DEFAULT_HIGHLEVEL_SCOPES = [
   "locations.readonly",
   "users.readonly",
@@ -135,6 +141,8 @@ export const readConfig = (env: Env = process.env): DemoConfig => {
     accessTokenSeconds: integer(env, "DEMO_ACCESS_TOKEN_SECONDS", DEFAULT_ACCESS_TOKEN_SECONDS, 2, 86_400),
     refresherIntervalMs:
       integer(env, "DEMO_REFRESHER_INTERVAL_SECONDS", DEFAULT_REFRESHER_INTERVAL_SECONDS, 1, 3600) * 1000,
+    workers: integer(env, "DEMO_WORKERS", DEFAULT_WORKERS, 0, 8),
+    refreshDelayMs: integer(env, "DEMO_REFRESH_DELAY_MS", DEFAULT_REFRESH_DELAY_MS, 0, 10_000),
     heygen: heygenReal
       ? {
           clientId: value(env, "HEYGEN_CLIENT_ID")!,

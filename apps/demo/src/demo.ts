@@ -12,7 +12,9 @@ import { createLatchkey, type LatchkeyClient, SqliteStore } from "@latchkey/core
 import { Effect } from "effect"
 import { type App, createApp } from "./app.ts"
 import { type DemoConfig, readConfig } from "./config.ts"
+import { allRows, type Fleet, startFleet } from "./fleet.ts"
 import { type Providers, startProviders } from "./providers.ts"
+import { USERS } from "./sessions.ts"
 import { type LoadedKey, loadVaultKey } from "./vaultKey.ts"
 
 export interface DemoOptions extends Partial<DemoConfig> {
@@ -20,6 +22,10 @@ export interface DemoOptions extends Partial<DemoConfig> {
   readonly log?: ((line: string) => void) | undefined
   /** The engine's refresh-ahead window (default 10 minutes; at most half a token's lifetime is used). */
   readonly refreshAheadMs?: number | undefined
+  /** The engine's refresh lease (default 5 s: short, so that a crash is recovered within seconds). */
+  readonly leaseTtlMs?: number | undefined
+  /** How long a crashed holder's refresh is left in doubt before another process resends (default 12 s). */
+  readonly inDoubtAfterMs?: number | undefined
 }
 
 export interface Demo {
@@ -27,6 +33,8 @@ export interface Demo {
   readonly url: string
   readonly port: number
   readonly latchkey: LatchkeyClient
+  /** The refresh workers (undefined with `workers: 0`: the web process refreshes). */
+  readonly fleet: Fleet | undefined
   readonly providers: Providers
   readonly app: App
   readonly vaultKey: Pick<LoadedKey, "source" | "path">
@@ -64,22 +72,62 @@ export const startDemo = async (options: DemoOptions = {}): Promise<Demo> => {
   let providers: Providers | undefined
   let latchkey: LatchkeyClient | undefined
   let store: ReturnType<typeof SqliteStore.make> | undefined
+  let fleet: Fleet | undefined
   const databasePath = join(config.dataDir, "demo.db")
   try {
     providers = await startProviders(config, origin)
     store = SqliteStore.make({ path: databasePath })
     const refreshAheadMs = options.refreshAheadMs ?? 10 * 60_000
+    const engine = {
+      refreshAheadMs,
+      leaseTtlMs: options.leaseTtlMs ?? 5_000,
+      inDoubtAfterMs: options.inDoubtAfterMs ?? 12_000,
+      drainTimeoutMs: 10_000
+    }
     latchkey = createLatchkey({
       providers: providers.setups.map((s) => s.provider),
       store,
       vault: { keys: [key.key] },
-      config: { refreshAheadMs },
+      // The web process refreshes on demand only (an API call, "Refresh now"); the workers run the Refresher.
+      config: { ...engine, holderId: `web#${process.pid}` },
       refresher: { intervalMs: config.refresherIntervalMs }
     })
-    await latchkey.refresher.start()
-    app = createApp({ latchkey, setups: providers.setups, origin, refreshAheadMs, startedAt, log })
+    if (config.workers > 0) {
+      const st = store
+      fleet = startFleet({
+        size: config.workers,
+        init: {
+          databasePath,
+          vaultKey: { id: key.key.id, key: String(key.key.key) },
+          providers: providers.setups.map((s) => s.settings),
+          refresherIntervalMs: config.refresherIntervalMs,
+          config: engine
+        },
+        rows: () =>
+          allRows(
+            st,
+            USERS.map((u) => u.id)
+          ),
+        log
+      })
+      await fleet.ready()
+    } else {
+      await latchkey.refresher.start()
+    }
+    app = createApp({
+      latchkey,
+      fleet,
+      store,
+      vaultKey: key.key,
+      setups: providers.setups,
+      origin,
+      refreshAheadMs,
+      startedAt,
+      log
+    })
     for (const run of pending.splice(0)) run()
     const lk = latchkey
+    const fl = fleet
     const ps = providers
     const a = app
     const st = store
@@ -87,6 +135,7 @@ export const startDemo = async (options: DemoOptions = {}): Promise<Demo> => {
       url: origin,
       port,
       latchkey: lk,
+      fleet: fl,
       providers: ps,
       app: a,
       vaultKey: { source: key.source, path: key.path },
@@ -98,6 +147,7 @@ export const startDemo = async (options: DemoOptions = {}): Promise<Demo> => {
           server.close(() => resolve())
           server.closeAllConnections()
         })
+        await fl?.close()
         await lk.close()
         await Effect.runPromise(st.close())
         await ps.close()
@@ -106,6 +156,7 @@ export const startDemo = async (options: DemoOptions = {}): Promise<Demo> => {
   } catch (error) {
     server.closeAllConnections()
     server.close()
+    await fleet?.close().catch(() => {})
     await latchkey?.close().catch(() => {})
     if (store) await Effect.runPromise(store.close())
     await providers?.close()

@@ -17,6 +17,12 @@ try {
   console.log(
     `Tokens sealed with ${demo.vaultKey.source === "env" ? "LATCHKEY_VAULT_KEY" : `the vault key in ${demo.vaultKey.path}${demo.vaultKey.source === "generated" ? " (generated now)" : ""}`}`
   )
+  const workers = demo.fleet?.workers() ?? []
+  console.log(
+    workers.length > 0
+      ? `Background refresh: ${workers.length} worker processes (pids ${workers.map((w) => w.pid).join(", ")}) sharing ${demo.databasePath}`
+      : "Background refresh: in this process (DEMO_WORKERS=0)"
+  )
   console.log(`Ready ${process.uptime().toFixed(1)} s after start. Open ${demo.url}`)
   let stopping = false
   const stop = async () => {

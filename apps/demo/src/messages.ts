@@ -35,10 +35,18 @@ export const authorizationFailure = (error: unknown, providerName: string): Plai
   if (e._tag !== "AuthorizationError") return unexpected(error, title)
   switch (e.reason) {
     case "access_denied":
-      return {
-        title,
-        text: `You declined on ${providerName}’s consent page, so nothing was linked. Choose “Link another account” to try again.`
-      }
+      // oidc-provider's pages (Example Corp) say which one Cancel was pressed on; the sandboxes deny on consent.
+      return /sign-in|log ?in|cancel/i.test(
+        typeof e.providerErrorDescription === "string" ? e.providerErrorDescription : ""
+      )
+        ? {
+            title,
+            text: `You cancelled signing in at ${providerName}, so nothing was linked. Choose “Link another account” to try again.`
+          }
+        : {
+            title,
+            text: `You declined on ${providerName}’s consent page, so nothing was linked. Choose “Link another account” to try again.`
+          }
     case "missing_state":
     case "unknown_state":
     case "reused_state":
@@ -163,10 +171,11 @@ const unexpected = (error: unknown, title: string): Plain => {
   }
 }
 
-export type RefreshedBy = "refresher" | "you" | "api"
+export type RefreshedBy = "refresher" | "you" | "api" | "worker"
 
 export const refreshedByText: Record<RefreshedBy, string> = {
   refresher: "by the background Refresher",
+  worker: "by a refresh worker",
   you: "on request (Refresh now)",
   api: "on demand, during an API call"
 }
@@ -176,21 +185,38 @@ export const eventText = (
   event: Events.LatchkeyEvent,
   label: string,
   providerName: string,
-  refreshedBy: RefreshedBy | undefined
+  refreshedBy: RefreshedBy | undefined,
+  worker?: string | undefined
 ): { readonly kind: "success" | "error" | "info"; readonly text: string } => {
   const who = `${providerName} · ${label}`
+  const by =
+    refreshedBy === "worker" && worker !== undefined
+      ? `by ${worker}`
+      : refreshedByText[refreshedBy ?? "refresher"]
   switch (event.type) {
     case "linked":
       return { kind: "success", text: `${who}: ${event.relinked ? "reconnected" : "linked"}` }
     case "refreshed":
-      return { kind: "info", text: `${who}: tokens refreshed ${refreshedByText[refreshedBy ?? "refresher"]}` }
+      return {
+        kind: event.recovered ? "success" : "info",
+        text: event.recovered
+          ? `${who}: an interrupted refresh recovered ${by} (its one resend was accepted); nothing lost`
+          : `${who}: tokens refreshed ${by}`
+      }
     case "refresh_failed":
       return {
         kind: "error",
-        text: `${who}: refresh failed${event.retryable ? ", will retry (tokens intact)" : ""}`
+        text:
+          event.reason === "in_doubt"
+            ? `${who}: a refresh is in doubt (its holder went silent); Latchkey waits before it resends${worker ? ` (${worker})` : ""}`
+            : event.reason === "answer_lost"
+              ? `${who}: the answer to a refresh was lost${worker ? ` (${worker})` : ""}; Latchkey resends it once`
+              : `${who}: refresh failed${event.retryable ? ", will retry (tokens intact)" : ""}`
       }
     case "needs_reauth":
-      return { kind: "error", text: `${who}: ${providerName} no longer accepts the grant; reconnect needed` }
+      return event.reason === "refresh_interrupted"
+        ? { kind: "error", text: `${who}: refresh interrupted, reconnect needed. ${event.message}` }
+        : { kind: "error", text: `${who}: ${providerName} no longer accepts the grant; reconnect needed` }
     case "revoked":
       return { kind: "error", text: `${who}: access revoked at ${providerName}` }
     case "unlinked":
@@ -207,6 +233,7 @@ export const lastErrorText = (c: Connection.ConnectionSummary, providerName: str
   if (e === undefined) return undefined
   const description = e.description ? ` (“${e.description.slice(0, 200)}”)` : ""
   if (c.status === "needs_reauth") {
+    if (e.code === "refresh_interrupted") return e.description ?? "A refresh was interrupted."
     if (e.code === "invalid_grant")
       return `${providerName} rejected the refresh token: the grant was revoked or has ended${description}.`
     if (e.code === "refresh_token_expired") return "The refresh token expired."

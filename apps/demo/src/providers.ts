@@ -4,10 +4,13 @@
  * provider against an in-process oidc-provider.
  */
 import { randomBytes } from "node:crypto"
-import type { Connection, LatchkeyClient, Provider } from "@latchkey/core"
+import type { Connection, LatchkeyClient, Provider as ProviderNs } from "@latchkey/core"
+
+type Provider = ProviderNs.Provider
+
 import { Generic } from "@latchkey/provider-generic"
 import { HeyGen } from "@latchkey/provider-heygen"
-import { type HeyGenSandbox, startHeyGenSandbox } from "@latchkey/provider-heygen/sandbox"
+import { defaultUsers, type HeyGenSandbox, startHeyGenSandbox } from "@latchkey/provider-heygen/sandbox"
 import { HighLevel } from "@latchkey/provider-highlevel"
 import {
   type HighLevelSandbox,
@@ -24,6 +27,36 @@ export interface Fact {
   readonly value: string
 }
 
+/**
+ * How a worker process rebuilds a provider (JSON only: it crosses the IPC channel, never a log).
+ * Options are those of `HeyGen.provider`, `HighLevel.provider` and `Generic.provider`.
+ */
+export type ProviderSettings =
+  | { readonly kind: "heygen"; readonly options: HeyGen.HeyGenOptions }
+  | { readonly kind: "highlevel"; readonly options: HighLevel.HighLevelOptions }
+  | { readonly kind: "generic"; readonly options: Generic.GenericOptions }
+
+export const providerFromSettings = (settings: ProviderSettings): Provider => {
+  switch (settings.kind) {
+    case "heygen":
+      return HeyGen.provider(settings.options)
+    case "highlevel":
+      return HighLevel.provider(settings.options)
+    case "generic":
+      return Generic.provider(settings.options)
+  }
+}
+
+/** What the provider saw of one account's refresh tokens (sandboxes and Example Corp only). */
+export interface RefreshTokenUse {
+  /** Refresh requests received for this account. */
+  readonly requests: number
+  /** The most times any one refresh token was presented (1 when each expiry was refreshed once). */
+  readonly maxPerToken: number
+  /** Refresh tokens presented more than once. */
+  readonly sentTwice: number
+}
+
 export interface ProviderSetup {
   readonly id: string
   readonly name: string
@@ -34,7 +67,11 @@ export interface ProviderSetup {
   readonly tagline: string
   /** Scopes shown in the group header. */
   readonly displayScopes: ReadonlyArray<string>
-  readonly provider: Provider.Provider
+  readonly provider: Provider
+  /** The same provider, for a worker process to rebuild. */
+  readonly settings: ProviderSettings
+  /** Stand-ins only: how the provider saw this account's refresh tokens. */
+  refreshTokenUse?(connection: Summary): RefreshTokenUse
   /** The path of the redirect URI: the demo serves the callback there. */
   readonly callbackPath: string
   /** Origin of the authorization page (allowed as a form target by the CSP). */
@@ -72,6 +109,29 @@ const formatDate = (iso: string) => {
     : d.toLocaleDateString("en-GB", { day: "numeric", month: "short", year: "numeric", timeZone: "UTC" })
 }
 
+/** A fault that applies to every matching request. */
+const FOREVER = Number.MAX_SAFE_INTEGER
+
+/** The first day of the month after `now` (UTC), when a monthly subscription's credits reset. */
+export const nextMonthlyReset = (now: number): string => {
+  const d = new Date(now)
+  return new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + 1, 1)).toISOString().replace(".000Z", "Z")
+}
+
+/** The HeyGen sandbox's users, with reset dates that follow the clock instead of fixed ones. */
+const usersWithCurrentDates = (now: number) =>
+  defaultUsers.map((u) => {
+    const sub = u.data.subscription as { credits?: Record<string, { resets_at?: string | null }> } | null
+    if (!sub?.credits) return u
+    const credits = Object.fromEntries(
+      Object.entries(sub.credits).map(([k, v]) => [
+        k,
+        v.resets_at ? { ...v, resets_at: nextMonthlyReset(now) } : v
+      ])
+    )
+    return { ...u, data: { ...u.data, subscription: { ...sub, credits } } }
+  })
+
 /** Plan and credits from HeyGen's `GET /v3/users/me`. */
 export const heygenFacts = (user: HeyGen.HeyGenUser): ReadonlyArray<Fact> => {
   const c = HeyGen.credits(user)
@@ -95,14 +155,19 @@ const heygen = async (config: DemoConfig, origin_: string) => {
     ? undefined
     : await startHeyGenSandbox({
         redirectUris: [redirectUri],
+        users: usersWithCurrentDates(Date.now()),
         lifetimes: { accessTokenSeconds: config.accessTokenSeconds }
       })
-  const provider = HeyGen.provider({
+  if (sandbox && config.refreshDelayMs > 0) {
+    sandbox.inject({ endpoint: "refresh", fault: "delay", ms: config.refreshDelayMs, times: FOREVER })
+  }
+  const options: HeyGen.HeyGenOptions = {
     clientId: config.heygen?.clientId ?? sandbox!.clientId,
     redirectUri,
     ...(sandbox ? { urls: sandbox.urls } : {}),
     ...(config.heygen?.scopes ? { scopes: config.heygen.scopes } : {})
-  })
+  }
+  const provider = HeyGen.provider(options)
   const setup: ProviderSetup = {
     id: "heygen",
     name: "HeyGen",
@@ -111,6 +176,10 @@ const heygen = async (config: DemoConfig, origin_: string) => {
     tagline: "Public client with PKCE · refreshes at a separate URL",
     displayScopes: provider.scopes,
     provider,
+    settings: { kind: "heygen", options },
+    ...(sandbox
+      ? { refreshTokenUse: (c: Summary) => sandbox.registry.refreshTokenUse({ accountId: c.accountId }) }
+      : {}),
     callbackPath,
     authorizationOrigin: origin(provider.endpoints!.authorization),
     apiRequest: () => ({ url: "/v3/users/me", label: "GET /v3/users/me" }),
@@ -143,28 +212,38 @@ const highlevel = async (config: DemoConfig, origin_: string) => {
     ? undefined
     : await startHighLevelSandbox({
         redirectUris: [redirectUri],
+        // The demo's app installs into sub-accounts (user_type Location): the page offers locations only.
+        distribution: "Location",
         lifetimes: { accessTokenSeconds: config.accessTokenSeconds }
       })
-  const provider = HighLevel.provider(
-    real
-      ? {
-          clientId: real.clientId,
-          clientSecret: real.clientSecret,
-          redirectUri,
-          scopes: real.scopes,
-          userType: real.userType
-        }
-      : {
-          ...sandbox!.providerOptions,
-          scopes: [
-            "locations.readonly",
-            "users.readonly",
-            "companies.readonly",
-            "oauth.readonly",
-            "oauth.write"
-          ]
-        }
-  )
+  if (sandbox && config.refreshDelayMs > 0) {
+    sandbox.oauth.inject({
+      endpoint: "token",
+      grantType: "refresh_token",
+      fault: "delay",
+      ms: config.refreshDelayMs,
+      times: FOREVER
+    })
+  }
+  const options: HighLevel.HighLevelOptions = real
+    ? {
+        clientId: real.clientId,
+        clientSecret: real.clientSecret,
+        redirectUri,
+        scopes: real.scopes,
+        userType: real.userType
+      }
+    : {
+        ...sandbox!.providerOptions,
+        scopes: [
+          "locations.readonly",
+          "users.readonly",
+          "companies.readonly",
+          "oauth.readonly",
+          "oauth.write"
+        ]
+      }
+  const provider = HighLevel.provider(options)
   const setup: ProviderSetup = {
     id: "highlevel",
     name: "HighLevel",
@@ -173,6 +252,17 @@ const highlevel = async (config: DemoConfig, origin_: string) => {
     tagline: "Client secret · single-use refresh tokens, valid a year",
     displayScopes: provider.scopes,
     provider,
+    settings: { kind: "highlevel", options },
+    ...(sandbox
+      ? {
+          refreshTokenUse: (c: Summary) =>
+            sandbox.oauth.registry.refreshTokenUse({
+              grant: (g) =>
+                g.data.locationId === c.accountId ||
+                (g.data.userType === "Company" && g.data.companyId === c.accountId)
+            })
+        }
+      : {}),
     callbackPath,
     authorizationOrigin: origin(provider.endpoints!.authorization),
     apiRequest: (c) =>
@@ -222,9 +312,10 @@ const example = async (config: DemoConfig, origin_: string) => {
       }
     ],
     accessTokenTtl: config.accessTokenSeconds,
+    refreshAnswerDelayMs: config.refreshDelayMs,
     accounts: EXAMPLE_ACCOUNTS
   })
-  const provider = Generic.provider({
+  const options: Generic.GenericOptions = {
     id: "example",
     name: "Example Corp",
     clientId: "latchkey-demo",
@@ -235,7 +326,8 @@ const example = async (config: DemoConfig, origin_: string) => {
     // openid + offline_access make oidc-provider issue a refresh token; prompt=consent shows its consent page.
     scopes: ["openid", "offline_access", "email", "profile", "read", "write", "admin"],
     authorizationParams: { prompt: "consent" }
-  })
+  }
+  const provider = Generic.provider(options)
   const setup: ProviderSetup = {
     id: "example",
     name: "Example Corp",
@@ -244,6 +336,8 @@ const example = async (config: DemoConfig, origin_: string) => {
     tagline: "Any OAuth 2.0 server, here oidc-provider · client secret (Basic)",
     displayScopes: ["read", "write", "admin"],
     provider,
+    settings: { kind: "generic", options },
+    refreshTokenUse: (c) => server.refreshTokenUse(c.accountId),
     callbackPath,
     authorizationOrigin: origin(server.endpoints.authorization),
     apiRequest: () => ({ url: server.endpoints.userinfo, label: "GET /me (user info)" }),

@@ -3,8 +3,9 @@
  * browser gets connection summaries (no token values) and API response bodies, nothing else.
  */
 import type { Connection } from "@latchkey/core"
+import type { WorkerView } from "./fleet.ts"
 import { lastErrorText, type RefreshedBy, refreshedByText } from "./messages.ts"
-import type { Fact, ProviderSetup } from "./providers.ts"
+import type { Fact, ProviderSetup, RefreshTokenUse } from "./providers.ts"
 import { type Flash, type Session, USERS } from "./sessions.ts"
 
 type Summary = Connection.ConnectionSummary
@@ -24,8 +25,39 @@ export interface CardView {
   /** Live facts could not be read (plain words). */
   readonly factsError: string | undefined
   readonly refreshedBy: RefreshedBy | undefined
+  /** The process of the last refresh: `web` or a worker (`worker-2`). */
+  readonly refreshedByProcess?: string | undefined
+  /** The last refresh recovered one in doubt (its one resend was accepted). */
+  readonly recovered?: boolean | undefined
   /** Issued by a sandbox before this run of the demo: the sandbox has forgotten the grant. */
   readonly fromEarlierRun: boolean
+  /** The configured vault key cannot open this connection's tokens. */
+  readonly sealedWithOtherKey?: boolean | undefined
+  /** An unfinished refresh journal in the store: a refresh in flight, or in doubt when its holder died. */
+  readonly flight?:
+    | {
+        /** The worker (`worker-2`) or holder id that sent the refresh token. */
+        readonly holder: string
+        readonly startedAt: number
+        readonly holderAlive: boolean
+        readonly suspectedAt: number | undefined
+        readonly resent: boolean
+      }
+    | undefined
+}
+
+export interface FleetView {
+  readonly workers: ReadonlyArray<WorkerView>
+  readonly news: ReadonlyArray<ActivityEntry>
+  readonly rows: ReadonlyArray<{
+    readonly connectionId: string
+    readonly label: string
+    readonly providerName: string
+    readonly status: Summary["status"]
+    readonly last: string | undefined
+    readonly counts: ReadonlyArray<readonly [string, number]>
+    readonly use: RefreshTokenUse | undefined
+  }>
 }
 
 export interface GroupView {
@@ -42,6 +74,7 @@ export interface ActivityEntry {
 export interface PageView {
   readonly session: Session
   readonly groups: ReadonlyArray<GroupView>
+  readonly fleet?: FleetView | undefined
   readonly activity: ReadonlyArray<ActivityEntry>
   readonly flash: Flash | undefined
   readonly refreshAheadMs: number
@@ -146,20 +179,41 @@ export const card = (view: CardView, session: Session, now: number, refreshAhead
     ? `The ${name} sandbox keeps its grants in memory and forgot this one when the demo restarted.`
     : undefined
   const problem = [lastErrorText(c, name), forgotten].filter((p) => p !== undefined).join(" ") || undefined
+  const byText =
+    view.refreshedBy === "worker" && view.refreshedByProcess
+      ? `by ${view.refreshedByProcess}${view.recovered ? " (recovered an interrupted refresh)" : ""}`
+      : view.refreshedBy
+        ? refreshedByText[view.refreshedBy]
+        : undefined
   const lastRefresh =
     c.lastRefreshAt === undefined
       ? `<p class="refresh-line">Not refreshed yet · linked ${time(c.createdAt)}</p>`
-      : `<p class="refresh-line">Last refresh ${time(c.lastRefreshAt)}${view.refreshedBy ? ` <span class="by">${escapeHtml(refreshedByText[view.refreshedBy])}</span>` : ""}</p>`
+      : `<p class="refresh-line">Last refresh ${time(c.lastRefreshAt)}${byText ? ` <span class="by">${escapeHtml(byText)}</span>` : ""}</p>`
+  const flight = view.flight
+  const flightNotice =
+    !active || flight === undefined
+      ? ""
+      : flight.holderAlive && flight.suspectedAt === undefined
+        ? `<p class="in-flight" data-flight="in-flight">Refreshing now: ${escapeHtml(flight.holder)} sent the refresh token at ${time(flight.startedAt)}.</p>`
+        : `<div class="notice notice-warn" role="status" data-flight="in-doubt"><p><strong>Refresh in doubt.</strong> ${escapeHtml(flight.holder)} sent the refresh token at ${time(flight.startedAt)} and stopped before its answer was stored. ` +
+          `${escapeHtml(
+            flight.resent
+              ? "Latchkey made its one resend; the outcome is being written."
+              : `${name} rotates refresh tokens, so Latchkey waits until the holder has been silent long enough, then another process resends it once: either the refresh completes, or the card asks for a reconnect.`
+          )}</p></div>`
+  const usable = active && !view.sealedWithOtherKey
   return (
     `<article class="card card-${attr(c.status)}" id="conn-${attr(c.id)}" data-connection-id="${attr(c.id)}" ` +
     `data-provider="${attr(c.providerId)}" data-account-id="${attr(c.accountId)}" data-status="${attr(c.status)}" ` +
     `data-version="${c.version}" data-last-refresh="${c.lastRefreshAt ?? ""}" data-expires="${c.expiresAt ?? ""}" ` +
-    `data-refreshed-by="${view.refreshedBy ?? ""}">` +
+    `data-refreshed-by="${view.refreshedBy ?? ""}" data-refreshed-process="${attr(view.refreshedByProcess ?? "")}" ` +
+    `data-sealed="${view.sealedWithOtherKey ? "other-key" : "ok"}">` +
     `<header class="card-head"><div class="avatar avatar-${attr(c.providerId)}" aria-hidden="true">${escapeHtml(initials(c.label))}</div>` +
     `<div class="card-title"><h3>${escapeHtml(c.label)}</h3><p>${escapeHtml(name)} · ${escapeHtml(c.accountId)}</p></div>` +
-    `${statusPill[c.status]}</header>` +
-    (!active
-      ? `<div class="notice notice-warn" role="status"><p><strong>Reconnect needed.</strong> ${escapeHtml(problem ?? `${name} must be linked again.`)}</p>` +
+    `${view.sealedWithOtherKey && active ? `<span class="pill pill-error">Unreadable</span>` : statusPill[c.status]}</header>` +
+    (view.sealedWithOtherKey
+      ? `<div class="notice notice-error" role="status" data-sealed="other-key"><p><strong>Tokens unreadable.</strong> ` +
+        `${escapeHtml(`This account’s tokens were sealed with another vault key than the one the demo runs with, so Latchkey cannot use them: no API call or refresh can work. Restart with the key they were sealed with, or reconnect ${name} to store new tokens.`)}</p>` +
         action(
           session,
           `/link/${encodeURIComponent(c.providerId)}`,
@@ -168,8 +222,8 @@ export const card = (view: CardView, session: Session, now: number, refreshAhead
           "btn btn-primary"
         ) +
         `</div>`
-      : forgotten
-        ? `<div class="notice notice-warn" role="status"><p><strong>Linked before a restart.</strong> ${escapeHtml(forgotten)} Its next refresh will be refused; reconnect to link it again.</p>` +
+      : !active
+        ? `<div class="notice notice-warn" role="status"><p><strong>Reconnect needed.</strong> ${escapeHtml(problem ?? `${name} must be linked again.`)}</p>` +
           action(
             session,
             `/link/${encodeURIComponent(c.providerId)}`,
@@ -178,12 +232,27 @@ export const card = (view: CardView, session: Session, now: number, refreshAhead
             "btn btn-primary"
           ) +
           `</div>`
-        : problem
-          ? `<div class="notice notice-info" role="status"><p>${escapeHtml(problem)}</p></div>`
-          : "") +
+        : forgotten
+          ? `<div class="notice notice-warn" role="status"><p><strong>Linked before a restart.</strong> ${escapeHtml(forgotten)} Its next refresh will be refused; reconnect to link it again.</p>` +
+            action(
+              session,
+              `/link/${encodeURIComponent(c.providerId)}`,
+              "navigate",
+              "Reconnect",
+              "btn btn-primary"
+            ) +
+            `</div>`
+          : problem
+            ? `<div class="notice notice-info" role="status"><p>${escapeHtml(problem)}</p></div>`
+            : "") +
+    flightNotice +
     facts(view) +
     `<div class="timelines">` +
-    timeline("access", "Access token", accessStart, c.expiresAt, now, "", due) +
+    (usable
+      ? timeline("access", "Access token", accessStart, c.expiresAt, now, "", due)
+      : `<div class="timeline timeline-open" data-kind="access"><div class="timeline-head"><span class="timeline-name">Access token</span>` +
+        `<span class="timeline-left">${active ? "unreadable" : "not usable"}</span></div>` +
+        `<p class="timeline-note">${escapeHtml(active ? "Sealed with another vault key." : "Not usable until the account is linked again.")}</p></div>`) +
     (c.hasRefreshToken
       ? timeline(
           "refresh",
@@ -198,12 +267,12 @@ export const card = (view: CardView, session: Session, now: number, refreshAhead
     `</div>` +
     lastRefresh +
     `<div class="actions">` +
-    action(session, `${base}/call`, "call", "Call the API", "btn", active ? "" : " disabled") +
-    action(session, `${base}/refresh`, "refresh", "Refresh now", "btn", active ? "" : " disabled") +
+    action(session, `${base}/call`, "call", "Call the API", "btn", usable ? "" : " disabled") +
+    action(session, `${base}/refresh`, "refresh", "Refresh now", "btn", usable ? "" : " disabled") +
     action(session, `${base}/unlink`, "unlink", "Unlink", "btn btn-danger") +
     `</div>` +
-    `<section class="api-result" data-api-result hidden></section>` +
-    (view.setup.revokeAtProvider && active
+    `<section class="api-result" data-api-result${usable ? "" : ' data-stale="true"'} hidden></section>` +
+    (view.setup.revokeAtProvider && usable
       ? `<details class="tools"><summary>Sandbox tools</summary>` +
         `<p>Make ${escapeHtml(name)} end this grant, as if the user removed the app there. The next refresh is refused.</p>` +
         action(session, `${base}/revoke-at-provider`, "revoke", `Revoke at ${name}`, "btn btn-small") +
@@ -222,7 +291,7 @@ const group = (view: GroupView, session: Session, now: number, refreshAheadMs: n
     `<div class="group-title"><h2 id="group-${attr(s.id)}-title">${escapeHtml(s.name)} <span class="count">${count}</span></h2>` +
     `<p>${escapeHtml(s.tagline)}</p></div>` +
     `<span class="badge badge-${s.mode}">${s.mode === "sandbox" ? "Sandbox" : "Live"}</span></header>` +
-    `<p class="scopes" title="${attr(s.displayScopes.join(" "))}">` +
+    `<p class="scopes">` +
     (s.displayScopes.length > 0
       ? `Scopes ${s.displayScopes.map((x) => `<code>${escapeHtml(x)}</code>`).join(" ")}`
       : "No scopes requested") +
@@ -245,6 +314,58 @@ export const accounts = (
   refreshAheadMs: number
 ): string => groups.map((g) => group(g, session, now, refreshAheadMs)).join("")
 
+const workerTile = (w: WorkerView) =>
+  `<li class="worker worker-${attr(w.state)}" data-worker="${attr(w.name)}" data-state="${attr(w.state)}" data-pid="${w.pid ?? ""}">` +
+  `<strong>${escapeHtml(w.name)}</strong><span class="worker-state">${escapeHtml(
+    w.state === "running"
+      ? "running"
+      : w.state === "draining"
+        ? "draining…"
+        : w.state === "starting"
+          ? "starting…"
+          : "stopped"
+  )}</span>` +
+  `<span class="worker-pid">pid ${w.pid ?? "–"}${w.generation > 1 ? ` · process ${w.generation}` : ""}</span>` +
+  `<span class="worker-count"><span data-refreshes>${w.refreshes}</span> refreshes</span>` +
+  (w.lastExit ? `<span class="worker-exit">before: ${escapeHtml(w.lastExit)}</span>` : "") +
+  `</li>`
+
+/** The fleet: the worker processes, the crash and restart buttons, and per account who refreshed it. */
+export const fleetPanel = (view: FleetView, session: Session): string =>
+  `<header class="fleet-head"><div><h2 id="fleet-title">Refresh fleet <span class="count">${view.workers.length}</span></h2>` +
+  `<p>The background refresh runs in ${view.workers.length} worker processes, each its own Latchkey on the same SQLite file. ` +
+  `Each expiry is refreshed once, by one of them; the provider counts every refresh token it receives.</p></div>` +
+  `<div class="fleet-actions">` +
+  `<form method="post" action="/fleet/crash" data-js="fleet">${csrfField(session)}<button type="submit" class="btn btn-danger">Crash a worker</button></form>` +
+  `<form method="post" action="/fleet/restart" data-js="fleet">${csrfField(session)}<button type="submit" class="btn">Restart a worker</button></form>` +
+  `</div></header>` +
+  `<ul class="workers">${view.workers.map(workerTile).join("")}</ul>` +
+  (view.news.length > 0
+    ? `<ul class="fleet-news">${view.news.map((n) => `<li class="news activity-${n.kind}">${time(n.at)}<span>${escapeHtml(n.text)}</span></li>`).join("")}</ul>`
+    : "") +
+  (view.rows.length === 0
+    ? `<p class="empty">Link an account to see the workers refresh it.</p>`
+    : `<div class="fleet-table-wrap"><table class="fleet-table"><caption>Per account: who refreshed it, and what the provider received</caption>` +
+      `<thead><tr><th scope="col">Account</th><th scope="col">Last refreshed by</th><th scope="col">Refreshes, by process</th>` +
+      `<th scope="col">Refreshes per expiry</th><th scope="col">Refresh tokens sent twice</th></tr></thead><tbody>` +
+      view.rows
+        .map((r) => {
+          const perExpiry =
+            r.use === undefined ? "–" : r.use.requests === 0 ? "none yet" : String(r.use.maxPerToken)
+          const twice = r.use === undefined ? "–" : String(r.use.sentTwice)
+          return (
+            `<tr data-fleet-row="${attr(r.connectionId)}" data-per-expiry="${r.use?.maxPerToken ?? ""}" data-sent-twice="${r.use?.sentTwice ?? ""}" data-last="${attr(r.last ?? "")}" data-refreshes="${r.counts.reduce((n, [, k]) => n + k, 0)}">` +
+            `<th scope="row">${escapeHtml(r.providerName)} · ${escapeHtml(r.label)}</th>` +
+            `<td>${escapeHtml(r.last ?? "not yet")}</td>` +
+            `<td>${r.counts.length === 0 ? "–" : r.counts.map(([p, n]) => `${escapeHtml(p)} ×${n}`).join(", ")}</td>` +
+            `<td class="${r.use !== undefined && r.use.maxPerToken > 1 ? "bad" : ""}">${escapeHtml(perExpiry)}</td>` +
+            `<td class="${r.use !== undefined && r.use.sentTwice > 0 ? "bad" : ""}">${escapeHtml(twice)}</td></tr>`
+          )
+        })
+        .join("") +
+      `</tbody></table></div>` +
+      `<p class="fleet-note">Counted by the providers’ sandboxes from the refresh tokens they received. After a crash, a token sent twice is the one resend Latchkey allows to recover a lost answer (recorded in the journal before it is sent).</p>`)
+
 export const activityItem = (entry: ActivityEntry) =>
   `<li class="activity-${entry.kind}">${time(entry.at)}<span>${escapeHtml(entry.text)}</span></li>`
 
@@ -265,7 +386,7 @@ export const layout = (title: string, body: string, csrf?: string) =>
   `<meta name="viewport" content="width=device-width, initial-scale=1">` +
   `<title>${escapeHtml(title)}</title>` +
   (csrf ? `<meta name="csrf-token" content="${attr(csrf)}">` : "") +
-  `<link rel="stylesheet" href="/assets/app.css"><script src="/assets/app.js" defer></script></head>` +
+  `<link rel="icon" href="/assets/icon.svg" type="image/svg+xml"><link rel="stylesheet" href="/assets/app.css"><script src="/assets/app.js" defer></script></head>` +
   `<body>${body}</body></html>`
 
 export const page = (view: PageView): string => {
@@ -294,9 +415,12 @@ export const page = (view: PageView): string => {
       `<p>Each card is one account at a provider. Latchkey keeps its tokens sealed server-side and refreshes them ahead of expiry; ` +
       `the timelines move as it does. Nothing here ever sees a token.</p></section>` +
       `<div id="flash">${flashBanner(view.flash)}</div>` +
+      (view.fleet
+        ? `<section id="fleet" class="fleet" aria-labelledby="fleet-title">${fleetPanel(view.fleet, view.session)}</section>`
+        : "") +
       `<div id="accounts" class="board">${accounts(view.groups, view.session, view.now, view.refreshAheadMs)}</div>` +
       `<section class="activity" aria-labelledby="activity-title"><h2 id="activity-title">Live activity</h2>` +
-      `<ol id="activity" data-empty="Events appear here as Latchkey links, refreshes and unlinks accounts.">${view.activity
+      `<ol id="activity" tabindex="0" aria-labelledby="activity-title" data-empty="Events appear here as Latchkey links, refreshes and unlinks accounts.">${view.activity
         .slice()
         .reverse()
         .map(activityItem)

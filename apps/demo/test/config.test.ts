@@ -10,8 +10,10 @@ describe("readConfig", () => {
       publicUrl: undefined,
       dataDir: defaultDataDir,
       vaultKey: undefined,
-      accessTokenSeconds: 90,
+      accessTokenSeconds: 40,
       refresherIntervalMs: 5000,
+      workers: 3,
+      refreshDelayMs: 1500,
       heygen: undefined,
       highlevel: undefined
     })
@@ -22,6 +24,11 @@ describe("readConfig", () => {
     expect(
       readConfig({ PORT: "0", DEMO_ACCESS_TOKEN_SECONDS: "30", DEMO_REFRESHER_INTERVAL_SECONDS: "2" })
     ).toMatchObject({ port: 0, accessTokenSeconds: 30, refresherIntervalMs: 2000 })
+    expect(readConfig({ DEMO_WORKERS: "0", DEMO_REFRESH_DELAY_MS: "0" })).toMatchObject({
+      workers: 0,
+      refreshDelayMs: 0
+    })
+    expect(() => readConfig({ DEMO_WORKERS: "9" })).toThrow(ConfigError)
   })
 
   it("switches HeyGen and HighLevel to the real services when their client settings are given", () => {

@@ -48,6 +48,18 @@ describe("node src/main.ts", () => {
     console.log(`demo start-up: URL printed and page served after ${Date.now() - begun} ms`)
     expect(stdout).toContain("HeyGen (sandbox), HighLevel (sandbox), Example Corp (sandbox)")
     expect(stdout).toContain(`vault key in ${join(dataDir, "vault-key.json")} (generated now)`)
+    const pids = /Background refresh: 3 worker processes \(pids (\d+), (\d+), (\d+)\)/.exec(stdout)
+    expect(pids).not.toBeNull()
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0)
+        return true
+      } catch {
+        return false
+      }
+    }
+    const workerPids = pids!.slice(1).map(Number)
+    expect(workerPids.every(alive)).toBe(true)
     // The test kit configures oidc-provider so that it has nothing to warn about (no filter needed).
     expect(stderr).not.toContain("oidc-provider WARNING")
     expect(stdout).not.toContain("oidc-provider NOTICE")
@@ -55,6 +67,9 @@ describe("node src/main.ts", () => {
     const exited = new Promise<number | null>((r) => child!.on("exit", (code) => r(code)))
     child.kill("SIGTERM")
     expect(await exited).toBe(0)
+    // Stopping the demo stops its workers (they drain and exit).
+    await new Promise((r) => setTimeout(r, 200))
+    expect(workerPids.filter(alive)).toEqual([])
   })
 
   it("refuses a half-configured real provider with a message naming the variable", async () => {

@@ -31,6 +31,9 @@ export const startTestDemo = async (options: DemoOptions = {}): Promise<Started>
     dataDir,
     accessTokenSeconds: 600,
     refresherIntervalMs: 500,
+    // The fleet has its own test (fleet.test.ts); elsewhere the web process refreshes, without delays.
+    workers: 0,
+    refreshDelayMs: 0,
     ...options
   })
   return {

@@ -32,6 +32,7 @@ import {
   type SandboxAccount,
   type SandboxRequest,
   type SandboxResponse,
+  sandboxPage,
   startOAuthSandbox
 } from "@latchkey/core/sandbox"
 import {
@@ -88,6 +89,11 @@ export interface HighLevelSandboxOptions {
   readonly company?: SandboxCompany
   /** The agency's locations (sub-accounts). Default: three. */
   readonly locations?: ReadonlyArray<SandboxLocation>
+  /**
+   * What the app's distribution lets the chooselocation page offer: `"Location"` (sub-account apps:
+   * locations only), `"Company"` (the agency only) or `"both"` (default), as the marketplace does.
+   */
+  readonly distribution?: UserType | "both"
   /** The app's scopes, granted by a marketplace install. */
   readonly scopes?: ReadonlyArray<string>
   /** The agency user who installs the app (`userId` in token responses). */
@@ -286,6 +292,8 @@ export const startSandbox = async (options: HighLevelSandboxOptions = {}): Promi
     tokenPrefix: "sbxhl",
     now,
     authorizePage: {
+      accounts: (_query, all) =>
+        all.filter((a) => (options.distribution ?? "both") === "both" || a.userType === options.distribution),
       onApprove: ({ account }) => ({ data: dataOf(account) })
     },
     validateTokenRequest: ({ kind, form }) => {
@@ -496,18 +504,20 @@ export const startSandbox = async (options: HighLevelSandboxOptions = {}): Promi
   const installPage = (redirectUri: string, message?: string) =>
     html(
       message ? 400 : 200,
-      `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>HighLevel sandbox: install app</title></head><body>` +
-        `<p>Sandbox: a local stand-in, not the real service.</p><h1>Install Latchkey sandbox app</h1>` +
-        (message ? `<p id="error">${escapeHtml(message)}</p>` : "") +
-        `<form method="post" action="/marketplace/install"><input type="hidden" name="client_id" value="${escapeHtml(clientId)}">` +
-        `<input type="hidden" name="redirect_uri" value="${escapeHtml(redirectUri)}"><fieldset><legend>Install into</legend>` +
-        accounts
-          .map(
-            (a, i) =>
-              `<label><input type="radio" name="account" value="${escapeHtml(a.id)}"${i === 0 ? " checked" : ""}> ${escapeHtml(a.label)}</label>`
-          )
-          .join("") +
-        `</fieldset><button type="submit" name="decision" value="install">Install and authorize</button></form></body></html>`
+      sandboxPage(
+        "HighLevel sandbox: install app",
+        `<h1>Install Latchkey sandbox app</h1>` +
+          (message ? `<p id="error">${escapeHtml(message)}</p>` : "") +
+          `<form method="post" action="/marketplace/install"><input type="hidden" name="client_id" value="${escapeHtml(clientId)}">` +
+          `<input type="hidden" name="redirect_uri" value="${escapeHtml(redirectUri)}"><fieldset><legend>Install into</legend>` +
+          accounts
+            .map(
+              (a, i) =>
+                `<label><input type="radio" name="account" value="${escapeHtml(a.id)}"${i === 0 ? " checked" : ""}> ${escapeHtml(a.label)}</label>`
+            )
+            .join("") +
+          `</fieldset><p class="actions"><button type="submit" name="decision" value="install">Install and authorize</button></p></form>`
+      )
     )
 
   oauth.route("GET", "/marketplace/install", "install", (req) => {

@@ -5,7 +5,7 @@
  * oidc-provider has nothing to warn about); and `consent()`, which walks those forms
  * with a cookie jar the way a browser would, returning the callback URL the server redirects to.
  */
-import { generateKeyPairSync, randomBytes } from "node:crypto"
+import { createHash, generateKeyPairSync, randomBytes } from "node:crypto"
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
 import Provider, { type Adapter, type AdapterPayload, type Configuration } from "oidc-provider"
@@ -27,6 +27,11 @@ export interface OidcServerOptions {
   readonly refreshTokenTtl?: number
   /** Default true: every refresh returns a new refresh token and the old one is consumed. */
   readonly rotateRefreshToken?: boolean
+  /**
+   * Hold every answer to a refresh_token grant this long after the server processed it (default 0):
+   * a slow network, so that refreshes are in flight long enough to be interrupted.
+   */
+  readonly refreshAnswerDelayMs?: number
   /** Display names by login. */
   readonly accounts?: Readonly<Record<string, { name?: string; email?: string }>>
   /**
@@ -50,6 +55,11 @@ export interface OidcServer {
     readonly introspection: string
   }
   readonly clients: ReadonlyArray<OidcClient>
+  /**
+   * How one account's refresh tokens were used: requests, the most times any one token was presented
+   * (1 when each expiry was refreshed once) and the tokens presented more than once.
+   */
+  refreshTokenUse(accountId: string): { requests: number; maxPerToken: number; sentTwice: number }
   /** Token-endpoint grants seen, by grant type, successful or not. */
   readonly grants: { authorization_code: number; refresh_token: number; refreshErrors: number }
   readonly provider: Provider
@@ -137,8 +147,47 @@ const jwks = () => {
   return { keys: [signingKey] }
 }
 
+/**
+ * The look of the login and consent pages (the Latchkey demo's own): system fonts, inline styles, no
+ * request beyond the page itself (no web fonts, no favicon fetch), WCAG AA contrast, usable at 320 px.
+ */
+const STYLE =
+  ":root{color-scheme:light;--ink:#111827;--muted:#4b5563;--line:#d1d5db;--accent:#0f766e}" +
+  "*{box-sizing:border-box}body{margin:0;background:#f4f6fb;color:var(--ink);" +
+  "font:15px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,'Helvetica Neue',Arial,sans-serif}" +
+  "main{max-width:28rem;margin:2.5rem auto;padding:1.5rem;background:#fff;border:1px solid #e5e7eb;" +
+  "border-radius:16px;box-shadow:0 1px 2px rgb(16 24 40/6%),0 4px 12px rgb(16 24 40/6%)}" +
+  "@media (max-width:30rem){main{margin:0;border-radius:0;border-width:0 0 1px}}" +
+  ".brand{display:inline-block;background:#ccfbf1;color:#134e4a;padding:.2rem .6rem;border-radius:999px;" +
+  "font-size:.8rem;font-weight:600;margin:0 0 .4rem}h1{font-size:1.35rem;margin:.2rem 0 .8rem;line-height:1.25}" +
+  "p{margin:.6rem 0}label{display:block;font-weight:600;margin-top:.6rem}" +
+  "input{display:block;width:100%;font:inherit;padding:.55rem .7rem;border:1px solid #9ca3af;border-radius:10px;margin:.25rem 0 .4rem}" +
+  "code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.85em;background:#f3f4f6;" +
+  "border:1px solid #e5e7eb;border-radius:6px;padding:.05rem .35rem}" +
+  ".actions{display:flex;flex-wrap:wrap;align-items:center;gap:.6rem;margin-top:1rem}" +
+  "button,.button{font:inherit;font-weight:600;padding:.55rem 1.2rem;border-radius:10px;border:1px solid var(--line);" +
+  "background:#fff;color:var(--ink);cursor:pointer;text-decoration:none;display:inline-block}" +
+  "button[type=submit]{background:var(--accent);border-color:var(--accent);color:#fff}" +
+  "button:focus-visible,.button:focus-visible,input:focus-visible{outline:3px solid #5eead4;outline-offset:2px}" +
+  ".hint{color:var(--muted);font-size:.9rem}"
+
+const escapeHtml = (value: unknown) =>
+  String(value).replace(
+    /[&<>"']/g,
+    (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!
+  )
+
 const page = (title: string, body: string) =>
-  `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${title}</title></head><body><h1>${title}</h1>${body}</body></html>`
+  `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${escapeHtml(title)}</title>` +
+  `<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">` +
+  `<style>${STYLE}</style></head><body><main><p class="brand">Example Corp · test authorization server</p>` +
+  `<h1>${escapeHtml(title)}</h1>${body}</main></body></html>`
+
+/** What `/interaction/<uid>/abort` tells the client, by the page it was pressed on. */
+export const CANCEL_DESCRIPTIONS = {
+  login: "End-User cancelled the sign-in",
+  consent: "End-User aborted interaction"
+} as const
 
 const readForm = async (req: IncomingMessage) => {
   let text = ""
@@ -155,22 +204,38 @@ const interactions =
   (provider: Provider) =>
   async (req: IncomingMessage, res: ServerResponse, uid: string, abort: boolean): Promise<void> => {
     try {
+      const details = await provider.interactionDetails(req, res)
       if (abort) {
         await provider.interactionFinished(
           req,
           res,
-          { error: "access_denied", error_description: "End-User aborted interaction" },
+          {
+            error: "access_denied",
+            error_description:
+              details.prompt.name === "login" ? CANCEL_DESCRIPTIONS.login : CANCEL_DESCRIPTIONS.consent
+          },
           { mergeWithLastSubmission: false }
         )
         return
       }
-      const details = await provider.interactionDetails(req, res)
       const action = `/interaction/${encodeURIComponent(uid)}`
       if (req.method === "GET") {
+        const client = String(details.params.client_id ?? "")
+        const scopes = String(details.params.scope ?? "")
+          .split(" ")
+          .filter((x) => x.length > 0)
         const body =
           details.prompt.name === "login"
-            ? `<form autocomplete="off" action="${action}" method="post"><input type="hidden" name="prompt" value="login"/><input required type="text" name="login" placeholder="Enter any login" autofocus><input required type="password" name="password" placeholder="and password"><button type="submit">Sign-in</button></form>`
-            : `<form autocomplete="off" action="${action}" method="post"><input type="hidden" name="prompt" value="consent"/><button autofocus type="submit">Continue</button></form><a href="${action}/abort">Cancel</a>`
+            ? `<p>Sign in to continue to <strong>${escapeHtml(client)}</strong>. Any login and password work here.</p>` +
+              `<form autocomplete="off" action="${action}" method="post"><input type="hidden" name="prompt" value="login"/>` +
+              `<label for="login">Login</label><input required type="text" id="login" name="login" placeholder="Enter any login" autofocus>` +
+              `<label for="password">Password</label><input required type="password" id="password" name="password" placeholder="and password">` +
+              `<p class="actions"><button type="submit">Sign-in</button><a class="button" href="${action}/abort">Cancel</a></p></form>`
+            : `<p><strong>${escapeHtml(client)}</strong> asks for access to your account:</p>` +
+              `<p>${scopes.map((x) => `<code>${escapeHtml(x)}</code>`).join(" ")}</p>` +
+              `<form autocomplete="off" action="${action}" method="post"><input type="hidden" name="prompt" value="consent"/>` +
+              `<p class="actions"><button autofocus type="submit">Continue</button><a class="button" href="${action}/abort">Cancel</a></p></form>` +
+              `<p class="hint">Continue grants what the app asked for; Cancel sends you back without linking anything.</p>`
         res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" })
         res.end(page(details.prompt.name === "login" ? "Sign-in" : "Authorize", body))
         return
@@ -275,7 +340,8 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
       accountId: sub,
       claims: async () => ({
         sub,
-        email: accounts[sub]?.email ?? `${sub}@example.com`,
+        // A login that is already an e-mail address is its own address.
+        email: accounts[sub]?.email ?? (sub.includes("@") ? sub : `${sub}@example.com`),
         name: accounts[sub]?.name ?? sub
       })
     }),
@@ -292,12 +358,33 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
     if (type === "refresh_token") grants.refresh_token++
     return type
   }
+  // Refresh tokens presented, by SHA-256 (never the token): how often, and whose.
+  const presented = new Map<string, { uses: number; accountId: string | undefined }>()
+  const notePresented = (ctx: any) => {
+    const value = ctx?.oidc?.params?.refresh_token
+    if (ctx?.oidc?.params?.grant_type !== "refresh_token" || typeof value !== "string") return
+    const key = createHash("sha256").update(value).digest("base64url")
+    const entry = presented.get(key) ?? { uses: 0, accountId: undefined }
+    entry.uses++
+    entry.accountId ??= ctx.oidc.entities?.RefreshToken?.accountId ?? ctx.oidc.entities?.Account?.accountId
+    presented.set(key, entry)
+  }
   provider.on("grant.success", (ctx: any) => {
     count(ctx)
+    notePresented(ctx)
   })
   provider.on("grant.error", (ctx: any) => {
     if (count(ctx) === "refresh_token") grants.refreshErrors++
+    notePresented(ctx)
   })
+  const answerDelay = options.refreshAnswerDelayMs ?? 0
+  if (answerDelay > 0) {
+    provider.use(async (ctx, next) => {
+      await next()
+      if (ctx.path === "/token" && ctx.oidc?.params?.grant_type === "refresh_token")
+        await new Promise((resolve) => setTimeout(resolve, answerDelay))
+    })
+  }
   // oidc-provider logs server errors to the console by default; tests see them through responses.
   provider.on("server_error", () => {})
   const callback = provider.callback()
@@ -320,6 +407,18 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
     },
     clients,
     grants,
+    refreshTokenUse: (accountId) => {
+      let requests = 0
+      let maxPerToken = 0
+      let sentTwice = 0
+      for (const entry of presented.values()) {
+        if (entry.accountId !== accountId) continue
+        requests += entry.uses
+        maxPerToken = Math.max(maxPerToken, entry.uses)
+        if (entry.uses > 1) sentTwice++
+      }
+      return { requests, maxPerToken, sentTwice }
+    },
     provider,
     close: () =>
       new Promise<void>((resolve) => {

@@ -6,6 +6,7 @@ const accountsEl = document.getElementById("accounts")
 const activityEl = document.getElementById("activity")
 const toastsEl = document.getElementById("toasts")
 const liveEl = document.querySelector("[data-live]")
+const fleetEl = document.getElementById("fleet")
 
 const duration = (ms) => {
   const s = Math.round(Math.abs(ms) / 1000)
@@ -78,10 +79,17 @@ const reloadAccounts = (highlight) => {
   reloading = reloading.then(async () => {
     reloadQueued = false
     try {
-      const response = await fetch("/partials/accounts", { headers: { accept: "text/html" } })
+      const [response, fleet] = await Promise.all([
+        fetch("/partials/accounts", { headers: { accept: "text/html" } }),
+        fleetEl ? fetch("/partials/fleet", { headers: { accept: "text/html" } }) : undefined
+      ])
       if (response.status === 401) return location.reload()
       if (!response.ok) return
       const html = await response.text()
+      if (fleetEl && fleet?.ok) {
+        fleetEl.innerHTML = await fleet.text()
+        localizeTimes(fleetEl)
+      }
       const kept = new Map()
       for (const card of accountsEl.querySelectorAll("[data-connection-id]")) {
         const result = card.querySelector("[data-api-result]")
@@ -93,7 +101,10 @@ const reloadAccounts = (highlight) => {
       accountsEl.innerHTML = html
       for (const card of accountsEl.querySelectorAll("[data-connection-id]")) {
         const old = kept.get(card.dataset.connectionId)
-        if (old?.result) card.querySelector("[data-api-result]")?.replaceWith(old.result)
+        // A card that can no longer call its API drops the old response.
+        const fresh = card.querySelector("[data-api-result]")
+        if (old?.result && !fresh?.dataset.stale)
+          card.querySelector("[data-api-result]")?.replaceWith(old.result)
         if (old?.tools) card.querySelector("details.tools")?.setAttribute("open", "")
         if (highlight && card.dataset.connectionId === highlight) {
           card.classList.add("flash-update")
@@ -239,6 +250,17 @@ const connect = () => {
     reloadAccounts(data.connectionId)
   })
 }
+
+// A refresh in flight or in doubt, and a worker starting or stopping, change without an event: look
+// again every second while the page shows one.
+setInterval(() => {
+  if (
+    document.querySelector(
+      '[data-flight],[data-state="draining"],[data-state="starting"],[data-state="stopped"]'
+    )
+  )
+    reloadAccounts()
+}, 1000)
 
 localizeTimes(document)
 tick()

@@ -92,6 +92,8 @@ interface TokenRecord {
   state: "active" | "consumed" | "revoked"
   /** When a refresh token was consumed (rotated). */
   consumedAt?: number | undefined
+  /** How many refresh requests presented this refresh token. */
+  presented?: number | undefined
 }
 
 export type TokenCheck =
@@ -293,6 +295,7 @@ export class GrantRegistry {
     if (grant.clientId !== input.clientId) {
       throw new OAuthError("invalid_grant", "refresh token was issued to another client")
     }
+    record.presented = (record.presented ?? 0) + 1
     if (record.state === "consumed") {
       const grace = this.refreshTokens.reuseGraceSeconds * 1000
       const inGrace =
@@ -325,6 +328,31 @@ export class GrantRegistry {
     }
     grant.refreshes++
     return this.mint(grant, rotate)
+  }
+
+  /**
+   * How the refresh tokens of some grants were used: refresh requests received, the most times any
+   * one refresh token was presented (a rotating token belongs to one expiry: 1 means each expiry was
+   * refreshed once), and how many refresh tokens were presented more than once.
+   */
+  refreshTokenUse(filter: { readonly accountId?: string; readonly grant?: (grant: Grant) => boolean }): {
+    readonly requests: number
+    readonly maxPerToken: number
+    readonly sentTwice: number
+  } {
+    let requests = 0
+    let maxPerToken = 0
+    let sentTwice = 0
+    for (const record of this.tokens.values()) {
+      if (record.kind !== "refresh" || !record.presented) continue
+      const grant = this.grantsById.get(record.grantId)!
+      if (filter.accountId !== undefined && grant.accountId !== filter.accountId) continue
+      if (filter.grant !== undefined && !filter.grant(grant)) continue
+      requests += record.presented
+      maxPerToken = Math.max(maxPerToken, record.presented)
+      if (record.presented > 1) sentTwice++
+    }
+    return { requests, maxPerToken, sentTwice }
   }
 
   /** Check an access token (for API routes). */

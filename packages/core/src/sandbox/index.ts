@@ -92,8 +92,10 @@ export {
   type OAuthSandbox,
   type OAuthSandboxOptions,
   oauthErrorResponse,
+  SANDBOX_PAGE_STYLE,
   type SandboxAccount,
   type SandboxClient,
+  sandboxPage,
   startOAuthSandbox,
   type TokenRequestKind,
   type TokenResponseContext

@@ -128,6 +128,13 @@ export interface OAuthSandboxOptions<A extends SandboxAccount> {
         readonly validate?:
           | ((query: URLSearchParams, client: SandboxClient) => HookError | undefined)
           | undefined
+        /**
+         * The accounts the page offers for this request (default: all), e.g. only those the app's
+         * distribution can install into. An approval of another account is refused.
+         */
+        readonly accounts?:
+          | ((query: URLSearchParams, accounts: ReadonlyArray<A>) => ReadonlyArray<A>)
+          | undefined
         /** Extra HTML placed inside the form (escape values with `escapeHtml`). */
         readonly fields?:
           | ((transaction: AuthorizeTransaction, accounts: ReadonlyArray<A>) => string)
@@ -291,14 +298,43 @@ export const oauthErrorResponse = (error: OAuthError): SandboxResponse =>
     }
   )
 
-const page = (title: string, body: string) =>
+/**
+ * The look of every sandbox page (the Latchkey demo's own): system fonts, inline styles, no request
+ * beyond the page itself (no web fonts, no favicon fetch), readable at 320 px, WCAG AA contrast.
+ */
+export const SANDBOX_PAGE_STYLE =
+  ":root{color-scheme:light;--ink:#111827;--muted:#4b5563;--line:#d1d5db;--accent:#4338ca}" +
+  "*{box-sizing:border-box}body{margin:0;background:#f4f6fb;color:var(--ink);" +
+  "font:15px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,'Helvetica Neue',Arial,sans-serif}" +
+  "main{max-width:34rem;margin:2.5rem auto;padding:1.5rem;background:#fff;border:1px solid #e5e7eb;" +
+  "border-radius:16px;box-shadow:0 1px 2px rgb(16 24 40/6%),0 4px 12px rgb(16 24 40/6%)}" +
+  "@media (max-width:36rem){main{margin:0;border-radius:0;border-width:0 0 1px}}" +
+  "h1{font-size:1.35rem;margin:.2rem 0 .8rem;line-height:1.25}p{margin:.6rem 0}" +
+  "code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.85em;background:#f3f4f6;" +
+  "border:1px solid #e5e7eb;border-radius:6px;padding:.05rem .35rem;overflow-wrap:anywhere}" +
+  "fieldset{border:0;padding:0;margin:1rem 0}legend{font-weight:600;margin-bottom:.3rem}" +
+  "label{display:block;padding:.6rem .75rem;border:1px solid var(--line);border-radius:10px;margin:.45rem 0;cursor:pointer}" +
+  "label:has(input:checked){border-color:var(--accent);background:#eef2ff}" +
+  "small{color:var(--muted);display:block;margin-left:1.6rem}" +
+  "input[type=text],input[type=password],input[type=email]{display:block;width:100%;font:inherit;padding:.55rem .7rem;" +
+  "border:1px solid #9ca3af;border-radius:10px;margin:.25rem 0 .8rem}" +
+  ".actions{display:flex;flex-wrap:wrap;gap:.6rem;margin-top:1rem}" +
+  "button,.button{font:inherit;font-weight:600;padding:.55rem 1.2rem;border-radius:10px;border:1px solid var(--line);" +
+  "background:#fff;color:var(--ink);cursor:pointer;text-decoration:none;display:inline-block}" +
+  "button[value=approve],button[value=install],button.primary{background:var(--accent);border-color:var(--accent);color:#fff}" +
+  "button:focus-visible,.button:focus-visible,input:focus-visible{outline:3px solid #a5b4fc;outline-offset:2px}" +
+  ".sandbox{display:inline-block;background:#fef3c7;color:#78350f;padding:.2rem .6rem;border-radius:999px;" +
+  "font-size:.8rem;font-weight:600;margin:0 0 .4rem}#error{color:#991b1b;background:#fef2f2;border:1px solid #fecaca;" +
+  "border-radius:10px;padding:.6rem .8rem}"
+
+/** A whole sandbox page around `body`: the shared style, no external request (`data:` favicon). */
+export const sandboxPage = (title: string, body: string) =>
   `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${escapeHtml(title)}</title>` +
-  `<meta name="viewport" content="width=device-width, initial-scale=1">` +
-  `<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}` +
-  `label{display:block;padding:.5rem;border:1px solid #ccc;border-radius:6px;margin:.4rem 0}` +
-  `small{color:#666;display:block;margin-left:1.6rem}button{font-size:1rem;padding:.5rem 1.2rem;margin-right:.5rem}` +
-  `.sandbox{background:#fff3cd;padding:.4rem .6rem;border-radius:4px;font-size:.85rem}</style></head>` +
-  `<body><p class="sandbox">Sandbox: a local stand-in, not the real service.</p>${body}</body></html>`
+  `<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">` +
+  `<style>${SANDBOX_PAGE_STYLE}</style></head>` +
+  `<body><main><p class="sandbox">Sandbox: a local stand-in, not the real service.</p>${body}</main></body></html>`
+
+const page = sandboxPage
 
 const errorPage = (name: string, message: string) =>
   html(
@@ -399,7 +435,8 @@ export const startOAuthSandbox = async <A extends SandboxAccount>(
       expiresAt: now() + 10 * 60_000
     }
     transactions.set(transaction.id, transaction)
-    const chooser = options.accounts
+    const offered = options.authorizePage?.accounts?.(q, options.accounts) ?? options.accounts
+    const chooser = offered
       .map(
         (a, i) =>
           `<label><input type="radio" name="account" value="${escapeHtml(a.id)}"${i === 0 ? " checked" : ""}> ` +
@@ -420,7 +457,7 @@ export const startOAuthSandbox = async <A extends SandboxAccount>(
           `<form method="post" action="${escapeHtml(req.path)}">` +
           `<input type="hidden" name="transaction" value="${escapeHtml(transaction.id)}">` +
           `<fieldset><legend>Sign in as</legend>${chooser}</fieldset>${extra}` +
-          `<p><button type="submit" name="decision" value="approve">Approve</button>` +
+          `<p class="actions"><button type="submit" name="decision" value="approve">Approve</button>` +
           `<button type="submit" name="decision" value="deny">Deny</button></p></form>`
       )
     )
@@ -449,7 +486,9 @@ export const startOAuthSandbox = async <A extends SandboxAccount>(
       )
     }
     const account = accountById(form.get("account") ?? "")
-    if (account === undefined) return errorPage(options.name, "Choose an account.")
+    const offered = options.authorizePage?.accounts?.(transaction.query, options.accounts) ?? options.accounts
+    if (account === undefined || !offered.includes(account))
+      return errorPage(options.name, "Choose an account.")
     let data: Record<string, unknown> | undefined
     const decided = options.authorizePage?.onApprove?.({ account, form, transaction })
     if (decided !== undefined) {
