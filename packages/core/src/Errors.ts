@@ -69,13 +69,16 @@ export const RefreshErrorReason = Schema.Literals([
   /** The provider answered; the new tokens are being written (the store is slow or unreachable). */
   "pending_write",
   /** This instance is shutting down (`close()`): it starts no new refresh. */
-  "draining"
+  "draining",
+  /** The provider refused the client's own credentials: fix the configuration (not retryable as is). */
+  "invalid_client"
 ])
 export type RefreshErrorReason = typeof RefreshErrorReason.Type
 
 /**
  * A refresh could not be completed now, but the connection is intact: the stored refresh token was
- * not rejected by the provider. Trying again later can succeed.
+ * not rejected by the provider. Trying again later can succeed — except `invalid_client`, which needs
+ * the client's configuration fixed first.
  */
 export class RefreshError extends Schema.TaggedError<RefreshError>()("RefreshError", {
   reason: RefreshErrorReason,
@@ -85,7 +88,7 @@ export class RefreshError extends Schema.TaggedError<RefreshError>()("RefreshErr
   retryAfterMs: Schema.optional(Schema.Number)
 }) {
   get isRetryable(): boolean {
-    return true
+    return this.reason !== "invalid_client"
   }
 }
 

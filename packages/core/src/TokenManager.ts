@@ -616,7 +616,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
                   retryable: false
                 })
                 return yield* new RefreshError({
-                  reason: "invalid_response",
+                  reason: "invalid_client",
                   connectionId: c.id,
                   message: `${provider.name} rejected the client credentials: ${failure.message}`,
                   ...(failure.details.status !== undefined ? { status: failure.details.status } : {})

@@ -7,6 +7,7 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { DatabaseSync } from "node:sqlite"
 import { conformanceTokenServer as oidcTokenServer } from "@latchkey/testkit-oidc"
 import { Effect } from "effect"
 import { afterAll, describe, expect, it } from "vitest"
@@ -56,6 +57,23 @@ describe("SQLite store: the file", () => {
     const second = SqliteStore.make({ path })
     expect(await run(second.get("a"))).toEqual(sampleRecord("a"))
     await run(second.close())
+  })
+
+  it("a row that is not a record is reported as corrupt (not retryable), as in the other stores", async () => {
+    const path = freshPath()
+    const store = SqliteStore.make({ path })
+    try {
+      await run(store.insert(sampleRecord("a")))
+      const raw = new DatabaseSync(path)
+      raw.prepare("UPDATE latchkey_connections SET record = '{not json' WHERE id = 'a'").run()
+      raw.close()
+      const error = await run(Effect.flip(store.get("a")))
+      expect(error).toMatchObject({ _tag: "StoreError", reason: "corrupt" })
+      expect(error.isRetryable).toBe(false)
+      expect(await run(Effect.flip(store.listByOwner("owner")))).toMatchObject({ reason: "corrupt" })
+    } finally {
+      await run(store.close())
+    }
   })
 
   it("as a scoped layer: opened when built, closed when released", async () => {

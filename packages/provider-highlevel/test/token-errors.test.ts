@@ -47,7 +47,7 @@ describe("HighLevel 401 UnAuthorized! on refresh", () => {
     await lk.close()
   })
 
-  it("for bad client credentials: a RefreshError, and the connection stays active", async () => {
+  it("for bad client credentials: RefreshError(invalid_client), not retryable as is, and the connection stays active", async () => {
     const store = ConnectionStore.makeMemory()
     const lk = createLatchkey({
       providers: [providerFor(sandbox)],
@@ -57,7 +57,11 @@ describe("HighLevel 401 UnAuthorized! on refresh", () => {
     const c = await link(lk, sandbox, "sbxLocation002")
     await expireAccess(store, c.id)
     sandbox.inject(unauthorized("Invalid client credentials!"))
-    await expect(lk.accessToken(c.id)).rejects.toMatchObject({ _tag: "RefreshError" })
+    await expect(lk.accessToken(c.id)).rejects.toMatchObject({
+      _tag: "RefreshError",
+      reason: "invalid_client",
+      isRetryable: false
+    })
     expect((await stored(store, c.id)).status).toBe("active")
     // Once the credentials are right again, the same refresh token still works.
     expect(await lk.accessToken(c.id)).toBeTypeOf("string")
