@@ -145,6 +145,18 @@ const connectionLines = (c: ConnectionSummary, now: number): Array<string> => [
   )
 ]
 
+/** A command's body with the global flags read, the app's options loaded, and failures printed (exit code 1). */
+const withConfig = <A, E, R>(
+  body: (context: { readonly json: boolean; readonly options: LatchkeyOptions }) => Effect.Effect<A, E, R>
+) =>
+  Effect.gen(function* () {
+    const { config, json } = yield* root
+    yield* guarded(
+      json,
+      Effect.flatMap(load(config), (options) => body({ json, options }))
+    )
+  })
+
 const list = Command.make(
   "list",
   {
@@ -156,104 +168,91 @@ const list = Command.make(
     )
   },
   (flags) =>
-    Effect.gen(function* () {
-      const { config, json } = yield* root
-      yield* guarded(
-        json,
-        Effect.gen(function* () {
-          const options = yield* load(config)
-          const records = yield* withLatchkey(
-            options,
-            Option.isSome(flags.owner)
-              ? ConnectionStore.ConnectionStore.use((s) => s.listByOwner(flags.owner.pipe(Option.getOrThrow)))
-              : allRecords
-          )
-          const rows = records
-            .map(ConnectionModule.summaryOfRecord)
-            .filter((c) => Option.isNone(flags.provider) || c.providerId === flags.provider.value)
-            .filter((c) => Option.isNone(flags.status) || c.status === flags.status.value)
-          if (json) return yield* printJson(rows)
-          const now = Date.now()
-          yield* out([
-            ...rows.flatMap((c) => connectionLines(c, now)),
-            `${rows.length} connection${rows.length === 1 ? "" : "s"}`
-          ])
-        })
-      )
-    })
+    withConfig(({ json, options }) =>
+      Effect.gen(function* () {
+        const records = yield* withLatchkey(
+          options,
+          Option.isSome(flags.owner)
+            ? ConnectionStore.ConnectionStore.use((s) => s.listByOwner(flags.owner.pipe(Option.getOrThrow)))
+            : allRecords
+        )
+        const rows = records
+          .map(ConnectionModule.summaryOfRecord)
+          .filter((c) => Option.isNone(flags.provider) || c.providerId === flags.provider.value)
+          .filter((c) => Option.isNone(flags.status) || c.status === flags.status.value)
+        if (json) return yield* printJson(rows)
+        const now = Date.now()
+        yield* out([
+          ...rows.flatMap((c) => connectionLines(c, now)),
+          `${rows.length} connection${rows.length === 1 ? "" : "s"}`
+        ])
+      })
+    )
 ).pipe(Command.withDescription("List connections (no token values)"))
 
 const show = Command.make(
   "show",
   { id: Argument.String("id").pipe(Argument.withDescription("The connection id")) },
   ({ id }) =>
-    Effect.gen(function* () {
-      const { config, json } = yield* root
-      yield* guarded(
-        json,
-        Effect.gen(function* () {
-          const options = yield* load(config)
-          const { record, keys } = yield* withLatchkey(
-            options,
-            Effect.gen(function* () {
-              const record = yield* getRecord(id)
-              const vault = yield* Vault.Vault
-              const keys = Object.fromEntries(
-                sealedFields.flatMap((f) =>
-                  record[f] === null ? [] : [[f, vault.keyIdOf(record[f]!) ?? "plain"] as const]
-                )
+    withConfig(({ json, options }) =>
+      Effect.gen(function* () {
+        const { record, keys } = yield* withLatchkey(
+          options,
+          Effect.gen(function* () {
+            const record = yield* getRecord(id)
+            const vault = yield* Vault.Vault
+            const keys = Object.fromEntries(
+              sealedFields.flatMap((f) =>
+                record[f] === null ? [] : [[f, vault.keyIdOf(record[f]!) ?? "plain"] as const]
               )
-              return { record, keys }
-            })
-          )
-          const c = ConnectionModule.summaryOfRecord(record)
-          if (json) return yield* printJson({ ...c, refreshDueAt: record.refreshDueAt, sealedWith: keys })
-          const now = Date.now()
-          const provider = options.providers.find((p) => p.id === c.providerId)
-          const at = (t: number | undefined) =>
-            t === undefined ? "never" : `${new Date(t).toISOString()} (${relative(t, now)})`
-          const rows: Array<[string, string]> = [
-            ["id", c.id],
-            ["owner", c.ownerId],
-            [
-              "provider",
-              provider ? `${c.providerId} (${provider.name})` : `${c.providerId} (not configured)`
-            ],
-            ["account", `${c.accountId} (${c.label})`],
-            ["kind", c.kind === "api_key" ? "API key" : "OAuth"],
-            ["status", c.status],
-            ["version", String(c.version)],
-            ["linked", at(c.createdAt)],
-            ["tokens from", at(c.obtainedAt)],
-            ["last refresh", at(c.lastRefreshAt)],
-            ["access token", c.expiresAt === undefined ? "does not expire" : `expires ${at(c.expiresAt)}`],
-            [
-              "refresh token",
-              !c.hasRefreshToken
-                ? "none"
-                : c.refreshExpiresAt === undefined
-                  ? "present, does not expire"
-                  : `present, expires ${at(c.refreshExpiresAt)}`
-            ],
-            ["next refresh", record.refreshDueAt === null ? "none planned" : at(record.refreshDueAt)],
-            ["scopes", c.scopes.length === 0 ? "(none)" : c.scopes.join(" ")],
-            [
-              "sealed with",
-              Object.entries(keys)
-                .map(([f, k]) => `${f}: ${k}`)
-                .join(", ")
-            ]
+            )
+            return { record, keys }
+          })
+        )
+        const c = ConnectionModule.summaryOfRecord(record)
+        if (json) return yield* printJson({ ...c, refreshDueAt: record.refreshDueAt, sealedWith: keys })
+        const now = Date.now()
+        const provider = options.providers.find((p) => p.id === c.providerId)
+        const at = (t: number | undefined) =>
+          t === undefined ? "never" : `${new Date(t).toISOString()} (${relative(t, now)})`
+        const rows: Array<[string, string]> = [
+          ["id", c.id],
+          ["owner", c.ownerId],
+          ["provider", provider ? `${c.providerId} (${provider.name})` : `${c.providerId} (not configured)`],
+          ["account", `${c.accountId} (${c.label})`],
+          ["kind", c.kind === "api_key" ? "API key" : "OAuth"],
+          ["status", c.status],
+          ["version", String(c.version)],
+          ["linked", at(c.createdAt)],
+          ["tokens from", at(c.obtainedAt)],
+          ["last refresh", at(c.lastRefreshAt)],
+          ["access token", c.expiresAt === undefined ? "does not expire" : `expires ${at(c.expiresAt)}`],
+          [
+            "refresh token",
+            !c.hasRefreshToken
+              ? "none"
+              : c.refreshExpiresAt === undefined
+                ? "present, does not expire"
+                : `present, expires ${at(c.refreshExpiresAt)}`
+          ],
+          ["next refresh", record.refreshDueAt === null ? "none planned" : at(record.refreshDueAt)],
+          ["scopes", c.scopes.length === 0 ? "(none)" : c.scopes.join(" ")],
+          [
+            "sealed with",
+            Object.entries(keys)
+              .map(([f, k]) => `${f}: ${k}`)
+              .join(", ")
           ]
-          if (c.lastError) {
-            rows.push([
-              "last error",
-              `${c.lastError.code}${c.lastError.description ? `: ${c.lastError.description}` : ""} (${relative(c.lastError.at, now)})`
-            ])
-          }
-          yield* out(rows.flatMap(([k, v]) => wrap(`${k.padEnd(14)}${v}`, 80, " ".repeat(14))))
-        })
-      )
-    })
+        ]
+        if (c.lastError) {
+          rows.push([
+            "last error",
+            `${c.lastError.code}${c.lastError.description ? `: ${c.lastError.description}` : ""} (${relative(c.lastError.at, now)})`
+          ])
+        }
+        yield* out(rows.flatMap(([k, v]) => wrap(`${k.padEnd(14)}${v}`, 80, " ".repeat(14))))
+      })
+    )
 ).pipe(Command.withDescription("Show one connection (never a token value)"))
 
 const connections = Command.make("connections").pipe(
@@ -264,75 +263,68 @@ const connections = Command.make("connections").pipe(
 // ---- health --------------------------------------------------------------------------------------
 
 const health = Command.make("health", {}, () =>
-  Effect.gen(function* () {
-    const { config, json } = yield* root
-    yield* guarded(
-      json,
-      Effect.gen(function* () {
-        const options = yield* load(config)
-        const records = yield* withLatchkey(options, allRecords)
-        const now = Date.now()
-        const byStatus = { active: 0, needs_reauth: 0, revoked: 0 } as Record<string, number>
-        for (const r of records) byStatus[r.status] = (byStatus[r.status] ?? 0) + 1
-        const due = records
-          .filter(
-            (r) => r.status === "active" && r.refreshDueAt !== null && r.refreshDueAt <= now + 3_600_000
-          )
-          .sort((a, b) => a.refreshDueAt! - b.refreshDueAt!)
-        const overdue = due.filter((r) => r.refreshDueAt! <= now).length
-        const causes = new Map<string, { count: number; example: string }>()
-        for (const r of records.filter((r) => r.status === "needs_reauth")) {
-          const code = r.lastError?.code ?? "unknown"
-          const entry = causes.get(code) ?? { count: 0, example: r.lastError?.description ?? "" }
-          entry.count++
-          causes.set(code, entry)
+  withConfig(({ json, options }) =>
+    Effect.gen(function* () {
+      const records = yield* withLatchkey(options, allRecords)
+      const now = Date.now()
+      const byStatus = { active: 0, needs_reauth: 0, revoked: 0 } as Record<string, number>
+      for (const r of records) byStatus[r.status] = (byStatus[r.status] ?? 0) + 1
+      const due = records
+        .filter((r) => r.status === "active" && r.refreshDueAt !== null && r.refreshDueAt <= now + 3_600_000)
+        .sort((a, b) => a.refreshDueAt! - b.refreshDueAt!)
+      const overdue = due.filter((r) => r.refreshDueAt! <= now).length
+      const causes = new Map<string, { count: number; example: string }>()
+      for (const r of records.filter((r) => r.status === "needs_reauth")) {
+        const code = r.lastError?.code ?? "unknown"
+        const entry = causes.get(code) ?? { count: 0, example: r.lastError?.description ?? "" }
+        entry.count++
+        causes.set(code, entry)
+      }
+      const oldest = records
+        .filter((r) => r.status === "active" && r.refreshToken !== null)
+        .sort((a, b) => a.obtainedAt - b.obtainedAt)
+        .slice(0, 5)
+      const report = {
+        total: records.length,
+        byStatus,
+        dueWithinHour: due.length,
+        overdue,
+        nextDueAt: due.find((r) => r.refreshDueAt! > now)?.refreshDueAt ?? null,
+        needsReauth: [...causes].map(([code, { count, example }]) => ({ code, count, example })),
+        oldestRefreshTokens: oldest.map((r) => ({
+          id: r.id,
+          providerId: r.providerId,
+          obtainedAt: r.obtainedAt,
+          ageMs: now - r.obtainedAt,
+          refreshExpiresAt: r.refreshExpiresAt
+        }))
+      }
+      if (json) return yield* printJson(report)
+      const lines = [
+        `connections    ${records.length}: ${byStatus.active} active, ${byStatus.needs_reauth} needs_reauth, ${byStatus.revoked} revoked`,
+        `due in 1 hour  ${due.length} refresh${due.length === 1 ? "" : "es"}${overdue > 0 ? ` (${overdue} overdue)` : ""}${report.nextDueAt !== null ? `, next ${relative(report.nextDueAt, now)}` : ""}`
+      ]
+      if (causes.size === 0) lines.push("needs_reauth   none")
+      else {
+        lines.push("needs_reauth   by cause:")
+        for (const c of report.needsReauth) {
+          lines.push(...wrap(`  ${c.count} × ${c.code}${c.example ? `: ${c.example}` : ""}`, 80, "      "))
         }
-        const oldest = records
-          .filter((r) => r.status === "active" && r.refreshToken !== null)
-          .sort((a, b) => a.obtainedAt - b.obtainedAt)
-          .slice(0, 5)
-        const report = {
-          total: records.length,
-          byStatus,
-          dueWithinHour: due.length,
-          overdue,
-          nextDueAt: due.find((r) => r.refreshDueAt! > now)?.refreshDueAt ?? null,
-          needsReauth: [...causes].map(([code, { count, example }]) => ({ code, count, example })),
-          oldestRefreshTokens: oldest.map((r) => ({
-            id: r.id,
-            providerId: r.providerId,
-            obtainedAt: r.obtainedAt,
-            ageMs: now - r.obtainedAt,
-            refreshExpiresAt: r.refreshExpiresAt
-          }))
-        }
-        if (json) return yield* printJson(report)
-        const lines = [
-          `connections    ${records.length}: ${byStatus.active} active, ${byStatus.needs_reauth} needs_reauth, ${byStatus.revoked} revoked`,
-          `due in 1 hour  ${due.length} refresh${due.length === 1 ? "" : "es"}${overdue > 0 ? ` (${overdue} overdue)` : ""}${report.nextDueAt !== null ? `, next ${relative(report.nextDueAt, now)}` : ""}`
-        ]
-        if (causes.size === 0) lines.push("needs_reauth   none")
-        else {
-          lines.push("needs_reauth   by cause:")
-          for (const c of report.needsReauth) {
-            lines.push(...wrap(`  ${c.count} × ${c.code}${c.example ? `: ${c.example}` : ""}`, 80, "      "))
-          }
-        }
-        if (oldest.length === 0) lines.push("oldest refresh tokens  none")
-        else {
-          lines.push("oldest refresh tokens:")
-          for (const r of oldest) {
-            lines.push(
-              clip(
-                `  ${r.id}  ${r.providerId}  ${span(now - r.obtainedAt)} old${r.refreshExpiresAt !== null ? `, expires ${relative(r.refreshExpiresAt, now)}` : ""}`
-              )
+      }
+      if (oldest.length === 0) lines.push("oldest refresh tokens  none")
+      else {
+        lines.push("oldest refresh tokens:")
+        for (const r of oldest) {
+          lines.push(
+            clip(
+              `  ${r.id}  ${r.providerId}  ${span(now - r.obtainedAt)} old${r.refreshExpiresAt !== null ? `, expires ${relative(r.refreshExpiresAt, now)}` : ""}`
             )
-          }
+          )
         }
-        yield* out(lines.map((l) => clip(l)))
-      })
-    )
-  })
+      }
+      yield* out(lines.map((l) => clip(l)))
+    })
+  )
 ).pipe(Command.withDescription("Counts by status, refreshes due, needs_reauth causes, oldest refresh tokens"))
 
 // ---- refresh / unlink ----------------------------------------------------------------------------
@@ -341,45 +333,35 @@ const refresh = Command.make(
   "refresh",
   { id: Argument.String("id").pipe(Argument.withDescription("The connection id")) },
   ({ id }) =>
-    Effect.gen(function* () {
-      const { config, json } = yield* root
-      yield* guarded(
-        json,
-        Effect.gen(function* () {
-          const options = yield* load(config)
-          const c = yield* withLatchkey(
-            options,
-            TokenManager.TokenManager.use((t) => t.refreshNow(id)).pipe(Effect.map(ConnectionModule.summary))
+    withConfig(({ json, options }) =>
+      Effect.gen(function* () {
+        const c = yield* withLatchkey(
+          options,
+          TokenManager.TokenManager.use((t) => t.refreshNow(id)).pipe(Effect.map(ConnectionModule.summary))
+        )
+        if (json) return yield* printJson(c)
+        yield* out(
+          clip(
+            `refreshed ${c.id} (${c.providerId}): access token ${c.expiresAt === undefined ? "does not expire" : `expires ${relative(c.expiresAt, Date.now())}`}`
           )
-          if (json) return yield* printJson(c)
-          yield* out(
-            clip(
-              `refreshed ${c.id} (${c.providerId}): access token ${c.expiresAt === undefined ? "does not expire" : `expires ${relative(c.expiresAt, Date.now())}`}`
-            )
-          )
-        })
-      )
-    })
+        )
+      })
+    )
 ).pipe(Command.withDescription("Refresh a connection now (shares any refresh in flight)"))
 
 const unlink = Command.make(
   "unlink",
   { id: Argument.String("id").pipe(Argument.withDescription("The connection id")) },
   ({ id }) =>
-    Effect.gen(function* () {
-      const { config, json } = yield* root
-      yield* guarded(
-        json,
-        Effect.gen(function* () {
-          const options = yield* load(config)
-          const result = yield* withLatchkey(options, Latchkey.unlink(id))
-          if (json) return yield* printJson({ unlinked: id, ...result })
-          yield* out(
-            `unlinked ${id} (${result.revokedAtProvider ? "revoked at the provider" : "not revoked at the provider: it has no revocation, or did not confirm"})`
-          )
-        })
-      )
-    })
+    withConfig(({ json, options }) =>
+      Effect.gen(function* () {
+        const result = yield* withLatchkey(options, Latchkey.unlink(id))
+        if (json) return yield* printJson({ unlinked: id, ...result })
+        yield* out(
+          `unlinked ${id} (${result.revokedAtProvider ? "revoked at the provider" : "not revoked at the provider: it has no revocation, or did not confirm"})`
+        )
+      })
+    )
 ).pipe(Command.withDescription("Revoke at the provider (best effort) and remove a connection"))
 
 // ---- vault ---------------------------------------------------------------------------------------
@@ -394,130 +376,120 @@ const rotate = Command.make(
     )
   },
   ({ to, pageSize }) =>
-    Effect.gen(function* () {
-      const { config, json } = yield* root
-      yield* guarded(
-        json,
-        Effect.gen(function* () {
-          const options = yield* load(config)
-          const keys = options.vault?.keys ?? []
-          if (!keys.some((k) => k.id === to)) {
-            return yield* new Failed({
-              message: `key "${to}" is not in the configuration's vault keys (${keys.map((k) => k.id).join(", ") || "none"}); add it first`
-            })
-          }
-          const appWrites = options.vault?.writeKeyId ?? keys[0]?.id
-          if (appWrites !== to && !json) {
-            yield* Effect.sync(() =>
-              process.stderr.write(
-                `${wrap(`note: the configuration writes with key "${appWrites}", so the app re-seals what it refreshes with it; deploy it with writeKeyId "${to}" first, then rotate.`, 80, "  ").join("\n")}\n`
-              )
-            )
-          }
-          const started = Date.now()
-          const tty = process.stderr.isTTY === true && !json
-          let lastDecile = -1
-          const onProgress = (p: Vault.RotateProgress) => {
-            if (json) return
-            const line = progressLine(p.done, p.total, Date.now() - started)
-            if (tty) process.stderr.write(`\r${line}`)
-            else {
-              const decile = p.total === 0 ? 10 : Math.floor((p.done / p.total) * 10)
-              if (decile !== lastDecile) {
-                lastDecile = decile
-                process.stderr.write(`${line}\n`)
-              }
-            }
-          }
-          const report = yield* withLatchkey(
-            { ...options, vault: { keys, writeKeyId: to } },
-            Vault.rotate({ onProgress, pageSize })
-          )
-          if (tty) process.stderr.write("\n")
-          const failed = report.failed.map((f) => ({
-            connectionId: f.connectionId,
-            reason: f.error.reason,
-            message: f.error.message
-          }))
-          if (failed.length > 0) process.exitCode = 1
-          if (json) return yield* printJson({ to, ...report, failed, elapsedMs: Date.now() - started })
-          const lines = [
-            `re-sealed ${report.resealed} of ${report.done} connections with key "${to}" in ${span(Date.now() - started)}; ${report.done - report.resealed - failed.length} already were`
-          ]
-          if (failed.length === 0) {
-            lines.push(
-              `every connection is sealed with "${to}"; run it again any time, it resumes where it stopped`
-            )
-          } else {
-            lines.push(`${failed.length} left as they were (keep the old keys; run it again):`)
-            for (const f of failed)
-              lines.push(...wrap(`  ${f.connectionId}: ${f.reason}: ${f.message}`, 80, "    "))
-          }
-          yield* out(lines.flatMap((l) => wrap(l, 80, "  ")))
-        })
-      )
-    })
-).pipe(Command.withDescription("Re-seal every connection with a key (resumable; safe while the app serves)"))
-
-const check = Command.make("check", {}, () =>
-  Effect.gen(function* () {
-    const { config, json } = yield* root
-    yield* guarded(
-      json,
+    withConfig(({ json, options }) =>
       Effect.gen(function* () {
-        const options = yield* load(config)
-        const result = yield* withLatchkey(
-          options,
-          Effect.gen(function* () {
-            const vault = yield* Vault.Vault
-            const records = yield* allRecords
-            const byKey: Record<string, number> = {}
-            const failed: Array<{ connectionId: string; field: string; reason: string; message: string }> = []
-            let stale = 0
-            for (const r of records) {
-              let notWriteKey = false
-              for (const field of sealedFields) {
-                const value = r[field]
-                if (value === null) continue
-                const key = vault.keyIdOf(value) ?? "plain"
-                byKey[key] = (byKey[key] ?? 0) + 1
-                if (key !== (vault.writeKeyId ?? "plain")) notWriteKey = true
-                const opened = yield* Effect.result(vault.open(value, { connectionId: r.id, field }))
-                if (opened._tag === "Failure") {
-                  failed.push({
-                    connectionId: r.id,
-                    field,
-                    reason: opened.failure.reason,
-                    message: opened.failure.message
-                  })
-                }
-              }
-              if (notWriteKey) stale++
-            }
-            return { connections: records.length, writeKeyId: vault.writeKeyId ?? null, byKey, stale, failed }
+        const keys = options.vault?.keys ?? []
+        if (!keys.some((k) => k.id === to)) {
+          return yield* new Failed({
+            message: `key "${to}" is not in the configuration's vault keys (${keys.map((k) => k.id).join(", ") || "none"}); add it first`
           })
-        )
-        if (result.failed.length > 0) process.exitCode = 1
-        if (json) return yield* printJson(result)
-        const counts =
-          Object.entries(result.byKey)
-            .map(([k, n]) => `${k}: ${n}`)
-            .join(", ") || "none"
-        const lines = [
-          result.failed.length === 0
-            ? `all ${result.connections} connections open with the configured keys (sealed fields by key: ${counts})`
-            : `${result.failed.length} sealed field(s) do not open with the configured keys (by key: ${counts}):`
-        ]
-        for (const f of result.failed) lines.push(`  ${f.connectionId} ${f.field}: ${f.reason}`)
-        if (result.stale > 0 && result.writeKeyId !== null) {
-          lines.push(
-            `${result.stale} connection(s) not yet sealed with the write key "${result.writeKeyId}": run latchkey vault rotate --to ${result.writeKeyId}`
+        }
+        const appWrites = options.vault?.writeKeyId ?? keys[0]?.id
+        if (appWrites !== to && !json) {
+          yield* Effect.sync(() =>
+            process.stderr.write(
+              `${wrap(`note: the configuration writes with key "${appWrites}", so the app re-seals what it refreshes with it; deploy it with writeKeyId "${to}" first, then rotate.`, 80, "  ").join("\n")}\n`
+            )
           )
+        }
+        const started = Date.now()
+        const tty = process.stderr.isTTY === true && !json
+        let lastDecile = -1
+        const onProgress = (p: Vault.RotateProgress) => {
+          if (json) return
+          const line = progressLine(p.done, p.total, Date.now() - started)
+          if (tty) process.stderr.write(`\r${line}`)
+          else {
+            const decile = p.total === 0 ? 10 : Math.floor((p.done / p.total) * 10)
+            if (decile !== lastDecile) {
+              lastDecile = decile
+              process.stderr.write(`${line}\n`)
+            }
+          }
+        }
+        const report = yield* withLatchkey(
+          { ...options, vault: { keys, writeKeyId: to } },
+          Vault.rotate({ onProgress, pageSize })
+        )
+        if (tty) process.stderr.write("\n")
+        const failed = report.failed.map((f) => ({
+          connectionId: f.connectionId,
+          reason: f.error.reason,
+          message: f.error.message
+        }))
+        if (failed.length > 0) process.exitCode = 1
+        if (json) return yield* printJson({ to, ...report, failed, elapsedMs: Date.now() - started })
+        const lines = [
+          `re-sealed ${report.resealed} of ${report.done} connections with key "${to}" in ${span(Date.now() - started)}; ${report.done - report.resealed - failed.length} already were`
+        ]
+        if (failed.length === 0) {
+          lines.push(
+            `every connection is sealed with "${to}"; run it again any time, it resumes where it stopped`
+          )
+        } else {
+          lines.push(`${failed.length} left as they were (keep the old keys; run it again):`)
+          for (const f of failed)
+            lines.push(...wrap(`  ${f.connectionId}: ${f.reason}: ${f.message}`, 80, "    "))
         }
         yield* out(lines.flatMap((l) => wrap(l, 80, "  ")))
       })
     )
-  })
+).pipe(Command.withDescription("Re-seal every connection with a key (resumable; safe while the app serves)"))
+
+const check = Command.make("check", {}, () =>
+  withConfig(({ json, options }) =>
+    Effect.gen(function* () {
+      const result = yield* withLatchkey(
+        options,
+        Effect.gen(function* () {
+          const vault = yield* Vault.Vault
+          const records = yield* allRecords
+          const byKey: Record<string, number> = {}
+          const failed: Array<{ connectionId: string; field: string; reason: string; message: string }> = []
+          let stale = 0
+          for (const r of records) {
+            let notWriteKey = false
+            for (const field of sealedFields) {
+              const value = r[field]
+              if (value === null) continue
+              const key = vault.keyIdOf(value) ?? "plain"
+              byKey[key] = (byKey[key] ?? 0) + 1
+              if (key !== (vault.writeKeyId ?? "plain")) notWriteKey = true
+              const opened = yield* Effect.result(vault.open(value, { connectionId: r.id, field }))
+              if (opened._tag === "Failure") {
+                failed.push({
+                  connectionId: r.id,
+                  field,
+                  reason: opened.failure.reason,
+                  message: opened.failure.message
+                })
+              }
+            }
+            if (notWriteKey) stale++
+          }
+          return { connections: records.length, writeKeyId: vault.writeKeyId ?? null, byKey, stale, failed }
+        })
+      )
+      if (result.failed.length > 0) process.exitCode = 1
+      if (json) return yield* printJson(result)
+      const counts =
+        Object.entries(result.byKey)
+          .map(([k, n]) => `${k}: ${n}`)
+          .join(", ") || "none"
+      const lines = [
+        result.failed.length === 0
+          ? `all ${result.connections} connections open with the configured keys (sealed fields by key: ${counts})`
+          : `${result.failed.length} sealed field(s) do not open with the configured keys (by key: ${counts}):`
+      ]
+      for (const f of result.failed) lines.push(`  ${f.connectionId} ${f.field}: ${f.reason}`)
+      if (result.stale > 0 && result.writeKeyId !== null) {
+        lines.push(
+          `${result.stale} connection(s) not yet sealed with the write key "${result.writeKeyId}": run latchkey vault rotate --to ${result.writeKeyId}`
+        )
+      }
+      yield* out(lines.flatMap((l) => wrap(l, 80, "  ")))
+    })
+  )
 ).pipe(Command.withDescription("Check that every connection opens with the configured keys"))
 
 const vault = Command.make("vault").pipe(
@@ -528,30 +500,25 @@ const vault = Command.make("vault").pipe(
 // ---- store ---------------------------------------------------------------------------------------
 
 const migrate = Command.make("migrate", {}, () =>
-  Effect.gen(function* () {
-    const { config, json } = yield* root
-    yield* guarded(
-      json,
-      Effect.gen(function* () {
-        const options = yield* load(config)
-        // Opening a durable store applies its migrations (idempotently, one instance at a time).
-        const description = yield* ConnectionStore.ConnectionStore.use((s) =>
-          s.describe ? s.describe() : Effect.succeed(undefined)
-        ).pipe(Effect.provide(storeLayer(options)))
-        if (json) return yield* printJson({ migrated: true, ...description })
-        if (description === undefined) return yield* out("the store was opened; it does not describe itself")
-        if (description.kind === "memory") return yield* out("the in-memory store has nothing to migrate")
-        const settings = Object.entries(description.settings).map(([k, v]) => `${k} ${v}`)
-        yield* out(
-          wrap(
-            `${description.kind} store ready: ${description.schemaVersion === undefined ? "it has no migrations" : `schema version ${description.schemaVersion}`}${settings.length > 0 ? ` (${settings.join(", ")})` : ""}`,
-            80,
-            "  "
-          )
+  withConfig(({ json, options }) =>
+    Effect.gen(function* () {
+      // Opening a durable store applies its migrations (idempotently, one instance at a time).
+      const description = yield* ConnectionStore.ConnectionStore.use((s) =>
+        s.describe ? s.describe() : Effect.succeed(undefined)
+      ).pipe(Effect.provide(storeLayer(options)))
+      if (json) return yield* printJson({ migrated: true, ...description })
+      if (description === undefined) return yield* out("the store was opened; it does not describe itself")
+      if (description.kind === "memory") return yield* out("the in-memory store has nothing to migrate")
+      const settings = Object.entries(description.settings).map(([k, v]) => `${k} ${v}`)
+      yield* out(
+        wrap(
+          `${description.kind} store ready: ${description.schemaVersion === undefined ? "it has no migrations" : `schema version ${description.schemaVersion}`}${settings.length > 0 ? ` (${settings.join(", ")})` : ""}`,
+          80,
+          "  "
         )
-      })
-    )
-  })
+      )
+    })
+  )
 ).pipe(Command.withDescription("Apply the store's migrations (PostgreSQL, SQLite; Redis has none)"))
 
 const store = Command.make("store").pipe(

@@ -60,8 +60,6 @@ export interface ProtocolOptions {
   readonly timeoutMs: number
   /** The fetch to use (tests and benchmarks may count calls). Default: global fetch. */
   readonly fetch?: typeof fetch | undefined
-  /** Aborts the request early. */
-  readonly signal?: AbortSignal | undefined
 }
 
 /** Parse `Retry-After` (seconds or HTTP date) into milliseconds. */
@@ -224,9 +222,7 @@ const configure = async (
     try {
       response = await fetchImpl(url, {
         ...(init as RequestInit),
-        signal: options.signal
-          ? AbortSignal.any([AbortSignal.timeout(options.timeoutMs), options.signal])
-          : AbortSignal.timeout(options.timeoutMs)
+        signal: AbortSignal.timeout(options.timeoutMs)
       })
     } catch (error) {
       // Refused or unresolvable: the request never reached the server.
