@@ -129,13 +129,11 @@ export const operationFailure = (error: unknown, providerName: string, what: str
       return {
         title,
         text:
-          e.reason === "unauthorized"
-            ? `${providerName} rejected the access token, even after a refresh.`
-            : e.reason === "rate_limited"
-              ? `${providerName} is rate limiting this account. Try again later.`
-              : e.reason === "timeout"
-                ? `${providerName} did not answer in time.`
-                : `${providerName} could not be reached.`
+          e.reason === "forbidden_origin"
+            ? `The request was not sent: its address is not one of ${providerName}’s API origins.`
+            : e.reason === "timeout"
+              ? `${providerName} did not answer in time.`
+              : `${providerName} could not be reached.`
       }
     case "ConnectionNotFound":
       return { title, text: "This account is no longer linked." }

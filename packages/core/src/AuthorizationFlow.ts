@@ -154,7 +154,7 @@ const fromProtocol = (provider: Provider, failure: OAuth.ProtocolFailure): Autho
       ? "invalid_grant"
       : failure.kind === "invalid_client"
         ? "invalid_client"
-        : failure.retryable
+        : failure.isRetryable
           ? "transient"
           : "exchange_failed"
   return authError(reason, provider.id, `${provider.name}: ${failure.message}`, {

@@ -29,7 +29,7 @@
  * control the clock. Callers never compare a lease's times with their own clock: they measure the
  * time left on a lease as the time elapsed since they asked for it (see docs/architecture.md).
  */
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Schema } from "effect"
 import type { ConnectionRecord } from "./Connection.ts"
 import { StoreError } from "./Errors.ts"
 
@@ -287,3 +287,97 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
       })
   }
 }
+
+/**
+ * What a stored connection must look like to be used: the fields every store indexes and the engine
+ * reads, checked without being transformed (fields a newer release adds are kept as stored).
+ */
+const StoredRecord = Schema.Struct({
+  id: Schema.String,
+  ownerId: Schema.String,
+  providerId: Schema.String,
+  accountId: Schema.String,
+  label: Schema.String,
+  kind: Schema.String,
+  status: Schema.String,
+  version: Schema.Int,
+  createdAt: Schema.Finite,
+  updatedAt: Schema.Finite,
+  lastRefreshAt: Schema.NullOr(Schema.Finite),
+  accessToken: Schema.String,
+  refreshToken: Schema.NullOr(Schema.String),
+  tokenType: Schema.String,
+  obtainedAt: Schema.Finite,
+  expiresAt: Schema.NullOr(Schema.Finite),
+  refreshExpiresAt: Schema.NullOr(Schema.Finite),
+  scopes: Schema.Array(Schema.String),
+  extras: Schema.String,
+  refreshDueAt: Schema.NullOr(Schema.Finite)
+})
+// Every record the engine writes passes the check (a change to the record's type must update it).
+type _RecordsPass = ConnectionRecord extends typeof StoredRecord.Type ? true : never
+const _recordsPass: _RecordsPass = true
+void _recordsPass
+
+const StoredPending = Schema.Struct({
+  state: Schema.String,
+  providerId: Schema.String,
+  ownerId: Schema.String,
+  redirectUri: Schema.String,
+  codeVerifier: Schema.NullOr(Schema.String),
+  scopes: Schema.Array(Schema.String),
+  createdAt: Schema.Finite,
+  expiresAt: Schema.Finite
+})
+type _PendingPass = PendingAuthorization extends typeof StoredPending.Type ? true : never
+const _pendingPass: _PendingPass = true
+void _pendingPass
+
+const isStoredRecord = Schema.is(StoredRecord)
+const isStoredPending = Schema.is(StoredPending)
+
+const corrupt = (store: string, what: string, problem: string, operation: string | undefined) =>
+  new StoreError({
+    reason: "corrupt",
+    message: `${store}: ${what} ${problem}`,
+    ...(operation !== undefined ? { operation } : {})
+  })
+
+const parseStored = <A>(
+  check: (u: unknown) => boolean,
+  text: unknown,
+  store: string,
+  what: string,
+  operation: string | undefined
+): A => {
+  if (typeof text !== "string") throw corrupt(store, what, "is not stored as text", operation)
+  let value: unknown
+  try {
+    value = JSON.parse(text)
+  } catch {
+    // The parser's message quotes the text, which holds sealed (or plain) tokens: not kept.
+    throw corrupt(store, what, "is not valid JSON", operation)
+  }
+  if (!check(value)) throw corrupt(store, what, "is not a Latchkey record", operation)
+  return value as A
+}
+
+/**
+ * Decode a connection as a store keeps it (JSON text). Throws `StoreError("corrupt")` — never
+ * retryable, never quoting the text (it holds sealed tokens) — for text that is not JSON or not a
+ * connection record. For stores: `store` names the store in the message (`"SQLite store"`).
+ */
+export const decodeRecord = (
+  text: unknown,
+  store: string,
+  what = "a stored connection",
+  operation?: string | undefined
+): ConnectionRecord => parseStored<ConnectionRecord>(isStoredRecord, text, store, what, operation)
+
+/** Decode a pending authorization as a store keeps it; as `decodeRecord`. */
+export const decodePending = (
+  text: unknown,
+  store: string,
+  what = "a pending authorization",
+  operation?: string | undefined
+): PendingAuthorization => parseStored<PendingAuthorization>(isStoredPending, text, store, what, operation)

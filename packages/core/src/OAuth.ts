@@ -7,7 +7,7 @@
  * can tell a real rejection (`invalid_grant`) from a transient failure (network, 5xx, 429, timeout).
  * Nothing here ever puts a token, code or secret into a message.
  */
-import { Effect, Redacted } from "effect"
+import { Data, Effect, Redacted } from "effect"
 import * as oidc from "openid-client"
 import * as Dpop from "./internal/dpop.ts"
 import type { Provider } from "./Provider.ts"
@@ -39,19 +39,42 @@ export interface ProtocolFailureDetails {
   readonly unsafe?: boolean | undefined
 }
 
-export class ProtocolFailure {
-  readonly _tag = "ProtocolFailure"
+/** Whether the same request can succeed later (an answer flagged `unsafe` never is). */
+export const ProtocolFailureRetryable: Readonly<Record<ProtocolFailureKind, boolean>> = {
+  invalid_grant: false,
+  invalid_client: false,
+  oauth_error: false,
+  rate_limited: true,
+  transient: true,
+  invalid_response: true,
+  unsupported: false,
+  unsafe_response: false
+}
+
+/**
+ * A token, revocation or metadata request failed, classified (`kind`) from the server's answer — or
+ * its absence — by `classify`. A tagged error: yield it in `Effect.gen`, match it with `catchTag`.
+ * The engine maps it to its domain's error (`AuthorizationError`, `RefreshError`,
+ * `ReauthorizationRequired`).
+ */
+export class ProtocolFailure extends Data.TaggedError("ProtocolFailure")<{
   readonly kind: ProtocolFailureKind
   readonly message: string
   readonly details: ProtocolFailureDetails
+}> {
   constructor(kind: ProtocolFailureKind, message: string, details: ProtocolFailureDetails = {}) {
-    this.kind = kind
-    this.message = message
-    this.details = details
+    super({ kind, message, details })
   }
+  /** The same as `kind`, as every Latchkey error has a `reason`. */
+  get reason(): ProtocolFailureKind {
+    return this.kind
+  }
+  get isRetryable(): boolean {
+    return this.details.unsafe !== true && ProtocolFailureRetryable[this.kind]
+  }
+  /** @deprecated use `isRetryable`, as on every other Latchkey error. */
   get retryable(): boolean {
-    if (this.details.unsafe === true) return false
-    return this.kind === "transient" || this.kind === "rate_limited" || this.kind === "invalid_response"
+    return this.isRetryable
   }
 }
 
@@ -241,8 +264,14 @@ const configure = async (
   return { config, capture }
 }
 
-const classify = (provider: Provider, cause: unknown, capture: Capture, what: string): ProtocolFailure => {
-  const now = Date.now()
+/** `now` (the Effect Clock's, read when the failure arrived) dates a `Retry-After` given as an HTTP date. */
+const classify = (
+  provider: Provider,
+  cause: unknown,
+  capture: Capture,
+  what: string,
+  now: number
+): ProtocolFailure => {
   const response = capture.response
   const status = response?.status
   const retryAfterMs = response ? parseRetryAfter(response.headers.get("retry-after"), now) : undefined
@@ -326,31 +355,34 @@ const run = <A>(
   what: string,
   f: (config: oidc.Configuration) => Promise<A>
 ): Effect.Effect<A, ProtocolFailure> =>
-  Effect.tryPromise({
-    try: async () => {
-      let setup: Awaited<ReturnType<typeof configure>> | undefined
-      try {
-        setup = await configure(provider, options, endpoint)
-        const result = await f(setup.config)
-        if (setup.capture.rawExpiresIn !== undefined && typeof result === "object" && result !== null) {
-          // Back to the value as received: the token set replaces it by the default and records it.
-          ;(result as Record<string, unknown>).expires_in = setup.capture.rawExpiresIn
+  Effect.clockWith((clock) =>
+    Effect.tryPromise({
+      try: async () => {
+        let setup: Awaited<ReturnType<typeof configure>> | undefined
+        try {
+          setup = await configure(provider, options, endpoint)
+          const result = await f(setup.config)
+          if (setup.capture.rawExpiresIn !== undefined && typeof result === "object" && result !== null) {
+            // Back to the value as received: the token set replaces it by the default and records it.
+            ;(result as Record<string, unknown>).expires_in = setup.capture.rawExpiresIn
+          }
+          return result
+        } catch (cause) {
+          if (cause instanceof ProtocolFailure) throw cause
+          if (setup?.capture.refused !== undefined) throw setup.capture.refused
+          throw classify(
+            provider,
+            cause,
+            setup?.capture ?? { response: undefined, sent: false, errorIn200: false },
+            what,
+            clock.currentTimeMillisUnsafe()
+          )
         }
-        return result
-      } catch (cause) {
-        if (cause instanceof ProtocolFailure) throw cause
-        if (setup?.capture.refused !== undefined) throw setup.capture.refused
-        throw classify(
-          provider,
-          cause,
-          setup?.capture ?? { response: undefined, sent: false, errorIn200: false },
-          what
-        )
-      }
-    },
-    catch: (e) =>
-      e instanceof ProtocolFailure ? e : new ProtocolFailure("transient", `${what}: unexpected failure`, {})
-  })
+      },
+      catch: (e) =>
+        e instanceof ProtocolFailure ? e : new ProtocolFailure("transient", `${what}: unexpected failure`, {})
+    })
+  )
 
 /** The user-info URL: `endpoints.userinfo`, or the discovered `userinfo_endpoint` (undefined when neither). */
 export const userinfoEndpoint = (

@@ -14,6 +14,8 @@ import {
   ConnectionStore,
   type ConnectionStoreShape,
   conflict,
+  decodePending,
+  decodeRecord,
   type Lease,
   type PendingAuthorization,
   type TakePendingResult
@@ -65,9 +67,6 @@ const MIGRATIONS = [
    )`
 ]
 
-const isConstraint = (e: unknown) => /constraint/i.test(String((e as Error)?.message ?? e))
-const isBusy = (e: unknown) => /busy|locked/i.test(String((e as Error)?.message ?? e))
-
 /** The driver's error reduced to its name, message and code (no bound values, no record text). */
 const safeCause = (cause: unknown): Error => {
   const error = new Error(String((cause as Error)?.message ?? cause))
@@ -78,28 +77,76 @@ const safeCause = (cause: unknown): Error => {
   return error
 }
 
-const storeError = (what: string) => (cause: unknown) =>
-  cause instanceof StoreError
-    ? cause
-    : cause instanceof SyntaxError
-      ? // JSON.parse quotes the record it failed on, and records hold sealed (or plain) tokens.
-        new StoreError({
-          reason: "corrupt",
-          message: `SQLite store: ${what}: a stored record is not valid JSON`
-        })
-      : new StoreError({
-          reason: isBusy(cause) ? "timeout" : "unavailable",
-          message: `SQLite store: ${what} failed (${isBusy(cause) ? "database is busy" : String((cause as Error)?.message ?? cause)})`,
-          cause: safeCause(cause)
-        })
+/** SQLite's primary result code, from node:sqlite's `errcode` (extended codes carry it in the low byte). */
+const resultCode = (cause: unknown): number | undefined => {
+  const errcode = (cause as { errcode?: unknown } | undefined)?.errcode
+  return typeof errcode === "number" ? errcode & 0xff : undefined
+}
 
-const parse = (row: { record: string } | undefined): ConnectionRecord | undefined =>
-  row === undefined ? undefined : (JSON.parse(row.record) as ConnectionRecord)
+/** SQLITE_BUSY, SQLITE_LOCKED: another connection holds the lock past `busyTimeoutMs`. */
+const BUSY = new Set([5, 6])
+/** SQLITE_CORRUPT, SQLITE_NOTADB: the file is not a (sound) database. */
+const CORRUPT = new Set([11, 26])
+
+const STORE = "SQLite store"
+
+/**
+ * The SQLite classifier: every failure of `node:sqlite` (or of decoding a row) as a `StoreError`
+ * with the reasons every store shares. A row that is not a record, or a damaged file, is `corrupt`;
+ * a busy database is `timeout`; anything else (disk full, I/O error, closed database) `unavailable`.
+ */
+export const classifySqliteError =
+  (operation: string) =>
+  (cause: unknown): StoreError => {
+    if (cause instanceof StoreError) return cause
+    const code = resultCode(cause)
+    const text = String((cause as Error)?.message ?? cause)
+    if (code === 19 || (code === undefined && /constraint/i.test(text))) {
+      return new StoreError({
+        reason: "conflict",
+        operation,
+        message: `${STORE}: ${operation}: already exists`
+      })
+    }
+    const busy = (code !== undefined && BUSY.has(code)) || (code === undefined && /busy|locked/i.test(text))
+    const damaged = code !== undefined && CORRUPT.has(code)
+    return new StoreError({
+      reason: busy ? "timeout" : damaged ? "corrupt" : "unavailable",
+      operation,
+      message: `${STORE}: ${operation} failed (${busy ? "database is busy" : text})`,
+      cause: safeCause(cause)
+    })
+  }
+
+const storeError = classifySqliteError
+
+const parse =
+  (operation: string) =>
+  (row: { record: unknown } | undefined): ConnectionRecord | undefined =>
+    row === undefined ? undefined : decodeRecord(row.record, STORE, "a stored connection", operation)
+
+const invalidOption = (field: string, problem: string) =>
+  new StoreError({ reason: "invalid_options", field, message: `SqliteStore: ${field} ${problem}` })
+
+/** Check the options; throws `StoreError("invalid_options")` naming the bad one. */
+const validate = (options: SqliteStoreOptions) => {
+  if (typeof options?.path !== "string" || options.path.length === 0) {
+    throw invalidOption("path", 'must be a file path or ":memory:"')
+  }
+  const busy = options.busyTimeoutMs
+  if (busy !== undefined && (!Number.isSafeInteger(busy) || busy < 0)) {
+    throw invalidOption("busyTimeoutMs", "must be a non-negative integer")
+  }
+  if (options.clock !== undefined && typeof options.clock !== "function") {
+    throw invalidOption("clock", "must be a function returning epoch milliseconds")
+  }
+}
 
 /** Open (and migrate) a SQLite store. Call `close()` when done, or use `layer` for a scoped one. */
 export const make = (
   options: SqliteStoreOptions
 ): ConnectionStoreShape & { readonly close: () => Effect.Effect<void> } => {
+  validate(options)
   if (options.path !== ":memory:") mkdirSync(dirname(options.path), { recursive: true })
   const clock = options.clock ?? Date.now
   const db = new DatabaseSync(options.path, { timeout: options.busyTimeoutMs ?? 5_000 })
@@ -148,7 +195,7 @@ export const make = (
   const store: ConnectionStoreShape & { readonly close: () => Effect.Effect<void> } = {
     get: (id) =>
       attempt("get", () =>
-        parse(
+        parse("get")(
           sql("SELECT record FROM latchkey_connections WHERE id = ?").get(id) as
             | { record: string }
             | undefined
@@ -156,7 +203,7 @@ export const make = (
       ),
     findByAccount: (ownerId, providerId, accountId) =>
       attempt("findByAccount", () =>
-        parse(
+        parse("findByAccount")(
           sql(
             "SELECT record FROM latchkey_connections WHERE owner_id = ? AND provider_id = ? AND account_id = ?"
           ).get(ownerId, providerId, accountId) as { record: string } | undefined
@@ -168,7 +215,7 @@ export const make = (
           sql("SELECT record FROM latchkey_connections WHERE owner_id = ? ORDER BY created_at, id").all(
             ownerId
           ) as Array<{ record: string }>
-        ).map((r) => parse(r)!)
+        ).map((r) => parse("listByOwner")(r)!)
       ),
     scan: (after, limit) =>
       attempt("scan", () => {
@@ -183,7 +230,7 @@ export const make = (
         ) as Array<{ id: string; record: string }>
         const page = rows.slice(0, size)
         return {
-          records: page.map((r) => parse(r)!),
+          records: page.map((r) => parse("scan")(r)!),
           next: rows.length > size && size > 0 ? page[page.length - 1]!.id : undefined
         }
       }),
@@ -213,7 +260,7 @@ export const make = (
              WHERE status = 'active' AND refresh_due_at IS NOT NULL AND refresh_due_at <= ?
              ORDER BY refresh_due_at LIMIT ?`
           ).all(now, limit) as Array<{ record: string }>
-        ).map((r) => parse(r)!)
+        ).map((r) => parse("listDue")(r)!)
       ),
     insert: (record) =>
       Effect.try({
@@ -234,12 +281,14 @@ export const make = (
             JSON.stringify(record)
           )
         },
-        catch: (e) =>
-          isConstraint(e)
+        catch: (e) => {
+          const error = storeError("insert")(e)
+          return error.reason === "conflict"
             ? conflict(
                 `connection ${record.id} (account ${record.accountId} of ${record.providerId}) already exists`
               )
-            : storeError("insert")(e)
+            : error
+        }
       }),
     update: (record, expectedVersion) =>
       Effect.suspend(() => {
@@ -263,10 +312,12 @@ export const make = (
               record.id,
               expectedVersion
             ).changes,
-          catch: (e) =>
-            isConstraint(e)
+          catch: (e) => {
+            const error = storeError("update")(e)
+            return error.reason === "conflict"
               ? conflict(`connection ${record.id}: account already linked`)
-              : storeError("update")(e)
+              : error
+          }
         }).pipe(
           Effect.flatMap((changes) =>
             Number(changes) === 1
@@ -347,7 +398,7 @@ export const make = (
           "UPDATE latchkey_pending SET consumed_at = ? WHERE state = ? AND consumed_at IS NULL AND (? IS NULL OR json_extract(record, '$.ownerId') = ?) RETURNING record"
         ).get(now, state, ownerId ?? null, ownerId ?? null) as { record: string } | undefined
         if (taken !== undefined)
-          return { _tag: "Found", pending: JSON.parse(taken.record) as PendingAuthorization }
+          return { _tag: "Found", pending: decodePending(taken.record, STORE, undefined, "takePending") }
         const exists = sql("SELECT consumed_at IS NULL AS open FROM latchkey_pending WHERE state = ?").get(
           state
         ) as { open: number } | undefined

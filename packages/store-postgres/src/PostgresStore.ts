@@ -15,7 +15,7 @@
  *   uses session-level settings, session advisory locks, named prepared statements, LISTEN or
  *   temporary tables, so the store is safe behind PgBouncer in transaction pooling mode.
  */
-import { type Connection, ConnectionStore, ProviderDefinitionError, StoreError } from "@latchkey/core"
+import { type Connection, ConnectionStore, StoreError } from "@latchkey/core"
 import { Effect, Layer, Redacted } from "effect"
 import pg from "pg"
 
@@ -99,8 +99,11 @@ const describeError = (e: unknown): string => {
   return code === undefined ? message : `${message} [${code}]`
 }
 
-/** SQLSTATEs after which trying again later can work: lock and statement timeouts, serialization. */
+/** SQLSTATEs of waiting too long: lock and statement timeouts, serialization failures, deadlocks. */
 const TIMEOUT_CODES = new Set(["55P03", "57014", "40001", "40P01"])
+
+/** SQLSTATEs of damaged data (`XX001` data_corrupted, `XX002` index_corrupted). */
+const CORRUPT_CODES = new Set(["XX001", "XX002"])
 
 /** The driver's own timeouts: waiting for a pooled connection, or for a read's answer. */
 const DRIVER_TIMEOUT =
@@ -120,41 +123,49 @@ const safeCause = (cause: unknown): Error => {
   return error
 }
 
-const storeError = (what: string) => (rawCause: unknown) => {
-  if (rawCause instanceof StoreError) return rawCause
-  const cause = safeCause(rawCause)
-  const code = errorCode(cause)
-  if (code === "23505") {
-    return new StoreError({ reason: "conflict", message: `PostgreSQL store: ${what}: already exists`, cause })
+const STORE = "PostgreSQL store"
+
+/**
+ * The PostgreSQL classifier: every failure of `pg` (or of decoding a row) as a `StoreError` with the
+ * reasons every store shares, by SQLSTATE: `23505` is `conflict`; lock and statement timeouts,
+ * serialization failures and deadlocks (and the driver's own timeouts) `timeout`; `XX001`/`XX002`
+ * `corrupt`; anything else (connection refused or lost, server shutting down) `unavailable`.
+ */
+export const classifyPostgresError =
+  (operation: string) =>
+  (rawCause: unknown): StoreError => {
+    if (rawCause instanceof StoreError) return rawCause
+    const cause = safeCause(rawCause)
+    const code = errorCode(cause)
+    if (code === "23505") {
+      return new StoreError({
+        reason: "conflict",
+        operation,
+        message: `${STORE}: ${operation}: already exists`,
+        cause
+      })
+    }
+    const timedOut =
+      (code !== undefined && TIMEOUT_CODES.has(code)) ||
+      DRIVER_TIMEOUT.test(String((cause as Error)?.message ?? ""))
+    return new StoreError({
+      reason: timedOut
+        ? "timeout"
+        : code !== undefined && CORRUPT_CODES.has(code)
+          ? "corrupt"
+          : "unavailable",
+      operation,
+      message: `${STORE}: ${operation} failed (${describeError(cause)})`,
+      cause
+    })
   }
-  const timedOut =
-    (code !== undefined && TIMEOUT_CODES.has(code)) ||
-    DRIVER_TIMEOUT.test(String((cause as Error)?.message ?? ""))
-  return new StoreError({
-    reason: timedOut ? "timeout" : "unavailable",
-    message: `PostgreSQL store: ${what} failed (${describeError(cause)})`,
-    cause
-  })
-}
+
+const storeError = classifyPostgresError
 
 const invalidOption = (field: string, what: string) =>
-  new ProviderDefinitionError({
-    providerId: "(postgres store)",
-    field,
-    message: `PostgresStore: ${field} ${what}`
-  })
+  new StoreError({ reason: "invalid_options", field, message: `PostgresStore: ${field} ${what}` })
 
-const conflict = (message: string) =>
-  new StoreError({ reason: "conflict", message: `PostgreSQL store: ${message}` })
-
-const parseRecord = <A>(what: string, text: string): A => {
-  try {
-    return JSON.parse(text) as A
-  } catch {
-    // The parser's message quotes the text, which holds sealed (or plain) tokens: not kept.
-    throw new StoreError({ reason: "corrupt", message: `PostgreSQL store: ${what} is not valid JSON` })
-  }
-}
+const conflict = (message: string) => new StoreError({ reason: "conflict", message: `${STORE}: ${message}` })
 
 const positive = (name: string, value: number) => {
   if (!Number.isSafeInteger(value) || value < 1) throw invalidOption(name, "must be a positive integer")
@@ -167,7 +178,7 @@ interface Settings {
   readonly statementTimeoutMs: number
 }
 
-/** Check the options; throws `ProviderDefinitionError` naming the bad one. */
+/** Check the options; throws `StoreError("invalid_options")` naming the bad one. */
 const validate = (options: PostgresStoreOptions): Settings => {
   const schemaName = options.schema ?? "latchkey"
   if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(schemaName)) {
@@ -189,7 +200,7 @@ const validate = (options: PostgresStoreOptions): Settings => {
 
 /**
  * Open the store (Effect): connects, applies the migrations, and returns the store. Invalid options
- * throw `ProviderDefinitionError` when this is called.
+ * throw `StoreError("invalid_options")` when this is called.
  */
 export const makeEffect = (options: PostgresStoreOptions): Effect.Effect<PostgresStore, StoreError> => {
   const { schemaName, lockTimeoutMs, statementTimeoutMs } = validate(options)
@@ -224,7 +235,7 @@ export const makeEffect = (options: PostgresStoreOptions): Effect.Effect<Postgre
 /**
  * Open the store: connects, applies the migrations, and resolves the store (or rejects with a
  * `StoreError`). Pass it to `createLatchkey({ store })`; call `close()` when done. Invalid options
- * throw `ProviderDefinitionError` at once.
+ * throw `StoreError("invalid_options")` at once.
  */
 export const make = (options: PostgresStoreOptions): Promise<PostgresStore> => {
   const effect = makeEffect(options)
@@ -233,7 +244,7 @@ export const make = (options: PostgresStoreOptions): Promise<PostgresStore> => {
 
 /**
  * A scoped store: opened (and migrated) when the layer is built, its pool ended when the layer is
- * released. Invalid options throw `ProviderDefinitionError` when this is called.
+ * released. Invalid options throw `StoreError("invalid_options")` when this is called.
  */
 export const layer = (
   options: PostgresStoreOptions
@@ -374,9 +385,11 @@ const build = (
     })
 
   const records = (what: string) => (result: pg.QueryResult<{ record: string }>) =>
-    result.rows.map((row) => parseRecord<ConnectionRecord>(what, row.record))
+    result.rows.map((row) => ConnectionStore.decodeRecord(row.record, STORE, what))
   const first = (what: string) => (result: pg.QueryResult<{ record: string }>) =>
-    result.rows[0] === undefined ? undefined : parseRecord<ConnectionRecord>(what, result.rows[0].record)
+    result.rows[0] === undefined
+      ? undefined
+      : ConnectionStore.decodeRecord(result.rows[0].record, STORE, what)
 
   /**
    * The compare-and-set write of a connection in ONE round trip: the transaction, its local timeouts,
@@ -458,7 +471,9 @@ COMMIT`
         (result: pg.QueryResult<{ id: string; record: string }>) => {
           const page = result.rows.slice(0, size)
           return {
-            records: page.map((row) => parseRecord<ConnectionRecord>(`connection ${row.id}`, row.record)),
+            records: page.map((row) =>
+              ConnectionStore.decodeRecord(row.record, STORE, `connection ${row.id}`, "scan")
+            ),
             next: result.rows.length > size && size > 0 ? page[page.length - 1]!.id : undefined
           }
         }
@@ -623,7 +638,7 @@ COMMIT`
         if (row?.record != null) {
           return {
             _tag: "Found",
-            pending: parseRecord<PendingAuthorization>("a pending authorization", row.record)
+            pending: ConnectionStore.decodePending(row.record, STORE, undefined, "takePending")
           }
         }
         if (row?.present && row.open && ownerId !== undefined) return { _tag: "Foreign" }

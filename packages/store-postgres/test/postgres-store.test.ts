@@ -8,7 +8,7 @@
  * Every test uses its own schema and drops it afterwards.
  */
 import { randomUUID } from "node:crypto"
-import { createLatchkey, ProviderDefinitionError } from "@latchkey/core"
+import { createLatchkey, StoreError } from "@latchkey/core"
 import { sampleRecord, storeConformance } from "@latchkey/core/testing"
 import { conformanceTokenServer as oidcTokenServer } from "@latchkey/testkit-oidc"
 import { Effect } from "effect"
@@ -49,6 +49,13 @@ storeConformance({
         await drop(settings.schema)
       }
     }
+  },
+  plantRecord: async (opened, connectionId, text) => {
+    const { schema } = opened.settings as { schema: string }
+    await admin.query(`UPDATE "${schema}".latchkey_connections SET record = $1 WHERE id = $2`, [
+      text,
+      connectionId
+    ])
   },
   // A stuck transaction in another session holding the connection's row lock.
   lockRow: async (opened, connectionId) => {
@@ -209,14 +216,22 @@ describe("PostgreSQL specifics", () => {
 
   it("refuses invalid options at construction, naming the option", () => {
     const bad = [
-      { connectionString: URL_, schema: 'x"; DROP TABLE y; --' },
-      { connectionString: URL_, lockTimeoutMs: 0 },
-      { connectionString: URL_, statementTimeoutMs: 1.5 },
-      { schema: "ok" }
-    ]
-    for (const options of bad) {
-      expect(() => PostgresStore.make(options)).toThrow(ProviderDefinitionError)
-      expect(() => PostgresStore.layer(options)).toThrow(ProviderDefinitionError)
+      [{ connectionString: URL_, schema: 'x"; DROP TABLE y; --' }, "schema"],
+      [{ connectionString: URL_, lockTimeoutMs: 0 }, "lockTimeoutMs"],
+      [{ connectionString: URL_, statementTimeoutMs: 1.5 }, "statementTimeoutMs"],
+      [{ schema: "ok" }, "connectionString"]
+    ] as const
+    for (const [options, field] of bad) {
+      for (const open of [() => PostgresStore.make(options), () => PostgresStore.layer(options)]) {
+        let error: unknown
+        try {
+          open()
+        } catch (e) {
+          error = e
+        }
+        expect(error).toBeInstanceOf(StoreError)
+        expect(error).toMatchObject({ reason: "invalid_options", field, isRetryable: false })
+      }
     }
   })
 

@@ -29,7 +29,7 @@
  * standalone server, Sentinel or a managed primary. Tokens reach Redis sealed by the Vault.
  */
 import { createHash, randomUUID } from "node:crypto"
-import { type Connection, ConnectionStore, ProviderDefinitionError, StoreError } from "@latchkey/core"
+import { type Connection, ConnectionStore, StoreError } from "@latchkey/core"
 import { Effect, Layer, Redacted } from "effect"
 import { Redis, type RedisOptions } from "ioredis"
 
@@ -301,19 +301,35 @@ export const safeCause = (cause: unknown): Error => {
   return error
 }
 
-const storeError = (what: string) => (cause: unknown) => {
-  if (cause instanceof StoreError) return cause
-  const text = errorText(cause)
-  const timeout = /timed? ?out|ETIMEDOUT/i.test(text)
-  return new StoreError({
-    reason: timeout ? "timeout" : "unavailable",
-    message: `Redis store: ${what} failed (${text})`,
-    cause: safeCause(cause)
-  })
-}
+const STORE = "Redis store"
 
-const conflict = (message: string) =>
-  new StoreError({ reason: "conflict", message: `Redis store: ${message}` })
+/**
+ * The Redis classifier: every failure of ioredis (or of decoding a value) as a `StoreError` with the
+ * reasons every store shares. A command timeout or a server busy running a script is `timeout`; a
+ * key holding another type than the store wrote (`WRONGTYPE`) is `corrupt`; anything else (refused,
+ * closed, out of memory, loading) `unavailable`.
+ */
+export const classifyRedisError =
+  (operation: string) =>
+  (cause: unknown): StoreError => {
+    if (cause instanceof StoreError) return cause
+    const text = errorText(cause)
+    const reason = /^WRONGTYPE\b/.test(text)
+      ? "corrupt"
+      : /timed? ?out|ETIMEDOUT|^BUSY\b/i.test(text)
+        ? "timeout"
+        : "unavailable"
+    return new StoreError({
+      reason,
+      operation,
+      message: `${STORE}: ${operation} failed (${text})`,
+      cause: safeCause(cause)
+    })
+  }
+
+const storeError = classifyRedisError
+
+const conflict = (message: string) => new StoreError({ reason: "conflict", message: `${STORE}: ${message}` })
 
 /** The server's `maxmemory-policy`, read from `INFO memory` (allowed where `CONFIG` is not, e.g. managed Redis). */
 export const readEvictionPolicy = async (client: Redis): Promise<string> => {
@@ -326,14 +342,8 @@ export const readEvictionPolicy = async (client: Redis): Promise<string> => {
 /** Whether a `maxmemory-policy` can evict the store's keys: every policy but `noeviction` can. */
 export const evicts = (policy: string): boolean => policy !== "noeviction"
 
-const parseRecord = <A>(what: string, text: string): A => {
-  try {
-    return JSON.parse(text) as A
-  } catch {
-    // The parser's message quotes the text, which holds sealed (or plain) tokens: not kept.
-    throw new StoreError({ reason: "corrupt", message: `Redis store: ${what} is not valid JSON` })
-  }
-}
+const parseRecord = (what: string, text: unknown): ConnectionRecord =>
+  ConnectionStore.decodeRecord(text, STORE, what)
 
 /** The account index key: JSON keeps the three parts apart whatever characters they hold. */
 const accountKey = (r: Pick<ConnectionRecord, "ownerId" | "providerId" | "accountId">) =>
@@ -343,11 +353,11 @@ const dueScore = (r: ConnectionRecord) =>
   r.status === "active" && r.refreshDueAt !== null ? String(r.refreshDueAt) : ""
 
 const invalid = (field: string, message: string) =>
-  new ProviderDefinitionError({ providerId: "(redis store)", field, message: `RedisStore: ${message}` })
+  new StoreError({ reason: "invalid_options", field, message: `RedisStore: ${message}` })
 
 /**
  * Create the store. Nothing is written until it is used; `ready` checks the server answers. Throws
- * `ProviderDefinitionError` on invalid options.
+ * `StoreError("invalid_options")` on invalid options.
  */
 export const make = (options: RedisStoreOptions): RedisStore => {
   const keyPrefix = options.keyPrefix ?? "latchkey:"
@@ -416,7 +426,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
     call(s.name, () => evalScript(s, [P, ...args]))
 
   const parseAll = (what: string) => (rows: unknown) =>
-    (rows as Array<string>).map((r) => parseRecord<ConnectionRecord>(what, r))
+    (rows as Array<string>).map((r) => parseRecord(what, r))
 
   let closed = false
 
@@ -429,7 +439,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
           r === null
             ? Effect.succeed(undefined)
             : Effect.try({
-                try: () => parseRecord<ConnectionRecord>(`connection ${id}`, r),
+                try: () => parseRecord(`connection ${id}`, r),
                 catch: storeError("get")
               })
         )
@@ -440,7 +450,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
           typeof r !== "string"
             ? Effect.succeed(undefined)
             : Effect.try({
-                try: () => parseRecord<ConnectionRecord>("a connection", r),
+                try: () => parseRecord("a connection", r),
                 catch: storeError("findByAccount")
               })
         )
@@ -471,7 +481,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
               const records: Array<ConnectionRecord> = []
               for (let i = 0; i + 1 < items.length; i += 2) {
                 ids.push(items[i]!)
-                records.push(parseRecord<ConnectionRecord>(`connection ${items[i]}`, items[i + 1]!))
+                records.push(parseRecord(`connection ${items[i]}`, items[i + 1]!))
               }
               const more = records.length > size
               return {
@@ -603,7 +613,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
               if (tag === "found") {
                 return {
                   _tag: "Found",
-                  pending: parseRecord<PendingAuthorization>("a pending authorization", record!)
+                  pending: ConnectionStore.decodePending(record, STORE, undefined, "takePending")
                 }
               }
               if (tag === "foreign") return { _tag: "Foreign" }

@@ -2,12 +2,13 @@
  * The Redis store against the store conformance suite (contract, Vault rotation, tokens sealed at
  * rest, 4 OS processes x 50 callers on one expired connection at oidc-provider with single-use
  * refresh tokens, a SIGKILLed lease holder), plus what is Redis's own: the lease key's PX TTL and
- * compare-and-delete release, prefixes kept apart (also under a client's own keyPrefix), a corrupt
- * value, an unreachable server, option checks and the scoped layer.
+ * compare-and-delete release, prefixes kept apart (also under a client's own keyPrefix), a key of
+ * the wrong type, an unreachable server, option checks and the scoped layer. (Rows that are not
+ * records are planted by the suite through `plantRecord`.)
  *
  * Every test uses its own key prefix and deletes its keys afterwards.
  */
-import { type ConnectionStore, createLatchkey, ProviderDefinitionError } from "@latchkey/core"
+import { type ConnectionStore, createLatchkey, StoreError } from "@latchkey/core"
 import { sampleRecord, storeConformance } from "@latchkey/core/testing"
 import { conformanceTokenServer as oidcTokenServer } from "@latchkey/testkit-oidc"
 import { Effect } from "effect"
@@ -74,6 +75,10 @@ storeConformance({
         await dropPrefix(settings.keyPrefix)
       }
     }
+  },
+  plantRecord: async (opened, connectionId, text) => {
+    const { keyPrefix } = opened.settings as { keyPrefix: string }
+    await admin.hset(`${keyPrefix}c:${connectionId}`, "r", text)
   },
   crossProcess: {
     opener: { module: new URL("../src/index.ts", import.meta.url).href, export: "RedisStore.make" },
@@ -183,14 +188,16 @@ describe("Redis specifics", () => {
     }
   })
 
-  it("a value that is not a record is reported as corrupt, not returned", async () => {
+  it("a connection key of another type than the store writes (WRONGTYPE) is corrupt, not retryable", async () => {
     const p = prefix()
     const store = RedisStore.make({ url: URL_, keyPrefix: p })
     try {
       await run(store.insert(sampleRecord("a")))
-      await admin.hset(`${p}c:a`, "r", "{not json")
-      expect(await run(Effect.flip(store.get("a")))).toMatchObject({ _tag: "StoreError", reason: "corrupt" })
-      expect(await run(Effect.flip(store.listByOwner("owner")))).toMatchObject({ reason: "corrupt" })
+      await admin.del(`${p}c:a`)
+      await admin.set(`${p}c:a`, JSON.stringify(sampleRecord("a")))
+      const error = await run(Effect.flip(store.get("a")))
+      expect(error).toMatchObject({ _tag: "StoreError", reason: "corrupt", operation: "get" })
+      expect(error.isRetryable).toBe(false)
     } finally {
       await run(store.close())
     }
@@ -207,10 +214,22 @@ describe("Redis specifics", () => {
   })
 
   it("refuses invalid options at construction", () => {
-    expect(() => RedisStore.make({ url: URL_, keyPrefix: "lk:*" })).toThrow(ProviderDefinitionError)
-    expect(() => RedisStore.make({ url: URL_, keyPrefix: "" })).toThrow(ProviderDefinitionError)
-    expect(() => RedisStore.make({})).toThrow(ProviderDefinitionError)
-    expect(() => RedisStore.make({ url: URL_, commandTimeoutMs: 0 })).toThrow(ProviderDefinitionError)
+    const bad = [
+      [{ url: URL_, keyPrefix: "lk:*" }, "keyPrefix"],
+      [{ url: URL_, keyPrefix: "" }, "keyPrefix"],
+      [{}, "url"],
+      [{ url: URL_, commandTimeoutMs: 0 }, "commandTimeoutMs"]
+    ] as const
+    for (const [options, field] of bad) {
+      let error: unknown
+      try {
+        RedisStore.make(options)
+      } catch (e) {
+        error = e
+      }
+      expect(error).toBeInstanceOf(StoreError)
+      expect(error).toMatchObject({ reason: "invalid_options", field, isRetryable: false })
+    }
   })
 
   it("as a Layer: ready when built, closed when released; an unreachable server fails the build", async () => {

@@ -416,6 +416,41 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
       })
     })
 
+    const plantRecord = options.plantRecord
+    if (plantRecord !== undefined) {
+      describe("a stored row that is not a record", () => {
+        // Written straight through the driver, as a bug, a manual edit or a damaged backup would.
+        const garbage: ReadonlyArray<readonly [string, string]> = [
+          ["text that is not JSON", "{not json"],
+          ["JSON null", "null"],
+          ["a JSON array", "[]"],
+          ["an object missing the record's fields", JSON.stringify({ id: "x", version: 1 })],
+          ["a record whose version is not a number", JSON.stringify({ ...record("x"), version: "2" })]
+        ]
+        for (const [what, text] of garbage) {
+          it(`${what}: StoreError("corrupt"), not retryable, from get, listByOwner and listDue`, async () => {
+            await withStore(options, async (store, opened) => {
+              await run(store.insert(record("sound", { refreshDueAt: 10 })))
+              await run(store.insert(record("bad", { refreshDueAt: 20 })))
+              await plantRecord(opened, "bad", text)
+              // The sound row still reads; nothing is made up for the bad one.
+              expect((await run(store.get("sound")))?.id).toBe("sound")
+              for (const error of [
+                await flip(store.get("bad")),
+                await flip(store.listByOwner("owner")),
+                await flip(store.listDue(1_000, 10))
+              ]) {
+                expect(error).toMatchObject({ _tag: "StoreError", reason: "corrupt" })
+                expect(error.isRetryable).toBe(false)
+                // The message never quotes what was stored (records hold sealed tokens).
+                expect(error.message).not.toContain("plain.")
+              }
+            })
+          })
+        }
+      })
+    }
+
     describe("Vault rotation through this store", () => {
       const keyA = { id: "key-a", key: Redacted.make(Vault.generateKey()) }
       const keyB = { id: "key-b", key: Redacted.make(Vault.generateKey()) }

@@ -46,6 +46,15 @@ export interface StoreConformanceOptions {
   readonly lockRow?:
     | ((opened: OpenedStore, connectionId: string) => Promise<{ readonly release: () => Promise<void> }>)
     | undefined
+  /**
+   * Write `text` as the stored record of connection `connectionId` (which exists) straight through
+   * the driver, bypassing the store — as a bug, a manual edit or a damaged backup would. The suite
+   * then checks that reading it is `StoreError("corrupt")`, not retryable, and never a made-up record.
+   * Every store that keeps records as text provides it (the memory store keeps objects: nothing to corrupt).
+   */
+  readonly plantRecord?:
+    | ((opened: OpenedStore, connectionId: string, text: string) => Promise<void>)
+    | undefined
   /** For durable stores that several processes share; omit for a one-process store (memory). */
   readonly crossProcess?:
     | {
