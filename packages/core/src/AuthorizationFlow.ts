@@ -1,8 +1,8 @@
 /**
  * Linking an account: `start` builds the authorize URL and keeps a single-use pending record
  * server-side (state, PKCE verifier, provider, redirect URI, owner, expiry); `complete` checks the
- * callback (state, `error`, RFC 9207 `iss`, expiry), exchanges the code, identifies the account and
- * stores the connection. Nothing is stored when any step fails.
+ * callback (state, `error`, RFC 9207 `iss`, expiry: the named checks of `Protocol`), exchanges the
+ * code, identifies the account and stores the connection. Nothing is stored when any step fails.
  */
 import { randomBytes, randomUUID } from "node:crypto"
 import { Clock, Context, Effect, Layer, Redacted } from "effect"
@@ -17,6 +17,7 @@ import { allowsCredentials, proofsFor, sendScoped } from "./internal/credentialS
 import * as Dpop from "./internal/dpop.ts"
 import { refreshDueAt } from "./internal/due.ts"
 import * as OAuth from "./OAuth.ts"
+import * as Protocol from "./Protocol.ts"
 import type { AccountIdentity, Credential, Provider } from "./Provider.ts"
 import { Providers } from "./Providers.ts"
 import * as TokenSet from "./TokenSet.ts"
@@ -101,12 +102,6 @@ export const RESERVED_PARAMS: ReadonlySet<string> = new Set([
   "request_uri"
 ])
 
-/** Callback parameters that must appear at most once (RFC 6749 §3.1: parameters must not repeat). */
-const SINGLE_PARAMS = ["state", "code", "iss", "error", "error_description"] as const
-
-const repeated = (params: URLSearchParams): ReadonlyArray<string> =>
-  SINGLE_PARAMS.filter((name) => params.getAll(name).length > 1)
-
 /** Characters that break (or smuggle into) an HTTP header value: controls and anything beyond ASCII. */
 const HEADER_UNSAFE = /[^\x20-\x7e]/
 
@@ -121,15 +116,6 @@ const checkOwner = (providerId: string, ownerId: unknown) =>
           message: "ownerId must be a non-empty string without NUL characters"
         })
       )
-
-const toParams = (callback: string | URL | URLSearchParams): URLSearchParams => {
-  if (callback instanceof URLSearchParams) return callback
-  if (callback instanceof URL) return callback.searchParams
-  const q = callback.indexOf("?")
-  return new URLSearchParams(
-    q >= 0 ? callback.slice(q + 1).split("#")[0] : callback.startsWith("http") ? "" : callback
-  )
-}
 
 const authError = (
   reason: AuthorizationError["reason"],
@@ -354,47 +340,10 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
         metadata: Record<string, unknown> | undefined,
         pendingDpopKey: string | undefined
       ) {
-        const twice = repeated(params)
-        if (twice.length > 0) {
-          return yield* authError(
-            "invalid_request",
-            provider.id,
-            `${provider.name}: the callback repeats ${twice.join(", ")}; it is not a valid authorization response`
-          )
-        }
-        const iss = params.get("iss")
         const expected = yield* OAuth.issuerCheck(provider, protocol).pipe(
           Effect.mapError((f) => fromProtocol(provider, f))
         )
-        if (iss === null && expected.required) {
-          return yield* authError(
-            "missing_iss",
-            provider.id,
-            `${provider.name}: the callback has no iss, which this provider always sends (RFC 9207); it may come from another server`
-          )
-        }
-        if (iss !== null && iss !== expected.issuer) {
-          return yield* authError(
-            "iss_mismatch",
-            provider.id,
-            `${provider.name}: the callback's iss does not match the provider's issuer (RFC 9207); it may come from another server`
-          )
-        }
-        const error = params.get("error")
-        if (error !== null) {
-          const description = params.get("error_description") ?? undefined
-          return yield* authError(
-            error === "access_denied" ? "access_denied" : "provider_error",
-            provider.id,
-            error === "access_denied"
-              ? `${provider.name}: the user denied access${description ? ` (${description})` : ""}`
-              : `${provider.name} returned an error: ${error}${description ? ` (${description})` : ""}`,
-            { providerError: error, providerErrorDescription: description }
-          )
-        }
-        if (!params.get("code")) {
-          return yield* authError("missing_code", provider.id, `${provider.name}: the callback has no code`)
-        }
+        yield* Effect.fromResult(Protocol.authorizationResponse(params, provider, expected))
         const dpopKey =
           provider.dpop === true
             ? (pendingDpopKey ?? (yield* Effect.promise(() => Dpop.generateKey())))
@@ -434,58 +383,13 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
       })
 
       const complete = Effect.fn("AuthorizationFlow.complete")(function* (input: CompleteInput) {
-        const params = toParams(input.callback)
-        const twice = repeated(params)
-        if (twice.length > 0) {
-          return yield* authError(
-            "invalid_request",
-            input.providerId,
-            `The callback repeats ${twice.join(", ")}; it is not a valid authorization response`
-          )
-        }
-        const state = params.get("state")
-        if (state === null || state === "") {
-          return yield* authError(
-            "missing_state",
-            input.providerId,
-            "The callback has no state; it was not started by this app (provider-initiated installs have their own entry point)"
-          )
-        }
+        const params = Protocol.callbackParams(input.callback)
+        const state = yield* Effect.fromResult(Protocol.callbackState(params, input))
         const now = yield* Clock.currentTimeMillis
         // The owner is checked by the store before the state is consumed: another user's callback
         // leaves the state usable by its owner.
         const taken = yield* store.takePending(state, now, input.ownerId)
-        if (taken._tag === "Foreign") {
-          return yield* authError(
-            "foreign_state",
-            input.providerId,
-            "The callback's state was issued for another provider or user"
-          )
-        }
-        if (taken._tag === "Missing") {
-          return yield* authError("unknown_state", input.providerId, "The callback's state is unknown")
-        }
-        if (taken._tag === "Consumed") {
-          return yield* authError("reused_state", input.providerId, "The callback's state was already used")
-        }
-        const pending = taken.pending
-        if (pending.expiresAt <= now) {
-          return yield* authError(
-            "expired_state",
-            pending.providerId,
-            "The authorization request expired; start again"
-          )
-        }
-        if (
-          (input.providerId !== undefined && input.providerId !== pending.providerId) ||
-          (input.ownerId !== undefined && input.ownerId !== pending.ownerId)
-        ) {
-          return yield* authError(
-            "foreign_state",
-            input.providerId ?? pending.providerId,
-            "The callback's state was issued for another provider or user"
-          )
-        }
+        const pending = yield* Effect.fromResult(Protocol.pendingAuthorization(taken, now, input))
         const provider = yield* providers.get(pending.providerId)
         const verifier =
           pending.codeVerifier === null
@@ -513,21 +417,9 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
       ) {
         const provider = yield* providers.get(input.providerId)
         yield* checkOwner(provider.id, input.ownerId)
-        if (provider.providerInitiated !== true) {
-          return yield* authError(
-            "missing_state",
-            provider.id,
-            `${provider.name} does not start installs itself; callbacks without state are refused`
-          )
-        }
-        const params = toParams(input.callback)
-        if (params.get("state")) {
-          return yield* authError(
-            "foreign_state",
-            provider.id,
-            "A callback with a state belongs to a flow this app started; complete it with complete()"
-          )
-        }
+        const params = yield* Effect.fromResult(
+          Protocol.providerInitiatedCallback(Protocol.callbackParams(input.callback), provider)
+        )
         return yield* exchangeAndSave(
           provider,
           params,

@@ -2,7 +2,8 @@
  * The providers registered with one Latchkey instance, by id.
  */
 import { Context, Effect, Layer } from "effect"
-import { AuthorizationError, ProviderDefinitionError } from "./Errors.ts"
+import { type AuthorizationError, ProviderDefinitionError } from "./Errors.ts"
+import { registeredProvider } from "./Protocol.ts"
 import type { Provider } from "./Provider.ts"
 
 export interface ProvidersShape {
@@ -39,18 +40,7 @@ export const make = (providers: ReadonlyArray<Provider>): ProvidersShape => {
   return {
     all: [...byId.values()],
     find: (id) => byId.get(id),
-    get: (id) => {
-      const p = byId.get(id)
-      return p
-        ? Effect.succeed(p)
-        : Effect.fail(
-            new AuthorizationError({
-              reason: "unknown_provider",
-              providerId: id,
-              message: `No provider "${id}" is registered`
-            })
-          )
-    }
+    get: (id) => Effect.fromResult(registeredProvider((providerId) => byId.get(providerId), id))
   }
 }
 
