@@ -15,10 +15,13 @@
  *   renamed) and the `login`.
  * - Revocation is not RFC 7009: `DELETE /applications/{client_id}/grant` with HTTP Basic client
  *   credentials and the access token in a JSON body deletes the grant and every token of it.
+ *
+ * The two API calls (`GET /user`, the grant's `DELETE`) are in `Api.ts`.
  */
-import { Provider } from "@latchkey/core"
-import { Redacted } from "effect"
+import { Provider } from "@latchkey/core/provider"
+import type { Redacted } from "effect"
 import { z } from "zod"
+import { deleteGrant, identifyUser } from "./Api.ts"
 
 export const WEB_URL = "https://github.com"
 export const API_URL = "https://api.github.com"
@@ -48,18 +51,9 @@ export interface GitHubOptions {
   readonly userAgent?: string
 }
 
-/** What `GET /user` answers (the fields this provider reads). */
-const User = z.object({
-  id: z.number().int(),
-  login: z.string().min(1),
-  name: z.string().nullish(),
-  email: z.string().nullish(),
-  avatar_url: z.string().nullish(),
-  html_url: z.string().nullish()
-})
-
 const under = (base: string, path: string) => `${base.replace(/\/+$/, "")}${path}`
 
+/** The GitHub provider for Latchkey. */
 export const provider = (options: GitHubOptions): Provider.Provider => {
   const web = options.webUrl ?? WEB_URL
   const api = options.apiUrl ?? API_URL
@@ -113,32 +107,7 @@ export const provider = (options: GitHubOptions): Provider.Provider => {
         : (status === 429 || status === 403) && headers.has("retry-after")
           ? "rate_limited"
           : "ok",
-    identify: async ({ fetch }) => {
-      const response = await fetch("/user")
-      if (!response.ok) throw new Error(`GET /user answered ${response.status}`)
-      const user = User.parse(await response.json())
-      return {
-        accountId: String(user.id),
-        label: user.login,
-        profile: {
-          login: user.login,
-          ...(user.name ? { name: user.name } : {}),
-          ...(user.email ? { email: user.email } : {}),
-          ...(user.avatar_url ? { avatarUrl: user.avatar_url } : {}),
-          ...(user.html_url ? { htmlUrl: user.html_url } : {})
-        }
-      }
-    },
-    revoke: async ({ tokens, clientId, clientSecret, fetch }) => {
-      if (clientSecret === undefined) return false
-      const basic = Buffer.from(`${clientId}:${Redacted.value(clientSecret)}`).toString("base64")
-      const response = await fetch(under(api, `/applications/${encodeURIComponent(clientId)}/grant`), {
-        method: "DELETE",
-        headers: { ...apiHeaders, authorization: `Basic ${basic}`, "content-type": "application/json" },
-        body: JSON.stringify({ access_token: Redacted.value(tokens.accessToken) })
-      })
-      await response.body?.cancel()
-      return response.status === 204
-    }
+    identify: identifyUser,
+    revoke: deleteGrant(under(api, "/applications"), apiHeaders)
   })
 }

@@ -4,7 +4,8 @@
  * refresh on the token endpoint, space-separated scopes. One hour / 30 days are assumed when the
  * server does not say how long its tokens live.
  */
-import { Provider, ProviderDefinitionError } from "@latchkey/core"
+import { Provider, ProviderDefinitionError } from "@latchkey/core/provider"
+import { identifyFromUserinfo } from "./UserInfo.ts"
 
 export interface GenericOptions {
   /** Provider id within your Latchkey instance. Default `"generic"`. */
@@ -58,22 +59,6 @@ export interface GenericOptions {
   readonly dpop?: boolean
 }
 
-const readIdentity = (body: Record<string, unknown>): Provider.AccountIdentity => {
-  const id = body.sub ?? body.id ?? body.user_id
-  if (id === undefined || id === null || String(id).length === 0) {
-    throw new Error("the user-info response has no sub or id")
-  }
-  const accountId = String(id)
-  const label = [body.email, body.name, body.preferred_username, body.login, body.username].find(
-    (v): v is string => typeof v === "string" && v.length > 0
-  )
-  const profile: Record<string, unknown> = {}
-  for (const key of ["email", "name", "preferred_username", "login", "username", "picture"]) {
-    if (typeof body[key] === "string") profile[key] = body[key]
-  }
-  return { accountId, label: label ?? accountId, profile }
-}
-
 const safeOrigin = (url: string): string | undefined => {
   try {
     return new URL(url).origin
@@ -82,6 +67,7 @@ const safeOrigin = (url: string): string | undefined => {
   }
 }
 
+/** The provider for one authorization server; the account is identified from its user-info endpoint by default. */
 export const provider = (options: GenericOptions): Provider.Provider => {
   const id = options.id ?? "generic"
   const userinfo = options.userinfoUrl ?? options.endpoints?.userinfo
@@ -124,18 +110,6 @@ export const provider = (options: GenericOptions): Provider.Provider => {
     // With discovery only, `start` checks the discovered metadata has a user-info endpoint before the
     // user is sent to the provider.
     ...(options.identify === undefined && userinfo === undefined ? { requiresUserinfo: true } : {}),
-    identify:
-      options.identify ??
-      (async ({ fetch, userinfoEndpoint }) => {
-        const url = userinfo ?? userinfoEndpoint
-        if (url === undefined) {
-          throw new Error(
-            "no user-info URL: give userinfoUrl (or endpoints.userinfo) or an identify function"
-          )
-        }
-        const response = await fetch(url)
-        if (!response.ok) throw new Error(`user-info answered ${response.status}`)
-        return readIdentity((await response.json()) as Record<string, unknown>)
-      })
+    identify: options.identify ?? identifyFromUserinfo(userinfo)
   })
 }
