@@ -42,6 +42,14 @@ import * as Provider from "./Provider.ts"
 export const DeclarativeErrorReason = Schema.Literals(["unreadable", "syntax", "invalid", "missing_env"])
 export type DeclarativeErrorReason = typeof DeclarativeErrorReason.Type
 
+/** A provider file stays unreadable, malformed or invalid until it is fixed. */
+export const DeclarativeErrorRetryable: Readonly<Record<DeclarativeErrorReason, boolean>> = {
+  unreadable: false,
+  syntax: false,
+  invalid: false,
+  missing_env: false
+}
+
 /** A provider file could not be read, parsed or validated. Thrown synchronously by `load` / `parse`. */
 export class DeclarativeError extends Schema.TaggedError<DeclarativeError>()("DeclarativeError", {
   reason: DeclarativeErrorReason,
@@ -54,7 +62,7 @@ export class DeclarativeError extends Schema.TaggedError<DeclarativeError>()("De
   message: Schema.String
 }) {
   get isRetryable(): boolean {
-    return false
+    return DeclarativeErrorRetryable[this.reason]
   }
 }
 

@@ -17,6 +17,7 @@ import { TestClock } from "effect/testing"
 import { afterAll, beforeAll, expect, it as vit } from "vitest"
 import type { ConnectionRecord } from "../src/Connection.ts"
 import { type ConnectionStoreShape, makeMemory } from "../src/ConnectionStore.ts"
+import * as Declarative from "../src/Declarative.ts"
 import * as Errors from "../src/Errors.ts"
 import {
   createLatchkey,
@@ -350,6 +351,17 @@ const api = {
   }
 } satisfies Record<Errors.ApiErrorReason, Case>
 
+const declarative = {
+  unreadable: async () => thrown(() => Declarative.load("/nonexistent/latchkey-provider.yaml")),
+  syntax: async () => thrown(() => Declarative.parse("{ not json", { format: "json" })),
+  invalid: async () => thrown(() => Declarative.parse("id: acme\nname: Acme\n")),
+  missing_env: async () =>
+    thrown(() =>
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: a provider file's own reference syntax
+      Declarative.parse("id: acme\nclient:\n  id: ${env:LATCHKEY_TEST_UNSET_VARIABLE}\n", { env: {} })
+    )
+} satisfies Record<Declarative.DeclarativeErrorReason, Case>
+
 /** The documented contract: the reasons after which trying the same thing again can succeed. */
 const retryableReasons: Record<string, ReadonlyArray<string>> = {
   AuthorizationError: ["transient"],
@@ -357,7 +369,8 @@ const retryableReasons: Record<string, ReadonlyArray<string>> = {
   ReauthorizationRequired: [],
   StoreError: ["conflict", "unavailable", "timeout"],
   VaultError: [],
-  ApiError: ["network", "timeout"]
+  ApiError: ["network", "timeout"],
+  DeclarativeError: []
 }
 
 const tables = [
@@ -366,7 +379,8 @@ const tables = [
   ["ReauthorizationRequired", Errors.ReauthorizationReason, Errors.ReauthorizationRetryable, reauthorization],
   ["StoreError", Errors.StoreErrorReason, Errors.StoreErrorRetryable, store],
   ["VaultError", Errors.VaultErrorReason, Errors.VaultErrorRetryable, vault],
-  ["ApiError", Errors.ApiErrorReason, Errors.ApiErrorRetryable, api]
+  ["ApiError", Errors.ApiErrorReason, Errors.ApiErrorRetryable, api],
+  ["DeclarativeError", Declarative.DeclarativeErrorReason, Declarative.DeclarativeErrorRetryable, declarative]
 ] as const
 
 // ---------------------------------------------------------------------------------------------
