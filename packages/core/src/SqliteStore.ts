@@ -77,12 +77,14 @@ const safeCause = (cause: unknown): Error => {
   return error
 }
 
-/** SQLite's primary result code, from node:sqlite's `errcode` (extended codes carry it in the low byte). */
+/** SQLite's extended result code, from node:sqlite's `errcode` (the primary code is its low byte). */
 const resultCode = (cause: unknown): number | undefined => {
   const errcode = (cause as { errcode?: unknown } | undefined)?.errcode
-  return typeof errcode === "number" ? errcode & 0xff : undefined
+  return typeof errcode === "number" ? errcode : undefined
 }
 
+/** SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY: a duplicate id or account. */
+const DUPLICATE = new Set([2067, 1555])
 /** SQLITE_BUSY, SQLITE_LOCKED: another connection holds the lock past `busyTimeoutMs`. */
 const BUSY = new Set([5, 6])
 /** SQLITE_CORRUPT, SQLITE_NOTADB: the file is not a (sound) database. */
@@ -92,24 +94,30 @@ const STORE = "SQLite store"
 
 /**
  * The SQLite classifier: every failure of `node:sqlite` (or of decoding a row) as a `StoreError`
- * with the reasons every store shares. A row that is not a record, or a damaged file, is `corrupt`;
- * a busy database is `timeout`; anything else (disk full, I/O error, closed database) `unavailable`.
+ * with the reasons every store shares. A duplicate id or account is `conflict`; a row that is not a
+ * record, or a damaged file, is `corrupt`; a busy database is `timeout`; anything else (disk full, I/O
+ * error, a closed database, a write a trigger or check refused) `unavailable`.
  */
 export const classifySqliteError =
   (operation: string) =>
   (cause: unknown): StoreError => {
     if (cause instanceof StoreError) return cause
     const code = resultCode(cause)
+    const primary = code === undefined ? undefined : code & 0xff
     const text = String((cause as Error)?.message ?? cause)
-    if (code === 19 || (code === undefined && /constraint/i.test(text))) {
+    if (
+      (code !== undefined && DUPLICATE.has(code)) ||
+      (code === undefined && /UNIQUE constraint|PRIMARY KEY/i.test(text))
+    ) {
       return new StoreError({
         reason: "conflict",
         operation,
         message: `${STORE}: ${operation}: already exists`
       })
     }
-    const busy = (code !== undefined && BUSY.has(code)) || (code === undefined && /busy|locked/i.test(text))
-    const damaged = code !== undefined && CORRUPT.has(code)
+    const busy =
+      (primary !== undefined && BUSY.has(primary)) || (code === undefined && /busy|locked/i.test(text))
+    const damaged = primary !== undefined && CORRUPT.has(primary)
     return new StoreError({
       reason: busy ? "timeout" : damaged ? "corrupt" : "unavailable",
       operation,
