@@ -236,7 +236,7 @@ const isFailureCode = (code: unknown): code is FailureCode => typeof code === "s
 
 /** The failure code and provider of a thrown error; unknown errors are `internal`. */
 export const classify = (error: unknown): { code: FailureCode; providerId: string | undefined } => {
-  const e = error as { _tag?: unknown; reason?: unknown; providerId?: unknown } | null
+  const e = error as { _tag?: unknown; reason?: unknown; providerId?: unknown; isRetryable?: unknown } | null
   const providerId =
     typeof e?.providerId === "string" && /^[a-z0-9][a-z0-9_-]*$/.test(e.providerId) ? e.providerId : undefined
   switch (e?._tag) {
@@ -245,7 +245,8 @@ export const classify = (error: unknown): { code: FailureCode; providerId: strin
     case "ConnectionNotFound":
       return { code: "not_found", providerId }
     case "StoreError":
-      return { code: e.reason === "corrupt" ? "internal" : "unavailable", providerId }
+      // Try again later only when it can help (not for corrupt data or invalid store options).
+      return { code: e.isRetryable === true ? "unavailable" : "internal", providerId }
     default:
       return { code: "internal", providerId }
   }

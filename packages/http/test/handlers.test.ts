@@ -2,10 +2,11 @@
  * The handlers called with Web Requests against the HeyGen sandbox: return paths (no open redirect),
  * each failure as a page, as JSON and as a redirect to the app's error page, and nothing leaked.
  */
-import { ConnectionStore, createLatchkey, type LatchkeyClient } from "@latchkey/core"
+import { ConnectionStore, createLatchkey, type LatchkeyClient, StoreError } from "@latchkey/core"
 import { HeyGen } from "@latchkey/provider-heygen"
 import { type HeyGenSandbox, startHeyGenSandbox } from "@latchkey/provider-heygen/sandbox"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { classify } from "../src/handlers.ts"
 import { type Handlers, handlers, safeReturnPath } from "../src/index.ts"
 
 const APP = "http://127.0.0.1:4999"
@@ -186,5 +187,23 @@ describe("start and routing", () => {
     expect(ok.status).toBe(200)
     expect(await ok.json()).toMatchObject({ unlinked: id })
     expect(await latchkey.connections("u1")).toEqual([])
+  })
+})
+
+describe("a store failure as a page", () => {
+  it("says try again later only when the StoreError is retryable", () => {
+    const codes = Object.fromEntries(
+      (["conflict", "unavailable", "timeout", "corrupt", "invalid_options"] as const).map((reason) => [
+        reason,
+        classify(new StoreError({ reason, message: "m" })).code
+      ])
+    )
+    expect(codes).toEqual({
+      conflict: "unavailable",
+      unavailable: "unavailable",
+      timeout: "unavailable",
+      corrupt: "internal",
+      invalid_options: "internal"
+    })
   })
 })
