@@ -215,13 +215,16 @@ describe("callbacks that must be refused (typed error, nothing stored)", () => {
   })
 
   it("an expired state", async () => {
+    // The instance's clock is moved past the pending authorization's expiry: no sleep.
+    let now = Date.now()
     const lk = createLatchkey({
       providers: [makeProvider("basic-client", "client_secret_basic")],
-      config: { pendingTtlMs: 50 }
+      config: { pendingTtlMs: 60_000 },
+      clock: () => now
     })
     const { url } = await lk.startAuthorization({ providerId: "example", ownerId: "user-1" })
     const callback = await consent(url, { login: "alice", redirectUri: REDIRECT })
-    await new Promise((r) => setTimeout(r, 100))
+    now += 60_000
     await expectRefused(lk, lk.completeAuthorization({ callback }), "expired_state")
     await lk.close()
   })
