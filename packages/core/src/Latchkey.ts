@@ -18,6 +18,7 @@ import { defaults, LatchkeyConfig, type LatchkeyConfigShape } from "./Config.ts"
 import type { ConnectionSummary } from "./Connection.ts"
 import * as ConnectionModule from "./Connection.ts"
 import { ConnectionStore, type ConnectionStoreShape } from "./ConnectionStore.ts"
+import { Connections, keep, write } from "./Connections.ts"
 import { Events, type LatchkeyEvent } from "./Events.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Provider } from "./Provider.ts"
@@ -61,6 +62,7 @@ const clockOf = (now: () => number): Clock.Clock => {
 export type LatchkeyServices =
   | Providers
   | ConnectionStore
+  | Connections
   | Vault
   | Events
   | LatchkeyConfig
@@ -97,7 +99,8 @@ const build = (
     Events.layer,
     Layer.succeed(LatchkeyConfig, { ...defaults(), ...options.config })
   )
-  const tokens = TokenManager.layer.pipe(Layer.provideMerge(base))
+  const writes = Connections.layer.pipe(Layer.provideMerge(base))
+  const tokens = TokenManager.layer.pipe(Layer.provideMerge(writes))
   const services = Layer.mergeAll(
     AuthorizationFlow.layer,
     ApiClient.layer,
@@ -171,33 +174,20 @@ export const unlink = Effect.fn("Latchkey.unlink")(function* (connectionId: stri
   return { revokedAtProvider }
 })
 
-/** Mark a connection revoked (e.g. on a provider's uninstall webhook). */
+/**
+ * Mark a connection revoked (e.g. on a provider's uninstall webhook): compare-and-set through
+ * `Connections.modify`, retried on conflicts as its schedule allows; fails with the `StoreError`
+ * when the write cannot be made (never gives up silently).
+ */
 export const markRevoked = Effect.fn("Latchkey.markRevoked")(function* (connectionId: string) {
-  const tokens = yield* TokenManager
-  const events = yield* Events
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const c = yield* tokens.get(connectionId)
-    if (c.status === "revoked") return
-    const now = yield* Clock.currentTimeMillis
-    const wrote = yield* tokens
-      .write({ ...c, status: "revoked", version: c.version + 1, updatedAt: now })
-      .pipe(
-        Effect.as(true),
-        Effect.catchTag("StoreError", (e) =>
-          e.reason === "conflict" ? Effect.succeed(false) : Effect.fail(e)
-        )
-      )
-    if (wrote) {
-      yield* events.publish({
-        type: "revoked",
-        at: now,
-        connectionId,
-        ownerId: c.ownerId,
-        providerId: c.providerId
-      })
-      return
-    }
-  }
+  const connections = yield* Connections
+  yield* connections.modify(connectionId, (c, now) =>
+    c.status === "revoked"
+      ? keep
+      : write({ ...c, status: "revoked" }, [
+          { type: "revoked", at: now, connectionId, ownerId: c.ownerId, providerId: c.providerId }
+        ])
+  )
 })
 
 /**
