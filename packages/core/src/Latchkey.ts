@@ -8,8 +8,11 @@ import {
   type ApiKeyInput,
   AuthorizationFlow,
   type AuthorizationFlowShape,
+  type ClientCredentialsInput,
   type CompleteInput,
   type CompleteResult,
+  type MintedInput,
+  type MintedResult,
   type ProviderInitiatedInput,
   type StartInput,
   type StartResult
@@ -19,6 +22,7 @@ import type { ConnectionSummary } from "./Connection.ts"
 import * as ConnectionModule from "./Connection.ts"
 import { ConnectionStore, type ConnectionStoreShape } from "./ConnectionStore.ts"
 import { Connections, keep, write } from "./Connections.ts"
+import { ConnectionNotFound } from "./Errors.ts"
 import { Events, type LatchkeyEvent } from "./Events.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Provider } from "./Provider.ts"
@@ -117,6 +121,10 @@ export interface LatchkeyClient {
   completeAuthorization(input: CompleteInput): Promise<CompleteResult>
   completeProviderInitiated(input: ProviderInitiatedInput): Promise<CompleteResult>
   linkApiKey(input: ApiKeyInput): Promise<CompleteResult>
+  /** Link the client's own token (client-credentials grant) for a provider with `clientCredentials`. */
+  linkClientCredentials(input: ClientCredentialsInput): Promise<CompleteResult>
+  /** Link an account with a token minted from a parent connection (a provider with `mint`). */
+  linkMinted(input: MintedInput): Promise<MintedResult>
   /** A valid access token, as a plain string. */
   accessToken(connectionId: string): Promise<string>
   /** `fetch` through the connection: auth headers added, one refresh-and-retry on 401, 429 waited out. */
@@ -174,6 +182,22 @@ export const unlink = Effect.fn("Latchkey.unlink")(function* (connectionId: stri
   return { revokedAtProvider }
 })
 
+/** The summaries of an owner's connections: the Effect form of `latchkey.connections(ownerId)`. */
+export const connections = Effect.fn("Latchkey.connections")(function* (ownerId: string) {
+  const store = yield* ConnectionStore
+  return (yield* store.listByOwner(ownerId)).map(ConnectionModule.summaryOfRecord)
+})
+
+/** A connection's summary (no token value): the Effect form of `latchkey.connection(id)`. */
+export const connection = Effect.fn("Latchkey.connection")(function* (connectionId: string) {
+  const store = yield* ConnectionStore
+  const record = yield* store.get(connectionId)
+  if (record === undefined) {
+    return yield* new ConnectionNotFound({ connectionId, message: `No connection ${connectionId}` })
+  }
+  return ConnectionModule.summaryOfRecord(record)
+})
+
 /**
  * Mark a connection revoked (e.g. on a provider's uninstall webhook): compare-and-set through
  * `Connections.modify`, retried on conflicts as its schedule allows; fails with the `StoreError`
@@ -220,6 +244,8 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
     completeAuthorization: (input) => flow((f) => f.complete(input)),
     completeProviderInitiated: (input) => flow((f) => f.completeProviderInitiated(input)),
     linkApiKey: (input) => flow((f) => f.linkApiKey(input)),
+    linkClientCredentials: (input) => flow((f) => f.linkClientCredentials(input)),
+    linkMinted: (input) => flow((f) => f.linkMinted(input)),
     accessToken: (id) => run(TokenManager.use((t) => Effect.map(t.accessToken(id), Redacted.value))),
     fetch: (id, input, init) => run(ApiClient.use((a) => a.fetch(id, input, init))),
     connection: (id) => run(TokenManager.use((t) => Effect.map(t.get(id), ConnectionModule.summary))),
