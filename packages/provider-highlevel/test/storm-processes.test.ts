@@ -13,8 +13,8 @@ import { createInterface } from "node:readline"
 import { createLatchkey, SqliteStore, Vault } from "@latchkey/core"
 import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { type HighLevelSandbox, startSandbox } from "../src/sandbox.ts"
 import { HighLevel } from "../src/index.ts"
+import { type HighLevelSandbox, startSandbox } from "../src/sandbox.ts"
 import { expireAccess, link, providerFor, refreshCalls, SCOPES } from "./support.ts"
 
 const PROCESSES = 4
