@@ -30,6 +30,7 @@ export type { ConnectionSummary } from "../Connection.ts"
 export * as ConnectionStore from "../ConnectionStore.ts"
 export * as Declarative from "../Declarative.ts"
 export {
+  AuthorizationError,
   ConnectionNotFound,
   type LatchkeyError,
   ProviderDefinitionError,
