@@ -73,7 +73,7 @@ describe("refresh storm across OS processes (SQLite)", () => {
     let previous = ""
     for (let round = 1; round <= 2; round++) {
       const store = SqliteStore.make({ path })
-      await expireAccess(store, c.id)
+      await expireAccess(store, c.id, undefined, vault)
       await Effect.runPromise(store.close())
       const workers = Array.from({ length: PROCESSES }, () =>
         worker({
@@ -127,7 +127,7 @@ describe("refresh storm across OS processes (SQLite)", () => {
     let previous = ""
     for (let round = 1; round <= 2; round++) {
       const store = SqliteStore.make({ path })
-      await expireAccess(store, location.id)
+      await expireAccess(store, location.id, undefined, vault)
       await Effect.runPromise(store.close())
       const workers = Array.from({ length: PROCESSES }, () =>
         worker({
