@@ -4,8 +4,8 @@ import { Effect, Layer } from "effect"
 import {
   Config,
   type Connection,
-  Connections,
   ConnectionStore,
+  Connections,
   Events,
   type LatchkeyClient,
   Provider,
