@@ -220,7 +220,16 @@ const show = Command.make(
           ["owner", c.ownerId],
           ["provider", provider ? `${c.providerId} (${provider.name})` : `${c.providerId} (not configured)`],
           ["account", `${c.accountId} (${c.label})`],
-          ["kind", c.kind === "api_key" ? "API key" : "OAuth"],
+          [
+            "kind",
+            c.kind === "api_key"
+              ? "API key"
+              : c.kind === "client_credentials"
+                ? "client credentials"
+                : c.kind === "minted"
+                  ? `minted from ${c.parentId ?? "its parent"}`
+                  : "OAuth"
+          ],
           ["status", c.status],
           ["version", String(c.version)],
           ["linked", at(c.createdAt)],

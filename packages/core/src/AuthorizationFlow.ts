@@ -11,15 +11,16 @@ import { LatchkeyConfig, type LatchkeyConfigShape } from "./Config.ts"
 import * as Connection from "./Connection.ts"
 import type { PendingAuthorization } from "./ConnectionStore.ts"
 import { ConnectionStore } from "./ConnectionStore.ts"
-import { AuthorizationError, type StoreError, type VaultError } from "./Errors.ts"
-import { Events } from "./Events.ts"
+import { Connections } from "./Connections.ts"
+import { AuthorizationError, type ConnectionNotFound, type StoreError, type VaultError } from "./Errors.ts"
+import type { LatchkeyEvent } from "./Events.ts"
 import { allowsCredentials, proofsFor, sendScoped } from "./internal/credentialScope.ts"
 import * as Dpop from "./internal/dpop.ts"
-import { refreshDueAt } from "./internal/due.ts"
 import * as OAuth from "./OAuth.ts"
 import * as Protocol from "./Protocol.ts"
 import type { AccountIdentity, Credential, Provider } from "./Provider.ts"
 import { Providers } from "./Providers.ts"
+import { type TokenError, TokenManager } from "./TokenManager.ts"
 import * as TokenSet from "./TokenSet.ts"
 import { Vault } from "./Vault.ts"
 
@@ -69,6 +70,30 @@ export interface ApiKeyInput {
   readonly apiKey: string | Redacted.Redacted<string>
 }
 
+export interface ClientCredentialsInput {
+  readonly providerId: string
+  readonly ownerId: string
+  /** The account id to keep the connection under (default: the client id). */
+  readonly accountId?: string | undefined
+  /** Default: `<provider name> (client credentials)`. */
+  readonly label?: string | undefined
+}
+
+export interface MintedInput {
+  /** The parent connection whose access token mints (e.g. a HighLevel agency connection). */
+  readonly parentId: string
+  /** The account to mint a token for (e.g. a HighLevel location id). */
+  readonly accountId: string
+}
+
+export interface MintedResult extends CompleteResult {
+  /**
+   * The account was already linked with its own grant (and refresh token): it is kept as it is and
+   * nothing minted is stored.
+   */
+  readonly kept: boolean
+}
+
 type FlowError = AuthorizationError | StoreError | VaultError
 
 export interface AuthorizationFlowShape {
@@ -83,6 +108,16 @@ export interface AuthorizationFlowShape {
   ) => Effect.Effect<CompleteResult, FlowError>
   /** Link with an API key instead of OAuth (providers with `apiKeys: true`). */
   readonly linkApiKey: (input: ApiKeyInput) => Effect.Effect<CompleteResult, FlowError>
+  /**
+   * Link the client's own token (client-credentials grant, no user) for providers with
+   * `clientCredentials`. The engine renews it with the same grant when it nears expiry.
+   */
+  readonly linkClientCredentials: (input: ClientCredentialsInput) => Effect.Effect<CompleteResult, FlowError>
+  /**
+   * Link an account with a token minted from a parent connection (providers with `mint`), owned by
+   * the parent's owner. The engine mints it again when it nears expiry; linking again replaces it.
+   */
+  readonly linkMinted: (input: MintedInput) => Effect.Effect<MintedResult, FlowError | TokenError>
 }
 
 /**
@@ -178,7 +213,8 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
       const providers = yield* Providers
       const store = yield* ConnectionStore
       const vault = yield* Vault
-      const events = yield* Events
+      const connections = yield* Connections
+      const manager = yield* TokenManager
       const config = yield* LatchkeyConfig
       const protocol: OAuth.ProtocolOptions = { timeoutMs: config.requestTimeoutMs, fetch: config.fetch }
 
@@ -276,56 +312,100 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           )
         )
 
-      /** Insert, or replace the tokens of the same account linked before by the same owner. */
+      /**
+       * Insert, or replace the tokens of the same account linked before by the same owner (through
+       * `Connections`, the one write path). `keepIf` keeps an existing connection as it is instead
+       * (a location linked with its own grant, which minting must not replace).
+       */
       const save = Effect.fnUntraced(function* (
         provider: Provider,
         ownerId: string,
         kind: Connection.ConnectionKind,
         tokens: TokenSet.TokenSet,
         identity: AccountIdentity,
-        metadata: Record<string, unknown> | undefined
-      ): Effect.fn.Return<CompleteResult, StoreError | VaultError> {
+        metadata: Record<string, unknown> | undefined,
+        options: {
+          readonly parentId?: string | undefined
+          readonly keepIf?: ((stored: Connection.ConnectionRecord) => boolean) | undefined
+        } = {}
+      ): Effect.fn.Return<CompleteResult & { readonly kept?: boolean }, StoreError | VaultError> {
+        const linked =
+          (relinked: boolean) =>
+          (written: Connection.Connection): ReadonlyArray<LatchkeyEvent> => [
+            {
+              type: "linked",
+              at: written.updatedAt,
+              connectionId: written.id,
+              ownerId: written.ownerId,
+              providerId: written.providerId,
+              connection: Connection.summary(written),
+              relinked,
+              ...(tokens.widenedScopes !== undefined ? { widenedScopes: tokens.widenedScopes } : {})
+            }
+          ]
+        const fields = {
+          ownerId,
+          providerId: provider.id,
+          accountId: identity.accountId,
+          label: identity.label,
+          kind,
+          tokens,
+          status: "active" as const,
+          lastRefreshAt: undefined,
+          lastError: undefined,
+          profile: identity.profile,
+          journal: undefined,
+          ...(options.parentId !== undefined ? { parentId: options.parentId } : {})
+        }
         for (let attempt = 0; ; attempt++) {
-          const now = yield* Clock.currentTimeMillis
           const existing = yield* store.findByAccount(ownerId, provider.id, identity.accountId)
-          const base: Connection.Connection = {
-            id: existing?.id ?? `conn_${randomUUID()}`,
-            ownerId,
-            providerId: provider.id,
-            accountId: identity.accountId,
-            label: identity.label,
-            kind,
-            tokens,
-            status: "active",
-            version: existing ? existing.version + 1 : 1,
-            createdAt: existing?.createdAt ?? now,
-            updatedAt: now,
-            lastRefreshAt: undefined,
-            lastError: undefined,
-            profile: identity.profile
-          }
-          const record = Connection.toRecord(vault, base, refreshDueAt(tokens, "active", config))
-          const written = yield* (
-            existing ? store.update(record, existing.version) : store.insert(record)
+          type Saved =
+            | { readonly _tag: "Written"; readonly connection: Connection.Connection }
+            | { readonly _tag: "Kept"; readonly connection: Connection.Connection }
+            | { readonly _tag: "Again" }
+          const saved: Saved = yield* (
+            existing === undefined
+              ? Effect.map(
+                  connections.insert({ id: `conn_${randomUUID()}`, ...fields }, { events: linked(false) }),
+                  (connection): Saved => ({ _tag: "Written", connection })
+                )
+              : connections
+                  .replace(
+                    existing.id,
+                    { id: existing.id, ...fields },
+                    { events: linked(true), keepIf: options.keepIf }
+                  )
+                  .pipe(
+                    Effect.flatMap(
+                      (next): Effect.Effect<Saved, StoreError | VaultError | ConnectionNotFound> =>
+                        next === undefined
+                          ? Effect.map(connections.get(existing.id), (connection) => ({
+                              _tag: "Kept",
+                              connection
+                            }))
+                          : Effect.succeed({ _tag: "Written", connection: next })
+                    )
+                  )
           ).pipe(
-            Effect.as(true),
-            Effect.catchTag("StoreError", (e) =>
-              e.reason === "conflict" && attempt < 3 ? Effect.succeed(false) : Effect.fail(e)
-            )
+            Effect.catchTags({
+              // Removed, or inserted by another link of the same account, meanwhile: look again.
+              ConnectionNotFound: (e) =>
+                attempt < 3 ? Effect.succeed<Saved>({ _tag: "Again" }) : Effect.die(e),
+              StoreError: (e) =>
+                e.reason === "conflict" && attempt < 3
+                  ? Effect.succeed<Saved>({ _tag: "Again" })
+                  : Effect.fail(e)
+            })
           )
-          if (!written) continue
-          const connection = Connection.summary(base)
-          yield* events.publish({
-            type: "linked",
-            at: now,
-            connectionId: connection.id,
-            ownerId: connection.ownerId,
-            providerId: connection.providerId,
-            connection,
+          if (saved._tag === "Again") continue
+          if (saved._tag === "Kept") {
+            return { connection: Connection.summary(saved.connection), relinked: false, metadata, kept: true }
+          }
+          return {
+            connection: Connection.summary(saved.connection),
             relinked: existing !== undefined,
-            ...(tokens.widenedScopes !== undefined ? { widenedScopes: tokens.widenedScopes } : {})
-          })
-          return { connection, relinked: existing !== undefined, metadata }
+            metadata
+          }
         }
       })
 
@@ -462,7 +542,101 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
         return yield* save(provider, input.ownerId, "api_key", tokens, identity, undefined)
       })
 
-      return AuthorizationFlow.of({ start, complete, completeProviderInitiated, linkApiKey })
+      const linkClientCredentials = Effect.fn("AuthorizationFlow.linkClientCredentials")(function* (
+        input: ClientCredentialsInput
+      ) {
+        const provider = yield* providers.get(input.providerId)
+        if (provider.clientCredentials === undefined) {
+          return yield* authError(
+            "provider_error",
+            provider.id,
+            `${provider.name} does not offer client-credentials connections`
+          )
+        }
+        yield* checkOwner(provider.id, input.ownerId)
+        const response = yield* OAuth.clientCredentials(provider, protocol).pipe(
+          Effect.mapError((f) => fromProtocol(provider, f))
+        )
+        const now = yield* Clock.currentTimeMillis
+        const tokens = yield* Effect.try({
+          try: () => {
+            const t = TokenSet.fromResponse(provider, response, now)
+            return { ...t, refreshToken: undefined, refreshExpiresAt: undefined }
+          },
+          catch: () =>
+            authError(
+              "exchange_failed",
+              provider.id,
+              `${provider.name}: the token response has invalid extra fields`
+            )
+        })
+        const identity: AccountIdentity = {
+          accountId: input.accountId ?? provider.clientId,
+          label: input.label ?? `${provider.name} (client credentials)`,
+          profile: { clientId: provider.clientId }
+        }
+        return yield* save(provider, input.ownerId, "client_credentials", tokens, identity, undefined)
+      })
+
+      const linkMinted = Effect.fn("AuthorizationFlow.linkMinted")(function* (input: MintedInput) {
+        const parent = yield* manager.get(input.parentId)
+        const provider = yield* providers.get(parent.providerId)
+        const source = provider.mint
+        const parentInfo = {
+          accountId: parent.accountId,
+          extras: parent.tokens.extras,
+          profile: parent.profile
+        }
+        if (source === undefined || source.canMint?.(parentInfo) === false) {
+          return yield* authError(
+            "provider_error",
+            provider.id,
+            source === undefined
+              ? `${provider.name} does not mint tokens from a parent connection`
+              : `${provider.name}: connection ${parent.id} cannot mint tokens for other accounts`
+          )
+        }
+        const minted = yield* manager.mintFrom(input.parentId, input.accountId)
+        const tokens = yield* Effect.try({
+          try: () => {
+            const t = TokenSet.fromResponse(provider, minted.response, minted.answeredAt)
+            return { ...t, refreshToken: undefined, refreshExpiresAt: undefined }
+          },
+          catch: () =>
+            authError(
+              "exchange_failed",
+              provider.id,
+              `${provider.name}: the minted token has invalid extra fields`
+            )
+        })
+        const identity = yield* identify(provider, tokens, {
+          kind: "oauth",
+          accessToken: Redacted.value(tokens.accessToken),
+          tokenType: tokens.tokenType
+        })
+        if (identity.accountId !== input.accountId) {
+          return yield* authError(
+            "identity_failed",
+            provider.id,
+            `${provider.name}: the minted token belongs to ${identity.accountId}, not ${input.accountId}`
+          )
+        }
+        const saved = yield* save(provider, minted.parent.ownerId, "minted", tokens, identity, undefined, {
+          parentId: parent.id,
+          // An account linked with its own grant keeps it: minting never replaces a refresh token.
+          keepIf: (stored) => stored.kind === "oauth" && stored.status === "active"
+        })
+        return { ...saved, kept: saved.kept === true } satisfies MintedResult
+      })
+
+      return AuthorizationFlow.of({
+        start,
+        complete,
+        completeProviderInitiated,
+        linkApiKey,
+        linkClientCredentials,
+        linkMinted
+      })
     })
   )
 }

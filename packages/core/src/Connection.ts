@@ -10,7 +10,17 @@ import type { TokenSet } from "./TokenSet.ts"
 import type { VaultShape } from "./Vault.ts"
 
 export type ConnectionStatus = "active" | "needs_reauth" | "revoked"
-export type ConnectionKind = "oauth" | "api_key"
+/**
+ * Where a connection's credential comes from, and so how the engine renews it (the provider declares
+ * which it offers, see `Provider.ProviderDefinition`):
+ * - `oauth`: a user's authorization (code grant); renewed with the refresh token, when there is one.
+ * - `client_credentials`: the client's own (machine-to-machine, no user); renewed by the
+ *   client-credentials grant.
+ * - `minted`: minted from a parent connection's access token (`parentId`, e.g. a HighLevel location
+ *   token minted from its agency's); renewed by minting again.
+ * - `api_key`: a key the app was given; never renewed.
+ */
+export type ConnectionKind = "oauth" | "api_key" | "client_credentials" | "minted"
 
 export interface LastError {
   readonly code: string
@@ -57,6 +67,8 @@ export interface Connection {
   readonly profile: Readonly<Record<string, unknown>> | undefined
   /** A refresh in flight (or in doubt), when there is one. */
   readonly journal?: RefreshJournal | undefined
+  /** For `minted` connections: the connection whose access token mints this one's. */
+  readonly parentId?: string | undefined
 }
 
 /** What a store persists. Every field is JSON-safe; token fields are sealed strings. */
@@ -87,6 +99,8 @@ export interface ConnectionRecord {
   readonly refreshDueAt: number | null
   /** The refresh journal (absent in records written before it existed: read as null). */
   readonly journal?: RefreshJournal | null | undefined
+  /** For `minted` connections, the parent connection's id (absent otherwise). */
+  readonly parentId?: string | null | undefined
 }
 
 /** A connection as apps see it, without any token value: safe to send to a browser or a log. */
@@ -110,6 +124,8 @@ export interface ConnectionSummary {
   readonly refreshExpiresAt: number | undefined
   readonly hasRefreshToken: boolean
   readonly scopes: ReadonlyArray<string>
+  /** For `minted` connections: the connection this one's token is minted from. */
+  readonly parentId?: string | undefined
 }
 
 export const summary = (c: Connection): ConnectionSummary => ({
@@ -130,7 +146,8 @@ export const summary = (c: Connection): ConnectionSummary => ({
   expiresAt: c.tokens.expiresAt,
   refreshExpiresAt: c.tokens.refreshExpiresAt,
   hasRefreshToken: c.tokens.refreshToken !== undefined,
-  scopes: c.tokens.scopes
+  scopes: c.tokens.scopes,
+  ...(c.parentId !== undefined ? { parentId: c.parentId } : {})
 })
 
 export const toRecord = (vault: VaultShape, c: Connection, refreshDueAt: number | null): ConnectionRecord => {
@@ -168,7 +185,8 @@ export const toRecord = (vault: VaultShape, c: Connection, refreshDueAt: number 
       ctx("extras")
     ),
     refreshDueAt,
-    journal: c.journal ?? null
+    journal: c.journal ?? null,
+    ...(c.parentId !== undefined ? { parentId: c.parentId } : {})
   }
 }
 
@@ -203,6 +221,7 @@ export const fromRecord = (vault: VaultShape, r: ConnectionRecord): Effect.Effec
       lastError: r.lastError ?? undefined,
       profile: r.profile ?? undefined,
       journal: r.journal ?? undefined,
+      ...(typeof r.parentId === "string" ? { parentId: r.parentId } : {}),
       tokens: {
         accessToken: Redacted.make(accessToken),
         refreshToken: refreshToken === undefined ? undefined : Redacted.make(refreshToken),
@@ -242,5 +261,6 @@ export const summaryOfRecord = (r: ConnectionRecord): ConnectionSummary => ({
   expiresAt: r.expiresAt ?? undefined,
   refreshExpiresAt: r.refreshExpiresAt ?? undefined,
   hasRefreshToken: r.refreshToken !== null,
-  scopes: r.scopes
+  scopes: r.scopes,
+  ...(typeof r.parentId === "string" ? { parentId: r.parentId } : {})
 })

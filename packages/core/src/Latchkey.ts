@@ -8,8 +8,11 @@ import {
   type ApiKeyInput,
   AuthorizationFlow,
   type AuthorizationFlowShape,
+  type ClientCredentialsInput,
   type CompleteInput,
   type CompleteResult,
+  type MintedInput,
+  type MintedResult,
   type ProviderInitiatedInput,
   type StartInput,
   type StartResult
@@ -18,6 +21,8 @@ import { defaults, LatchkeyConfig, type LatchkeyConfigShape } from "./Config.ts"
 import type { ConnectionSummary } from "./Connection.ts"
 import * as ConnectionModule from "./Connection.ts"
 import { ConnectionStore, type ConnectionStoreShape } from "./ConnectionStore.ts"
+import { Connections, keep, write } from "./Connections.ts"
+import { ConnectionNotFound } from "./Errors.ts"
 import { Events, type LatchkeyEvent } from "./Events.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Provider } from "./Provider.ts"
@@ -61,6 +66,7 @@ const clockOf = (now: () => number): Clock.Clock => {
 export type LatchkeyServices =
   | Providers
   | ConnectionStore
+  | Connections
   | Vault
   | Events
   | LatchkeyConfig
@@ -97,7 +103,8 @@ const build = (
     Events.layer,
     Layer.succeed(LatchkeyConfig, { ...defaults(), ...options.config })
   )
-  const tokens = TokenManager.layer.pipe(Layer.provideMerge(base))
+  const writes = Connections.layer.pipe(Layer.provideMerge(base))
+  const tokens = TokenManager.layer.pipe(Layer.provideMerge(writes))
   const services = Layer.mergeAll(
     AuthorizationFlow.layer,
     ApiClient.layer,
@@ -114,6 +121,10 @@ export interface LatchkeyClient {
   completeAuthorization(input: CompleteInput): Promise<CompleteResult>
   completeProviderInitiated(input: ProviderInitiatedInput): Promise<CompleteResult>
   linkApiKey(input: ApiKeyInput): Promise<CompleteResult>
+  /** Link the client's own token (client-credentials grant) for a provider with `clientCredentials`. */
+  linkClientCredentials(input: ClientCredentialsInput): Promise<CompleteResult>
+  /** Link an account with a token minted from a parent connection (a provider with `mint`). */
+  linkMinted(input: MintedInput): Promise<MintedResult>
   /** A valid access token, as a plain string. */
   accessToken(connectionId: string): Promise<string>
   /** `fetch` through the connection: auth headers added, one refresh-and-retry on 401, 429 waited out. */
@@ -171,33 +182,36 @@ export const unlink = Effect.fn("Latchkey.unlink")(function* (connectionId: stri
   return { revokedAtProvider }
 })
 
-/** Mark a connection revoked (e.g. on a provider's uninstall webhook). */
-export const markRevoked = Effect.fn("Latchkey.markRevoked")(function* (connectionId: string) {
-  const tokens = yield* TokenManager
-  const events = yield* Events
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const c = yield* tokens.get(connectionId)
-    if (c.status === "revoked") return
-    const now = yield* Clock.currentTimeMillis
-    const wrote = yield* tokens
-      .write({ ...c, status: "revoked", version: c.version + 1, updatedAt: now })
-      .pipe(
-        Effect.as(true),
-        Effect.catchTag("StoreError", (e) =>
-          e.reason === "conflict" ? Effect.succeed(false) : Effect.fail(e)
-        )
-      )
-    if (wrote) {
-      yield* events.publish({
-        type: "revoked",
-        at: now,
-        connectionId,
-        ownerId: c.ownerId,
-        providerId: c.providerId
-      })
-      return
-    }
+/** The summaries of an owner's connections: the Effect form of `latchkey.connections(ownerId)`. */
+export const connections = Effect.fn("Latchkey.connections")(function* (ownerId: string) {
+  const store = yield* ConnectionStore
+  return (yield* store.listByOwner(ownerId)).map(ConnectionModule.summaryOfRecord)
+})
+
+/** A connection's summary (no token value): the Effect form of `latchkey.connection(id)`. */
+export const connection = Effect.fn("Latchkey.connection")(function* (connectionId: string) {
+  const store = yield* ConnectionStore
+  const record = yield* store.get(connectionId)
+  if (record === undefined) {
+    return yield* new ConnectionNotFound({ connectionId, message: `No connection ${connectionId}` })
   }
+  return ConnectionModule.summaryOfRecord(record)
+})
+
+/**
+ * Mark a connection revoked (e.g. on a provider's uninstall webhook): compare-and-set through
+ * `Connections.modify`, retried on conflicts as its schedule allows; fails with the `StoreError`
+ * when the write cannot be made (never gives up silently).
+ */
+export const markRevoked = Effect.fn("Latchkey.markRevoked")(function* (connectionId: string) {
+  const connections = yield* Connections
+  yield* connections.modify(connectionId, (c, now) =>
+    c.status === "revoked"
+      ? keep
+      : write({ ...c, status: "revoked" }, [
+          { type: "revoked", at: now, connectionId, ownerId: c.ownerId, providerId: c.providerId }
+        ])
+  )
 })
 
 /**
@@ -230,6 +244,8 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
     completeAuthorization: (input) => flow((f) => f.complete(input)),
     completeProviderInitiated: (input) => flow((f) => f.completeProviderInitiated(input)),
     linkApiKey: (input) => flow((f) => f.linkApiKey(input)),
+    linkClientCredentials: (input) => flow((f) => f.linkClientCredentials(input)),
+    linkMinted: (input) => flow((f) => f.linkMinted(input)),
     accessToken: (id) => run(TokenManager.use((t) => Effect.map(t.accessToken(id), Redacted.value))),
     fetch: (id, input, init) => run(ApiClient.use((a) => a.fetch(id, input, init))),
     connection: (id) => run(TokenManager.use((t) => Effect.map(t.get(id), ConnectionModule.summary))),

@@ -510,6 +510,31 @@ export const refresh = (
     return response
   })
 
+/**
+ * The client-credentials grant (RFC 6749 §4.4): a token for the client itself. Nothing is spent by
+ * it (no refresh token), so a lost answer is simply asked again.
+ */
+export const clientCredentials = (
+  provider: Provider,
+  options: ProtocolOptions
+): Effect.Effect<TokenResponse, ProtocolFailure> =>
+  run(provider, options, "token", "client credentials", async (config) => {
+    const source = provider.clientCredentials ?? {}
+    const scopes = source.scopes ?? provider.scopes
+    const response = (await oidc.clientCredentialsGrant(config, {
+      ...provider.tokenParams,
+      ...(scopes.length > 0 ? { scope: scopes.join(provider.scopeSeparator) } : {}),
+      ...source.params
+    })) as unknown as TokenResponse
+    const problem = unsafeResponse(response)
+    if (problem !== undefined) {
+      throw new ProtocolFailure("invalid_response", `client credentials: ${problem}`, {
+        maybeProcessed: true
+      })
+    }
+    return response
+  })
+
 export const revoke = (
   provider: Provider,
   options: ProtocolOptions,

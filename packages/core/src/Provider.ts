@@ -69,6 +69,58 @@ export interface RevokeContext {
   readonly fetch: (input: string | URL, init?: RequestInit) => Promise<Response>
 }
 
+/**
+ * Where a connection's credential comes from; the engine renews each kind under the same single
+ * flight, lease, Refresher and events (see `Connection.ConnectionKind`):
+ * - `refresh_token`: a user's authorization, renewed with its refresh token (every OAuth provider);
+ * - `client_credentials`: the client's own token, renewed by the client-credentials grant
+ *   (`ProviderDefinition.clientCredentials`);
+ * - `minted`: minted from a parent connection's access token (`ProviderDefinition.mint`);
+ * - `api_key`: a key the app was given, never renewed (`ProviderDefinition.apiKeys`).
+ */
+export type CredentialSource = "refresh_token" | "client_credentials" | "minted" | "api_key"
+
+/** The client-credentials grant (RFC 6749 §4.4): connections of the client itself, with no user. */
+export interface ClientCredentialsSource {
+  /** Scopes to ask for (default: the provider's `scopes`). */
+  readonly scopes?: ReadonlyArray<string> | undefined
+  /** Extra token-request parameters, e.g. `{ resource: "https://api.example.com" }` (RFC 8707). */
+  readonly params?: Readonly<Record<string, string>> | undefined
+}
+
+/** Who mints, and for which account: what `MintSource` functions get. */
+export interface MintContext {
+  /** The parent connection: its account and the extras of its current tokens. */
+  readonly parent: {
+    readonly accountId: string
+    readonly extras: Readonly<Record<string, unknown>>
+    readonly profile: Readonly<Record<string, unknown>> | undefined
+  }
+  /** The account the minted token is for (the minted connection's `accountId`). */
+  readonly accountId: string
+}
+
+/**
+ * Tokens minted from a parent connection's access token (HighLevel's location tokens, minted from the
+ * agency token with `POST /oauth/locationToken`). The engine renews the parent first when needed,
+ * sends `request` with the parent's API headers through the provider's `apiFetch`, reads the answer
+ * as a token response (RFC 6749 §5.1; a refresh token in it is ignored) and keeps `extras` beside the
+ * answer's extras. A 401 the provider classifies as `token_invalid` refreshes the parent once; a 429
+ * or 5xx is retried like a refresh; any other refusal means the parent can no longer mint for the
+ * account (the connection needs linking again).
+ */
+export interface MintSource {
+  /** The minting request: a URL (relative URLs resolve against `apiBaseUrl`) and its init. */
+  readonly request: (context: MintContext) => {
+    readonly url: string
+    readonly init?: RequestInit | undefined
+  }
+  /** Token extras to keep beside the answer's (e.g. `{ userType: "Location", locationId }`). */
+  readonly extras?: ((context: MintContext) => Record<string, unknown>) | undefined
+  /** Which parents may mint (default: any connection of this provider); others are refused at link time. */
+  readonly canMint?: ((parent: MintContext["parent"]) => boolean) | undefined
+}
+
 export interface Endpoints {
   /** Issuer identifier, compared with the RFC 9207 `iss` callback parameter when the server sends it. */
   readonly issuer: string
@@ -176,6 +228,14 @@ export interface ProviderDefinition {
   /** Whether API-key connections are supported (the key is then used instead of OAuth tokens). */
   readonly apiKeys?: boolean | undefined
   /**
+   * Client-credentials connections (machine to machine, no user): `true`, or the scopes and
+   * parameters to ask with. Linked with `AuthorizationFlow.linkClientCredentials`; renewed by the
+   * engine with the same grant when the token nears expiry.
+   */
+  readonly clientCredentials?: boolean | ClientCredentialsSource | undefined
+  /** Connections minted from a parent connection's token; linked with `AuthorizationFlow.linkMinted`. */
+  readonly mint?: MintSource | undefined
+  /**
    * Whether the provider itself may start an install and send a code with no state of ours (HighLevel
    * public marketplace apps). Such callbacks are accepted only by the separately named
    * `AuthorizationFlow.completeProviderInitiated`, never by `complete`.
@@ -202,6 +262,8 @@ export interface Provider extends ProviderDefinition {
   readonly defaultRefreshTokenSeconds: number | undefined
   /** The origins that may receive this provider's credentials (see `apiOrigins`). */
   readonly credentialOrigins: ReadonlyArray<string>
+  /** The client-credentials grant's settings, when the provider offers it. */
+  readonly clientCredentials: ClientCredentialsSource | undefined
 }
 
 /** The RFC 6749 §5.2 token-endpoint error codes a provider's own codes can be mapped to. */
@@ -321,6 +383,25 @@ const DefinitionSchema = z
     classifyResponse: fn().optional(),
     apiOrigins: z.array(url()).optional(),
     apiKeys: z.boolean().optional(),
+    clientCredentials: z
+      .union([
+        z.boolean(),
+        z
+          .object({
+            scopes: z
+              .array(
+                z
+                  .string()
+                  .min(1)
+                  .regex(/^[^\s]+$/, "a scope has no whitespace")
+              )
+              .optional(),
+            params: z.record(z.string(), z.string()).optional()
+          })
+          .strict()
+      ])
+      .optional(),
+    mint: z.object({ request: fn(), extras: fn().optional(), canMint: fn().optional() }).strict().optional(),
     providerInitiated: z.boolean().optional(),
     requiresUserinfo: z.boolean().optional(),
     apiFetch: fn().optional()
@@ -338,6 +419,13 @@ const DefinitionSchema = z
         code: "custom",
         path: ["clientSecret"],
         message: `is required with clientAuth ${def.clientAuth}`
+      })
+    }
+    if (def.clientCredentials !== undefined && def.clientCredentials !== false && def.clientAuth === "none") {
+      ctx.addIssue({
+        code: "custom",
+        path: ["clientCredentials"],
+        message: "needs a confidential client (clientAuth client_secret_basic or client_secret_post)"
       })
     }
     if (def.clientAuth === "none" && def.pkce === "none") {
@@ -395,6 +483,12 @@ export const make = (definition: ProviderDefinition): Provider => {
     classifyResponse: definition.classifyResponse ?? defaultClassify,
     defaultAccessTokenSeconds: definition.lifetimes?.accessTokenSeconds ?? undefined,
     defaultRefreshTokenSeconds: definition.lifetimes?.refreshTokenSeconds ?? undefined,
+    clientCredentials:
+      definition.clientCredentials === true
+        ? {}
+        : definition.clientCredentials === false
+          ? undefined
+          : definition.clientCredentials,
     credentialOrigins: [
       ...new Set(
         [definition.apiBaseUrl, definition.endpoints?.userinfo, ...(definition.apiOrigins ?? [])]

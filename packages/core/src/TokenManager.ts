@@ -27,28 +27,35 @@
  *
  * The refresh itself runs in a detached, uninterruptible fiber: a caller that gives up (timeout,
  * client disconnect) never interrupts a refresh between the provider's answer and the write.
+ *
+ * Every credential source is renewed here, under the same single flight and lease, and written through
+ * `Connections.modify` (the one write path): the refresh-token grant (with the journal above), the
+ * client-credentials grant, and tokens minted from a parent connection (the parent's own refresh
+ * goes through this engine first when needed). The last two spend nothing: a lost answer is simply
+ * asked again, so they need no journal; the lease still makes one request per expiry across
+ * processes. API keys are never renewed.
  */
 import { createHash } from "node:crypto"
-import { Clock, Context, Deferred, Effect, Fiber, Layer, Random, Redacted } from "effect"
+import { Clock, Context, Deferred, Effect, Fiber, Layer, Random, Redacted, Schedule } from "effect"
 import { LatchkeyConfig } from "./Config.ts"
-import type { Connection, ConnectionRecord, RefreshJournal } from "./Connection.ts"
-import * as ConnectionModule from "./Connection.ts"
+import type { Connection, RefreshJournal } from "./Connection.ts"
 import { ConnectionStore, type Lease } from "./ConnectionStore.ts"
+import * as Connections from "./Connections.ts"
 import {
   type AuthorizationError,
   ConnectionNotFound,
   ReauthorizationRequired,
   RefreshError,
-  type StoreError,
+  StoreError,
   type VaultError
 } from "./Errors.ts"
-import { Events } from "./Events.ts"
+import { Events, type LatchkeyEvent } from "./Events.ts"
 import { refreshDueAt } from "./internal/due.ts"
+import * as Mint from "./internal/mint.ts"
 import * as OAuth from "./OAuth.ts"
-import type { Credential, Provider } from "./Provider.ts"
+import type { Credential, MintContext, Provider } from "./Provider.ts"
 import { Providers } from "./Providers.ts"
 import * as TokenSet from "./TokenSet.ts"
-import { Vault } from "./Vault.ts"
 
 export type TokenError =
   | ConnectionNotFound
@@ -84,8 +91,23 @@ export interface TokenManagerShape {
   readonly get: (
     connectionId: string
   ) => Effect.Effect<Connection, ConnectionNotFound | StoreError | VaultError>
-  /** Write a connection change (compare-and-set on `connection.version - 1`). */
-  readonly write: (connection: Connection) => Effect.Effect<void, StoreError>
+  /**
+   * Mint a token for `accountId` from the parent connection's access token (the provider's `mint`),
+   * renewing the parent first when needed and once more if the provider refuses its token. For
+   * linking a minted connection (`AuthorizationFlow.linkMinted`); renewals run inside the engine.
+   */
+  readonly mintFrom: (
+    parentId: string,
+    accountId: string
+  ) => Effect.Effect<
+    {
+      readonly response: TokenSet.TokenResponse
+      readonly answeredAt: number
+      readonly parent: Connection
+      readonly provider: Provider
+    },
+    TokenError
+  >
   /**
    * Stop starting refreshes, let the ones in flight finish their write (at most `drainTimeoutMs`),
    * and release their leases. Runs when the layer is released (`latchkey.close()`).
@@ -96,6 +118,10 @@ export interface TokenManagerShape {
 }
 
 const notFound = (id: string) => new ConnectionNotFound({ connectionId: id, message: `No connection ${id}` })
+
+/** Why a write was not made: the stored copy is no longer the one the change was decided on. */
+const staleCopy = (id: string) =>
+  new StoreError({ reason: "conflict", message: `Connection ${id} changed meanwhile` })
 
 /** A fingerprint of a refresh token for the journal: enough to recognise it, useless to an attacker. */
 export const fingerprint = (token: string): string =>
@@ -149,7 +175,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
     TokenManager,
     Effect.gen(function* () {
       const store = yield* ConnectionStore
-      const vault = yield* Vault
+      const connections = yield* Connections.Connections
       const providers = yield* Providers
       const events = yield* Events
       const config = yield* LatchkeyConfig
@@ -161,69 +187,43 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       /** The least lease time worth sending a request with. */
       const minRequest = Math.min(config.requestTimeoutMs, 1_000, ttl / 2)
 
-      // Decoded connections by id, reused while the stored record is unchanged (hot path).
-      const decoded = new Map<
-        string,
-        { readonly record: ConnectionRecord; readonly connection: Connection }
-      >()
       const inflight = new Map<string, Flight>()
       /** `close()` was called: no new refresh starts. */
       let closing = false
       /** The drain timed out: write retries give up (the journal leaves the refresh in doubt). */
       let stopping = false
 
-      const decode = (record: ConnectionRecord): Effect.Effect<Connection, VaultError> => {
-        const hit = decoded.get(record.id)
-        if (
-          hit !== undefined &&
-          hit.record.version === record.version &&
-          hit.record.accessToken === record.accessToken
-        ) {
-          return Effect.succeed(hit.connection)
-        }
-        return ConnectionModule.fromRecord(vault, record).pipe(
-          Effect.tap((connection) =>
-            Effect.sync(() => {
-              if (decoded.size > 10_000) decoded.clear()
-              decoded.set(record.id, { record, connection })
-            })
-          )
-        )
-      }
-
-      const load = (id: string): Effect.Effect<Connection, ConnectionNotFound | StoreError | VaultError> =>
-        store
-          .get(id)
-          .pipe(
-            Effect.flatMap(
-              (r): Effect.Effect<Connection, ConnectionNotFound | VaultError> =>
-                r === undefined ? Effect.fail(notFound(id)) : decode(r)
-            )
-          )
-
-      const recordOf = (connection: Connection) =>
-        ConnectionModule.toRecord(
-          vault,
-          connection,
-          refreshDueAt(connection.tokens, connection.status, config)
-        )
-
-      const write = (connection: Connection): Effect.Effect<void, StoreError> =>
-        store.update(recordOf(connection), connection.version - 1)
+      const load = connections.get
 
       const isConflict = (e: StoreError) => e.reason === "conflict"
 
-      /** Write, retrying transient store failures (not conflicts) a few times with backoff. */
-      const writeSoon = (connection: Connection): Effect.Effect<void, StoreError> =>
-        Effect.gen(function* () {
-          for (let attempt = 0; ; attempt++) {
-            const result = yield* write(connection).pipe(Effect.result)
-            if (result._tag === "Success") return
-            const error = result.failure
-            if (isConflict(error) || !error.isRetryable || attempt >= 5) return yield* error
-            yield* Effect.sleep(Math.min(1_000, 50 * 2 ** attempt))
-          }
-        })
+      /**
+       * Write `change(c)` over the copy `c` by compare-and-set, retrying transient store failures as
+       * `Connections.defaultRetry` allows, never re-applying it to a newer copy: a conflict fails with
+       * `StoreError("conflict")` (the journal's write fences a stale copy this way).
+       */
+      const writeOver = (
+        c: Connection,
+        change: (c: Connection) => Connection,
+        events: Connections.AttachedEvents = []
+      ): Effect.Effect<Connection, StoreError> =>
+        connections
+          .modify(
+            c.id,
+            (current) =>
+              current.version === c.version
+                ? Connections.write(change(current), events)
+                : Effect.fail(staleCopy(c.id)),
+            { current: c }
+          )
+          .pipe(
+            Effect.map((m) => m.connection),
+            // Gone or unreadable on the re-read: not the copy the change was decided on either.
+            Effect.catchTags({
+              ConnectionNotFound: () => Effect.fail(staleCopy(c.id)),
+              VaultError: () => Effect.fail(staleCopy(c.id))
+            })
+          )
 
       const reauthError = (c: Connection, reason: ReauthorizationRequired["reason"], message?: string) =>
         new ReauthorizationRequired({
@@ -265,19 +265,30 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         providerErrorDescription?: string
       ): Effect.fn.Return<never, TokenError> {
         const now = yield* Clock.currentTimeMillis
-        const next: Connection = {
-          ...c,
-          status: "needs_reauth",
-          version: c.version + 1,
-          updatedAt: now,
-          journal: undefined,
-          lastError: {
-            code: reason === "refresh_interrupted" ? reason : (providerError ?? reason),
-            description: reason === "refresh_interrupted" ? message : (providerErrorDescription ?? message),
-            at: now
-          }
-        }
-        const wrote = yield* writeSoon(next).pipe(
+        const wrote = yield* writeOver(
+          c,
+          (current) => ({
+            ...current,
+            status: "needs_reauth",
+            journal: undefined,
+            lastError: {
+              code: reason === "refresh_interrupted" ? reason : (providerError ?? reason),
+              description: reason === "refresh_interrupted" ? message : (providerErrorDescription ?? message),
+              at: now
+            }
+          }),
+          [
+            {
+              type: "needs_reauth",
+              at: now,
+              connectionId: c.id,
+              ownerId: c.ownerId,
+              providerId: c.providerId,
+              reason,
+              message
+            }
+          ]
+        ).pipe(
           Effect.as(true),
           Effect.catchTag("StoreError", (e) => (isConflict(e) ? Effect.succeed(false) : Effect.fail(e)))
         )
@@ -290,15 +301,6 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             message: `Connection ${c.id} changed while its refresh failed; try again`
           })
         }
-        yield* events.publish({
-          type: "needs_reauth",
-          at: now,
-          connectionId: c.id,
-          ownerId: c.ownerId,
-          providerId: c.providerId,
-          reason,
-          message
-        })
         return yield* new ReauthorizationRequired({
           reason,
           connectionId: c.id,
@@ -348,14 +350,9 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
 
       // ---- the journal ------------------------------------------------------------------------
 
-      /** Set (or end) the journal with one compare-and-set write; a few retries on store hiccups. */
+      /** Set (or end) the journal with one compare-and-set write over `c`; a few retries on store hiccups. */
       const setJournal = (c: Connection, journal: RefreshJournal | undefined) =>
-        Effect.gen(function* () {
-          const now = yield* Clock.currentTimeMillis
-          const next: Connection = { ...c, journal, version: c.version + 1, updatedAt: now }
-          yield* writeSoon(next)
-          return next
-        })
+        writeOver(c, (current) => ({ ...current, journal }))
 
       // ---- the provider call -------------------------------------------------------------------
 
@@ -423,77 +420,90 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
 
       // ---- the commit --------------------------------------------------------------------------
 
+      /** The `refreshed` event of a written renewal (`commitMs` is stamped once it is durable). */
+      const refreshedEvent = (written: Connection, recovered: boolean): LatchkeyEvent => ({
+        type: "refreshed",
+        at: written.updatedAt,
+        connectionId: written.id,
+        ownerId: written.ownerId,
+        providerId: written.providerId,
+        expiresAt: written.tokens.expiresAt,
+        refreshExpiresAt: written.tokens.refreshExpiresAt,
+        ...(written.tokens.widenedScopes !== undefined
+          ? { widenedScopes: written.tokens.widenedScopes }
+          : {}),
+        ...(recovered ? { recovered: true } : {})
+      })
+
       /**
-       * Write the new tokens and end the journal in one compare-and-set, retrying until durable: the
-       * provider has consumed the old refresh token, so the new one must not be dropped. Waiting
-       * callers get `pending_write` after the first failure; the write goes on. On a conflict the row
-       * is re-read: the write is re-applied when the row still holds the refresh token that was sent
-       * (nothing newer is stored), and dropped when someone stored newer tokens.
+       * Write the new tokens and end the journal in one compare-and-set (`Connections.modify`),
+       * retrying until durable: the provider has consumed the old refresh token, so the new one must
+       * not be dropped. Waiting callers get `pending_write` after the first failure; the write goes
+       * on (until the drain gives up). On a conflict the row is re-read: the write is re-applied when
+       * the row still holds what was renewed (`still`: the refresh token that was sent; nothing newer
+       * is stored), and dropped when someone stored newer tokens.
        */
       const commit = Effect.fnUntraced(function* (
         flight: Flight,
         base: Connection,
-        sentFingerprint: string,
-        apply: (current: Connection, now: number) => Connection
+        still: (fresh: Connection) => boolean,
+        apply: (current: Connection) => Connection,
+        events: Connections.AttachedEvents,
+        answeredNs: bigint
       ): Effect.fn.Return<Connection, TokenError> {
-        let current = base
-        for (let attempt = 0; ; attempt++) {
-          const now = yield* Clock.currentTimeMillis
-          const next = apply(current, now)
-          const record = recordOf(next)
-          const result = yield* store.update(record, current.version).pipe(Effect.result)
-          if (result._tag === "Success") return next
-          const error = result.failure
-          if (!isConflict(error)) {
-            if (!error.isRetryable || stopping) {
-              yield* Deferred.fail(
-                flight.waiters,
-                new RefreshError({
-                  reason: "pending_write",
-                  connectionId: base.id,
-                  message: `The new tokens of connection ${base.id} could not be written (${error.message}); the refresh stays in doubt and will be recovered`
+        let notified = false
+        // Unbounded while the process lives: exponential from 25 ms, capped at `writeMaxBackoffMs`.
+        const untilDurable = Schedule.min([
+          Schedule.exponential("25 millis"),
+          Schedule.spaced(Math.max(5, config.writeMaxBackoffMs))
+        ]).pipe(
+          Schedule.jittered,
+          Schedule.setInputType<StoreError>(),
+          Schedule.while(({ input }) => isConflict(input) || (input.isRetryable && !stopping)),
+          Schedule.tap(({ input }) =>
+            isConflict(input) || notified
+              ? Effect.void
+              : Effect.suspend(() => {
+                  notified = true
+                  return Deferred.fail(
+                    flight.waiters,
+                    new RefreshError({
+                      reason: "pending_write",
+                      connectionId: base.id,
+                      message: `Connection ${base.id} was refreshed; its new tokens are being written (${input.message}); try again shortly`
+                    })
+                  )
                 })
-              )
-              return yield* error
-            }
-            if (attempt === 0) {
-              yield* Deferred.fail(
-                flight.waiters,
-                new RefreshError({
-                  reason: "pending_write",
-                  connectionId: base.id,
-                  message: `Connection ${base.id} was refreshed; its new tokens are being written (${error.message}); try again shortly`
-                })
-              )
-            }
-            const cap = config.writeMaxBackoffMs
-            const jitter = yield* Random.next
-            yield* Effect.sleep(
-              Math.max(5, Math.floor(Math.min(cap, 25 * 2 ** Math.min(attempt, 10)) * (0.5 + jitter / 2)))
+          )
+        )
+        const written = yield* connections
+          .modify(
+            base.id,
+            (current) => {
+              if (current === base) return Connections.write(apply(current), events)
+              if (current.status === "revoked")
+                return Effect.flatMap(ensureActive(current), () => Effect.succeed(Connections.keep))
+              // Someone stored newer tokens: theirs win, ours are dropped.
+              if (!still(current)) return Connections.keep
+              return Connections.write(apply(current), events)
+            },
+            { current: base, retry: untilDurable, answeredNs }
+          )
+          .pipe(
+            Effect.tapError((error) =>
+              error._tag === "StoreError"
+                ? Deferred.fail(
+                    flight.waiters,
+                    new RefreshError({
+                      reason: "pending_write",
+                      connectionId: base.id,
+                      message: `The new tokens of connection ${base.id} could not be written (${error.message}); the refresh stays in doubt and will be recovered`
+                    })
+                  )
+                : Effect.void
             )
-            continue
-          }
-          // A conflict: did our write land after all (a lost answer from the store), or did someone write?
-          const stored = yield* store.get(base.id).pipe(Effect.result)
-          if (stored._tag === "Failure") {
-            if (stopping) return yield* stored.failure
-            yield* Effect.sleep(Math.min(config.writeMaxBackoffMs, 25 * 2 ** Math.min(attempt, 10)))
-            continue
-          }
-          const row = stored.success
-          if (row === undefined) return yield* notFound(base.id)
-          if (row.accessToken === record.accessToken && row.version === record.version) return next
-          const fresh = yield* decode(row)
-          if (fresh.status === "revoked") return yield* ensureActive(fresh)
-          const still =
-            fresh.tokens.refreshToken !== undefined &&
-            fingerprint(Redacted.value(fresh.tokens.refreshToken)) === sentFingerprint
-          if (!still) {
-            // Someone stored newer tokens: theirs win, ours are dropped.
-            return fresh.status === "active" ? fresh : yield* ensureActive(fresh)
-          }
-          current = fresh
-        }
+          )
+        return written.written ? written.connection : yield* ensureActive(written.connection)
       })
 
       // ---- one refresh, holding the lease -------------------------------------------------------
@@ -527,32 +537,24 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
                   : Effect.fail(e)
               )
             )
-            const stored = yield* commit(flight, c, journal.fingerprint, (current, now) => ({
-              ...current,
-              tokens,
-              status: "active",
-              journal: undefined,
-              version: current.version + 1,
-              updatedAt: now,
-              lastRefreshAt: outcome.answeredAt,
-              lastError: undefined
-            }))
-            const committedAt = yield* Clock.currentTimeMillis
-            const commitMs = Number((yield* Clock.monotonicTimeNanos) - outcome.answeredNs) / 1e6
-            if (stored.tokens !== tokens) return stored
-            yield* events.publish({
-              type: "refreshed",
-              at: committedAt,
-              connectionId: c.id,
-              ownerId: c.ownerId,
-              providerId: c.providerId,
-              expiresAt: tokens.expiresAt,
-              refreshExpiresAt: tokens.refreshExpiresAt,
-              commitMs: Math.round(commitMs * 1000) / 1000,
-              ...(tokens.widenedScopes !== undefined ? { widenedScopes: tokens.widenedScopes } : {}),
-              ...(resend ? { recovered: true } : {})
-            })
-            return stored
+            const sent = journal.fingerprint
+            return yield* commit(
+              flight,
+              c,
+              (fresh) =>
+                fresh.tokens.refreshToken !== undefined &&
+                fingerprint(Redacted.value(fresh.tokens.refreshToken)) === sent,
+              (current) => ({
+                ...current,
+                tokens,
+                status: "active",
+                journal: undefined,
+                lastRefreshAt: outcome.answeredAt,
+                lastError: undefined
+              }),
+              (written) => [refreshedEvent(written, resend)],
+              outcome.answeredNs
+            )
           }
           case "Lost": {
             if (resend) {
@@ -648,13 +650,11 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             const message = `${provider.name}: ${failure.message}`
             // The provider did not take the token: end the journal (a resend that was answered
             // with an error used nothing up either).
-            yield* writeSoon({
-              ...c,
+            yield* writeOver(c, (current) => ({
+              ...current,
               journal: undefined,
-              version: c.version + 1,
-              updatedAt: after,
               lastError: { code: reason, description: message, at: after }
-            }).pipe(Effect.ignore)
+            })).pipe(Effect.ignore)
             yield* events.publish({
               type: "refresh_failed",
               at: after,
@@ -745,6 +745,229 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         return yield* sendAndCommit(flight, provider, marked, refreshToken, keeper, true)
       })
 
+      // ---- credentials whose renewal spends nothing: client credentials, minted ----------------
+
+      /** A token answer of a source that spends nothing, or why there is none. */
+      type Obtained =
+        | {
+            readonly _tag: "Answer"
+            readonly response: TokenSet.TokenResponse
+            readonly answeredAt: number
+            readonly answeredNs: bigint
+          }
+        | { readonly _tag: "Failed"; readonly failure: OAuth.ProtocolFailure }
+
+      const answered = (response: TokenSet.TokenResponse) =>
+        Effect.gen(function* () {
+          return {
+            _tag: "Answer",
+            response,
+            answeredAt: yield* Clock.currentTimeMillis,
+            answeredNs: yield* Clock.monotonicTimeNanos
+          } as Obtained
+        })
+
+      /** The parent's failure, said of the minted connection: its own status is left as it is. */
+      const parentFailure =
+        (c: Connection, parentId: string) =>
+        (e: TokenError): Effect.Effect<never, TokenError> =>
+          e._tag === "ReauthorizationRequired" || e._tag === "ConnectionNotFound"
+            ? Effect.fail(
+                new ReauthorizationRequired({
+                  reason: "needs_reauth",
+                  connectionId: c.id,
+                  providerId: c.providerId,
+                  message: `Connection ${c.id} is minted from connection ${parentId}, which ${e._tag === "ConnectionNotFound" ? "was unlinked" : "must be linked again"}; its token is minted again once the parent is linked`
+                })
+              )
+            : Effect.fail(e)
+
+      const mintFrom = Effect.fnUntraced(function* (parentId: string, accountId: string) {
+        let parent = yield* credential(parentId)
+        const { provider } = parent
+        for (let renewed = false; ; renewed = true) {
+          const context: MintContext = {
+            parent: {
+              accountId: parent.connection.accountId,
+              extras: parent.connection.tokens.extras,
+              profile: parent.connection.profile
+            },
+            accountId
+          }
+          const now = yield* Clock.currentTimeMillis
+          const minted = yield* Mint.mint(provider, parent.credential, context, config, now).pipe(
+            Effect.result
+          )
+          if (minted._tag === "Success") {
+            const extras = provider.mint?.extras?.(context) ?? {}
+            const obtained = yield* answered({ ...minted.success, ...extras })
+            return { obtained, parent: parent.connection, provider }
+          }
+          const failure = minted.failure
+          if (failure._tag === "Failed")
+            return { obtained: failure as Obtained, parent: parent.connection, provider }
+          if (renewed) {
+            const refused = new OAuth.ProtocolFailure(
+              "invalid_grant",
+              `${provider.name} refused connection ${parentId}'s fresh token for minting`,
+              { maybeProcessed: true }
+            )
+            return {
+              obtained: { _tag: "Failed", failure: refused } as Obtained,
+              parent: parent.connection,
+              provider
+            }
+          }
+          // The parent's token was refused: refresh the parent once (through this engine), mint again.
+          const used = parent.credential.kind === "oauth" ? parent.credential.accessToken : undefined
+          yield* refreshIf(parentId, (p) => Redacted.value(p.tokens.accessToken) === used)
+          parent = yield* credential(parentId)
+        }
+      })
+
+      const obtain = (c: Connection, provider: Provider): Effect.Effect<Obtained, TokenError> => {
+        if (c.kind === "client_credentials") {
+          return OAuth.clientCredentials(provider, protocol).pipe(
+            Effect.matchEffect({
+              onSuccess: answered,
+              onFailure: (failure) => Effect.succeed<Obtained>({ _tag: "Failed", failure })
+            })
+          )
+        }
+        const parentId = c.parentId
+        if (parentId === undefined) {
+          return Effect.succeed<Obtained>({
+            _tag: "Failed",
+            failure: new OAuth.ProtocolFailure(
+              "unsupported",
+              `connection ${c.id} names no parent to mint from`
+            )
+          })
+        }
+        return mintFrom(parentId, c.accountId).pipe(
+          Effect.map((m) => m.obtained),
+          Effect.catch(parentFailure(c, parentId))
+        )
+      }
+
+      /**
+       * Renew a credential whose request spends nothing (the client-credentials grant, minting from
+       * a parent): no journal — a lost answer is simply asked again — and transient failures are
+       * retried while the lease leaves room. The lease and the single flight still make it one
+       * request per expiry across every process.
+       */
+      const renewIdempotent = Effect.fnUntraced(function* (
+        flight: Flight,
+        c: Connection,
+        provider: Provider,
+        keeper: Keeper
+      ): Effect.fn.Return<Connection, TokenError> {
+        const previous = fingerprint(Redacted.value(c.tokens.accessToken))
+        for (let attempt = 0; ; attempt++) {
+          const startedAt = yield* Clock.currentTimeMillis
+          if (leaseLeft(keeper, startedAt) < minRequest) {
+            return yield* new RefreshError({
+              reason: "transient",
+              connectionId: c.id,
+              message: `${provider.name}: not enough time left on the refresh lease to renew connection ${c.id} (the store is slow or unreachable)`
+            })
+          }
+          const outcome = yield* obtain(c, provider)
+          if (outcome._tag === "Answer") {
+            const tokens = yield* Effect.try({
+              try: () =>
+                TokenSet.fromResponse(provider, outcome.response, outcome.answeredAt, {
+                  ...c.tokens,
+                  refreshToken: undefined,
+                  refreshExpiresAt: undefined
+                }),
+              catch: () =>
+                new RefreshError({
+                  reason: "invalid_response",
+                  connectionId: c.id,
+                  message: `${provider.name}: the token response has invalid extra fields`
+                })
+            })
+            return yield* commit(
+              flight,
+              c,
+              // Nothing newer is stored: the row still holds the token this renewal replaces.
+              (fresh) => fingerprint(Redacted.value(fresh.tokens.accessToken)) === previous,
+              (current) => ({
+                ...current,
+                tokens: { ...tokens, refreshToken: undefined, refreshExpiresAt: undefined },
+                status: "active",
+                journal: undefined,
+                lastRefreshAt: outcome.answeredAt,
+                lastError: undefined
+              }),
+              (written) => [refreshedEvent(written, false)],
+              outcome.answeredNs
+            )
+          }
+          const failure = outcome.failure
+          const now = yield* Clock.currentTimeMillis
+          // Nothing was spent: whatever did not come back can be asked again.
+          const retryable = failure.retryable || failure.kind === "transient"
+          if (retryable && attempt + 1 < config.maxAttempts) {
+            const wait = yield* backoff(attempt, failure.details.retryAfterMs)
+            if (now + wait + minRequest < keeper.deadline - margin) {
+              yield* events.publish({
+                type: "refresh_failed",
+                at: now,
+                connectionId: c.id,
+                ownerId: c.ownerId,
+                providerId: c.providerId,
+                reason: failure.kind,
+                message: `${provider.name}: ${failure.message}; retrying in ${wait} ms`,
+                retryable: true
+              })
+              yield* Effect.sleep(wait)
+              continue
+            }
+          }
+          if (failure.kind === "invalid_grant" || failure.kind === "unsupported") {
+            // The provider will not mint for this account any more (or cannot): link it again.
+            return yield* markNeedsReauth(
+              c,
+              "needs_reauth",
+              `${provider.name}: ${failure.message}. Link the account again.`,
+              failure.details.error
+            )
+          }
+          const reason: RefreshError["reason"] = retryable
+            ? failure.kind === "rate_limited"
+              ? "rate_limited"
+              : failure.kind === "invalid_response"
+                ? "invalid_response"
+                : "transient"
+            : "invalid_client"
+          const message =
+            reason === "invalid_client"
+              ? `${provider.name} refused the client's own credentials: ${failure.message} (check the client id, secret and allowed grants)`
+              : `${provider.name}: ${failure.message}`
+          yield* events.publish({
+            type: "refresh_failed",
+            at: now,
+            connectionId: c.id,
+            ownerId: c.ownerId,
+            providerId: c.providerId,
+            reason,
+            message,
+            retryable: reason !== "invalid_client"
+          })
+          return yield* new RefreshError({
+            reason,
+            connectionId: c.id,
+            message,
+            ...(failure.details.status !== undefined ? { status: failure.details.status } : {}),
+            ...(failure.details.retryAfterMs !== undefined
+              ? { retryAfterMs: failure.details.retryAfterMs }
+              : {})
+          })
+        }
+      })
+
       /** The refresh proper, run while holding the lease. */
       const refreshHolding = Effect.fnUntraced(function* (
         flight: Flight,
@@ -761,6 +984,9 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         const now = yield* Clock.currentTimeMillis
         if (!need(c, now)) return c
         if (c.kind === "api_key") return c
+        if (c.kind === "client_credentials" || c.kind === "minted") {
+          return yield* renewIdempotent(flight, c, provider, keeper)
+        }
         if (c.tokens.refreshToken === undefined) {
           return yield* markNeedsReauth(
             c,
@@ -913,15 +1139,13 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
 
       // The hot path: one store read; the decoded connection is reused while the record is unchanged.
       const accessToken = (id: string): Effect.Effect<Redacted.Redacted<string>, TokenError> =>
-        Effect.flatMap(store.get(id), (r): Effect.Effect<Redacted.Redacted<string>, TokenError> => {
-          if (r === undefined) return Effect.fail(notFound(id))
-          const hit = decoded.get(id)
-          return hit !== undefined &&
-            hit.record.version === r.version &&
-            hit.record.accessToken === r.accessToken
-            ? tokenOf(id, hit.connection)
-            : Effect.flatMap(decode(r), (c) => tokenOf(id, c))
-        })
+        Effect.flatMap(
+          store.get(id),
+          (r): Effect.Effect<Redacted.Redacted<string>, TokenError> =>
+            r === undefined
+              ? Effect.fail(notFound(id))
+              : Effect.flatMap(connections.decode(r), (c) => tokenOf(id, c))
+        )
 
       const refreshNow = (id: string) =>
         Effect.flatMap(Clock.currentTimeMillis, (calledAt) =>
@@ -930,7 +1154,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
 
       const refreshIfDue = (id: string) =>
         refreshIf(id, (c, now) => {
-          const due = refreshDueAt(c.tokens, c.status, config)
+          const due = refreshDueAt(c.tokens, c.status, config, c.kind)
           return due !== null && due <= now
         })
 
@@ -956,7 +1180,30 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         refreshNow,
         refreshIfDue,
         get: load,
-        write,
+        mintFrom: (parentId: string, accountId: string) =>
+          mintFrom(parentId, accountId).pipe(
+            Effect.flatMap(({ obtained, parent, provider }) =>
+              obtained._tag === "Answer"
+                ? Effect.succeed({
+                    response: obtained.response,
+                    answeredAt: obtained.answeredAt,
+                    parent,
+                    provider
+                  })
+                : Effect.fail(
+                    new RefreshError({
+                      reason:
+                        obtained.failure.kind === "rate_limited"
+                          ? "rate_limited"
+                          : obtained.failure.retryable || obtained.failure.kind === "transient"
+                            ? "transient"
+                            : "invalid_response",
+                      connectionId: parentId,
+                      message: `${provider.name}: ${obtained.failure.message}`
+                    })
+                  )
+            )
+          ),
         drain,
         inFlight: Effect.sync(() => inflight.size)
       })

@@ -4,9 +4,10 @@
  * depend on) does not depend on the store (which depends on connections).
  */
 import { randomUUID } from "node:crypto"
-import { Effect } from "effect"
+import { Effect, Schedule } from "effect"
 import type { ConnectionRecord } from "./Connection.ts"
 import { ConnectionStore } from "./ConnectionStore.ts"
+import { resealWith } from "./Connections.ts"
 import { StoreError, VaultError } from "./Errors.ts"
 import { Vault } from "./Vault.ts"
 
@@ -47,7 +48,9 @@ type Outcome =
   | { readonly _tag: "Retry" }
   | { readonly _tag: "Failed"; readonly error: VaultError }
 
-const sealedFields = ["accessToken", "refreshToken", "extras"] as const
+const sealedFields = ["accessToken", "refreshToken", "extras"] as const satisfies ReadonlyArray<
+  keyof ConnectionRecord
+>
 
 /**
  * Re-seal every connection whose token fields are not sealed with the vault's write key (values
@@ -62,6 +65,7 @@ const sealedFields = ["accessToken", "refreshToken", "extras"] as const
 export const rotate = Effect.fn("Vault.rotate")(function* (options: RotateOptions = {}) {
   const vault = yield* Vault
   const store = yield* ConnectionStore
+  const reseal = resealWith(store, vault)
   if (!vault.encrypts || vault.writeKeyId === undefined) {
     return yield* new VaultError({
       reason: "no_key",
@@ -87,42 +91,19 @@ export const rotate = Effect.fn("Vault.rotate")(function* (options: RotateOption
       return value !== null && vault.keyIdOf(value) !== writeKeyId
     })
 
-  /** Re-seal one connection while holding its lease: open every sealed field, seal it again, write. */
+  /**
+   * Re-seal one connection while holding its lease (`Connections.resealWith`, the one write path: open
+   * every sealed field, seal it again, compare-and-set). A conflict is retried under a new lease.
+   */
   const resealHolding = (id: string): Effect.Effect<Outcome, StoreError> =>
-    Effect.gen(function* () {
-      const r = yield* store.get(id)
-      if (r === undefined || !stale(r)) return { _tag: "Unchanged" } as const
-      const reseal = (field: (typeof sealedFields)[number]) =>
-        Effect.gen(function* () {
-          const value = r[field]
-          if (value === null) return null
-          const context = { connectionId: r.id, field }
-          // The rotation is the migration path for values written before a key was configured: it
-          // seals them. Everywhere else a `plain.` value is refused once keys are configured.
-          const opened = value.startsWith("plain.") ? value.slice(6) : yield* vault.open(value, context)
-          return vault.seal(opened, context)
-        })
-      const opened = yield* Effect.all({
-        accessToken: reseal("accessToken"),
-        refreshToken: reseal("refreshToken"),
-        extras: reseal("extras")
-      }).pipe(Effect.result)
-      if (opened._tag === "Failure") return { _tag: "Failed", error: opened.failure } as const
-      const { accessToken, refreshToken, extras } = opened.success
-      const next: ConnectionRecord = {
-        ...r,
-        accessToken: accessToken ?? r.accessToken,
-        refreshToken,
-        extras: extras ?? r.extras,
-        version: r.version + 1
-      }
-      return yield* store.update(next, r.version).pipe(
-        Effect.as({ _tag: "Resealed" } as const),
-        Effect.catchTag("StoreError", (e) =>
-          e.reason === "conflict" ? Effect.succeed({ _tag: "Retry" } as const) : Effect.fail(e)
-        )
-      )
-    })
+    reseal(id, stale, { retry: Schedule.recurs(0) }).pipe(
+      Effect.map((resealed): Outcome => (resealed ? { _tag: "Resealed" } : { _tag: "Unchanged" })),
+      Effect.catchTags({
+        VaultError: (error) => Effect.succeed<Outcome>({ _tag: "Failed", error }),
+        StoreError: (e) =>
+          e.reason === "conflict" ? Effect.succeed<Outcome>({ _tag: "Retry" }) : Effect.fail(e)
+      })
+    )
 
   const resealOne = (id: string): Effect.Effect<Outcome, StoreError> =>
     Effect.gen(function* () {

@@ -3,6 +3,7 @@ export * as AuthorizationFlow from "./AuthorizationFlow.ts"
 export * as Config from "./Config.ts"
 export * as Connection from "./Connection.ts"
 export * as ConnectionStore from "./ConnectionStore.ts"
+export * as Connections from "./Connections.ts"
 export * as Declarative from "./Declarative.ts"
 export * as Errors from "./Errors.ts"
 export {

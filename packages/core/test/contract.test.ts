@@ -51,7 +51,11 @@ describe("Provider.make", () => {
     [{ endpoints: undefined }, "endpoints"],
     [{ scopes: ["read write"] }, "scopes.0"],
     [{ apiOrigins: ["http://api.acme.test"] }, "apiOrigins.0"],
-    [{ authorizationParams: { redirect_uri: "https://evil.test/cb" } }, "authorizationParams"]
+    [{ authorizationParams: { redirect_uri: "https://evil.test/cb" } }, "authorizationParams"],
+    [{ clientAuth: "none", clientSecret: undefined, clientCredentials: true }, "clientCredentials"],
+    [{ clientCredentials: { scopes: ["a b"] } }, "clientCredentials.scopes.0"],
+    [{ mint: { request: "/oauth/token" } }, "mint.request"],
+    [{ mint: { request: () => ({ url: "/m" }), lifetime: 3 } }, "mint"]
   ])("rejects %j naming the provider and the field %s", (patch, field) => {
     const error = invalid(patch)
     expect(error).toBeInstanceOf(ProviderDefinitionError)
@@ -63,6 +67,14 @@ describe("Provider.make", () => {
     const named = error.message.match(new RegExp(`(?<![\\w.])${field.replace(".", "\\.")}(?![\\w.])`, "g"))
     expect(named).toHaveLength(1)
     expect(error.message).not.toContain("s3cret-value")
+  })
+
+  it("normalizes the credential sources: clientCredentials true is {}, false or absent is none", () => {
+    expect(Provider.make({ ...base, clientCredentials: true }).clientCredentials).toEqual({})
+    expect(Provider.make({ ...base, clientCredentials: false }).clientCredentials).toBeUndefined()
+    expect(Provider.make(base).clientCredentials).toBeUndefined()
+    const scoped = { scopes: ["machine"], params: { resource: "https://api.acme.test" } }
+    expect(Provider.make({ ...base, clientCredentials: scoped }).clientCredentials).toEqual(scoped)
   })
 
   it("allows plain http only for loopback hosts", () => {

@@ -59,7 +59,7 @@ describe("DPoP (RFC 9449) for providers that declare it", () => {
     expect([400, 401]).toContain((await userinfo({ authorization: `DPoP ${token}` })).status)
 
     // A refresh with a proof: a new bound token, still usable through Latchkey.
-    await expire(store, c.id)
+    await expire(store, c.id, undefined, { keys: [key] })
     const fresh = await lk.accessToken(c.id)
     expect(fresh).not.toBe(token)
     expect(await jwkThumbprintInToken(fresh)).toBe(await jwkThumbprintInToken(token))
@@ -75,7 +75,7 @@ describe("DPoP (RFC 9449) for providers that declare it", () => {
       vault: { keys: [key] }
     })
     expect((await other.fetch(c.id, "/me")).status).toBe(200)
-    await expire(store, c.id)
+    await expire(store, c.id, undefined, { keys: [key] })
     Dpop.forgetAll()
     const third = await other.accessToken(c.id)
     expect(third).not.toBe(fresh)
@@ -117,7 +117,7 @@ describe("DPoP (RFC 9449) for providers that declare it", () => {
       })
     })
     expect(bare.status).toBe(400)
-    await expire(store, a.id)
+    await expire(store, a.id, undefined, { keys: [key] })
     expect(await lk.accessToken(a.id)).not.toBe(ta)
     expect((await lk.fetch(a.id, "/me")).status).toBe(200)
     await lk.close()
@@ -153,7 +153,7 @@ describe("DPoP with server-provided nonces (RFC 9449 §8, §9)", () => {
       const c = await link(lk)
       const token = await lk.accessToken(c.id)
       expect((await lk.fetch(c.id, "/me")).status).toBe(200)
-      await expire(store, c.id)
+      await expire(store, c.id, undefined, { keys: [key] })
       expect(await lk.accessToken(c.id)).not.toBe(token)
       expect((await lk.fetch(c.id, "/me")).status).toBe(200)
       // The token endpoint and userinfo each asked for a nonce (400 / 401) and then answered.

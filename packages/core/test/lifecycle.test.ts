@@ -15,7 +15,7 @@ import {
   faultyFetch,
   link,
   memoryStore,
-  patchRecord,
+  modifyStored,
   plain,
   startServer,
   stored
@@ -233,7 +233,10 @@ describe("invariant 3: invalid_grant re-reads the store before marking needs_rea
     const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
     const c = await link(lk)
     const now = Date.now()
-    await patchRecord(store, c.id, () => ({ expiresAt: now - 1000, refreshExpiresAt: now - 500 }))
+    await modifyStored(store, c.id, (cur) => ({
+      ...cur,
+      tokens: { ...cur.tokens, expiresAt: now - 1000, refreshExpiresAt: now - 500 }
+    }))
     const before = server.grants.refresh_token
     await expect(lk.accessToken(c.id)).rejects.toMatchObject({
       _tag: "ReauthorizationRequired",

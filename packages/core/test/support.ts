@@ -1,7 +1,16 @@
 /** Shared helpers for core tests: a real oidc-provider, a provider definition for it, linking. */
 import { consent, type OidcServer, startOidcServer } from "@latchkey/testkit-oidc"
-import { Effect } from "effect"
-import { ConnectionStore, type LatchkeyClient, Provider } from "../src/index.ts"
+import { Effect, Layer } from "effect"
+import {
+  Config,
+  type Connection,
+  ConnectionStore,
+  Connections,
+  Events,
+  type LatchkeyClient,
+  Provider,
+  Vault
+} from "../src/index.ts"
 
 export const REDIRECT = "http://127.0.0.1:9/callback"
 
@@ -37,27 +46,46 @@ export const link = async (lk: LatchkeyClient, login = "alice", ownerId = "user-
   return connection
 }
 
-/** Rewrite a stored connection (compare-and-set), e.g. to make its access token expired. */
-export const patchRecord = (
+/**
+ * Change a stored connection through `Connections` (the one write path), e.g. to make its access
+ * token expired; `vault` must open what the store holds (default: plain values).
+ */
+export const modifyStored = (
   store: ConnectionStore.ConnectionStoreShape,
   id: string,
-  patch: (
-    r: import("../src/Connection.ts").ConnectionRecord
-  ) => Partial<import("../src/Connection.ts").ConnectionRecord>
+  f: (c: Connection.Connection) => Connection.Connection,
+  vault: Vault.VaultOptions = { plaintext: true }
 ) =>
   Effect.runPromise(
-    Effect.gen(function* () {
-      const r = (yield* store.get(id))!
-      yield* store.update({ ...r, ...patch(r), version: r.version + 1 }, r.version)
-    })
+    Connections.Connections.use((c) => c.modify(id, (current) => Connections.write(f(current)))).pipe(
+      Effect.provide(
+        Connections.Connections.layer.pipe(
+          Layer.provide(
+            Layer.mergeAll(
+              Layer.succeed(ConnectionStore.ConnectionStore, store),
+              Layer.succeed(Vault.Vault, Vault.make(vault)),
+              Events.Events.layer,
+              Layer.succeed(Config.LatchkeyConfig, Config.defaults())
+            )
+          )
+        )
+      )
+    )
   )
 
-export const expire = (store: ConnectionStore.ConnectionStoreShape, id: string, now = Date.now()) =>
-  patchRecord(store, id, () => ({
-    obtainedAt: now - 3_600_000,
-    expiresAt: now - 1_000,
-    refreshDueAt: now - 1_000
-  }))
+/** Make the stored access token expired an hour after it was issued (so the connection is due). */
+export const expire = (
+  store: ConnectionStore.ConnectionStoreShape,
+  id: string,
+  now = Date.now(),
+  vault?: Vault.VaultOptions
+) =>
+  modifyStored(
+    store,
+    id,
+    (c) => ({ ...c, tokens: { ...c.tokens, obtainedAt: now - 3_600_000, expiresAt: now - 1_000 } }),
+    vault
+  )
 
 export const stored = (store: ConnectionStore.ConnectionStoreShape, id: string) =>
   Effect.runPromise(store.get(id)).then((r) => r!)

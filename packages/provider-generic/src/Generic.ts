@@ -57,6 +57,12 @@ export interface GenericOptions {
   readonly requireIss?: boolean
   /** Sender-constrained tokens (DPoP, RFC 9449), for servers that issue them. */
   readonly dpop?: boolean
+  /**
+   * Client-credentials connections (RFC 6749 §4.4: the client's own token, no user), linked with
+   * `latchkey.linkClientCredentials` and renewed by the engine with the same grant: `true`, or the
+   * scopes (default `scopes`) and extra parameters to ask with. Needs a client secret.
+   */
+  readonly clientCredentials?: Provider.ProviderDefinition["clientCredentials"]
 }
 
 const safeOrigin = (url: string): string | undefined => {
@@ -104,6 +110,7 @@ export const provider = (options: GenericOptions): Provider.Provider => {
     ...(options.refreshTokenReuse ? { refreshTokenReuse: options.refreshTokenReuse } : {}),
     ...(options.requireIss !== undefined ? { requireIss: options.requireIss } : {}),
     ...(options.dpop !== undefined ? { dpop: options.dpop } : {}),
+    ...(options.clientCredentials !== undefined ? { clientCredentials: options.clientCredentials } : {}),
     apiOrigins: [...(options.apiOrigins ?? []), ...(options.userinfoUrl ? [options.userinfoUrl] : [])],
     apiBaseUrl:
       options.apiBaseUrl ?? (options.endpoints ? safeOrigin(options.endpoints.token) : options.issuer),

@@ -4,19 +4,19 @@
  * refresh tokens valid a year. The account is the location (or, for agency tokens, the company)
  * named in the token response; every API call carries `Version: 2021-07-28`.
  */
-import { AuthorizationFlow, type LatchkeyClient, Provider } from "@latchkey/core"
+import { AuthorizationFlow, type LatchkeyClient, Provider } from "@latchkey/core/provider"
 import { Effect, type Redacted } from "effect"
+import { authorizeRequest, classifyResponse, classifyTokenError, identify } from "./Api.ts"
 import {
   ACCESS_TOKEN_SECONDS,
   API_URL,
-  API_VERSION,
-  accountOf,
   MARKETPLACE_URL,
   REFRESH_TOKEN_SECONDS,
   TokenExtras,
   type UserType,
   WHITE_LABEL_MARKETPLACE_URL
 } from "./internal.ts"
+import { locationTokens } from "./LocationTokens.ts"
 
 export {
   ACCESS_TOKEN_SECONDS,
@@ -69,22 +69,10 @@ export interface HighLevelOptions {
   readonly rateLimit?: false | (RateLimiterOptions & { readonly limiter?: RateLimiter })
 }
 
-/** A 401 that a new token would not fix: the Version header is missing, or a scope was not granted. */
-const notAboutTheToken = (message: unknown) =>
-  typeof message === "string" && /version header|not authorized for this scope/i.test(message)
-
-/** The JSON body; undefined when the token may not read it (403, or a scope not granted); throws otherwise. */
-const readIfAllowed = async (
-  response: Response,
-  what: string
-): Promise<Record<string, unknown> | undefined> => {
-  if (response.ok) return (await response.json()) as Record<string, unknown>
-  const body = (await response.json().catch(() => undefined)) as { message?: unknown } | undefined
-  if (response.status === 403 || (response.status === 401 && notAboutTheToken(body?.message)))
-    return undefined
-  throw new Error(`${what} answered ${response.status}`)
-}
-
+/**
+ * The HighLevel provider: the whole definition, as data. Agency (Company) connections mint location
+ * tokens (`mint`, see LocationTokens.ts); `identify` and the API rules are in Api.ts.
+ */
 export const provider = (options: HighLevelOptions): Provider.Provider => {
   const userType = options.userType ?? "Location"
   const marketplace =
@@ -116,69 +104,16 @@ export const provider = (options: HighLevelOptions): Provider.Provider => {
     // Single-use refresh tokens; whether reuse revokes the grant is unverified: assume it does.
     refreshTokenReuse: { graceSeconds: 0, revokesGrant: true },
     tokenExtras: TokenExtras,
-    // HighLevel answers 401 {"error":"UnAuthorized!"} both for bad client credentials and for a code or
-    // refresh token it does not accept: only the former is the client's fault; the latter ends the grant.
-    classifyTokenError: ({ error, description }) =>
-      error === "UnAuthorized!"
-        ? /client credentials/i.test(description ?? "")
-          ? "invalid_client"
-          : "invalid_grant"
-        : undefined,
+    classifyTokenError,
     providerInitiated: true,
+    mint: locationTokens,
     apiBaseUrl: api,
     ...(limiter
       ? { apiFetch: (inner: typeof fetch) => rateLimitedFetch({ fetch: inner, limiter, apiUrl: api }) }
       : {}),
-    authorizeRequest: (credential) => ({
-      authorization:
-        credential.kind === "oauth" ? `Bearer ${credential.accessToken}` : `Bearer ${credential.apiKey}`,
-      version: API_VERSION
-    }),
-    // A 401 about the Version header or an ungranted scope, or a 403 for a location the token cannot
-    // see, is not fixed by a new token: only a rejected token is worth one refresh.
-    classifyResponse: ({ status, body }) =>
-      status === 429
-        ? "rate_limited"
-        : status === 401 && !notAboutTheToken((body as { message?: unknown } | undefined)?.message)
-          ? "token_invalid"
-          : "ok",
-    // The label comes from GET /locations/{id} (GET /companies/{id} for agencies); without the scope
-    // to read it, the id is the label.
-    identify: async ({ tokens, fetch }) => {
-      const account = accountOf(tokens.extras as TokenExtras, userType)
-      const companyId = (tokens.extras as TokenExtras).companyId
-      if (account.userType === "Location") {
-        const body = await readIfAllowed(
-          await fetch(`/locations/${encodeURIComponent(account.id)}`),
-          "GET /locations/{id}"
-        )
-        const location = (body?.location ?? {}) as Record<string, unknown>
-        const name = typeof location.name === "string" && location.name ? location.name : account.id
-        return {
-          accountId: account.id,
-          label: name,
-          profile: {
-            userType: "Location",
-            locationId: account.id,
-            ...(companyId ? { companyId } : {}),
-            name,
-            ...(typeof location.email === "string" ? { email: location.email } : {}),
-            ...(typeof location.timezone === "string" ? { timezone: location.timezone } : {})
-          }
-        }
-      }
-      const body = await readIfAllowed(
-        await fetch(`/companies/${encodeURIComponent(account.id)}`),
-        "GET /companies/{id}"
-      )
-      const company = (body?.company ?? {}) as Record<string, unknown>
-      const name = typeof company.name === "string" && company.name ? company.name : account.id
-      return {
-        accountId: account.id,
-        label: name,
-        profile: { userType: "Company", companyId: account.id, name }
-      }
-    }
+    authorizeRequest,
+    classifyResponse,
+    identify: identify(userType)
   })
 }
 

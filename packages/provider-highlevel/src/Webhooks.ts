@@ -9,11 +9,12 @@
 import { createPublicKey, verify as cryptoVerify, type KeyObject } from "node:crypto"
 import {
   ConnectionStore,
-  Latchkey,
   type LatchkeyClient,
+  type LatchkeyServices,
+  markRevoked,
   type StoreError,
   type VaultError
-} from "@latchkey/core"
+} from "@latchkey/core/provider"
 import { Cause, Clock, Effect, Exit, Schema } from "effect"
 
 export const WebhookErrorReason = Schema.Literals([
@@ -149,7 +150,7 @@ export interface Webhooks {
   ) => Effect.Effect<WebhookEvent, WebhookError>
   readonly handle: (
     input: HandleInput
-  ) => Effect.Effect<HandleResult, WebhookError | StoreError | VaultError, Latchkey.LatchkeyServices>
+  ) => Effect.Effect<HandleResult, WebhookError | StoreError | VaultError, LatchkeyServices>
 }
 
 const header = (headers: HeadersInput, name: string): string | undefined => {
@@ -291,20 +292,27 @@ export const make = (options: WebhookOptions): Webhooks => {
       const owners = yield* Effect.promise(async () => input.owners(event))
       const matches: Array<string> = []
       for (const owner of new Set(owners)) {
-        for (const record of yield* store.listByOwner(owner)) {
-          if (record.providerId !== providerId || record.status === "revoked") continue
-          const profile = record.profile ?? {}
+        const records = (yield* store.listByOwner(owner)).filter((r) => r.providerId === providerId)
+        // An agency's uninstall takes the location tokens minted from it along.
+        const agencies = new Set(
+          records
+            .filter((r) => event.companyId !== undefined && r.accountId === event.companyId)
+            .map((r) => r.id)
+        )
+        for (const record of records) {
+          if (record.status === "revoked") continue
           const hit =
             event.locationId !== undefined
               ? record.accountId === event.locationId
-              : event.companyId !== undefined &&
-                (record.accountId === event.companyId ||
-                  (profile.via === "agency" && profile.companyId === event.companyId))
+              : agencies.has(record.id) ||
+                (record.kind === "minted" &&
+                  typeof record.parentId === "string" &&
+                  agencies.has(record.parentId))
           if (hit) matches.push(record.id)
         }
       }
       for (const id of matches) {
-        yield* Latchkey.markRevoked(id).pipe(Effect.catchTag("ConnectionNotFound", () => Effect.void))
+        yield* markRevoked(id).pipe(Effect.catchTag("ConnectionNotFound", () => Effect.void))
       }
       return { event, revoked: matches }
     })

@@ -1,12 +1,13 @@
 /**
  * Agency (Company) connections: installed locations, location tokens minted from the agency token,
- * each location its own linked account, re-minted (never refreshed) when its token expires.
+ * each location its own linked account (`kind: "minted"`), minted again by the engine (never
+ * refreshed) when its token expires — through `latchkey.accessToken`, `latchkey.fetch` and the Refresher.
  */
-import { ConnectionStore, type Events, ReauthorizationRequired } from "@latchkey/core"
+import { AuthorizationError, ConnectionStore, type Events, ReauthorizationRequired } from "@latchkey/core"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { HighLevel, LocationError } from "../src/index.ts"
 import { type HighLevelSandbox, startSandbox } from "../src/sandbox.ts"
-import { expireAccess, latchkeyFor, link, refreshCalls } from "./support.ts"
+import { expireAccess, latchkeyFor, link, refreshCalls, stored } from "./support.ts"
 
 let sandbox: HighLevelSandbox
 beforeAll(async () => {
@@ -61,62 +62,80 @@ describe("agency connections", () => {
       "sbxLocation003"
     ])
     const acme = linked[0]!.connection
-    expect(acme.hasRefreshToken).toBe(false)
-    expect(acme.profile).toMatchObject({
-      via: "agency",
-      agencyConnectionId: agency.id,
-      companyId: "sbxCompany0001"
-    })
-    const res = await locations.fetch(acme.id, "/locations/sbxLocation001")
+    expect(acme).toMatchObject({ kind: "minted", parentId: agency.id, hasRefreshToken: false })
+    expect(acme.profile).toMatchObject({ userType: "Location", companyId: "sbxCompany0001" })
+    const res = await lk.fetch(acme.id, "/locations/sbxLocation001")
     expect(res.status).toBe(200)
     // The location token is scoped to its location.
-    expect((await locations.fetch(acme.id, "/locations/sbxLocation002")).status).toBe(403)
+    expect((await lk.fetch(acme.id, "/locations/sbxLocation002")).status).toBe(403)
     // Linking again replaces the location's token instead of adding a connection.
     const again = await locations.link(agency.id, "sbxLocation001")
     expect(again).toMatchObject({ source: "agency", relinked: true })
     expect(again.connection.id).toBe(acme.id)
   })
 
-  it("an expiring location token is minted again from the agency token, never sent to the token endpoint", async () => {
-    const { store, agency, locations } = await agencySetup()
+  it("latchkey.accessToken mints an expiring location token again from the agency token: one mint, no refresh, one refreshed event", async () => {
+    const { lk, store, agency, locations } = await agencySetup()
+    const events: Array<Events.LatchkeyEvent> = []
+    lk.on((e) => events.push(e))
     const acme = (await locations.linkAll(agency.id, ["sbxLocation001"]))[0]!.connection
-    const first = await locations.accessToken(acme.id)
-    expect(await locations.accessToken(acme.id)).toBe(first)
+    const first = await lk.accessToken(acme.id)
+    expect(await lk.accessToken(acme.id)).toBe(first)
     const minted = mints()
     const refreshes = refreshCalls(sandbox)
     await expireAccess(store, acme.id)
-    const second = await locations.accessToken(acme.id)
-    expect(second).not.toBe(first)
+    events.length = 0
+    const second = await Promise.all(Array.from({ length: 20 }, () => lk.accessToken(acme.id)))
+    expect(new Set(second).size).toBe(1)
+    expect(second[0]).not.toBe(first)
     expect(mints()).toBe(minted + 1)
     expect(refreshCalls(sandbox)).toBe(refreshes)
+    expect(events.map((e) => [e.type, e.connectionId])).toEqual([["refreshed", acme.id]])
+    expect((await lk.fetch(acme.id, "/locations/sbxLocation001")).status).toBe(200)
   })
 
-  it("a location token HighLevel refuses is minted again and the request retried once", async () => {
+  it("the agency's own refresh goes through the engine first when its token expired too", async () => {
+    const { lk, store, agency, locations } = await agencySetup()
+    const acme = (await locations.linkAll(agency.id, ["sbxLocation001"]))[0]!.connection
+    await expireAccess(store, agency.id)
+    await expireAccess(store, acme.id)
+    const minted = mints()
+    const refreshes = refreshCalls(sandbox)
+    const token = await lk.accessToken(acme.id)
+    expect(mints()).toBe(minted + 1)
+    expect(refreshCalls(sandbox)).toBe(refreshes + 1)
+    expect((await lk.connection(agency.id)).lastRefreshAt).toBeDefined()
+    expect(token).toBe(await lk.accessToken(acme.id))
+  })
+
+  it("a location token HighLevel refuses is minted again through latchkey.fetch and the request retried once", async () => {
     const { lk, agency, locations } = await agencySetup()
     const events: Array<Events.LatchkeyEvent> = []
     lk.on((e) => events.push(e))
     const bright = (await locations.linkAll(agency.id, ["sbxLocation002"]))[0]!.connection
     sandbox.oauth.expireAccessTokens({ accountId: "sbxLocation002" })
     const minted = mints()
-    const res = await locations.fetch(bright.id, "/locations/sbxLocation002")
+    const res = await lk.fetch(bright.id, "/locations/sbxLocation002")
     expect(res.status).toBe(200)
     expect(mints()).toBe(minted + 1)
     expect((await lk.connection(bright.id)).status).toBe("active")
     expect(events.some((e) => e.type === "refreshed" && e.connectionId === bright.id)).toBe(true)
+    expect(events.some((e) => e.type === "needs_reauth")).toBe(false)
   })
 
-  it("renewDue revives a location the plain ApiClient let expire into needs_reauth", async () => {
+  it("the Refresher keeps minted locations fresh: a due location is minted again by a sweep", async () => {
     const { lk, store, agency, locations } = await agencySetup()
     const cedar = (await locations.linkAll(agency.id, ["sbxLocation003"]))[0]!.connection
+    expect((await stored(store, cedar.id)).refreshDueAt).not.toBeNull()
     await expireAccess(store, cedar.id)
-    // The core engine cannot renew a token without a refresh token.
-    const error = await lk.accessToken(cedar.id).catch((e: unknown) => e)
-    expect((error as ReauthorizationRequired).reason).toBe("no_refresh_token")
-    expect(await locations.renewDue("agency-owner")).toEqual({ renewed: 1, failed: 0 })
-    expect((await lk.connection(cedar.id)).status).toBe("active")
+    const minted = mints()
+    const report = await lk.refresher.sweep()
+    expect(report).toMatchObject({ refreshed: 1, failed: 0 })
+    expect(mints()).toBe(minted + 1)
     expect((await lk.fetch(cedar.id, "/locations/sbxLocation003")).status).toBe(200)
     // Nothing is due right after.
-    expect(await locations.renewDue("agency-owner")).toEqual({ renewed: 0, failed: 0 })
+    expect(await lk.refresher.sweep()).toMatchObject({ refreshed: 0 })
+    expect(mints()).toBe(minted + 1)
   })
 
   it("a location already linked directly (with its own refresh token) is kept as it is", async () => {
@@ -145,17 +164,27 @@ describe("agency connections", () => {
       .catch((e: unknown) => e)
     expect(error).toBeInstanceOf(LocationError)
     expect((error as LocationError).reason).toBe("not_an_agency_connection")
+    const minting = await lk
+      .linkMinted({ parentId: loc.id, accountId: "sbxLocation002" })
+      .catch((e: unknown) => e)
+    expect(minting).toBeInstanceOf(AuthorizationError)
+    expect((minting as AuthorizationError).reason).toBe("provider_error")
   })
 
-  it("when the agency is uninstalled, its location tokens die with it and renewal reports the agency", async () => {
+  it("when the agency is uninstalled, its location tokens die with it: renewal names the agency, and the location revives once the agency is linked again", async () => {
     const { lk, store, agency, locations } = await agencySetup()
     const acme = (await locations.linkAll(agency.id, ["sbxLocation001"]))[0]!.connection
     await sandbox.uninstall({ companyId: "sbxCompany0001" })
     await expireAccess(store, acme.id)
-    const error = await locations.accessToken(acme.id).catch((e: unknown) => e)
+    const error = await lk.accessToken(acme.id).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(ReauthorizationRequired)
+    expect((error as ReauthorizationRequired).message).toContain(agency.id)
     expect((await lk.connection(agency.id)).status).toBe("needs_reauth")
-    expect((await lk.connection(acme.id)).status).toBe("needs_reauth")
-    expect((await lk.connection(acme.id)).lastError?.code).toBe("agency_needs_reauth")
+    // The location itself was not refused: it waits for its agency.
+    expect((await lk.connection(acme.id)).status).toBe("active")
+    await link(lk, sandbox, "sbxCompany0001", "agency-owner")
+    const minted = mints()
+    expect((await lk.fetch(acme.id, "/locations/sbxLocation001")).status).toBe(200)
+    expect(mints()).toBe(minted + 1)
   })
 })

@@ -5,6 +5,7 @@
  * Version header on the API.
  */
 import { AuthorizationError, ConnectionStore, createLatchkey, ReauthorizationRequired } from "@latchkey/core"
+import { Redacted } from "effect"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { HighLevel } from "../src/index.ts"
 import { type HighLevelSandbox, startSandbox } from "../src/sandbox.ts"
@@ -12,7 +13,7 @@ import {
   expireAccess,
   latchkeyFor,
   link,
-  patchRecord,
+  modifyStored,
   plain,
   providerFor,
   refreshCalls,
@@ -245,7 +246,10 @@ describe("single-use refresh tokens", () => {
     const old = (await stored(store, c.id)).refreshToken
     await lk.refresh(c.id)
     // A restored backup (or a store that lost a write) brings back the spent refresh token.
-    await patchRecord(store, c.id, () => ({ refreshToken: old }))
+    await modifyStored(store, c.id, (cur) => ({
+      ...cur,
+      tokens: { ...cur.tokens, refreshToken: Redacted.make(plain(old)) }
+    }))
     await expireAccess(store, c.id)
     const before = refreshCalls(sandbox)
     const error = await rejection(lk.accessToken(c.id))

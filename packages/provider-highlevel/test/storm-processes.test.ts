@@ -2,7 +2,8 @@
  * The refresh storm across OS processes: 4 processes x 50 callers, each process its own Latchkey
  * instance on one shared SQLite file, on a HighLevel connection whose access token has expired.
  * HighLevel refresh tokens are single use: every expiry must cost exactly one refresh, every caller
- * must get the same new token, and the grant must survive, round after round.
+ * must get the same new token, and the grant must survive, round after round. A location token minted
+ * from the agency token (no refresh token) goes through the same engine: one mint per expiry.
  */
 import { spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
@@ -12,6 +13,7 @@ import { createInterface } from "node:readline"
 import { createLatchkey, SqliteStore, Vault } from "@latchkey/core"
 import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { HighLevel } from "../src/index.ts"
 import { type HighLevelSandbox, startSandbox } from "../src/sandbox.ts"
 import { expireAccess, link, providerFor, refreshCalls, SCOPES } from "./support.ts"
 
@@ -71,7 +73,7 @@ describe("refresh storm across OS processes (SQLite)", () => {
     let previous = ""
     for (let round = 1; round <= 2; round++) {
       const store = SqliteStore.make({ path })
-      await expireAccess(store, c.id)
+      await expireAccess(store, c.id, undefined, vault)
       await Effect.runPromise(store.close())
       const workers = Array.from({ length: PROCESSES }, () =>
         worker({
@@ -102,6 +104,66 @@ describe("refresh storm across OS processes (SQLite)", () => {
       vault
     })
     const res = await check.fetch(c.id, "/locations/sbxLocation001")
+    expect(res.status).toBe(200)
+    await res.body?.cancel()
+    await check.close()
+  })
+
+  it(`${PROCESSES} processes x ${CALLERS} callers on a location token minted from the agency: one mint per expiry, one token for all`, async () => {
+    const path = join(dir, "storm-minted.db")
+    const vault = { keys: [{ id: "k1", key: vaultKey }] }
+    const parent = createLatchkey({
+      providers: [providerFor(sandbox, { userType: "Company" })],
+      store: SqliteStore.make({ path }),
+      vault
+    })
+    const agency = await link(parent, sandbox, "sbxCompany0001", "agency-storm")
+    const [linked] = await HighLevel.Locations.client(parent).linkAll(agency.id, ["sbxLocation002"])
+    const location = linked!.connection
+    expect(location).toMatchObject({ kind: "minted", parentId: agency.id })
+    await parent.close()
+    const mints = () => sandbox.calls.location_token ?? 0
+    const rounds: Array<{ mints: number; refreshes: number; callers: number; tokens: number }> = []
+    let previous = ""
+    for (let round = 1; round <= 2; round++) {
+      const store = SqliteStore.make({ path })
+      await expireAccess(store, location.id, undefined, vault)
+      await Effect.runPromise(store.close())
+      const workers = Array.from({ length: PROCESSES }, () =>
+        worker({
+          dbPath: path,
+          providerOptions: { ...sandbox.providerOptions, scopes: SCOPES, userType: "Company" },
+          connectionId: location.id,
+          callers: CALLERS,
+          vaultKey
+        })
+      )
+      await Promise.all(workers.map((w) => w.ready))
+      const before = { mints: mints(), refreshes: refreshCalls(sandbox) }
+      for (const w of workers) w.child.stdin.write("go\n")
+      const results = await Promise.all(workers.map((w) => w.result))
+      const tokens = new Set(results.flatMap((r) => r.tokens))
+      rounds.push({
+        mints: mints() - before.mints,
+        refreshes: refreshCalls(sandbox) - before.refreshes,
+        callers: PROCESSES * CALLERS,
+        tokens: tokens.size
+      })
+      expect(results.flatMap((r) => r.failures)).toEqual([])
+      expect(mints() - before.mints).toBe(1)
+      // The agency's token was fresh: nothing was sent to the token endpoint.
+      expect(refreshCalls(sandbox) - before.refreshes).toBe(0)
+      expect(tokens.size).toBe(1)
+      expect([...tokens][0]).not.toBe(previous)
+      previous = [...tokens][0]!
+    }
+    console.log(`[storm] minted location | ${JSON.stringify(rounds)}`)
+    const check = createLatchkey({
+      providers: [providerFor(sandbox, { userType: "Company" })],
+      store: SqliteStore.make({ path }),
+      vault
+    })
+    const res = await check.fetch(location.id, "/locations/sbxLocation002")
     expect(res.status).toBe(200)
     await res.body?.cancel()
     await check.close()

@@ -1,13 +1,17 @@
 /** Shared helpers: a Latchkey wired to a HighLevel sandbox, linking through the chooselocation page. */
 import {
+  Config,
   type Connection,
-  type ConnectionStore,
+  ConnectionStore,
+  Connections,
   createLatchkey,
+  Events,
   type LatchkeyClient,
   type LatchkeyOptions,
-  type Provider
+  type Provider,
+  Vault
 } from "@latchkey/core"
-import { Effect } from "effect"
+import { Effect, Layer } from "effect"
 import { HighLevel } from "../src/index.ts"
 import type { HighLevelSandbox } from "../src/sandbox.ts"
 
@@ -53,25 +57,46 @@ export const stored = (
   id: string
 ): Promise<Connection.ConnectionRecord> => Effect.runPromise(store.get(id)).then((r) => r!)
 
-/** Rewrite a stored connection (compare-and-set), e.g. to make its access token look expired. */
-export const patchRecord = (
+/**
+ * Change a stored connection through `Connections` (the one write path), e.g. to make its access
+ * token look expired; `vault` must open what the store holds (default: plain values).
+ */
+export const modifyStored = (
   store: ConnectionStore.ConnectionStoreShape,
   id: string,
-  patch: (r: Connection.ConnectionRecord) => Partial<Connection.ConnectionRecord>
+  f: (c: Connection.Connection) => Connection.Connection,
+  vault: Vault.VaultOptions = { plaintext: true }
 ) =>
   Effect.runPromise(
-    Effect.gen(function* () {
-      const r = (yield* store.get(id))!
-      yield* store.update({ ...r, ...patch(r), version: r.version + 1 }, r.version)
-    })
+    Connections.Connections.use((c) => c.modify(id, (current) => Connections.write(f(current)))).pipe(
+      Effect.provide(
+        Connections.Connections.layer.pipe(
+          Layer.provide(
+            Layer.mergeAll(
+              Layer.succeed(ConnectionStore.ConnectionStore, store),
+              Layer.succeed(Vault.Vault, Vault.make(vault)),
+              Events.Events.layer,
+              Layer.succeed(Config.LatchkeyConfig, Config.defaults())
+            )
+          )
+        )
+      )
+    )
   )
 
-export const expireAccess = (store: ConnectionStore.ConnectionStoreShape, id: string, now = Date.now()) =>
-  patchRecord(store, id, () => ({
-    obtainedAt: now - 86_400_000,
-    expiresAt: now - 1_000,
-    refreshDueAt: now - 1_000
-  }))
+/** Make the stored access token expired a day after it was issued (so the connection is due). */
+export const expireAccess = (
+  store: ConnectionStore.ConnectionStoreShape,
+  id: string,
+  now = Date.now(),
+  vault?: Vault.VaultOptions
+) =>
+  modifyStored(
+    store,
+    id,
+    (c) => ({ ...c, tokens: { ...c.tokens, obtainedAt: now - 86_400_000, expiresAt: now - 1_000 } }),
+    vault
+  )
 
 /** The plain value of a sealed field of the memory store without a vault key. */
 export const plain = (sealed: string | null) => (sealed ?? "").replace(/^plain\./, "")

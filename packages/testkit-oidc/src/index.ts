@@ -41,6 +41,11 @@ export interface OidcServerOptions {
   readonly adapter?: Configuration["adapter"]
   /** Require a server-provided nonce in every DPoP proof (RFC 9449 §8, §9), at the token endpoint and userinfo. */
   readonly dpopNonce?: boolean
+  /**
+   * Offer the client-credentials grant (RFC 6749 §4.4) to the confidential clients, with tokens
+   * living this many seconds (default `accessTokenTtl`). Off by default.
+   */
+  readonly clientCredentials?: boolean | { readonly ttl?: number }
 }
 
 export interface OidcServer {
@@ -61,7 +66,12 @@ export interface OidcServer {
    */
   refreshTokenUse(accountId: string): { requests: number; maxPerToken: number; sentTwice: number }
   /** Token-endpoint grants seen, by grant type, successful or not. */
-  readonly grants: { authorization_code: number; refresh_token: number; refreshErrors: number }
+  readonly grants: {
+    authorization_code: number
+    refresh_token: number
+    refreshErrors: number
+    client_credentials: number
+  }
   readonly provider: Provider
   close(): Promise<void>
 }
@@ -298,7 +308,13 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
     clients: clients.map((c) => ({
       ...c,
       redirect_uris: [...options.redirectUris],
-      grant_types: ["authorization_code", "refresh_token"],
+      grant_types: [
+        "authorization_code",
+        "refresh_token",
+        ...(options.clientCredentials && c.token_endpoint_auth_method !== "none"
+          ? ["client_credentials"]
+          : [])
+      ],
       response_types: ["code"],
       scope: SCOPES.join(" ")
     })),
@@ -318,7 +334,8 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
       },
       ...(options.dpopNonce
         ? { dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true } }
-        : {})
+        : {}),
+      ...(options.clientCredentials ? { clientCredentials: { enabled: true } } : {})
     },
     clientBasedCORS: () => false,
     pkce: { required: () => false },
@@ -328,6 +345,10 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
       (code.scopes.has("offline_access") || code.scopes.has("openid")),
     ttl: {
       AccessToken: options.accessTokenTtl ?? 3600,
+      ClientCredentials:
+        (typeof options.clientCredentials === "object" ? options.clientCredentials.ttl : undefined) ??
+        options.accessTokenTtl ??
+        3600,
       RefreshToken: options.refreshTokenTtl ?? 30 * 24 * 3600,
       AuthorizationCode: 60,
       IdToken: 3600,
@@ -351,11 +372,12 @@ export const startOidcServer = async (options: OidcServerOptions): Promise<OidcS
     }
   })
   provider.proxy = false
-  const grants = { authorization_code: 0, refresh_token: 0, refreshErrors: 0 }
+  const grants = { authorization_code: 0, refresh_token: 0, refreshErrors: 0, client_credentials: 0 }
   const count = (ctx: any) => {
     const type = ctx?.oidc?.params?.grant_type as string | undefined
     if (type === "authorization_code") grants.authorization_code++
     if (type === "refresh_token") grants.refresh_token++
+    if (type === "client_credentials") grants.client_credentials++
     return type
   }
   // Refresh tokens presented, by SHA-256 (never the token): how often, and whose.

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict"
 import { Effect, Redacted } from "effect"
 import type { Connection, ConnectionSummary } from "../../Connection.ts"
+import { Connections, write } from "../../Connections.ts"
 import { Events, type LatchkeyEvent } from "../../Events.ts"
 import { createLatchkey, type LatchkeyClient } from "../../Latchkey.ts"
 import * as OAuth from "../../OAuth.ts"
@@ -177,14 +178,8 @@ export const decoded = (h: Harness, id: string): Promise<Connection> =>
 export const patchTokens = (h: Harness, id: string, patch: (tokens: TokenSet) => Partial<TokenSet>) =>
   h.lk.run(
     Effect.gen(function* () {
-      const manager = yield* TokenManager
-      const c = yield* manager.get(id)
-      yield* manager.write({
-        ...c,
-        tokens: { ...c.tokens, ...patch(c.tokens) },
-        version: c.version + 1,
-        updatedAt: Date.now()
-      })
+      const connections = yield* Connections
+      yield* connections.modify(id, (c) => write({ ...c, tokens: { ...c.tokens, ...patch(c.tokens) } }))
     })
   )
 

@@ -1,0 +1,256 @@
+/**
+ * `Connections`, the one write path: the compare-and-set re-reads and re-applies on a conflict, as
+ * far as its Schedule allows and then fails (never silently); a write whose answer was lost counts as
+ * written (not written twice); fields are derived (version, updatedAt, refreshDueAt by kind,
+ * lastError); attached events are published once, after the write, and not when it fails.
+ */
+import { Effect, Layer, Redacted, Schedule } from "effect"
+import { describe, expect, it } from "vitest"
+import { defaults, LatchkeyConfig } from "../src/Config.ts"
+import type { Connection } from "../src/Connection.ts"
+import * as ConnectionStore from "../src/ConnectionStore.ts"
+import * as Connections from "../src/Connections.ts"
+import { StoreError } from "../src/Errors.ts"
+import { Events, type LatchkeyEvent } from "../src/Events.ts"
+import { markRevoked } from "../src/Latchkey.ts"
+import * as Vault from "../src/Vault.ts"
+
+const HOUR = 3_600_000
+
+const sample = (id: string, kind: Connection["kind"], now: number): Connections.NewConnection => ({
+  id,
+  ownerId: "owner",
+  providerId: "example",
+  accountId: `acct-${id}`,
+  label: id,
+  kind,
+  status: "active",
+  lastRefreshAt: undefined,
+  lastError: undefined,
+  profile: undefined,
+  ...(kind === "minted" ? { parentId: "parent" } : {}),
+  tokens: {
+    accessToken: Redacted.make(`access-${id}`),
+    refreshToken: kind === "oauth" ? Redacted.make(`refresh-${id}`) : undefined,
+    tokenType: "Bearer",
+    obtainedAt: now,
+    expiresAt: now + HOUR,
+    refreshExpiresAt: undefined,
+    scopes: [],
+    extras: {}
+  }
+})
+
+/**
+ * A store that lets a test act between a read and the next compare-and-set: `beforeUpdate` runs
+ * before each update (e.g. another writer's update), and `afterUpdate` may fail an update that was
+ * applied (an answer lost on the way back).
+ */
+const harness = (
+  hooks: {
+    beforeUpdate?: (
+      inner: ConnectionStore.ConnectionStoreShape,
+      attempt: number
+    ) => Effect.Effect<void, StoreError>
+    afterUpdate?: (attempt: number) => StoreError | undefined
+  } = {}
+) => {
+  const inner = ConnectionStore.makeMemory()
+  let updates = 0
+  const store: ConnectionStore.ConnectionStoreShape = {
+    ...inner,
+    update: (record, expected) =>
+      Effect.gen(function* () {
+        const attempt = updates++
+        if (hooks.beforeUpdate) yield* hooks.beforeUpdate(inner, attempt)
+        yield* inner.update(record, expected)
+        const lost = hooks.afterUpdate?.(attempt)
+        if (lost) return yield* lost
+      })
+  }
+  const events: Array<LatchkeyEvent> = []
+  const layer = Connections.Connections.layer.pipe(
+    Layer.provideMerge(
+      Layer.mergeAll(
+        Layer.succeed(ConnectionStore.ConnectionStore, store),
+        Layer.succeed(Vault.Vault, Vault.make({ keys: [{ id: "k1", key: Vault.generateKey() }] })),
+        Events.layer,
+        Layer.succeed(LatchkeyConfig, defaults())
+      )
+    )
+  )
+  const run = <A, E>(
+    effect: Effect.Effect<A, E, Connections.Connections | Events | ConnectionStore.ConnectionStore>
+  ) =>
+    Effect.runPromise(
+      Effect.gen(function* () {
+        const bus = yield* Events
+        bus.subscribe((e) => events.push(e))
+        return yield* effect
+      }).pipe(Effect.provide(layer))
+    )
+  return { inner, store, events, run, updates: () => updates }
+}
+
+const bumpElsewhere = (inner: ConnectionStore.ConnectionStoreShape, id: string) =>
+  Effect.gen(function* () {
+    const r = (yield* inner.get(id))!
+    yield* inner.update({ ...r, label: `${r.label}+`, version: r.version + 1 }, r.version)
+  }).pipe(Effect.orDie)
+
+const conflict = new StoreError({ reason: "conflict", message: "test: lost a race" })
+
+describe("Connections", () => {
+  it("insert derives version 1, createdAt/updatedAt and refreshDueAt by kind; modify bumps version and updatedAt", async () => {
+    const h = harness()
+    const now = Date.now()
+    await h.run(
+      Effect.gen(function* () {
+        const c = yield* Connections.Connections
+        for (const kind of ["oauth", "client_credentials", "minted", "api_key"] as const) {
+          yield* c.insert(sample(kind, kind, now))
+        }
+        const dueOf = (id: string) => Effect.map(h.inner.get(id), (r) => r!.refreshDueAt)
+        expect(yield* dueOf("oauth")).not.toBeNull()
+        expect(yield* dueOf("client_credentials")).not.toBeNull()
+        expect(yield* dueOf("minted")).not.toBeNull()
+        expect(yield* dueOf("api_key")).toBeNull()
+        expect((yield* h.inner.get("minted"))!.parentId).toBe("parent")
+        const first = yield* c.get("oauth")
+        expect(first.version).toBe(1)
+        const m = yield* c.modify("oauth", (cur) =>
+          Connections.write({ ...cur, status: "needs_reauth", lastError: { code: "x", at: 1 } })
+        )
+        expect(m).toMatchObject({ written: true, connection: { version: 2, status: "needs_reauth" } })
+        expect((yield* h.inner.get("oauth"))!.refreshDueAt).toBeNull()
+        // Active again: lastError is cleared by itself.
+        const back = yield* c.modify("oauth", (cur) => Connections.write({ ...cur, status: "active" }))
+        expect(back.connection.lastError).toBeUndefined()
+        expect(back.connection.version).toBe(3)
+        // Keep: nothing written.
+        const kept = yield* c.modify("oauth", () => Connections.keep)
+        expect(kept).toMatchObject({ written: false, connection: { version: 3 } })
+      })
+    )
+    expect(h.updates()).toBe(2)
+  })
+
+  it("a conflict re-reads and re-applies f to the fresh copy; events are published once, after the write", async () => {
+    const h = harness({
+      beforeUpdate: (inner, attempt) => (attempt < 3 ? bumpElsewhere(inner, "c1") : Effect.void)
+    })
+    const seen: Array<number> = []
+    const result = await h.run(
+      Effect.gen(function* () {
+        const c = yield* Connections.Connections
+        yield* c.insert(sample("c1", "oauth", Date.now()))
+        return yield* c.modify("c1", (cur, now) => {
+          seen.push(cur.version)
+          return Connections.write({ ...cur, status: "revoked" }, [
+            {
+              type: "revoked",
+              at: now,
+              connectionId: cur.id,
+              ownerId: cur.ownerId,
+              providerId: cur.providerId
+            }
+          ])
+        })
+      })
+    )
+    // Each attempt saw the copy another writer had just replaced.
+    expect(seen).toEqual([1, 2, 3, 4])
+    expect(result.connection).toMatchObject({ version: 5, status: "revoked", label: "c1+++" })
+    expect(h.events.filter((e) => e.type === "revoked")).toHaveLength(1)
+  })
+
+  it("retries are bounded by the Schedule: endless conflicts fail with StoreError(conflict) and publish nothing", async () => {
+    const h = harness({ beforeUpdate: (inner) => bumpElsewhere(inner, "c1") })
+    const error = await h
+      .run(
+        Effect.gen(function* () {
+          const c = yield* Connections.Connections
+          yield* c.insert(sample("c1", "oauth", Date.now()))
+          return yield* c.modify(
+            "c1",
+            (cur, now) =>
+              Connections.write({ ...cur, status: "revoked" }, [
+                {
+                  type: "revoked",
+                  at: now,
+                  connectionId: cur.id,
+                  ownerId: cur.ownerId,
+                  providerId: cur.providerId
+                }
+              ]),
+            { retry: Schedule.recurs(4) }
+          )
+        })
+      )
+      .catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(StoreError)
+    expect((error as StoreError).reason).toBe("conflict")
+    expect(h.updates()).toBe(5)
+    expect(h.events.filter((e) => e.type === "revoked")).toHaveLength(0)
+  })
+
+  it("markRevoked does not give up silently: under endless conflicts it fails with the StoreError", async () => {
+    const h = harness({ beforeUpdate: (inner) => bumpElsewhere(inner, "c1") })
+    const error = await h
+      .run(
+        Effect.gen(function* () {
+          const c = yield* Connections.Connections
+          yield* c.insert(sample("c1", "oauth", Date.now()))
+          yield* markRevoked("c1")
+        })
+      )
+      .catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(StoreError)
+    // The default schedule: the first attempt and 8 retries.
+    expect(h.updates()).toBe(9)
+    expect(h.events.filter((e) => e.type === "revoked")).toHaveLength(0)
+  })
+
+  it("a write whose answer was lost is recognised on the next attempt: written once, f not applied twice", async () => {
+    const h = harness({
+      afterUpdate: (attempt) =>
+        attempt === 0
+          ? new StoreError({ reason: "unavailable", message: "test: the answer was lost" })
+          : undefined
+    })
+    let applied = 0
+    const result = await h.run(
+      Effect.gen(function* () {
+        const c = yield* Connections.Connections
+        yield* c.insert(sample("c1", "oauth", Date.now()))
+        return yield* c.modify("c1", (cur) => {
+          applied++
+          return Connections.write({ ...cur, label: "renamed" })
+        })
+      })
+    )
+    expect(applied).toBe(1)
+    expect(h.updates()).toBe(1)
+    expect(result).toMatchObject({ written: true, connection: { version: 2, label: "renamed" } })
+  })
+
+  it("a failure of f is not retried", async () => {
+    const h = harness()
+    let calls = 0
+    const error = await h
+      .run(
+        Effect.gen(function* () {
+          const c = yield* Connections.Connections
+          yield* c.insert(sample("c1", "oauth", Date.now()))
+          return yield* c.modify("c1", () => {
+            calls++
+            return Effect.fail(conflict)
+          })
+        })
+      )
+      .catch((e: unknown) => e)
+    expect(error).toBe(conflict)
+    expect(calls).toBe(1)
+    expect(h.updates()).toBe(0)
+  })
+})
