@@ -19,6 +19,7 @@ export {
 export * as Events from "./Events.ts"
 export * as Latchkey from "./Latchkey.ts"
 export { createLatchkey, type LatchkeyClient, type LatchkeyOptions } from "./Latchkey.ts"
+export * as LifecycleEvents from "./LifecycleEvents.ts"
 export * as OAuth from "./OAuth.ts"
 export * as Provider from "./Provider.ts"
 export * as Providers from "./Providers.ts"
