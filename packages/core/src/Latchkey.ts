@@ -18,7 +18,15 @@ import { defaults, LatchkeyConfig, type LatchkeyConfigShape } from "./Config.ts"
 import type { ConnectionSummary } from "./Connection.ts"
 import * as ConnectionModule from "./Connection.ts"
 import { ConnectionStore, type ConnectionStoreShape } from "./ConnectionStore.ts"
+import {
+  EventLog,
+  type EventLogOptions,
+  type SubscribeOptions,
+  type Subscription,
+  subscribeWith
+} from "./EventLog.ts"
 import { Events, type LatchkeyEvent } from "./Events.ts"
+import type { EventPage } from "./LifecycleEvents.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Provider } from "./Provider.ts"
 import * as ProvidersModule from "./Providers.ts"
@@ -37,6 +45,8 @@ export interface LatchkeyOptions {
   /** Engine settings (see `LatchkeyConfig` for defaults). */
   readonly config?: Partial<LatchkeyConfigShape> | undefined
   readonly refresher?: (RefresherOptions & { readonly autoStart?: boolean | undefined }) | undefined
+  /** The durable lifecycle event log: retention (default: kept until you prune). */
+  readonly events?: EventLogOptions | undefined
   /**
    * This instance's wall clock (epoch ms); default the host's. Latchkey never trusts it across
    * processes (leases are judged by the store's clock): it exists to test exactly that.
@@ -68,6 +78,7 @@ export type LatchkeyServices =
   | AuthorizationFlow
   | ApiClient
   | Refresher
+  | EventLog
 
 const storeLayer = (store: LatchkeyOptions["store"]): Layer.Layer<ConnectionStore, unknown> =>
   store === undefined
@@ -101,7 +112,8 @@ const build = (
   const services = Layer.mergeAll(
     AuthorizationFlow.layer,
     ApiClient.layer,
-    Refresher.layer(options.refresher)
+    Refresher.layer(options.refresher),
+    EventLog.layer(options.events)
   ).pipe(Layer.provideMerge(tokens))
   if (options.refresher?.autoStart !== true) return services
   return Layer.effectDiscard(Refresher.use((r) => r.start)).pipe(Layer.provideMerge(services))
@@ -124,8 +136,16 @@ export interface LatchkeyClient {
   refresh(connectionId: string): Promise<ConnectionSummary>
   /** Revoke at the provider where it can (best effort), then remove the connection. */
   unlink(connectionId: string): Promise<{ readonly revokedAtProvider: boolean }>
-  /** Listen to events; returns a function that stops listening. */
+  /** Listen to this process's events; returns a function that stops listening. */
   on(listener: (event: LatchkeyEvent) => void): () => void
+  /**
+   * The durable lifecycle event log in the store, the same for every instance: `subscribe` calls
+   * `onEvent` at least once per event, in order, from the cursor `after`; `read` reads one page.
+   */
+  readonly events: {
+    subscribe(options: SubscribeOptions): Subscription
+    read(after: number, limit: number): Promise<EventPage>
+  }
   readonly refresher: {
     start(): Promise<void>
     stop(): Promise<void>
@@ -223,6 +243,7 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
     return e
   })
   eventsReady.catch(() => {})
+  const subscriptions = new Set<Subscription>()
 
   return {
     providers: options.providers,
@@ -253,6 +274,19 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
         stop?.()
       }
     },
+    events: {
+      subscribe: (subscribeOptions) => {
+        const subscription = subscribeWith((effect) => runtime.runFork(effect), subscribeOptions)
+        const stop = () => {
+          subscriptions.delete(subscription)
+          return subscription.stop()
+        }
+        const handle = { cursor: subscription.cursor, stop }
+        subscriptions.add(handle)
+        return handle
+      },
+      read: (after, limit) => run(EventLog.use((log) => log.read(after, limit)))
+    },
     refresher: {
       start: () => run(Refresher.use((r) => r.start)),
       stop: () => run(Refresher.use((r) => r.stop)),
@@ -265,6 +299,7 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
       // flight write their tokens (and their callers get them) first.
       closing ??= run(
         Effect.gen(function* () {
+          yield* Effect.promise(() => Promise.all([...subscriptions].map((s) => s.stop())))
           yield* Refresher.use((r) => r.stop)
           yield* TokenManager.use((t) => t.drain)
         })

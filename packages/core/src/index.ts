@@ -16,6 +16,7 @@ export {
   StoreError,
   VaultError
 } from "./Errors.ts"
+export * as EventLog from "./EventLog.ts"
 export * as Events from "./Events.ts"
 export * as Latchkey from "./Latchkey.ts"
 export { createLatchkey, type LatchkeyClient, type LatchkeyOptions } from "./Latchkey.ts"

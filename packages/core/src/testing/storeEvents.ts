@@ -3,12 +3,91 @@
  * atomic write as the change they go with, nothing appended by a failed write, the log read in
  * order from a cursor, retention, and the consumers' state.
  */
+import { spawn } from "node:child_process"
+import { createInterface } from "node:readline"
+import { fileURLToPath } from "node:url"
 import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 import type { ConnectionRecord } from "../Connection.ts"
 import type { ConnectionStoreShape } from "../ConnectionStore.ts"
 import * as LifecycleEvents from "../LifecycleEvents.ts"
+import type { EventWorkerSettings } from "./eventLogWorker.ts"
 import type { OpenedStore, StoreConformanceOptions } from "./storeKit.ts"
+
+/**
+ * Whether Latchkey's engine appends its lifecycle events to the store with its writes. Until it
+ * does, the cross-process check drives the log with store writes; set to true to run the same check
+ * through the Latchkey API (link with an API key, mark revoked, SIGKILL).
+ */
+export const ENGINE_APPENDS_LIFECYCLE_EVENTS = false
+
+const workerFile = fileURLToPath(
+  new URL(`./eventLogWorker${import.meta.url.endsWith(".ts") ? ".ts" : ".js"}`, import.meta.url)
+)
+
+interface EventWorker {
+  readonly lines: Array<Record<string, unknown>>
+  readonly ready: Promise<void>
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+  /** Resolves once a printed line satisfies `f`. */
+  readonly waitFor: (f: (line: Record<string, unknown>) => boolean, what: string) => Promise<void>
+  readonly kill: () => void
+}
+
+const startEventWorker = (settings: EventWorkerSettings): EventWorker => {
+  const child = spawn(process.execPath, [workerFile], {
+    env: { ...process.env, LK_EVENT_WORKER: JSON.stringify(settings) },
+    stdio: ["ignore", "pipe", "pipe"]
+  })
+  let stderr = ""
+  child.stderr.on("data", (d) => {
+    stderr += d
+  })
+  const lines: Array<Record<string, unknown>> = []
+  const waiters = new Set<() => void>()
+  let readyResolve: () => void = () => {}
+  let readyReject: (e: Error) => void = () => {}
+  const ready = new Promise<void>((resolve, reject) => {
+    readyResolve = resolve
+    readyReject = reject
+  })
+  ready.catch(() => {})
+  createInterface({ input: child.stdout }).on("line", (line) => {
+    if (line === "ready") readyResolve()
+    else if (line.startsWith("{")) {
+      lines.push(JSON.parse(line) as Record<string, unknown>)
+      for (const w of waiters) w()
+    }
+  })
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on("exit", (code, signal) => {
+      readyReject(
+        new Error(`event worker (${settings.role}) exited (${code ?? signal}): ${stderr.slice(-800)}`)
+      )
+      for (const w of waiters) w()
+      resolve({ code, signal })
+    })
+  )
+  const waitFor = (f: (line: Record<string, unknown>) => boolean, what: string) =>
+    new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        waiters.delete(check)
+        reject(
+          new Error(`event worker (${settings.role}): no ${what} within 20 s; stderr: ${stderr.slice(-800)}`)
+        )
+      }, 20_000)
+      const check = () => {
+        if (lines.some(f)) {
+          clearTimeout(timer)
+          waiters.delete(check)
+          resolve()
+        }
+      }
+      waiters.add(check)
+      check()
+    })
+  return { lines, ready, exited, waitFor, kill: () => child.kill("SIGKILL") }
+}
 
 const run = <A, E>(effect: Effect.Effect<A, E>) => Effect.runPromise(effect)
 
@@ -220,6 +299,64 @@ export const storeEvents = (
         expect(await run(store.pruneEvents(0))).toBe(0)
       })
     })
+
+    const cross = options.crossProcess
+    if (cross !== undefined) {
+      const crash = async (role: "store-writer" | "engine-writer") => {
+        await withEventStore(options, async (store, opened) => {
+          const base = { opener: cross.opener, storeSettings: opened.settings }
+          const target = record("crash")
+          await run(store.insert(target))
+          const subscriber = startEventWorker({ role: "subscriber", ...base })
+          try {
+            await subscriber.ready
+            const writer = startEventWorker({ role, ...base, connectionId: target.id })
+            // The writer kills itself (SIGKILL) right after its write: nothing of it runs later.
+            const ended = await writer.exited
+            expect(ended.signal).toBe("SIGKILL")
+            const wrote = writer.lines.find((l) => "wrote" in l)?.wrote
+            expect(typeof wrote).toBe("string")
+            const events = () =>
+              subscriber.lines.map((l) => l.event as LifecycleEvents.StoredLifecycleEvent | undefined)
+            if (role === "store-writer") {
+              await subscriber.waitFor((l) => (l.event as { id?: unknown })?.id === wrote, "event")
+              expect(events().find((e) => e?.id === wrote)).toMatchObject({
+                type: "needs_reauth",
+                connectionId: target.id,
+                data: { reason: "invalid_grant" }
+              })
+            } else {
+              await subscriber.waitFor(
+                (l) => (l.event as { type?: unknown })?.type === "revoked",
+                "revoked event"
+              )
+              const types = events()
+                .filter((e) => e?.connectionId === wrote)
+                .map((e) => e!.type)
+              expect(types).toEqual(["linked", "revoked"])
+            }
+            // What the other process saw is the log itself.
+            const log = await readAllEvents(store)
+            expect(log.map((e) => e.id)).toEqual(events().map((e) => e!.id))
+          } finally {
+            subscriber.kill()
+            await subscriber.exited
+          }
+        })
+      }
+
+      it("a process SIGKILLed right after a state change: another process still receives its event", async () => {
+        await crash("store-writer")
+      }, 60_000)
+
+      it.skipIf(!ENGINE_APPENDS_LIFECYCLE_EVENTS)(
+        "through the Latchkey API: a process linked, revoked and was SIGKILLed; another receives linked and revoked",
+        async () => {
+          await crash("engine-writer")
+        },
+        60_000
+      )
+    }
 
     it("keeps each consumer's state", async () => {
       await withEventStore(options, async (store) => {
