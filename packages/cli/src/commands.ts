@@ -11,7 +11,8 @@ import {
   OAuth,
   Provider,
   TokenManager,
-  Vault
+  Vault,
+  Webhooks
 } from "@latchkey/core"
 import { Cause, Data, Effect, Layer, Option } from "effect"
 import { Argument, Command, Flag } from "effect/cli"
@@ -714,6 +715,67 @@ const doctor = Command.make("doctor", {}, () =>
   )
 )
 
+// ---- webhooks ------------------------------------------------------------------------------------
+
+const webhooks = Command.make(
+  "webhooks",
+  {
+    name: Flag.String("name").pipe(
+      Flag.withDescription("The webhook worker's name (default: default)"),
+      Flag.withDefault("default")
+    ),
+    redeliver: Flag.Boolean("redeliver").pipe(
+      Flag.withDescription("Put the dead letters back in line: the worker delivers them again"),
+      Flag.withDefault(false)
+    )
+  },
+  (flags) =>
+    withConfig(({ json, options }) =>
+      Effect.gen(function* () {
+        const { state, requeued, pending } = yield* withLatchkey(
+          options,
+          Effect.gen(function* () {
+            const store = yield* ConnectionStore.ConnectionStore
+            const requeued = flags.redeliver ? yield* Webhooks.redeliverDeadLetters(store, flags.name) : 0
+            return {
+              state: yield* Webhooks.readState(store, flags.name),
+              requeued,
+              pending: yield* Webhooks.pendingRedelivery(store, flags.name)
+            }
+          })
+        )
+        const report = {
+          name: flags.name,
+          cursor: state.cursor,
+          delivered: state.delivered,
+          lastDeliveredAt: state.lastDeliveredAt,
+          failing: state.failing,
+          deadLetters: state.deadLetters.map(({ payload: _, ...d }) => d),
+          redeliveryPending: pending,
+          requeued
+        }
+        if (json) return yield* printJson(report)
+        const now = Date.now()
+        const lines = [
+          `webhooks "${flags.name}": ${state.delivered} delivered, cursor at event ${state.cursor}${state.lastDeliveredAt !== null ? `, last ${relative(state.lastDeliveredAt, now)}` : ""}`,
+          state.failing === null
+            ? "failing        none"
+            : `failing        event ${state.failing.seq} (${state.failing.eventId}): ${state.failing.attempts} attempt(s), ${state.failing.lastError}`,
+          state.deadLetters.length === 0
+            ? "dead letters   none"
+            : `dead letters   ${state.deadLetters.length}:`
+        ]
+        for (const d of state.deadLetters) {
+          lines.push(`  ${d.seq}  ${d.type}  ${d.connectionId}`)
+          lines.push(`    ${d.attempts} attempt(s), ${d.lastError}, ${relative(d.at, now)}`)
+        }
+        if (requeued > 0) lines.push(`requeued ${requeued} dead letter(s): the worker delivers them again`)
+        else if (pending) lines.push("a redelivery is pending: the worker applies it when it runs")
+        yield* out(lines.map((l) => clip(l)))
+      })
+    )
+).pipe(Command.withDescription("The webhook worker: delivered, failing, dead letters (--redeliver)"))
+
 export const cli = root.pipe(
-  Command.withSubcommands([connections, health, refresh, unlink, vault, store, doctor])
+  Command.withSubcommands([connections, health, refresh, unlink, vault, store, doctor, webhooks])
 )

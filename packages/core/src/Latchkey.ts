@@ -35,6 +35,7 @@ import { Refresher, type RefresherOptions, type SweepReport } from "./Refresher.
 import { TokenManager } from "./TokenManager.ts"
 import * as VaultModule from "./Vault.ts"
 import { Vault, type VaultOptions } from "./Vault.ts"
+import * as WebhooksModule from "./Webhooks.ts"
 
 export interface LatchkeyOptions {
   readonly providers: ReadonlyArray<Provider>
@@ -47,6 +48,11 @@ export interface LatchkeyOptions {
   readonly refresher?: (RefresherOptions & { readonly autoStart?: boolean | undefined }) | undefined
   /** The durable lifecycle event log: retention (default: kept until you prune). */
   readonly events?: EventLogOptions | undefined
+  /**
+   * Post the lifecycle events to your app (signed, retried, one worker across the fleet): the worker
+   * starts with the instance and stops with `close()`. Off by default.
+   */
+  readonly webhooks?: WebhooksModule.WebhookOptions | undefined
   /**
    * This instance's wall clock (epoch ms); default the host's. Latchkey never trusts it across
    * processes (leases are judged by the store's clock): it exists to test exactly that.
@@ -115,8 +121,16 @@ const build = (
     Refresher.layer(options.refresher),
     EventLog.layer(options.events)
   ).pipe(Layer.provideMerge(tokens))
-  if (options.refresher?.autoStart !== true) return services
-  return Layer.effectDiscard(Refresher.use((r) => r.start)).pipe(Layer.provideMerge(services))
+  const hooks = options.webhooks
+  const withHooks =
+    hooks === undefined
+      ? services
+      : Layer.effectDiscard(Effect.asVoid(WebhooksModule.Webhooks.use(() => Effect.void))).pipe(
+          Layer.provide(WebhooksModule.Webhooks.layer(hooks)),
+          Layer.provideMerge(services)
+        )
+  if (options.refresher?.autoStart !== true) return withHooks
+  return Layer.effectDiscard(Refresher.use((r) => r.start)).pipe(Layer.provideMerge(withHooks))
 }
 
 /** The Promise API. Every method rejects with the same typed errors as the Effect API. */
