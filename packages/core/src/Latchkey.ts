@@ -26,12 +26,14 @@ import {
   subscribeWith
 } from "./EventLog.ts"
 import { Events, type LatchkeyEvent } from "./Events.ts"
+import { refreshSpan } from "./internal/telemetry.ts"
 import type { EventPage } from "./LifecycleEvents.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Provider } from "./Provider.ts"
 import * as ProvidersModule from "./Providers.ts"
 import { Providers } from "./Providers.ts"
 import { Refresher, type RefresherOptions, type SweepReport } from "./Refresher.ts"
+import * as TelemetryModule from "./Telemetry.ts"
 import { TokenManager } from "./TokenManager.ts"
 import * as VaultModule from "./Vault.ts"
 import { Vault, type VaultOptions } from "./Vault.ts"
@@ -53,6 +55,11 @@ export interface LatchkeyOptions {
    * starts with the instance and stops with `close()`. Off by default.
    */
   readonly webhooks?: WebhooksModule.WebhookOptions | undefined
+  /**
+   * OpenTelemetry traces and metrics (effect's OTLP exporter, Prometheus text): off by default, e.g.
+   * `{ otlp: { url: "http://127.0.0.1:4318" }, prometheus: true }`. See docs/observability.md.
+   */
+  readonly telemetry?: TelemetryModule.TelemetryOptions | undefined
   /**
    * This instance's wall clock (epoch ms); default the host's. Latchkey never trusts it across
    * processes (leases are judged by the store's clock): it exists to test exactly that.
@@ -114,7 +121,11 @@ const build = (
     Events.layer,
     Layer.succeed(LatchkeyConfig, { ...defaults(), ...options.config })
   )
-  const tokens = TokenManager.layer.pipe(Layer.provideMerge(base))
+  const observed =
+    options.telemetry === undefined
+      ? base
+      : TelemetryModule.layer(options.telemetry).pipe(Layer.provideMerge(base))
+  const tokens = TokenManager.layer.pipe(Layer.provideMerge(observed))
   const services = Layer.mergeAll(
     AuthorizationFlow.layer,
     ApiClient.layer,
@@ -156,6 +167,8 @@ export interface LatchkeyClient {
    * The durable lifecycle event log in the store, the same for every instance: `subscribe` calls
    * `onEvent` at least once per event, in order, from the cursor `after`; `read` reads one page.
    */
+  /** The metrics of this process in the Prometheus text format (with `telemetry.prometheus`). */
+  metrics(): Promise<string>
   readonly events: {
     subscribe(options: SubscribeOptions): Subscription
     read(after: number, limit: number): Promise<EventPage>
@@ -274,7 +287,17 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
           Effect.map(s.listByOwner(ownerId), (rows) => rows.map(ConnectionModule.summaryOfRecord))
         )
       ),
-    refresh: (id) => run(TokenManager.use((t) => Effect.map(t.refreshNow(id), ConnectionModule.summary))),
+    refresh: (id) =>
+      run(
+        refreshSpan(
+          "api",
+          id,
+          undefined,
+          TokenManager.use((t) => Effect.map(t.refreshNow(id), ConnectionModule.summary)),
+          (c) => c.providerId
+        )
+      ),
+    metrics: () => run(TelemetryModule.prometheusText),
     unlink: (id) => run(unlink(id)),
     on: (listener) => {
       if (events) return events.subscribe(listener)
