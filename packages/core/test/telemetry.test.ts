@@ -6,46 +6,11 @@
  * the Prometheus endpoint is scraped, and nothing exported holds a token, a code, the client secret
  * or the account's e-mail.
  */
-import { createServer, type Server } from "node:http"
-import type { AddressInfo } from "node:net"
 import type { OidcServer } from "@latchkey/testkit-oidc"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { ConnectionStore, createLatchkey } from "../src/index.ts"
+import { type OtlpReceiver, startOtlpReceiver } from "../src/testing/index.ts"
 import { exampleProvider, expire, link, plain, startServer, stored } from "./support.ts"
-
-interface OtlpReceiver {
-  readonly url: string
-  readonly bodies: Map<string, Array<string>>
-  readonly close: () => Promise<void>
-}
-
-const startOtlpReceiver = async (): Promise<OtlpReceiver> => {
-  const bodies = new Map<string, Array<string>>()
-  const server: Server = createServer((req, res) => {
-    let body = ""
-    req.setEncoding("utf8")
-    req.on("data", (c) => {
-      body += c
-    })
-    req.on("end", () => {
-      const list = bodies.get(req.url ?? "") ?? []
-      list.push(body)
-      bodies.set(req.url ?? "", list)
-      res.setHeader("content-type", "application/json")
-      res.end("{}")
-    })
-  })
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    bodies,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections()
-        server.close(() => resolve())
-      })
-  }
-}
 
 type Attr = { key: string; value: Record<string, unknown> }
 const attrs = (list: ReadonlyArray<Attr> | undefined) =>
