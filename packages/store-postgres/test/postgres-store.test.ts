@@ -258,7 +258,7 @@ describe("PostgreSQL specifics", () => {
       "SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = $1",
       [s]
     )
-    expect(tables.rows[0].n).toBe(4)
+    expect(tables.rows[0].n).toBe(6)
     const sessions = () =>
       admin
         .query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [application])
