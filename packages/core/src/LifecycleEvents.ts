@@ -10,6 +10,7 @@
  */
 import { randomUUID } from "node:crypto"
 import type { ConnectionKind, ConnectionStatus } from "./Connection.ts"
+import type { LatchkeyEvent } from "./Events.ts"
 
 /** The payload of each event type (the `data` field). */
 export interface LifecycleEventData {
@@ -119,3 +120,46 @@ export const encode = (event: LifecycleEvent): string =>
 /** An event read back: its stored JSON and the sequence number the store gave it. */
 export const decode = (seq: number, text: string): StoredLifecycleEvent =>
   ({ ...(JSON.parse(text) as LifecycleEvent), seq }) as StoredLifecycleEvent
+
+/**
+ * The durable event for an in-process event, for writers that publish both: give it to the store
+ * write that makes the change. `linked` with `relinked` becomes `reconnected` (with the status the
+ * connection had before, when the writer knows it). Messages are not kept: only reasons and codes.
+ */
+export const fromEvent = (
+  event: LatchkeyEvent,
+  options: { readonly previousStatus?: ConnectionStatus | undefined; readonly code?: string | null } = {}
+): LifecycleEvent => {
+  const connection = { id: event.connectionId, ownerId: event.ownerId, providerId: event.providerId }
+  switch (event.type) {
+    case "linked":
+      return event.relinked
+        ? make("reconnected", connection, { previousStatus: options.previousStatus ?? "active" }, event.at)
+        : make(
+            "linked",
+            connection,
+            { kind: event.connection.kind, scopes: [...event.connection.scopes] },
+            event.at
+          )
+    case "refreshed":
+      return make(
+        "refreshed",
+        connection,
+        { expiresAt: event.expiresAt ?? null, recovered: event.recovered === true },
+        event.at
+      )
+    case "refresh_failed":
+      return make(
+        "refresh_failed",
+        connection,
+        { reason: event.reason, code: options.code ?? null, retryable: event.retryable },
+        event.at
+      )
+    case "needs_reauth":
+      return make("needs_reauth", connection, { reason: event.reason, code: options.code ?? null }, event.at)
+    case "revoked":
+      return make("revoked", connection, { source: "app" }, event.at)
+    case "unlinked":
+      return make("unlinked", connection, { revokedAtProvider: event.revokedAtProvider }, event.at)
+  }
+}

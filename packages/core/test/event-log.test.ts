@@ -153,6 +153,58 @@ describe("latchkey.events (the durable log)", () => {
     expect(result.second).toEqual([100_000])
   })
 
+  it("fromEvent: the durable event of each in-process event, without messages", () => {
+    const base = { at: 5, connectionId: "c", ownerId: "o", providerId: "p" }
+    const summary = {
+      kind: "oauth",
+      scopes: ["read"]
+    } as unknown as import("../src/Connection.ts").ConnectionSummary
+    const cases = [
+      [
+        { ...base, type: "linked", connection: summary, relinked: false },
+        "linked",
+        { kind: "oauth", scopes: ["read"] }
+      ],
+      [
+        { ...base, type: "linked", connection: summary, relinked: true },
+        "reconnected",
+        { previousStatus: "needs_reauth" }
+      ],
+      [
+        { ...base, type: "refreshed", expiresAt: 9, refreshExpiresAt: undefined, recovered: true },
+        "refreshed",
+        { expiresAt: 9, recovered: true }
+      ],
+      [
+        {
+          ...base,
+          type: "refresh_failed",
+          reason: "server_error",
+          message: "Example said: token abc",
+          retryable: true
+        },
+        "refresh_failed",
+        { reason: "server_error", code: "temporarily_unavailable", retryable: true }
+      ],
+      [
+        { ...base, type: "needs_reauth", reason: "invalid_grant", message: "Example refused the token abc" },
+        "needs_reauth",
+        { reason: "invalid_grant", code: "temporarily_unavailable" }
+      ],
+      [{ ...base, type: "revoked" }, "revoked", { source: "app" }],
+      [{ ...base, type: "unlinked", revokedAtProvider: true }, "unlinked", { revokedAtProvider: true }]
+    ] as const
+    for (const [event, type, data] of cases) {
+      const durable = LifecycleEvents.fromEvent(event as never, {
+        previousStatus: "needs_reauth",
+        code: "temporarily_unavailable"
+      })
+      expect(durable).toMatchObject({ ...base, type, data })
+      expect(durable.id).toMatch(/^[0-9a-f-]{36}$/)
+      expect(JSON.stringify(durable)).not.toContain("abc")
+    }
+  })
+
   it("a store without an event log: a StoreError that says so", async () => {
     const { readEvents: _r, appendEvents: _a, pruneEvents: _p, ...bare } = ConnectionStore.makeMemory()
     const error = await run(Effect.flip(EventLog.make(bare).read(0, 10)))

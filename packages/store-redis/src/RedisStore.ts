@@ -176,13 +176,14 @@ return 'ok'`
 
 /**
  * ARGV: prefix, before. Deletes the oldest events up to the first whose `at` is not earlier than
- * `before` (one XTRIM MINID); returns how many.
+ * `before` (one XTRIM MINID), looking at 10,000 events at most per call (the script blocks the
+ * server while it runs; the next call goes on); returns how many.
  */
 const PRUNE_EVENTS = script(
   "pruneEvents",
   `
 local key, before = ARGV[1] .. 'ev', tonumber(ARGV[2])
-local start = '-'
+local start, seen = '-', 0
 while true do
   local batch = redis.call('XRANGE', key, start, '+', 'COUNT', 200)
   if #batch == 0 then return redis.call('XTRIM', key, 'MINID', '0-' .. (redis.call('GET', ARGV[1] .. 'evseq') or '0') + 1) end
@@ -191,7 +192,8 @@ while true do
     for i = 1, #fields, 2 do
       if fields[i] == 'a' then at = tonumber(fields[i + 1]) end
     end
-    if at == nil or at >= before then return redis.call('XTRIM', key, 'MINID', entry[1]) end
+    if at == nil or at >= before or seen >= 10000 then return redis.call('XTRIM', key, 'MINID', entry[1]) end
+    seen = seen + 1
   end
   local last = batch[#batch][1]
   start = '0-' .. (tonumber(string.sub(last, 3)) + 1)
