@@ -329,9 +329,18 @@ export const cliSuite = (kind: StoreKind) =>
       })
       expect(text.stdout).toMatch(/^dead letters {3}2:$/m)
       for (const line of text.stdout.trimEnd().split("\n")) expect(line.length).toBeLessThanOrEqual(80)
-      const redelivered = await cli(["webhooks", "--name", "app", "--redeliver"])
+      // With the app's options configuring the worker (name "app"), the commands read its state.
+      const hooked = { LK_WEBHOOK_URL: "http://127.0.0.1:9/hooks" }
+      const redelivered = await cli(["webhooks", "--redeliver"], hooked)
       expect(redelivered.stdout).toMatch(/^requeued 2 dead letter\(s\)/m)
-      expect((await cliJson(["webhooks", "--name", "app"])).json.redeliveryPending).toBe(true)
+      const [pending, health, healthText] = await Promise.all([
+        cliJson(["webhooks"], hooked),
+        cliJson(["health"], hooked),
+        cli(["health"], hooked)
+      ])
+      expect(pending.json).toMatchObject({ name: "app", redeliveryPending: true })
+      expect(health.json.webhooks).toEqual({ name: "app", delivered: 0, failing: false, deadLetters: 2 })
+      expect(healthText.stdout).toMatch(/^webhooks {7}0 delivered, none failing, 2 dead letter\(s\)$/m)
       // Nothing but ids, types, counts and the HTTP status: no token of the seeded accounts.
       for (const token of tokens) expect(`${listed.stdout}${text.stdout}`).not.toContain(token)
     })
