@@ -10,7 +10,8 @@
  *   {provider, outcome, reason}, `latchkey_refresh_duration_ms` {provider, source, outcome},
  *   `latchkey_refresh_commit_ms` {provider}, `latchkey_refresh_in_doubt_total` {provider, outcome},
  *   `latchkey_lifecycle_events_total` {type}, `latchkey_connections` {status},
- *   `latchkey_api_requests_total` {provider, status}, `latchkey_api_request_duration_ms` {provider}.
+ *   `latchkey_api_requests_total` {provider, status}, `latchkey_api_request_duration_ms` {provider},
+ *   `latchkey_webhook_deliveries_total` {outcome, status}.
  *
  * No attribute carries a token, a code, a secret or an account's e-mail: ids, statuses, reasons,
  * counts and durations only (the secrets-hygiene suite checks what is exported).

@@ -16,9 +16,22 @@
  * `webhook:<name>`, written after every event.
  */
 import { createHmac, timingSafeEqual } from "node:crypto"
-import { Clock, Context, Data, Deferred, Duration, Effect, Fiber, Layer, Redacted, Schedule } from "effect"
+import {
+  Clock,
+  Context,
+  Data,
+  Deferred,
+  Duration,
+  Effect,
+  Fiber,
+  Layer,
+  Metric,
+  Redacted,
+  Schedule
+} from "effect"
 import { ConnectionStore, type ConnectionStoreShape, type Lease } from "./ConnectionStore.ts"
 import { StoreError } from "./Errors.ts"
+import { metrics } from "./internal/telemetry.ts"
 import type { LifecycleEventType, StoredLifecycleEvent } from "./LifecycleEvents.ts"
 
 export const SIGNATURE_HEADER = "Latchkey-Signature"
@@ -310,13 +323,22 @@ export const run = (options: WebhookOptions): Effect.Effect<never, StoreError, C
     const send = options.fetch ?? globalThis.fetch
     const types = options.types === undefined ? undefined : new Set(options.types)
     const report = (attempt: DeliveryAttempt) =>
-      Effect.sync(() => {
-        try {
-          options.onAttempt?.(attempt)
-        } catch {
-          // a reporter failing never stops deliveries
-        }
-      })
+      Effect.andThen(
+        Metric.update(
+          Metric.withAttributes(metrics.webhookDeliveries, {
+            outcome: attempt.outcome,
+            status: attempt.status === null ? "error" : String(attempt.status)
+          }),
+          1
+        ),
+        Effect.sync(() => {
+          try {
+            options.onAttempt?.(attempt)
+          } catch {
+            // a reporter failing never stops deliveries
+          }
+        })
+      )
 
     const save = (state: WebhookState) => log.setConsumerState(key, JSON.stringify(state))
 
@@ -324,6 +346,11 @@ export const run = (options: WebhookOptions): Effect.Effect<never, StoreError, C
       Effect.gen(function* () {
         const body = JSON.stringify(payloadOf(event))
         const seconds = Math.floor((yield* Clock.currentTimeMillis) / 1000)
+        yield* Effect.annotateCurrentSpan({
+          "latchkey.event.type": event.type,
+          "latchkey.event.seq": event.seq,
+          "latchkey.webhook.attempt": attempt
+        })
         return yield* Effect.tryPromise({
           try: async () => {
             const response = await send(options.url, {
@@ -357,9 +384,10 @@ export const run = (options: WebhookOptions): Effect.Effect<never, StoreError, C
             status >= 200 && status < 300
               ? Effect.succeed(status)
               : Effect.fail(new DeliveryFailed({ status, message: `answered ${status}` }))
-          )
+          ),
+          Effect.tap((status) => Effect.annotateCurrentSpan({ "http.response.status_code": status }))
         )
-      })
+      }).pipe(Effect.withSpan("Webhooks.deliver"))
 
     /** Deliver one event with retries; the state after it (delivered or dead-lettered). */
     const deliver = (event: StoredLifecycleEvent, state: WebhookState) =>

@@ -8,7 +8,7 @@ import type { AddressInfo } from "node:net"
 import { Effect, Fiber, Redacted } from "effect"
 import { TestClock } from "effect/testing"
 import { afterEach, describe, expect, it } from "vitest"
-import { ConnectionStore, createLatchkey, LifecycleEvents, Webhooks } from "../src/index.ts"
+import { ConnectionStore, createLatchkey, LifecycleEvents, Telemetry, Webhooks } from "../src/index.ts"
 import { eventWorkerProvider } from "../src/testing/eventLogWorker.ts"
 import { sampleRecord } from "../src/testing/index.ts"
 
@@ -180,6 +180,10 @@ describe("webhooks", () => {
       attempt: 4,
       status: 500
     })
+    // The delivery metric, by outcome and status.
+    const text = await Effect.runPromise(Telemetry.prometheusText)
+    expect(text).toMatch(/^latchkey_webhook_deliveries_total\{.*outcome="dead_letter".*status="500".*\} 1$/m)
+    expect(text).toMatch(/^latchkey_webhook_deliveries_total\{.*outcome="retry".*status="error".*\} 1$/m)
     // The durable state: the cursor past the last event, the dead letter kept for operators.
     expect(state).toMatchObject({ cursor: 4, delivered: 3, failing: null })
     expect(state.deadLetters).toHaveLength(1)

@@ -41,6 +41,10 @@ export const metrics = {
     description: "API requests through the ApiClient, by provider and HTTP status (or error)",
     incremental: true
   }),
+  webhookDeliveries: Metric.counter("latchkey_webhook_deliveries_total", {
+    description: "Webhook delivery attempts, by outcome (delivered, retry, dead_letter) and event type",
+    incremental: true
+  }),
   apiDuration: Metric.histogram("latchkey_api_request_duration_ms", {
     description: "API request latency through the ApiClient (ms), by provider",
     boundaries: latencyBoundaries
