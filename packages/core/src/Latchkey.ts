@@ -163,12 +163,12 @@ export interface LatchkeyClient {
   unlink(connectionId: string): Promise<{ readonly revokedAtProvider: boolean }>
   /** Listen to this process's events; returns a function that stops listening. */
   on(listener: (event: LatchkeyEvent) => void): () => void
+  /** The metrics of this process in the Prometheus text format (with `telemetry.prometheus`). */
+  metrics(): Promise<string>
   /**
    * The durable lifecycle event log in the store, the same for every instance: `subscribe` calls
    * `onEvent` at least once per event, in order, from the cursor `after`; `read` reads one page.
    */
-  /** The metrics of this process in the Prometheus text format (with `telemetry.prometheus`). */
-  metrics(): Promise<string>
   readonly events: {
     subscribe(options: SubscribeOptions): Subscription
     read(after: number, limit: number): Promise<EventPage>
@@ -314,11 +314,13 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
     events: {
       subscribe: (subscribeOptions) => {
         const subscription = subscribeWith((effect) => runtime.runFork(effect), subscribeOptions)
-        const stop = () => {
-          subscriptions.delete(subscription)
-          return subscription.stop()
+        const handle: Subscription = {
+          cursor: subscription.cursor,
+          stop: () => {
+            subscriptions.delete(handle)
+            return subscription.stop()
+          }
         }
-        const handle = { cursor: subscription.cursor, stop }
         subscriptions.add(handle)
         return handle
       },
