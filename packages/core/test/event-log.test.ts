@@ -180,14 +180,14 @@ describe("latchkey.events (the durable log)", () => {
           ...base,
           type: "refresh_failed",
           reason: "server_error",
-          message: "Example said: token abc",
+          message: "Example said: token tok-zyx-secret",
           retryable: true
         },
         "refresh_failed",
         { reason: "server_error", code: "temporarily_unavailable", retryable: true }
       ],
       [
-        { ...base, type: "needs_reauth", reason: "invalid_grant", message: "Example refused the token abc" },
+        { ...base, type: "needs_reauth", reason: "invalid_grant", message: "Example refused the token tok-zyx-secret" },
         "needs_reauth",
         { reason: "invalid_grant", code: "temporarily_unavailable" }
       ],
@@ -201,7 +201,7 @@ describe("latchkey.events (the durable log)", () => {
       })
       expect(durable).toMatchObject({ ...base, type, data })
       expect(durable.id).toMatch(/^[0-9a-f-]{36}$/)
-      expect(JSON.stringify(durable)).not.toContain("abc")
+      expect(JSON.stringify(durable)).not.toContain("tok-zyx-secret")
     }
   })
 
