@@ -187,7 +187,12 @@ describe("latchkey.events (the durable log)", () => {
         { reason: "server_error", code: "temporarily_unavailable", retryable: true }
       ],
       [
-        { ...base, type: "needs_reauth", reason: "invalid_grant", message: "Example refused the token tok-zyx-secret" },
+        {
+          ...base,
+          type: "needs_reauth",
+          reason: "invalid_grant",
+          message: "Example refused the token tok-zyx-secret"
+        },
         "needs_reauth",
         { reason: "invalid_grant", code: "temporarily_unavailable" }
       ],
