@@ -91,7 +91,7 @@ const realPause = (ms: number) => Effect.promise(() => new Promise((r) => setTim
 /** Let real I/O happen, move the test clock, until `done` (bounded). */
 const drive = (done: () => boolean, stepMs: number) =>
   Effect.gen(function* () {
-    for (let i = 0; i < 400 && !done(); i++) {
+    for (let i = 0; i < 2_000 && !done(); i++) {
       yield* realPause(5)
       yield* TestClock.adjust(stepMs)
     }
