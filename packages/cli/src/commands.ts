@@ -11,7 +11,8 @@ import {
   OAuth,
   Provider,
   TokenManager,
-  Vault
+  Vault,
+  Webhooks
 } from "@latchkey/core"
 import { Cause, Data, Effect, Layer, Option } from "effect"
 import { Argument, Command, Flag } from "effect/cli"
@@ -78,13 +79,23 @@ const storeLayer = (options: LatchkeyOptions): Layer.Layer<ConnectionStore.Conne
       ? (options.store as Layer.Layer<ConnectionStore.ConnectionStore, unknown>)
       : Layer.succeed(ConnectionStore.ConnectionStore, options.store as ConnectionStore.ConnectionStoreShape)
 
-/** Run `program` with every Latchkey service of the app's configuration (the Refresher is not started). */
+/**
+ * Run `program` with every Latchkey service of the app's configuration (the Refresher, the webhook
+ * worker and telemetry are not started).
+ */
 const withLatchkey = <A, E>(
   options: LatchkeyOptions,
   program: Effect.Effect<A, E, Latchkey.LatchkeyServices>
 ) =>
   Effect.suspend(() => {
-    const layer = Latchkey.layer({ ...options, refresher: { ...options.refresher, autoStart: false } })
+    // The command is not an instance of the app: no background work (webhook worker, telemetry, pruning).
+    const layer = Latchkey.layer({
+      ...options,
+      refresher: { ...options.refresher, autoStart: false },
+      webhooks: undefined,
+      telemetry: undefined,
+      events: undefined
+    })
     return program.pipe(Effect.provide(layer))
   })
 
@@ -274,7 +285,21 @@ const connections = Command.make("connections").pipe(
 const health = Command.make("health", {}, () =>
   withConfig(({ json, options }) =>
     Effect.gen(function* () {
-      const records = yield* withLatchkey(options, allRecords)
+      const hooks = options.webhooks
+      const { records, webhookState } = yield* withLatchkey(
+        options,
+        Effect.gen(function* () {
+          const records = yield* allRecords
+          // The app's webhook worker, when its options configure one: its dead letters are health too.
+          const webhookState =
+            hooks === undefined
+              ? undefined
+              : yield* ConnectionStore.ConnectionStore.use((s) =>
+                  Webhooks.readState(s, hooks.name ?? "default")
+                )
+          return { records, webhookState }
+        })
+      )
       const now = Date.now()
       const byStatus = { active: 0, needs_reauth: 0, revoked: 0 } as Record<string, number>
       for (const r of records) byStatus[r.status] = (byStatus[r.status] ?? 0) + 1
@@ -306,7 +331,17 @@ const health = Command.make("health", {}, () =>
           obtainedAt: r.obtainedAt,
           ageMs: now - r.obtainedAt,
           refreshExpiresAt: r.refreshExpiresAt
-        }))
+        })),
+        ...(webhookState === undefined
+          ? {}
+          : {
+              webhooks: {
+                name: hooks?.name ?? "default",
+                delivered: webhookState.delivered,
+                failing: webhookState.failing !== null,
+                deadLetters: webhookState.deadLetters.length
+              }
+            })
       }
       if (json) return yield* printJson(report)
       const lines = [
@@ -331,10 +366,19 @@ const health = Command.make("health", {}, () =>
           )
         }
       }
+      if (webhookState !== undefined) {
+        lines.push(
+          `webhooks       ${webhookState.delivered} delivered, ${webhookState.failing === null ? "none failing" : `failing since ${relative(webhookState.failing.since, now)}`}, ${webhookState.deadLetters.length} dead letter(s)`
+        )
+      }
       yield* out(lines.map((l) => clip(l)))
     })
   )
-).pipe(Command.withDescription("Counts by status, refreshes due, needs_reauth causes, oldest refresh tokens"))
+).pipe(
+  Command.withDescription(
+    "Counts by status, refreshes due, needs_reauth causes, oldest refresh tokens, the webhook worker"
+  )
+)
 
 // ---- refresh / unlink ----------------------------------------------------------------------------
 
@@ -723,6 +767,68 @@ const doctor = Command.make("doctor", {}, () =>
   )
 )
 
+// ---- webhooks ------------------------------------------------------------------------------------
+
+const webhooks = Command.make(
+  "webhooks",
+  {
+    name: Flag.String("name").pipe(
+      Flag.withDescription("The webhook worker's name (default: the configured one, or default)"),
+      Flag.optional
+    ),
+    redeliver: Flag.Boolean("redeliver").pipe(
+      Flag.withDescription("Put the dead letters back in line: the worker delivers them again"),
+      Flag.withDefault(false)
+    )
+  },
+  (flags) =>
+    withConfig(({ json, options }) =>
+      Effect.gen(function* () {
+        const name = Option.getOrElse(flags.name, () => options.webhooks?.name ?? "default")
+        const { state, requeued, pending } = yield* withLatchkey(
+          options,
+          Effect.gen(function* () {
+            const store = yield* ConnectionStore.ConnectionStore
+            const requeued = flags.redeliver ? yield* Webhooks.redeliverDeadLetters(store, name) : 0
+            return {
+              state: yield* Webhooks.readState(store, name),
+              requeued,
+              pending: yield* Webhooks.pendingRedelivery(store, name)
+            }
+          })
+        )
+        const report = {
+          name: name,
+          cursor: state.cursor,
+          delivered: state.delivered,
+          lastDeliveredAt: state.lastDeliveredAt,
+          failing: state.failing,
+          deadLetters: state.deadLetters.map(({ payload: _, ...d }) => d),
+          redeliveryPending: pending,
+          requeued
+        }
+        if (json) return yield* printJson(report)
+        const now = Date.now()
+        const lines = [
+          `webhooks "${name}": ${state.delivered} delivered, cursor at event ${state.cursor}${state.lastDeliveredAt !== null ? `, last ${relative(state.lastDeliveredAt, now)}` : ""}`,
+          state.failing === null
+            ? "failing        none"
+            : `failing        event ${state.failing.seq} (${state.failing.eventId}): ${state.failing.attempts} attempt(s), ${state.failing.lastError}`,
+          state.deadLetters.length === 0
+            ? "dead letters   none"
+            : `dead letters   ${state.deadLetters.length}:`
+        ]
+        for (const d of state.deadLetters) {
+          lines.push(`  ${d.seq}  ${d.type}  ${d.connectionId}`)
+          lines.push(`    ${d.attempts} attempt(s), ${d.lastError}, ${relative(d.at, now)}`)
+        }
+        if (requeued > 0) lines.push(`requeued ${requeued} dead letter(s): the worker delivers them again`)
+        else if (pending) lines.push("a redelivery is pending: the worker applies it when it runs")
+        yield* out(lines.map((l) => clip(l)))
+      })
+    )
+).pipe(Command.withDescription("The webhook worker: delivered, failing, dead letters (--redeliver)"))
+
 export const cli = root.pipe(
-  Command.withSubcommands([connections, health, refresh, unlink, vault, store, doctor])
+  Command.withSubcommands([connections, health, refresh, unlink, vault, store, doctor, webhooks])
 )

@@ -7,14 +7,24 @@
 import { execFile } from "node:child_process"
 import { randomBytes, randomUUID } from "node:crypto"
 import { mkdtempSync, rmSync } from "node:fs"
+import { createServer } from "node:http"
+import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { type ConnectionStore, createLatchkey, type LatchkeyClient, SqliteStore, Vault } from "@latchkey/core"
+import {
+  ConnectionStore,
+  createLatchkey,
+  type LatchkeyClient,
+  LifecycleEvents,
+  SqliteStore,
+  Vault,
+  Webhooks
+} from "@latchkey/core"
 import { HeyGen } from "@latchkey/provider-heygen"
 import { type HeyGenSandbox, startHeyGenSandbox } from "@latchkey/provider-heygen/sandbox"
 import { PostgresStore } from "@latchkey/store-postgres"
 import { RedisStore } from "@latchkey/store-redis"
-import type { Layer } from "effect"
+import { Effect, Fiber, type Layer } from "effect"
 import { Redis } from "ioredis"
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -261,5 +271,77 @@ export const cliSuite = (kind: StoreKind) =>
       expect(unlinked.code).toBe(0)
       expect(unlinked.stdout).toMatch(new RegExp(`^unlinked ${ids.walt} \\(revoked at the provider\\)`))
       if (full) expect((await cliJson(["connections", "list"])).json).toHaveLength(2)
+    })
+
+    it("webhooks: the dead letters of the worker, and --redeliver", async () => {
+      // A receiver that refuses everything: with one attempt per event, each one is dead-lettered.
+      const server = createServer((_req, res) => {
+        res.statusCode = 500
+        res.end()
+      })
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`
+      const connection = { id: ids.jane!, ownerId: "user-1", providerId: "heygen" }
+      const events = [
+        LifecycleEvents.make(
+          "needs_reauth",
+          connection,
+          { reason: "invalid_grant", code: "invalid_grant" },
+          1
+        ),
+        LifecycleEvents.make("revoked", connection, { source: "provider_webhook" }, 2)
+      ]
+      try {
+        await seeder.run(
+          Effect.gen(function* () {
+            const store = yield* ConnectionStore.ConnectionStore
+            yield* store.appendEvents!(events)
+            const worker = yield* Effect.forkChild(
+              Webhooks.run({ url, secret: "s", name: "app", maxAttempts: 1, pollIntervalMs: 20 })
+            )
+            for (let i = 0; i < 500; i++) {
+              if ((yield* Webhooks.readState(store, "app")).deadLetters.length === 2) break
+              yield* Effect.sleep(10)
+            }
+            yield* Fiber.interrupt(worker)
+          })
+        )
+      } finally {
+        server.close()
+      }
+      const [listed, text] = await Promise.all([
+        cliJson(["webhooks", "--name", "app"]),
+        cli(["webhooks", "--name", "app"])
+      ])
+      expect(listed.json).toMatchObject({
+        name: "app",
+        delivered: 0,
+        failing: null,
+        redeliveryPending: false
+      })
+      expect(listed.json.deadLetters.map((d: { eventId: string }) => d.eventId)).toEqual(
+        events.map((e) => e.id)
+      )
+      expect(listed.json.deadLetters[0]).toMatchObject({
+        type: "needs_reauth",
+        attempts: 1,
+        lastError: "answered 500"
+      })
+      expect(text.stdout).toMatch(/^dead letters {3}2:$/m)
+      for (const line of text.stdout.trimEnd().split("\n")) expect(line.length).toBeLessThanOrEqual(80)
+      // With the app's options configuring the worker (name "app"), the commands read its state.
+      const hooked = { LK_WEBHOOK_URL: "http://127.0.0.1:9/hooks" }
+      const redelivered = await cli(["webhooks", "--redeliver"], hooked)
+      expect(redelivered.stdout).toMatch(/^requeued 2 dead letter\(s\)/m)
+      const [pending, health, healthText] = await Promise.all([
+        cliJson(["webhooks"], hooked),
+        cliJson(["health"], hooked),
+        cli(["health"], hooked)
+      ])
+      expect(pending.json).toMatchObject({ name: "app", redeliveryPending: true })
+      expect(health.json.webhooks).toEqual({ name: "app", delivered: 0, failing: false, deadLetters: 2 })
+      expect(healthText.stdout).toMatch(/^webhooks {7}0 delivered, none failing, 2 dead letter\(s\)$/m)
+      // Nothing but ids, types, counts and the HTTP status: no token of the seeded accounts.
+      for (const token of tokens) expect(`${listed.stdout}${text.stdout}`).not.toContain(token)
     })
   })

@@ -5,7 +5,7 @@
  * returned as they are; only a request that could not be completed fails, with an `ApiError` that
  * never contains a token.
  */
-import { Clock, Context, Effect, Layer, Redacted } from "effect"
+import { Clock, Context, Effect, Layer, Metric, Redacted } from "effect"
 import * as HttpClient from "effect/http/HttpClient"
 import * as HttpClientError from "effect/http/HttpClientError"
 import * as HttpClientRequest from "effect/http/HttpClientRequest"
@@ -13,6 +13,7 @@ import * as HttpClientResponse from "effect/http/HttpClientResponse"
 import { LatchkeyConfig } from "./Config.ts"
 import { ApiError } from "./Errors.ts"
 import { allowsCredentials, proofsFor, sendScoped } from "./internal/credentialScope.ts"
+import { metrics, refreshSpan, traceparent } from "./internal/telemetry.ts"
 import { parseRetryAfter } from "./OAuth.ts"
 import type { ApiResponseInfo, Credential, Provider } from "./Provider.ts"
 import { Providers } from "./Providers.ts"
@@ -84,16 +85,60 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
         credential: Credential,
         provider: Provider
       ) =>
+        Effect.gen(function* () {
+          // With telemetry on, the provider request carries this span's trace context (W3C).
+          const parent = yield* traceparent
+          const started = yield* Clock.currentTimeMillis
+          const response = yield* sendOnce(connectionId, url, init, credential, provider, parent).pipe(
+            Effect.tapError(() =>
+              Metric.update(
+                Metric.withAttributes(metrics.apiRequests, { provider: provider.id, status: "error" }),
+                1
+              )
+            )
+          )
+          const elapsed = (yield* Clock.currentTimeMillis) - started
+          yield* Metric.update(
+            Metric.withAttributes(metrics.apiRequests, {
+              provider: provider.id,
+              status: String(response.status)
+            }),
+            1
+          )
+          yield* Metric.update(Metric.withAttributes(metrics.apiDuration, { provider: provider.id }), elapsed)
+          yield* Effect.annotateCurrentSpan({ "http.response.status_code": response.status })
+          return response
+        })
+
+      const sendOnce = (
+        connectionId: string,
+        url: URL,
+        init: RequestInit | undefined,
+        credential: Credential,
+        provider: Provider,
+        parent: string | undefined
+      ) =>
         Effect.tryPromise({
-          try: () =>
-            sendScoped(
+          try: () => {
+            let headers = init?.headers
+            if (parent !== undefined) {
+              const withTrace = new Headers(init?.headers)
+              withTrace.set("traceparent", parent)
+              headers = withTrace
+            }
+            return sendScoped(
               provider,
               apiFetches.get(provider.id) ?? config.fetch,
               url,
-              { ...init, signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs) },
+              {
+                ...init,
+                ...(headers !== undefined ? { headers } : {}),
+                signal: init?.signal ?? AbortSignal.timeout(config.requestTimeoutMs)
+              },
               provider.authorizeRequest(credential),
               proofsFor(credential)
-            ),
+            )
+          },
           catch: (cause) => {
             const name = (cause as { name?: string } | undefined)?.name
             const timeout = name === "TimeoutError" || name === "AbortError"
@@ -110,7 +155,14 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
         input: string | URL,
         init?: RequestInit
       ) {
+        yield* Effect.annotateCurrentSpan({ "latchkey.connection_id": connectionId })
         let { credential, provider } = yield* tokens.credential(connectionId)
+        // The request's method, origin and path only: a query string may hold a secret.
+        yield* Effect.annotateCurrentSpan({
+          "latchkey.provider": provider.id,
+          "latchkey.credential_kind": credential.kind,
+          "http.request.method": (init?.method ?? "GET").toUpperCase()
+        })
         const url = yield* Effect.try({
           try: () => new URL(input, provider.apiBaseUrl),
           catch: () =>
@@ -120,6 +172,7 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
               message: `${provider.name}: the request URL is not absolute and the provider has no apiBaseUrl`
             })
         })
+        yield* Effect.annotateCurrentSpan({ "server.address": url.host, "url.path": url.pathname })
         if (!allowsCredentials(provider, url)) {
           return yield* new ApiError({
             reason: "forbidden_origin",
@@ -142,9 +195,11 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
             refreshed = true
             const used = credentialValue(credential)
             // Refresh only if the stored token is still the one that was refused.
-            const fresh = yield* tokens.refreshIf(
+            const fresh = yield* refreshSpan(
+              "api",
               connectionId,
-              (c) => Redacted.value(c.tokens.accessToken) === used
+              provider.id,
+              tokens.refreshIf(connectionId, (c) => Redacted.value(c.tokens.accessToken) === used)
             )
             yield* Effect.promise(() => response.body?.cancel() ?? Promise.resolve())
             credential = {

@@ -25,6 +25,15 @@
  *   whose id sorts after `after`, and `next`, the cursor of the following page (`undefined` after the
  *   last). The order is the store's own, used consistently (binary order in the built-in stores; ids
  *   are ASCII UUIDs, on which all of them agree).
+ * - The lifecycle event log (optional; every built-in store has it, and `readEvents` tells that a
+ *   store has it): `insert`, `update` and `remove` take lifecycle events that are appended in the
+ *   SAME atomic write as the change (a failed write, e.g. a compare-and-set conflict, appends
+ *   nothing); `appendEvents` appends events that go with no change. Each event gets a `seq` that
+ *   only grows, and is visible to readers in `seq` order only (no reader can see a later event
+ *   and later the earlier one commit): `readEvents(after, limit)` returns the events whose `seq`
+ *   is greater than `after`, in order. `pruneEvents(before)` deletes those whose `at` is earlier.
+ *   `getConsumerState` / `setConsumerState` keep a small JSON document per named consumer (its
+ *   cursor, its dead letters), e.g. the webhook worker's.
  * Times other than the lease's are epoch milliseconds passed in by the caller, so that tests can
  * control the clock. Callers never compare a lease's times with their own clock: they measure the
  * time left on a lease as the time elapsed since they asked for it (see docs/architecture.md).
@@ -32,6 +41,7 @@
 import { Context, Effect, Layer, Schema } from "effect"
 import type { ConnectionRecord } from "./Connection.ts"
 import { StoreError } from "./Errors.ts"
+import type { EventPage, LifecycleEvent, StoredLifecycleEvent } from "./LifecycleEvents.ts"
 
 export interface Lease {
   readonly connectionId: string
@@ -96,9 +106,22 @@ export interface ConnectionStoreShape {
   readonly listByOwner: (ownerId: string) => Effect.Effect<ReadonlyArray<ConnectionRecord>, StoreError>
   /** Active connections whose `refreshDueAt <= now`, soonest first. */
   readonly listDue: (now: number, limit: number) => Effect.Effect<ReadonlyArray<ConnectionRecord>, StoreError>
-  readonly insert: (record: ConnectionRecord) => Effect.Effect<void, StoreError>
-  readonly update: (record: ConnectionRecord, expectedVersion: number) => Effect.Effect<void, StoreError>
-  readonly remove: (id: string) => Effect.Effect<boolean, StoreError>
+  /** `events` are appended to the event log in the same atomic write (stores with `readEvents`). */
+  readonly insert: (
+    record: ConnectionRecord,
+    events?: ReadonlyArray<LifecycleEvent> | undefined
+  ) => Effect.Effect<void, StoreError>
+  /** `events` are appended in the same write, and only when the compare-and-set succeeds. */
+  readonly update: (
+    record: ConnectionRecord,
+    expectedVersion: number,
+    events?: ReadonlyArray<LifecycleEvent> | undefined
+  ) => Effect.Effect<void, StoreError>
+  /** `events` are appended in the same write, and only when a connection was removed. */
+  readonly remove: (
+    id: string,
+    events?: ReadonlyArray<LifecycleEvent> | undefined
+  ) => Effect.Effect<boolean, StoreError>
   /** Take the lease for `ttlMs` (store clock) unless someone holds an unexpired one. */
   readonly acquireLease: (
     connectionId: string,
@@ -131,6 +154,15 @@ export interface ConnectionStoreShape {
   readonly count?: () => Effect.Effect<number, StoreError>
   /** Its kind, its clock and its settings (optional; every built-in store has it). */
   readonly describe?: () => Effect.Effect<StoreDescription, StoreError>
+  /** Append events that go with no change of a connection (optional: stores with an event log). */
+  readonly appendEvents?: (events: ReadonlyArray<LifecycleEvent>) => Effect.Effect<void, StoreError>
+  /** The events whose `seq` is greater than `after` (0: from the start), in order, at most `limit`. */
+  readonly readEvents?: (after: number, limit: number) => Effect.Effect<EventPage, StoreError>
+  /** Delete the events whose `at` is earlier than `before` (retention); returns how many. */
+  readonly pruneEvents?: (before: number) => Effect.Effect<number, StoreError>
+  /** A named consumer's state (JSON text), e.g. the webhook worker's cursor and dead letters. */
+  readonly getConsumerState?: (name: string) => Effect.Effect<string | undefined, StoreError>
+  readonly setConsumerState?: (name: string, state: string) => Effect.Effect<void, StoreError>
   /** Release connections to the backing driver (pools, files). */
   readonly close?: () => Effect.Effect<void>
 }
@@ -162,6 +194,17 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
     `${r.ownerId}\u0000${r.providerId}\u0000${r.accountId}`
   const byAccount = new Map<string, string>()
   const claims = new Map<string, number>()
+  let events: Array<StoredLifecycleEvent> = []
+  let seq = 0
+  const consumers = new Map<string, string>()
+  /** Appended in the same synchronous step as the change: nothing can observe one without the other. */
+  const append = (list: ReadonlyArray<LifecycleEvent> | undefined) => {
+    if (list === undefined) return
+    for (const event of list) {
+      seq += 1
+      events.push(structuredClone({ ...event, seq }) as StoredLifecycleEvent)
+    }
+  }
 
   return {
     get: (id) => Effect.sync(() => rows.get(id)),
@@ -199,7 +242,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
           .sort((a, b) => (a.refreshDueAt ?? 0) - (b.refreshDueAt ?? 0))
           .slice(0, limit)
       ),
-    insert: (record) =>
+    insert: (record, appended) =>
       Effect.suspend(() => {
         if (rows.has(record.id)) return Effect.fail(conflict(`connection ${record.id} already exists`))
         const key = accountKey(record)
@@ -210,9 +253,10 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         }
         rows.set(record.id, record)
         byAccount.set(key, record.id)
+        append(appended)
         return Effect.void
       }),
-    update: (record, expectedVersion) =>
+    update: (record, expectedVersion, appended) =>
       Effect.suspend(() => {
         const current = rows.get(record.id)
         if (current === undefined) return Effect.fail(conflict(`connection ${record.id} does not exist`))
@@ -224,16 +268,39 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         byAccount.delete(accountKey(current))
         rows.set(record.id, record)
         byAccount.set(accountKey(record), record.id)
+        append(appended)
         return Effect.void
       }),
-    remove: (id) =>
+    remove: (id, appended) =>
       Effect.sync(() => {
         const current = rows.get(id)
         if (current === undefined) return false
         rows.delete(id)
         byAccount.delete(accountKey(current))
         leases.delete(id)
+        append(appended)
         return true
+      }),
+    appendEvents: (list) => Effect.sync(() => append(list)),
+    readEvents: (after, limit) =>
+      Effect.sync(() => {
+        const page = events.filter((e) => e.seq > after).slice(0, Math.max(0, Math.floor(limit)))
+        return {
+          events: page.map((e) => structuredClone(e)),
+          next: page.length === 0 ? after : page[page.length - 1]!.seq
+        }
+      }),
+    pruneEvents: (before) =>
+      Effect.sync(() => {
+        const kept = events.filter((e) => e.at >= before)
+        const removed = events.length - kept.length
+        events = kept
+        return removed
+      }),
+    getConsumerState: (name) => Effect.sync(() => consumers.get(name)),
+    setConsumerState: (name, state) =>
+      Effect.sync(() => {
+        consumers.set(name, state)
       }),
     acquireLease: (connectionId, holder, ttlMs) =>
       Effect.sync(() => {

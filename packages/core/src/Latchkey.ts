@@ -23,15 +23,26 @@ import * as ConnectionModule from "./Connection.ts"
 import { ConnectionStore, type ConnectionStoreShape } from "./ConnectionStore.ts"
 import { Connections, keep, write } from "./Connections.ts"
 import { ConnectionNotFound } from "./Errors.ts"
+import {
+  EventLog,
+  type EventLogOptions,
+  type SubscribeOptions,
+  type Subscription,
+  subscribeWith
+} from "./EventLog.ts"
 import { Events, type LatchkeyEvent } from "./Events.ts"
+import { refreshSpan } from "./internal/telemetry.ts"
+import type { EventPage } from "./LifecycleEvents.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Provider } from "./Provider.ts"
 import * as ProvidersModule from "./Providers.ts"
 import { Providers } from "./Providers.ts"
 import { Refresher, type RefresherOptions, type SweepReport } from "./Refresher.ts"
+import * as TelemetryModule from "./Telemetry.ts"
 import { TokenManager } from "./TokenManager.ts"
 import * as VaultModule from "./Vault.ts"
 import { Vault, type VaultOptions } from "./Vault.ts"
+import * as WebhooksModule from "./Webhooks.ts"
 
 export interface LatchkeyOptions {
   readonly providers: ReadonlyArray<Provider>
@@ -42,6 +53,18 @@ export interface LatchkeyOptions {
   /** Engine settings (see `LatchkeyConfig` for defaults). */
   readonly config?: Partial<LatchkeyConfigShape> | undefined
   readonly refresher?: (RefresherOptions & { readonly autoStart?: boolean | undefined }) | undefined
+  /** The durable lifecycle event log: retention (default: kept until you prune). */
+  readonly events?: EventLogOptions | undefined
+  /**
+   * Post the lifecycle events to your app (signed, retried, one worker across the fleet): the worker
+   * starts with the instance and stops with `close()`. Off by default.
+   */
+  readonly webhooks?: WebhooksModule.WebhookOptions | undefined
+  /**
+   * OpenTelemetry traces and metrics (effect's OTLP exporter, Prometheus text): off by default, e.g.
+   * `{ otlp: { url: "http://127.0.0.1:4318" }, prometheus: true }`. See docs/observability.md.
+   */
+  readonly telemetry?: TelemetryModule.TelemetryOptions | undefined
   /**
    * This instance's wall clock (epoch ms); default the host's. Latchkey never trusts it across
    * processes (leases are judged by the store's clock): it exists to test exactly that.
@@ -74,6 +97,7 @@ export type LatchkeyServices =
   | AuthorizationFlow
   | ApiClient
   | Refresher
+  | EventLog
 
 const storeLayer = (store: LatchkeyOptions["store"]): Layer.Layer<ConnectionStore, unknown> =>
   store === undefined
@@ -103,15 +127,28 @@ const build = (
     Events.layer,
     Layer.succeed(LatchkeyConfig, { ...defaults(), ...options.config })
   )
-  const writes = Connections.layer.pipe(Layer.provideMerge(base))
+  const observed =
+    options.telemetry === undefined
+      ? base
+      : TelemetryModule.layer(options.telemetry).pipe(Layer.provideMerge(base))
+  const writes = Connections.layer.pipe(Layer.provideMerge(observed))
   const tokens = TokenManager.layer.pipe(Layer.provideMerge(writes))
   const services = Layer.mergeAll(
     AuthorizationFlow.layer,
     ApiClient.layer,
-    Refresher.layer(options.refresher)
+    Refresher.layer(options.refresher),
+    EventLog.layer(options.events)
   ).pipe(Layer.provideMerge(tokens))
-  if (options.refresher?.autoStart !== true) return services
-  return Layer.effectDiscard(Refresher.use((r) => r.start)).pipe(Layer.provideMerge(services))
+  const hooks = options.webhooks
+  const withHooks =
+    hooks === undefined
+      ? services
+      : Layer.effectDiscard(Effect.asVoid(WebhooksModule.Webhooks.use(() => Effect.void))).pipe(
+          Layer.provide(WebhooksModule.Webhooks.layer(hooks)),
+          Layer.provideMerge(services)
+        )
+  if (options.refresher?.autoStart !== true) return withHooks
+  return Layer.effectDiscard(Refresher.use((r) => r.start)).pipe(Layer.provideMerge(withHooks))
 }
 
 /** The Promise API. Every method rejects with the same typed errors as the Effect API. */
@@ -135,8 +172,18 @@ export interface LatchkeyClient {
   refresh(connectionId: string): Promise<ConnectionSummary>
   /** Revoke at the provider where it can (best effort), then remove the connection. */
   unlink(connectionId: string): Promise<{ readonly revokedAtProvider: boolean }>
-  /** Listen to events; returns a function that stops listening. */
+  /** Listen to this process's events; returns a function that stops listening. */
   on(listener: (event: LatchkeyEvent) => void): () => void
+  /** The metrics of this process in the Prometheus text format (with `telemetry.prometheus`). */
+  metrics(): Promise<string>
+  /**
+   * The durable lifecycle event log in the store, the same for every instance: `subscribe` calls
+   * `onEvent` at least once per event, in order, from the cursor `after`; `read` reads one page.
+   */
+  readonly events: {
+    subscribe(options: SubscribeOptions): Subscription
+    read(after: number, limit: number): Promise<EventPage>
+  }
   readonly refresher: {
     start(): Promise<void>
     stop(): Promise<void>
@@ -237,6 +284,7 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
     return e
   })
   eventsReady.catch(() => {})
+  const subscriptions = new Set<Subscription>()
 
   return {
     providers: options.providers,
@@ -255,7 +303,17 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
           Effect.map(s.listByOwner(ownerId), (rows) => rows.map(ConnectionModule.summaryOfRecord))
         )
       ),
-    refresh: (id) => run(TokenManager.use((t) => Effect.map(t.refreshNow(id), ConnectionModule.summary))),
+    refresh: (id) =>
+      run(
+        refreshSpan(
+          "api",
+          id,
+          undefined,
+          TokenManager.use((t) => Effect.map(t.refreshNow(id), ConnectionModule.summary)),
+          (c) => c.providerId
+        )
+      ),
+    metrics: () => run(TelemetryModule.prometheusText),
     unlink: (id) => run(unlink(id)),
     on: (listener) => {
       if (events) return events.subscribe(listener)
@@ -269,6 +327,21 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
         stop?.()
       }
     },
+    events: {
+      subscribe: (subscribeOptions) => {
+        const subscription = subscribeWith((effect) => runtime.runFork(effect), subscribeOptions)
+        const handle: Subscription = {
+          cursor: subscription.cursor,
+          stop: () => {
+            subscriptions.delete(handle)
+            return subscription.stop()
+          }
+        }
+        subscriptions.add(handle)
+        return handle
+      },
+      read: (after, limit) => run(EventLog.use((log) => log.read(after, limit)))
+    },
     refresher: {
       start: () => run(Refresher.use((r) => r.start)),
       stop: () => run(Refresher.use((r) => r.stop)),
@@ -281,6 +354,7 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
       // flight write their tokens (and their callers get them) first.
       closing ??= run(
         Effect.gen(function* () {
+          yield* Effect.promise(() => Promise.all([...subscriptions].map((s) => s.stop())))
           yield* Refresher.use((r) => r.stop)
           yield* TokenManager.use((t) => t.drain)
         })

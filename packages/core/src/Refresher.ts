@@ -6,6 +6,7 @@
  */
 import { Clock, Context, Effect, FiberHandle, Layer } from "effect"
 import { ConnectionStore } from "./ConnectionStore.ts"
+import { refreshSpan } from "./internal/telemetry.ts"
 import { TokenManager } from "./TokenManager.ts"
 
 export interface RefresherOptions {
@@ -70,7 +71,9 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
             due,
             (record) =>
               takeSlot(record.providerId).pipe(
-                Effect.andThen(tokens.refreshIfDue(record.id)),
+                Effect.andThen(
+                  refreshSpan("refresher", record.id, record.providerId, tokens.refreshIfDue(record.id))
+                ),
                 Effect.tap(() =>
                   Effect.sync(() => {
                     refreshed++
@@ -85,6 +88,11 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
               ),
             { concurrency, discard: true }
           )
+          yield* Effect.annotateCurrentSpan({
+            "latchkey.sweep.due": due.length,
+            "latchkey.sweep.refreshed": refreshed,
+            "latchkey.sweep.failed": failed
+          })
           return { due: due.length, refreshed, failed }
         }).pipe(Effect.withSpan("Refresher.sweep"))
 

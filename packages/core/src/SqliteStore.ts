@@ -21,6 +21,7 @@ import {
   type TakePendingResult
 } from "./ConnectionStore.ts"
 import { StoreError } from "./Errors.ts"
+import { decode, encode, type LifecycleEvent } from "./LifecycleEvents.ts"
 
 export interface SqliteStoreOptions {
   /** The database file (created with its folder when missing), or `":memory:"`. */
@@ -34,7 +35,7 @@ export interface SqliteStoreOptions {
   readonly clock?: (() => number) | undefined
 }
 
-const SCHEMA_VERSION = 1
+const SCHEMA_VERSION = 2
 const CONSUMED_TOMBSTONE_MS = 60 * 60 * 1000
 
 const MIGRATIONS = [
@@ -64,6 +65,19 @@ const MIGRATIONS = [
      record TEXT NOT NULL,
      expires_at INTEGER NOT NULL,
      consumed_at INTEGER
+   )`,
+  // Version 2: the lifecycle event log (AUTOINCREMENT: a seq is never reused, also after pruning)
+  // and the state of its consumers (e.g. the webhook worker's cursor and dead letters).
+  `CREATE TABLE IF NOT EXISTS latchkey_events (
+     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+     at INTEGER NOT NULL,
+     connection_id TEXT NOT NULL,
+     event TEXT NOT NULL
+   )`,
+  `CREATE INDEX IF NOT EXISTS latchkey_events_at ON latchkey_events (at)`,
+  `CREATE TABLE IF NOT EXISTS latchkey_event_consumers (
+     name TEXT PRIMARY KEY,
+     state TEXT NOT NULL
    )`
 ]
 
@@ -164,9 +178,11 @@ export const make = (
   db.exec("BEGIN IMMEDIATE")
   try {
     for (const sql of MIGRATIONS) db.exec(sql)
-    db.prepare("INSERT OR IGNORE INTO latchkey_meta (key, value) VALUES ('schema_version', ?)").run(
-      String(SCHEMA_VERSION)
-    )
+    // Every statement above is idempotent: a file at an older version is now at this one.
+    db.prepare(
+      `INSERT INTO latchkey_meta (key, value) VALUES ('schema_version', ?)
+       ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)`
+    ).run(String(SCHEMA_VERSION))
     db.exec("COMMIT")
   } catch (e) {
     db.exec("ROLLBACK")
@@ -199,6 +215,54 @@ export const make = (
 
   const attempt = <A>(what: string, f: () => A): Effect.Effect<A, StoreError> =>
     Effect.try({ try: f, catch: storeError(what) })
+
+  const insertRow = (record: ConnectionRecord) => {
+    sql(
+      `INSERT INTO latchkey_connections
+         (id, owner_id, provider_id, account_id, version, status, refresh_due_at, created_at, record)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+    ).run(
+      record.id,
+      record.ownerId,
+      record.providerId,
+      record.accountId,
+      record.version,
+      record.status,
+      record.refreshDueAt,
+      record.createdAt,
+      JSON.stringify(record)
+    )
+  }
+
+  const updateRow = (record: ConnectionRecord, expectedVersion: number): number =>
+    Number(
+      sql(
+        `UPDATE latchkey_connections
+         SET owner_id = ?, provider_id = ?, account_id = ?, version = ?, status = ?, refresh_due_at = ?, record = ?
+         WHERE id = ? AND version = ?`
+      ).run(
+        record.ownerId,
+        record.providerId,
+        record.accountId,
+        record.version,
+        record.status,
+        record.refreshDueAt,
+        JSON.stringify(record),
+        record.id,
+        expectedVersion
+      ).changes
+    )
+
+  /** Inside the caller's transaction: one writer at a time, so `seq` order is commit order. */
+  const appendEvents = (events: ReadonlyArray<LifecycleEvent>) => {
+    for (const event of events) {
+      sql("INSERT INTO latchkey_events (at, connection_id, event) VALUES (?, ?, ?)").run(
+        event.at,
+        event.connectionId,
+        encode(event)
+      )
+    }
+  }
 
   const store: ConnectionStoreShape & { readonly close: () => Effect.Effect<void> } = {
     get: (id) =>
@@ -270,24 +334,17 @@ export const make = (
           ).all(now, limit) as Array<{ record: string }>
         ).map((r) => parse("listDue")(r)!)
       ),
-    insert: (record) =>
+    insert: (record, events) =>
       Effect.try({
         try: () => {
-          sql(
-            `INSERT INTO latchkey_connections
-               (id, owner_id, provider_id, account_id, version, status, refresh_due_at, created_at, record)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
-          ).run(
-            record.id,
-            record.ownerId,
-            record.providerId,
-            record.accountId,
-            record.version,
-            record.status,
-            record.refreshDueAt,
-            record.createdAt,
-            JSON.stringify(record)
-          )
+          if (events !== undefined && events.length > 0) {
+            transaction(() => {
+              insertRow(record)
+              appendEvents(events)
+            })
+            return
+          }
+          insertRow(record)
         },
         catch: (e) => {
           const error = storeError("insert")(e)
@@ -298,28 +355,21 @@ export const make = (
             : error
         }
       }),
-    update: (record, expectedVersion) =>
+    update: (record, expectedVersion, events) =>
       Effect.suspend(() => {
         if (record.version !== expectedVersion + 1) {
           return Effect.fail(conflict(`connection ${record.id}: a write must advance the version by one`))
         }
         return Effect.try({
           try: () =>
-            sql(
-              `UPDATE latchkey_connections
-               SET owner_id = ?, provider_id = ?, account_id = ?, version = ?, status = ?, refresh_due_at = ?, record = ?
-               WHERE id = ? AND version = ?`
-            ).run(
-              record.ownerId,
-              record.providerId,
-              record.accountId,
-              record.version,
-              record.status,
-              record.refreshDueAt,
-              JSON.stringify(record),
-              record.id,
-              expectedVersion
-            ).changes,
+            events === undefined || events.length === 0
+              ? updateRow(record, expectedVersion)
+              : transaction(() => {
+                  const changes = updateRow(record, expectedVersion)
+                  // A failed compare-and-set appends nothing.
+                  if (changes === 1) appendEvents(events)
+                  return changes
+                }),
           catch: (e) => {
             const error = storeError("update")(e)
             return error.reason === "conflict"
@@ -328,7 +378,7 @@ export const make = (
           }
         }).pipe(
           Effect.flatMap((changes) =>
-            Number(changes) === 1
+            changes === 1
               ? Effect.void
               : Effect.fail(
                   conflict(`connection ${record.id} is missing or not at version ${expectedVersion}`)
@@ -336,13 +386,48 @@ export const make = (
           )
         )
       }),
-    remove: (id) =>
+    remove: (id, events) =>
       attempt("remove", () =>
         transaction(() => {
           sql("DELETE FROM latchkey_leases WHERE connection_id = ?").run(id)
-          return Number(sql("DELETE FROM latchkey_connections WHERE id = ?").run(id).changes) > 0
+          const removed = Number(sql("DELETE FROM latchkey_connections WHERE id = ?").run(id).changes) > 0
+          if (removed && events !== undefined) appendEvents(events)
+          return removed
         })
       ),
+    appendEvents: (events) =>
+      attempt("appendEvents", () => {
+        if (events.length > 0) transaction(() => appendEvents(events))
+      }),
+    readEvents: (after, limit) =>
+      attempt("readEvents", () => {
+        const rows = sql("SELECT seq, event FROM latchkey_events WHERE seq > ? ORDER BY seq LIMIT ?").all(
+          after,
+          Math.max(0, Math.floor(limit))
+        ) as Array<{ seq: number; event: string }>
+        const events = rows.map((r) => decode(Number(r.seq), r.event))
+        return { events, next: events.length === 0 ? after : events[events.length - 1]!.seq }
+      }),
+    pruneEvents: (before) =>
+      attempt("pruneEvents", () =>
+        Number(sql("DELETE FROM latchkey_events WHERE at < ?").run(before).changes)
+      ),
+    getConsumerState: (name) =>
+      attempt(
+        "getConsumerState",
+        () =>
+          (
+            sql("SELECT state FROM latchkey_event_consumers WHERE name = ?").get(name) as
+              | { state: string }
+              | undefined
+          )?.state
+      ),
+    setConsumerState: (name, state) =>
+      attempt("setConsumerState", () => {
+        sql(
+          "INSERT INTO latchkey_event_consumers (name, state) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET state = excluded.state"
+        ).run(name, state)
+      }),
     acquireLease: (connectionId, holder, ttlMs) =>
       attempt("acquireLease", () =>
         transaction((): Lease | undefined => {

@@ -121,14 +121,14 @@ describe("invariant 2: new tokens are durable before any caller receives them", 
     const committed: Array<string> = []
     const store: ConnectionStore.ConnectionStoreShape = {
       ...memory,
-      update: (record, expected) =>
+      update: (record, expected, events) =>
         Effect.suspend(() => {
           if (failNextUpdate) {
             failNextUpdate = false
             return Effect.fail(unavailable())
           }
           return memory
-            .update(record, expected)
+            .update(record, expected, events)
             .pipe(Effect.tap(() => Effect.sync(() => committed.push(record.accessToken))))
         })
     }
@@ -148,10 +148,10 @@ describe("invariant 2: new tokens are durable before any caller receives them", 
     let broken = false
     const store: ConnectionStore.ConnectionStoreShape = {
       ...memory,
-      update: (record, expected) =>
+      update: (record, expected, events) =>
         broken
           ? Effect.fail(new StoreError({ reason: "corrupt", message: "disk full" }))
-          : memory.update(record, expected)
+          : memory.update(record, expected, events)
     }
     const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
     const c = await link(lk)

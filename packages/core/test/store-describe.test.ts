@@ -24,7 +24,7 @@ describe("store describe()", () => {
     const store = SqliteStore.make({ path })
     const d = await Effect.runPromise(store.describe!())
     await Effect.runPromise(store.close())
-    expect(d).toMatchObject({ kind: "sqlite", schemaVersion: 1, settings: { path, journal_mode: "wal" } })
+    expect(d).toMatchObject({ kind: "sqlite", schemaVersion: 2, settings: { path, journal_mode: "wal" } })
     expect(Math.abs(d.serverTime - Date.now())).toBeLessThan(1_000)
   })
 })

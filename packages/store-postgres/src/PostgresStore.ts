@@ -15,7 +15,7 @@
  *   uses session-level settings, session advisory locks, named prepared statements, LISTEN or
  *   temporary tables, so the store is safe behind PgBouncer in transaction pooling mode.
  */
-import { type Connection, ConnectionStore, StoreError } from "@latchkey/core"
+import { type Connection, ConnectionStore, LifecycleEvents, StoreError } from "@latchkey/core"
 import { Effect, Layer, Redacted } from "effect"
 import pg from "pg"
 
@@ -23,6 +23,7 @@ type ConnectionRecord = Connection.ConnectionRecord
 type Lease = ConnectionStore.Lease
 type PendingAuthorization = ConnectionStore.PendingAuthorization
 type TakePendingResult = ConnectionStore.TakePendingResult
+type LifecycleEvent = LifecycleEvents.LifecycleEvent
 
 export interface PostgresStoreOptions {
   /** Where to connect (`postgres://user:pass@host:5432/db`); a Redacted value keeps the password out of logs. */
@@ -46,7 +47,7 @@ export interface PostgresStore extends ConnectionStore.ConnectionStoreShape {
 }
 
 /** The schema version this release migrates to; kept in `latchkey_meta`. */
-export const SCHEMA_VERSION = 1
+export const SCHEMA_VERSION = 2
 const CONSUMED_TOMBSTONE_MS = 60 * 60 * 1000
 
 const migrations = (
@@ -84,6 +85,25 @@ const migrations = (
          keep_until bigint NOT NULL
        )`,
       `CREATE INDEX IF NOT EXISTS latchkey_pending_keep ON ${s}.latchkey_pending (keep_until)`
+    ]
+  },
+  {
+    // The lifecycle event log and the state of its consumers (the webhook worker's cursor and dead
+    // letters). Appends hold a transaction-level advisory lock until commit, so that the identity's
+    // order is the commit order: a reader at cursor n never sees n + 2 and later n + 1 commit.
+    version: 2,
+    statements: [
+      `CREATE TABLE IF NOT EXISTS ${s}.latchkey_events (
+         seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         at bigint NOT NULL,
+         connection_id text NOT NULL,
+         event text NOT NULL
+       )`,
+      `CREATE INDEX IF NOT EXISTS latchkey_events_at ON ${s}.latchkey_events (at)`,
+      `CREATE TABLE IF NOT EXISTS ${s}.latchkey_event_consumers (
+         name text PRIMARY KEY,
+         state text NOT NULL
+       )`
     ]
   }
 ]
@@ -351,6 +371,21 @@ const build = (
   const C = `${s}.latchkey_connections`
   const L = `${s}.latchkey_leases`
   const P = `${s}.latchkey_pending`
+  const E = `${s}.latchkey_events`
+  const EC = `${s}.latchkey_event_consumers`
+  /** The advisory lock every append holds until commit (per schema): seq order is commit order. */
+  const eventsLock = `pg_advisory_xact_lock(hashtextextended(${pg.escapeLiteral(`latchkey:events:${schemaName}`)}, 0))`
+  /** Event columns as arrays for `unnest` (order kept by ORDINALITY). */
+  const eventArrays = (events: ReadonlyArray<LifecycleEvent>) => [
+    events.map((e) => e.at),
+    events.map((e) => e.connectionId),
+    events.map((e) => LifecycleEvents.encode(e))
+  ]
+  const insertEventsFrom = (source: string, first: number) =>
+    `INSERT INTO ${E} (at, connection_id, event)
+     SELECT v.at, v.connection_id, v.event FROM ${source}
+       unnest($${first}::bigint[], $${first + 1}::text[], $${first + 2}::text[]) WITH ORDINALITY AS v(at, connection_id, event, n)
+     ORDER BY v.n`
 
   /**
    * One self-contained statement (reads: they take no row locks). Bounded on the client side: a read
@@ -397,17 +432,36 @@ const build = (
    * what stands between a provider's refresh answer and its durability (the in-doubt window), so it
    * waits for nothing it can avoid.
    */
-  const updateInOneTrip = async (record: ConnectionRecord, expectedVersion: number): Promise<void> => {
+  const updateInOneTrip = async (
+    record: ConnectionRecord,
+    expectedVersion: number,
+    events: ReadonlyArray<LifecycleEvent>
+  ): Promise<void> => {
     const client = await pool.connect()
     let broken = false
     try {
       const text = (v: string) => client.escapeLiteral(v)
       const int = (v: number | null) => (v === null ? "NULL" : Number.isFinite(v) ? String(v) : "NULL")
-      const batch = `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs};
-UPDATE ${C} SET owner_id = ${text(record.ownerId)}, provider_id = ${text(record.providerId)},
+      const update = `UPDATE ${C} SET owner_id = ${text(record.ownerId)}, provider_id = ${text(record.providerId)},
   account_id = ${text(record.accountId)}, version = ${int(record.version)}, status = ${text(record.status)},
   refresh_due_at = ${int(record.refreshDueAt)}, record = ${text(JSON.stringify(record))}
-  WHERE id = ${text(record.id)} AND version = ${int(expectedVersion)};
+  WHERE id = ${text(record.id)} AND version = ${int(expectedVersion)}`
+      // With events: one statement, so that they are appended only when the compare-and-set wrote
+      // (the lock, and so the seq, are taken after the row was updated).
+      const statement =
+        events.length === 0
+          ? update
+          : `WITH u AS (${update} RETURNING id),
+  l AS (SELECT ${eventsLock} FROM u),
+  e AS (INSERT INTO ${E} (at, connection_id, event)
+    SELECT v.at, v.connection_id, v.event FROM l, (VALUES ${events
+      .map(
+        (e, n) => `(${n}, ${int(e.at)}::bigint, ${text(e.connectionId)}, ${text(LifecycleEvents.encode(e))})`
+      )
+      .join(", ")}) AS v(n, at, connection_id, event) ORDER BY v.n)
+SELECT count(*)::int AS n FROM u`
+      const batch = `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs};
+${statement};
 COMMIT`
       let results: Array<pg.QueryResult>
       try {
@@ -424,7 +478,11 @@ COMMIT`
         if (errorCode(error) === "23505") throw conflict(`connection ${record.id}: account already linked`)
         throw error
       }
-      if ((results[3]?.rowCount ?? 0) !== 1) {
+      const written =
+        events.length === 0
+          ? (results[3]?.rowCount ?? 0)
+          : Number((results[3]?.rows[0] as { n?: unknown } | undefined)?.n ?? 0)
+      if (written !== 1) {
         throw conflict(`connection ${record.id} is missing or not at version ${expectedVersion}`)
       }
     } finally {
@@ -495,7 +553,7 @@ COMMIT`
       query("count", `SELECT count(*) AS n FROM ${C}`, [], (result: pg.QueryResult<{ n: string }>) =>
         Number(result.rows[0]?.n ?? 0)
       ),
-    insert: (record) =>
+    insert: (record, events) =>
       transaction("insert", async (client) => {
         try {
           await client.query(
@@ -521,22 +579,83 @@ COMMIT`
           }
           throw error
         }
+        if (events !== undefined && events.length > 0) {
+          await client.query(`SELECT ${eventsLock}`)
+          await client.query(insertEventsFrom("", 1), eventArrays(events))
+        }
       }),
-    update: (record, expectedVersion) =>
+    update: (record, expectedVersion, events) =>
       record.version !== expectedVersion + 1
         ? Effect.fail(conflict(`connection ${record.id}: a write must advance the version by one`))
         : Effect.tryPromise({
-            try: () => updateInOneTrip(record, expectedVersion),
+            try: () => updateInOneTrip(record, expectedVersion, events ?? []),
             catch: storeError("update")
           }),
-    remove: (id) =>
+    remove: (id, events) =>
       transaction("remove", async (client) => {
-        const result = await client.query(
-          `WITH lease AS (DELETE FROM ${L} WHERE connection_id = $1)
-           DELETE FROM ${C} WHERE id = $1`,
-          [id]
+        if (events === undefined || events.length === 0) {
+          const result = await client.query(
+            `WITH lease AS (DELETE FROM ${L} WHERE connection_id = $1)
+             DELETE FROM ${C} WHERE id = $1`,
+            [id]
+          )
+          return (result.rowCount ?? 0) > 0
+        }
+        // The events are appended only when a row was removed.
+        const result = await client.query<{ n: number }>(
+          `WITH lease AS (DELETE FROM ${L} WHERE connection_id = $1),
+             d AS (DELETE FROM ${C} WHERE id = $1 RETURNING id),
+             l AS (SELECT ${eventsLock} FROM d),
+             e AS (${insertEventsFrom("l,", 2)})
+           SELECT count(*)::int AS n FROM d`,
+          [id, ...eventArrays(events)]
         )
-        return (result.rowCount ?? 0) > 0
+        return Number(result.rows[0]?.n ?? 0) > 0
+      }),
+    appendEvents: (events) =>
+      events.length === 0
+        ? Effect.void
+        : transaction("appendEvents", async (client) => {
+            await client.query(`SELECT ${eventsLock}`)
+            await client.query(insertEventsFrom("", 1), eventArrays(events))
+          }),
+    readEvents: (after, limit) =>
+      query(
+        "readEvents",
+        `SELECT seq, event FROM ${E} WHERE seq > $1 ORDER BY seq LIMIT $2`,
+        [after, Math.max(0, Math.floor(limit))],
+        (result: pg.QueryResult<{ seq: string; event: string }>) => {
+          const events = result.rows.map((row) => {
+            try {
+              return LifecycleEvents.decode(Number(row.seq), row.event)
+            } catch {
+              throw new StoreError({
+                reason: "corrupt",
+                message: `PostgreSQL store: event ${row.seq} is not valid JSON`
+              })
+            }
+          })
+          return { events, next: events.length === 0 ? after : events[events.length - 1]!.seq }
+        }
+      ),
+    pruneEvents: (before) =>
+      transaction("pruneEvents", async (client) => {
+        const result = await client.query(`DELETE FROM ${E} WHERE at < $1`, [before])
+        return result.rowCount ?? 0
+      }),
+    getConsumerState: (name) =>
+      query(
+        "getConsumerState",
+        `SELECT state FROM ${EC} WHERE name = $1`,
+        [name],
+        (result: pg.QueryResult<{ state: string }>) => result.rows[0]?.state
+      ),
+    setConsumerState: (name, state) =>
+      transaction("setConsumerState", async (client) => {
+        await client.query(
+          `INSERT INTO ${EC} (name, state) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state`,
+          [name, state]
+        )
       }),
     acquireLease: (connectionId, holder, ttlMs) =>
       transaction("acquireLease", async (client): Promise<Lease | undefined> => {

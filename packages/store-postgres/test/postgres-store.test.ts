@@ -8,7 +8,7 @@
  * Every test uses its own schema and drops it afterwards.
  */
 import { randomUUID } from "node:crypto"
-import { createLatchkey, StoreError } from "@latchkey/core"
+import { createLatchkey, LifecycleEvents, StoreError } from "@latchkey/core"
 import { sampleRecord, storeConformance } from "@latchkey/core/testing"
 import { conformanceTokenServer as oidcTokenServer } from "@latchkey/testkit-oidc"
 import { Effect } from "effect"
@@ -103,6 +103,8 @@ describe("PostgreSQL specifics", () => {
     )
     expect(tables.rows.map((r: { table_name: string }) => r.table_name)).toEqual([
       "latchkey_connections",
+      "latchkey_event_consumers",
+      "latchkey_events",
       "latchkey_leases",
       "latchkey_meta",
       "latchkey_pending"
@@ -110,6 +112,26 @@ describe("PostgreSQL specifics", () => {
     const version = await admin.query(`SELECT value FROM "${s}".latchkey_meta WHERE key = 'schema_version'`)
     expect(version.rows).toEqual([{ value: String(PostgresStore.SCHEMA_VERSION) }])
     for (const store of [...stores, again]) await run(store.close())
+  })
+
+  it("upgrades a schema of version 1 (no event log) in place, keeping its connections", async () => {
+    const s = schema()
+    const first = await PostgresStore.make({ connectionString: URL_, schema: s, maxConnections: 1 })
+    await run(first.insert(sampleRecord("kept")))
+    await run(first.close())
+    // What version 1 left: no event tables.
+    await admin.query(`DROP TABLE "${s}".latchkey_events, "${s}".latchkey_event_consumers`)
+    await admin.query(`UPDATE "${s}".latchkey_meta SET value = '1' WHERE key = 'schema_version'`)
+    const upgraded = await PostgresStore.make({ connectionString: URL_, schema: s, maxConnections: 1 })
+    expect((await run(upgraded.get("kept")))?.id).toBe("kept")
+    await run(
+      upgraded.update(sampleRecord("kept", { version: 2 }), 1, [
+        LifecycleEvents.make("refreshed", sampleRecord("kept"), { expiresAt: null, recovered: false }, 5)
+      ])
+    )
+    expect((await run(upgraded.readEvents!(0, 10))).events.map((e) => e.type)).toEqual(["refreshed"])
+    expect((await run(upgraded.describe!())).schemaVersion).toBe(PostgresStore.SCHEMA_VERSION)
+    await run(upgraded.close())
   })
 
   it("refuses a schema written by a newer version, with a typed error", async () => {
@@ -251,7 +273,7 @@ describe("PostgreSQL specifics", () => {
       "SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = $1",
       [s]
     )
-    expect(tables.rows[0].n).toBe(4)
+    expect(tables.rows[0].n).toBe(6)
     const sessions = () =>
       admin
         .query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [application])

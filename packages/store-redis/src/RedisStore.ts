@@ -18,6 +18,9 @@
  * - `P p:<state>` a pending authorization: a hash taken once by a get-and-mark script; it expires an
  *   hour after the authorization does.
  * - `P w:<key>` a `claimOnce` record (`SET NX PX`), e.g. a webhook id already handled.
+ * - `P ev` the lifecycle event log: a stream whose entry ids are `0-<seq>`, `seq` from the counter
+ *   `P evseq`, both written by the same script as the change they go with (fields `a` at, `e` the
+ *   event's JSON); `P ecs` a hash of the event consumers' states (e.g. the webhook worker's cursor).
  *
  * The server's `maxmemory-policy` must be `noeviction` (checked before the first command; see
  * `allowEviction`), and errors keep nothing of the driver's command arguments.
@@ -29,13 +32,14 @@
  * standalone server, Sentinel or a managed primary. Tokens reach Redis sealed by the Vault.
  */
 import { createHash, randomUUID } from "node:crypto"
-import { type Connection, ConnectionStore, StoreError } from "@latchkey/core"
+import { type Connection, ConnectionStore, LifecycleEvents, StoreError } from "@latchkey/core"
 import { Effect, Layer, Redacted } from "effect"
 import { Redis, type RedisOptions } from "ioredis"
 
 type ConnectionRecord = Connection.ConnectionRecord
 type PendingAuthorization = ConnectionStore.PendingAuthorization
 type TakePendingResult = ConnectionStore.TakePendingResult
+type LifecycleEvent = LifecycleEvents.LifecycleEvent
 
 export interface RedisStoreOptions {
   /** `redis://[:password@]host:6379/db`; a Redacted value keeps the password out of logs. */
@@ -85,10 +89,24 @@ local function setDue(P, id, due)
 end
 `
 
-/** ARGV: prefix, id, version, record, owner, account key, createdAt, due. */
+/**
+ * Append the events passed from ARGV[from]: a count, then (at, JSON) pairs. Called by the script that
+ * makes the change, after it succeeded: the change and its events are one atomic step.
+ */
+const APPEND_EVENTS = `
+local function appendEvents(P, from)
+  local n = tonumber(ARGV[from] or '0') or 0
+  for i = 1, n do
+    local seq = redis.call('INCR', P .. 'evseq')
+    redis.call('XADD', P .. 'ev', '0-' .. seq, 'a', ARGV[from + 2 * i - 1], 'e', ARGV[from + 2 * i])
+  end
+end
+`
+
+/** ARGV: prefix, id, version, record, owner, account key, createdAt, due, events... */
 const INSERT = script(
   "insert",
-  `${SET_DUE}
+  `${SET_DUE}${APPEND_EVENTS}
 local P, id = ARGV[1], ARGV[2]
 local ck = P .. 'c:' .. id
 if redis.call('EXISTS', ck) == 1 then return 'id' end
@@ -99,13 +117,14 @@ redis.call('SET', ak, id)
 redis.call('ZADD', P .. 'o:' .. ARGV[5], ARGV[7], id)
 redis.call('ZADD', P .. 'ids', 0, id)
 setDue(P, id, ARGV[8])
+appendEvents(P, 9)
 return 'ok'`
 )
 
-/** ARGV: prefix, id, expected version, new version, record, owner, account key, createdAt, due. */
+/** ARGV: prefix, id, expected version, new version, record, owner, account key, createdAt, due, events... */
 const UPDATE = script(
   "update",
-  `${SET_DUE}
+  `${SET_DUE}${APPEND_EVENTS}
 local P, id = ARGV[1], ARGV[2]
 local ck = P .. 'c:' .. id
 local cur = redis.call('HMGET', ck, 'v', 'o', 'a')
@@ -121,13 +140,14 @@ if cur[2] ~= ARGV[6] then redis.call('ZREM', P .. 'o:' .. cur[2], id) end
 redis.call('ZADD', P .. 'o:' .. ARGV[6], ARGV[8], id)
 redis.call('HSET', ck, 'v', ARGV[4], 'r', ARGV[5], 'o', ARGV[6], 'a', ARGV[7])
 setDue(P, id, ARGV[9])
+appendEvents(P, 10)
 return 'ok'`
 )
 
-/** ARGV: prefix, id. */
+/** ARGV: prefix, id, events... */
 const REMOVE = script(
   "remove",
-  `
+  `${APPEND_EVENTS}
 local P, id = ARGV[1], ARGV[2]
 local ck = P .. 'c:' .. id
 local cur = redis.call('HMGET', ck, 'o', 'a')
@@ -136,7 +156,42 @@ redis.call('DEL', ck, P .. 'a:' .. cur[2], P .. 'l:' .. id, P .. 'f:' .. id, P .
 redis.call('ZREM', P .. 'o:' .. cur[1], id)
 redis.call('ZREM', P .. 'ids', id)
 redis.call('ZREM', P .. 'due', id)
+appendEvents(P, 3)
 return 1`
+)
+
+/** ARGV: prefix, events... */
+const APPEND = script(
+  "appendEvents",
+  `${APPEND_EVENTS}
+appendEvents(ARGV[1], 2)
+return 'ok'`
+)
+
+/**
+ * ARGV: prefix, before. Deletes the oldest events up to the first whose `at` is not earlier than
+ * `before` (one XTRIM MINID), looking at 10,000 events at most per call (the script blocks the
+ * server while it runs; the next call goes on); returns how many.
+ */
+const PRUNE_EVENTS = script(
+  "pruneEvents",
+  `
+local key, before = ARGV[1] .. 'ev', tonumber(ARGV[2])
+local start, seen = '-', 0
+while true do
+  local batch = redis.call('XRANGE', key, start, '+', 'COUNT', 200)
+  if #batch == 0 then return redis.call('XTRIM', key, 'MINID', '0-' .. (redis.call('GET', ARGV[1] .. 'evseq') or '0') + 1) end
+  for _, entry in ipairs(batch) do
+    local fields, at = entry[2], nil
+    for i = 1, #fields, 2 do
+      if fields[i] == 'a' then at = tonumber(fields[i + 1]) end
+    end
+    if at == nil or at >= before or seen >= 10000 then return redis.call('XTRIM', key, 'MINID', entry[1]) end
+    seen = seen + 1
+  end
+  local last = batch[#batch][1]
+  start = '0-' .. (tonumber(string.sub(last, 3)) + 1)
+end`
 )
 
 /** ARGV: prefix, account key. Returns the record, or false. */
@@ -349,6 +404,14 @@ const parseRecord = (what: string, text: unknown): ConnectionRecord =>
 const accountKey = (r: Pick<ConnectionRecord, "ownerId" | "providerId" | "accountId">) =>
   JSON.stringify([r.ownerId, r.providerId, r.accountId])
 
+/** The events as script arguments: a count, then (at, JSON) pairs. */
+const eventArgs = (events: ReadonlyArray<LifecycleEvent> | undefined): Array<string | number> => {
+  if (events === undefined || events.length === 0) return []
+  const args: Array<string | number> = [events.length]
+  for (const event of events) args.push(String(event.at), LifecycleEvents.encode(event))
+  return args
+}
+
 const dueScore = (r: ConnectionRecord) =>
   r.status === "active" && r.refreshDueAt !== null ? String(r.refreshDueAt) : ""
 
@@ -511,7 +574,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
           }
         }
       }),
-    insert: (record) =>
+    insert: (record, events) =>
       run(INSERT, [
         record.id,
         record.version,
@@ -519,7 +582,8 @@ export const make = (options: RedisStoreOptions): RedisStore => {
         record.ownerId,
         accountKey(record),
         record.createdAt,
-        dueScore(record)
+        dueScore(record),
+        ...eventArgs(events)
       ]).pipe(
         Effect.flatMap((answer) =>
           answer === "ok"
@@ -533,7 +597,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
               )
         )
       ),
-    update: (record, expectedVersion) =>
+    update: (record, expectedVersion, events) =>
       record.version !== expectedVersion + 1
         ? Effect.fail(conflict(`connection ${record.id}: a write must advance the version by one`))
         : run(UPDATE, [
@@ -544,7 +608,8 @@ export const make = (options: RedisStoreOptions): RedisStore => {
             record.ownerId,
             accountKey(record),
             record.createdAt,
-            dueScore(record)
+            dueScore(record),
+            ...eventArgs(events)
           ]).pipe(
             Effect.flatMap((answer) =>
               answer === "ok"
@@ -558,7 +623,44 @@ export const make = (options: RedisStoreOptions): RedisStore => {
                   )
             )
           ),
-    remove: (id) => run(REMOVE, [id]).pipe(Effect.map((n) => Number(n) === 1)),
+    remove: (id, events) => run(REMOVE, [id, ...eventArgs(events)]).pipe(Effect.map((n) => Number(n) === 1)),
+    appendEvents: (events) =>
+      events.length === 0 ? Effect.void : run(APPEND, eventArgs(events)).pipe(Effect.asVoid),
+    readEvents: (after, limit) => {
+      const size = Math.max(0, Math.floor(limit))
+      if (size === 0) return Effect.succeed({ events: [], next: after })
+      return call("readEvents", () =>
+        client.xrange(`${keyPrefix}ev`, `0-${Math.max(0, Math.floor(after)) + 1}`, "+", "COUNT", size)
+      ).pipe(
+        Effect.flatMap((entries) =>
+          Effect.try({
+            try: () => {
+              const events = entries.map(([id, fields]) => {
+                const seq = Number(id.slice(2))
+                const text = fields[fields.indexOf("e") + 1]
+                try {
+                  return LifecycleEvents.decode(seq, text ?? "")
+                } catch {
+                  throw new StoreError({
+                    reason: "corrupt",
+                    message: `Redis store: event ${seq} is not valid JSON`
+                  })
+                }
+              })
+              return { events, next: events.length === 0 ? after : events[events.length - 1]!.seq }
+            },
+            catch: storeError("readEvents")
+          })
+        )
+      )
+    },
+    pruneEvents: (before) => run(PRUNE_EVENTS, [String(before)]).pipe(Effect.map(Number)),
+    getConsumerState: (name) =>
+      call("getConsumerState", () => client.hget(`${keyPrefix}ecs`, name)).pipe(
+        Effect.map((state) => state ?? undefined)
+      ),
+    setConsumerState: (name, state) =>
+      call("setConsumerState", () => client.hset(`${keyPrefix}ecs`, name, state)).pipe(Effect.asVoid),
     acquireLease: (connectionId, holder, ttlMs) =>
       run(ACQUIRE, [connectionId, holder, String(Math.max(1, Math.floor(ttlMs)))]).pipe(
         Effect.map((answer) => {

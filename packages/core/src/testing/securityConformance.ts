@@ -24,6 +24,7 @@ import { createLatchkey, markRevoked } from "../Latchkey.ts"
 import * as Provider from "../Provider.ts"
 import * as Vault from "../VaultNamespace.ts"
 import * as Hostile from "./hostile.ts"
+import { startOtlpReceiver } from "./otlpReceiver.ts"
 import type { ConformanceTokenServer, OpenedStore } from "./storeConformance.ts"
 
 export interface SecurityConformanceOptions {
@@ -214,8 +215,13 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
       }
     })
 
-    it("secrets hygiene: no error or event of the public API carries a secret, four ways serialised", async () => {
+    it("secrets hygiene: no error, event, durable event, exported span or metric carries a secret", async () => {
       const server = await options.tokenServer()
+      // Telemetry on: every span and metric exported over OTLP, and the Prometheus text, are checked too.
+      const otlp = await startOtlpReceiver()
+      let prometheus = ""
+      /** The accounts' e-mails and labels: not secrets of the API's answers, but never exported. */
+      const personal = new Set<string>()
       const secrets = new Set<string>()
       const add = (value: unknown) => {
         if (typeof value === "string" && value.length >= 8) secrets.add(value)
@@ -284,14 +290,21 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
             providers: [provider],
             store,
             vault: { plaintext: true },
-            config: { fetch: capturing, maxAttempts: 1, baseBackoffMs: 1, maxBackoffMs: 5 }
+            config: { fetch: capturing, maxAttempts: 1, baseBackoffMs: 1, maxBackoffMs: 5 },
+            telemetry: {
+              otlp: { url: otlp.url, exportIntervalMs: 200 },
+              prometheus: true,
+              statusIntervalMs: 0
+            }
           })
           lk.on((e) => events.push(e))
           const linkAs = async (ownerId: string, login: string) => {
             const { url } = await lk.startAuthorization({ providerId: "conformance", ownerId })
             const callback = await server.approve(url, login)
             add(new URL(callback).searchParams.get("code"))
-            return (await lk.completeAuthorization({ callback, ownerId })).connection
+            const { connection } = await lk.completeAuthorization({ callback, ownerId })
+            if (connection.label.length >= 6) personal.add(connection.label)
+            return connection
           }
 
           // linked (and a relink), refreshed
@@ -417,7 +430,16 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
           await lk.run(markRevoked(main.id))
           await expectFailure("revoked", lk.accessToken(main.id), "ReauthorizationRequired")
           await lk.unlink(main.id)
-          await lk.close()
+          prometheus = await lk.metrics()
+          await lk.close() // flushes the OTLP exporters
+          // The durable lifecycle events the store holds (whatever the engine appended).
+          if (store.readEvents !== undefined) {
+            for (const e of (await run(store.readEvents(0, 10_000))).events) {
+              for (const leak of leaks(e, [...secrets, ...personal])) {
+                errors.push([`durable event ${e.type} leaks ${leak}`, e])
+              }
+            }
+          }
 
           // VaultError: a tampered ciphertext, and a key that is not a key
           const sealedLk = createLatchkey({
@@ -482,6 +504,16 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
         for (const [label, e] of errors)
           for (const leak of leaks(e, secrets)) found.push(`${label} (${leak})`)
         for (const e of events) for (const leak of leaks(e, secrets)) found.push(`event ${e.type} (${leak})`)
+        for (const [label] of errors) if (label.startsWith("durable event")) found.push(label)
+        // What left the process for the collector, and the Prometheus text.
+        const exported = `${otlp.text()}\n${prometheus}`
+        expect(otlp.bodies.get("/v1/traces")?.length ?? 0).toBeGreaterThan(0)
+        expect(otlp.bodies.get("/v1/metrics")?.length ?? 0).toBeGreaterThan(0)
+        expect(prometheus).toContain("latchkey_refreshes_total")
+        for (const secret of [...secrets, ...personal]) {
+          if (exported.includes(secret)) found.push(`exported telemetry (${secret.slice(0, 6)}…)`)
+        }
+        expect(personal.size).toBeGreaterThan(0)
         expect(found).toEqual([])
         for (let i = 0; i < errors.length + events.length; i++) {
           Hostile.record(`${options.name}: error or event serialised 4 ways`, "neutralised")
@@ -489,6 +521,7 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
         console.info(Hostile.report(`securityConformance (${options.name})`))
       } finally {
         await server.close()
+        await otlp.close()
       }
     }, 60_000)
   })

@@ -9,6 +9,7 @@ import { createLatchkey, type LatchkeyClient } from "../Latchkey.ts"
 import * as Provider from "../Provider.ts"
 import * as Vault from "../VaultNamespace.ts"
 import { openWithOpener, type WorkerSettings } from "./storeConformanceWorker.ts"
+import { storeEvents } from "./storeEvents.ts"
 import { storeFaults } from "./storeFaults.ts"
 import type { ConformanceTokenServer, OpenedStore, StoreConformanceOptions } from "./storeKit.ts"
 import { startStoreWorker } from "./storeKit.ts"
@@ -450,6 +451,8 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
         }
       })
     }
+
+    storeEvents(options, record)
 
     describe("Vault rotation through this store", () => {
       const keyA = { id: "key-a", key: Redacted.make(Vault.generateKey()) }

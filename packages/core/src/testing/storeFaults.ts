@@ -242,10 +242,10 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
       renewals: boolean
     ): ConnectionStoreShape => ({
       ...store,
-      update: (record, expected) =>
+      update: (record, expected, events) =>
         record.journal == null
-          ? Effect.andThen(Effect.sleep(ms), store.update(record, expected))
-          : store.update(record, expected),
+          ? Effect.andThen(Effect.sleep(ms), store.update(record, expected, events))
+          : store.update(record, expected, events),
       renewLease: renewals
         ? (lease, ttl) => Effect.andThen(Effect.sleep(ms), store.renewLease(lease, ttl))
         : store.renewLease
@@ -337,9 +337,9 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
             const cut: ConnectionStoreShape = {
               ...store,
               get: (i) => Effect.andThen(down(), store.get(i)),
-              update: (record, expected) => {
+              update: (record, expected, events) => {
                 if (record.journal == null && downUntil === 0) downUntil = Date.now() + outageMs
-                return Effect.andThen(down(), store.update(record, expected))
+                return Effect.andThen(down(), store.update(record, expected, events))
               },
               renewLease: (lease, ttl) => Effect.andThen(down(), store.renewLease(lease, ttl)),
               releaseLease: (lease) => Effect.andThen(down(), store.releaseLease(lease))

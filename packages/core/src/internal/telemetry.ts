@@ -1,0 +1,105 @@
+/**
+ * What the engine's modules record for OpenTelemetry (`Telemetry.ts` exports it): the metrics, the
+ * switch for W3C trace-context propagation into provider requests (off unless telemetry is on),
+ * and the refresh span of the call sites (Refresher, `latchkey.refresh`). Attributes are ids,
+ * statuses, counts and durations only: never a token, a code, a secret or an account's e-mail.
+ */
+import { Cause, Clock, Context, Effect, Exit, Metric, Option } from "effect"
+
+/** True when telemetry is on: provider requests then carry `traceparent`. */
+export const TracePropagation = Context.Reference<boolean>("@latchkey/core/TracePropagation", {
+  defaultValue: () => false
+})
+
+const latencyBoundaries = Metric.exponentialBoundaries({ start: 5, factor: 2, count: 14 })
+
+export const metrics = {
+  refreshes: Metric.counter("latchkey_refreshes_total", {
+    description: "Refreshes by provider and outcome (success, failed, needs_reauth)",
+    incremental: true
+  }),
+  refreshDuration: Metric.histogram("latchkey_refresh_duration_ms", {
+    description: "Refresh latency (ms), by provider and source (refresher, api)",
+    boundaries: latencyBoundaries
+  }),
+  refreshCommit: Metric.histogram("latchkey_refresh_commit_ms", {
+    description: "From the provider's refresh answer to the durable write (ms): the in-doubt window",
+    boundaries: latencyBoundaries
+  }),
+  inDoubt: Metric.counter("latchkey_refresh_in_doubt_total", {
+    description: "Refreshes that were in doubt (a lost answer, a holder that died), by outcome",
+    incremental: true
+  }),
+  events: Metric.counter("latchkey_lifecycle_events_total", {
+    description: "Lifecycle events published by this instance, by type",
+    incremental: true
+  }),
+  connections: Metric.gauge("latchkey_connections", {
+    description: "Connections in the store, by status"
+  }),
+  apiRequests: Metric.counter("latchkey_api_requests_total", {
+    description: "API requests through the ApiClient, by provider and HTTP status (or error)",
+    incremental: true
+  }),
+  webhookDeliveries: Metric.counter("latchkey_webhook_deliveries_total", {
+    description: "Webhook delivery attempts, by outcome (delivered, retry, dead_letter) and event type",
+    incremental: true
+  }),
+  apiDuration: Metric.histogram("latchkey_api_request_duration_ms", {
+    description: "API request latency through the ApiClient (ms), by provider",
+    boundaries: latencyBoundaries
+  })
+}
+
+/** The W3C `traceparent` of the current span, when propagation is on and there is a span. */
+export const traceparent: Effect.Effect<string | undefined> = Effect.gen(function* () {
+  if (!(yield* TracePropagation)) return undefined
+  const span = yield* Effect.option(Effect.currentSpan)
+  if (span._tag === "None") return undefined
+  return `00-${span.value.traceId}-${span.value.spanId}-${span.value.sampled ? "01" : "00"}`
+})
+
+/**
+ * A refresh made by a call site (not the engine's own span, which needs TokenManager): span
+ * `latchkey.refresh` with provider, source and outcome, and the latency histogram.
+ */
+export const refreshSpan = <A, E, R>(
+  source: "refresher" | "api",
+  connectionId: string,
+  providerId: string | undefined,
+  effect: Effect.Effect<A, E, R>,
+  providerOf?: (a: A) => string
+): Effect.Effect<A, E, R> =>
+  Effect.gen(function* () {
+    const started = yield* Clock.currentTimeMillis
+    const exit = yield* Effect.exit(effect)
+    const elapsed = (yield* Clock.currentTimeMillis) - started
+    const provider = providerId ?? (Exit.isSuccess(exit) && providerOf ? providerOf(exit.value) : "unknown")
+    const outcome = Exit.isSuccess(exit) ? "success" : "failure"
+    const reason = Exit.isFailure(exit) ? failureReason(exit.cause) : undefined
+    yield* Effect.annotateCurrentSpan({
+      "latchkey.provider": provider,
+      "latchkey.refresh.source": source,
+      "latchkey.refresh.outcome": outcome,
+      ...(reason !== undefined ? { "latchkey.refresh.reason": reason } : {})
+    })
+    yield* Metric.update(
+      Metric.withAttributes(metrics.refreshDuration, { provider, source, outcome }),
+      elapsed
+    )
+    return yield* exit
+  }).pipe(
+    Effect.withSpan("latchkey.refresh", {
+      attributes: { "latchkey.connection_id": connectionId }
+    })
+  )
+
+/** The machine-readable reason of a Latchkey error (its `_tag` and `reason`), never its message. */
+const failureReason = (cause: Cause.Cause<unknown>): string | undefined => {
+  const found = Cause.findErrorOption(cause)
+  if (Option.isNone(found)) return undefined
+  const error = found.value as { _tag?: unknown; reason?: unknown } | null
+  if (error === null || typeof error !== "object") return undefined
+  const tag = typeof error._tag === "string" ? error._tag : "Error"
+  return typeof error.reason === "string" ? `${tag}:${error.reason}` : tag
+}
