@@ -14,9 +14,13 @@
  * - A write whose answer was lost (the store failed after applying it) is recognised on the next
  *   attempt — the stored row is the very record written (same version, same sealed access token,
  *   whose nonce is unique) — and counts as written.
- * - Events attached to a write (`{ next, events }`) are published on the `Events` bus once the write
- *   is durable, and only then. They are computed from the written connection before it is sent, so a
- *   store may later append them in the same write.
+ * - Events attached to a write (`{ next, events }`) are computed from the connection to be written,
+ *   appended to the store's lifecycle event log IN THE SAME WRITE (`insert` / `update` / `remove` take
+ *   them: one SQL transaction, one Lua script), and published on the in-process `Events` bus once the
+ *   write is durable, and only then. A write that fails appends nothing; a process that dies after
+ *   the write leaves its events in the log for every other instance (`latchkey.events.subscribe`).
+ * - `note(events)` is for events that go with no change of the row (a refresh that failed and will be
+ *   retried): appended to the log on their own, then published.
  */
 import { Clock, Context, Effect, Layer, Result, Schedule } from "effect"
 import { LatchkeyConfig } from "./Config.ts"
@@ -26,6 +30,7 @@ import { ConnectionStore, type ConnectionStoreShape } from "./ConnectionStore.ts
 import { ConnectionNotFound, type StoreError, type VaultError } from "./Errors.ts"
 import { Events, type LatchkeyEvent } from "./Events.ts"
 import { refreshDueAt } from "./internal/due.ts"
+import * as LifecycleEvents from "./LifecycleEvents.ts"
 import { Vault, type VaultShape } from "./Vault.ts"
 
 /** Events to publish once a write is durable: given, or computed from the connection as written. */
@@ -116,6 +121,17 @@ export interface ConnectionsShape {
     stale: (record: ConnectionRecord) => boolean,
     options?: { readonly retry?: Schedule.Schedule<unknown, StoreError> | undefined }
   ) => Effect.Effect<boolean, StoreError | VaultError>
+  /**
+   * Remove a connection (unlink); `events` go to the log in the same write and are published once it
+   * is done. False when there was nothing to remove (then nothing is appended or published).
+   */
+  readonly remove: (id: string, events?: ReadonlyArray<LatchkeyEvent>) => Effect.Effect<boolean, StoreError>
+  /**
+   * Events that go with no change of the row (e.g. a refresh that failed and is retried): appended
+   * to the store's log on their own (retried as a write is; a store that still fails only loses
+   * the durable copy, which is logged), then published in process.
+   */
+  readonly note: (events: ReadonlyArray<LatchkeyEvent>) => Effect.Effect<void>
 }
 
 /**
@@ -244,9 +260,19 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
       const recordOf = (c: Connection): ConnectionRecord =>
         ConnectionModule.toRecord(vault, c, refreshDueAt(c.tokens, c.status, config, c.kind))
 
+      const listOf = (attached: AttachedEvents, written: Connection): ReadonlyArray<LatchkeyEvent> =>
+        typeof attached === "function" ? attached(written) : attached
+
+      /** The durable form of the events of a write, for the store's log (no message, no secret). */
+      const durable = (
+        list: ReadonlyArray<LatchkeyEvent>,
+        previous: Connection["status"] | undefined
+      ): ReadonlyArray<LifecycleEvents.LifecycleEvent> =>
+        list.map((event) => LifecycleEvents.fromEvent(event, { previousStatus: previous }))
+
       const publish = (attached: AttachedEvents, written: Connection, answeredNs: bigint | undefined) =>
         Effect.gen(function* () {
-          const list = typeof attached === "function" ? attached(written) : attached
+          const list = listOf(attached, written)
           if (list.length === 0) return
           const commitMs =
             answeredNs === undefined
@@ -269,7 +295,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           const now = yield* Clock.currentTimeMillis
           const next = derive({ ...connection, version: 1, createdAt: now, updatedAt: now }, 1, now, true)
           const record = recordOf(next)
-          yield* store.insert(record)
+          yield* store.insert(record, durable(listOf(options?.events ?? [], next), undefined))
           remember(record, next)
           yield* publish(options?.events ?? [], next, undefined)
           return next
@@ -331,7 +357,9 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           const next = derive(change.success.next, current.version + 1, now, current.status === "active")
           const record = recordOf(next)
           tried = { record, connection: next, events: change.success.events }
-          const wrote = yield* store.update(record, current.version).pipe(Effect.result)
+          const wrote = yield* store
+            .update(record, current.version, durable(listOf(change.success.events, next), current.status))
+            .pipe(Effect.result)
           if (Result.isFailure(wrote)) {
             if (retryable(wrote.failure)) return yield* wrote.failure
             return Result.fail(wrote.failure)
@@ -382,7 +410,9 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           )
           const record = recordOf(next)
           tried = { record, connection: next }
-          const wrote = yield* store.update(record, row.version).pipe(Effect.result)
+          const wrote = yield* store
+            .update(record, row.version, durable(listOf(options?.events ?? [], next), row.status))
+            .pipe(Effect.result)
           if (Result.isFailure(wrote)) {
             if (retryable(wrote.failure)) return yield* wrote.failure
             return Result.fail(wrote.failure)
@@ -396,7 +426,32 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
 
       const reseal = resealWith(store, vault)
 
-      return Connections.of({ get, decode, insert, modify, replace, reseal })
+      const remove = (
+        id: string,
+        list: ReadonlyArray<LatchkeyEvent> = []
+      ): Effect.Effect<boolean, StoreError> =>
+        Effect.gen(function* () {
+          const removed = yield* store.remove(id, durable(list, undefined))
+          cache.delete(id)
+          if (removed) for (const event of list) yield* events.publish(event)
+          return removed
+        })
+
+      const note = (list: ReadonlyArray<LatchkeyEvent>): Effect.Effect<void> =>
+        Effect.gen(function* () {
+          if (list.length === 0) return
+          if (store.appendEvents !== undefined) {
+            yield* store.appendEvents(durable(list, undefined)).pipe(
+              Effect.retry(defaultRetry),
+              Effect.catch((e) =>
+                Effect.logWarning(`lifecycle events not appended to the store's log: ${e.message}`)
+              )
+            )
+          }
+          for (const event of list) yield* events.publish(event)
+        })
+
+      return Connections.of({ get, decode, insert, modify, replace, reseal, remove, note })
     })
   )
 }

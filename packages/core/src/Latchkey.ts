@@ -203,10 +203,9 @@ export interface LatchkeyClient {
 
 /** Unlink: revoke at the provider (best effort), then remove. Exposed for Effect users. */
 export const unlink = Effect.fn("Latchkey.unlink")(function* (connectionId: string) {
-  const store = yield* ConnectionStore
+  const writes = yield* Connections
   const tokens = yield* TokenManager
   const providers = yield* Providers
-  const events = yield* Events
   const config = yield* LatchkeyConfig
   const connection = yield* tokens.get(connectionId)
   const provider = providers.find(connection.providerId)
@@ -217,15 +216,16 @@ export const unlink = Effect.fn("Latchkey.unlink")(function* (connectionId: stri
       Effect.orElseSucceed(() => false)
     )
   }
-  yield* store.remove(connectionId)
-  yield* events.publish({
-    type: "unlinked",
-    at: yield* Clock.currentTimeMillis,
-    connectionId,
-    ownerId: connection.ownerId,
-    providerId: connection.providerId,
-    revokedAtProvider
-  })
+  yield* writes.remove(connectionId, [
+    {
+      type: "unlinked",
+      at: yield* Clock.currentTimeMillis,
+      connectionId,
+      ownerId: connection.ownerId,
+      providerId: connection.providerId,
+      revokedAtProvider
+    }
+  ])
   return { revokedAtProvider }
 })
 

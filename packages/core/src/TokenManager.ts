@@ -49,7 +49,7 @@ import {
   StoreError,
   type VaultError
 } from "./Errors.ts"
-import { Events, type LatchkeyEvent } from "./Events.ts"
+import type { LatchkeyEvent } from "./Events.ts"
 import { refreshDueAt } from "./internal/due.ts"
 import * as Mint from "./internal/mint.ts"
 import * as OAuth from "./OAuth.ts"
@@ -177,7 +177,6 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       const store = yield* ConnectionStore
       const connections = yield* Connections.Connections
       const providers = yield* Providers
-      const events = yield* Events
       const config = yield* LatchkeyConfig
       const protocol: OAuth.ProtocolOptions = { timeoutMs: config.requestTimeoutMs, fetch: config.fetch }
       const holder = config.holderId
@@ -404,16 +403,18 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           if (now + wait + minRequest >= keeper.deadline - margin) {
             return { _tag: "Refused", failure }
           }
-          yield* events.publish({
-            type: "refresh_failed",
-            at: now,
-            connectionId: c.id,
-            ownerId: c.ownerId,
-            providerId: c.providerId,
-            reason: failure.kind,
-            message: `${failure.message}; retrying in ${wait} ms`,
-            retryable: true
-          })
+          yield* connections.note([
+            {
+              type: "refresh_failed",
+              at: now,
+              connectionId: c.id,
+              ownerId: c.ownerId,
+              providerId: c.providerId,
+              reason: failure.kind,
+              message: `${failure.message}; retrying in ${wait} ms`,
+              retryable: true
+            }
+          ])
           yield* Effect.sleep(wait)
         }
       })
@@ -567,16 +568,18 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             }
             // A live process lost the answer. With a grace period the resend is safe; without one it
             // is the only chance left (the new tokens exist only in the lost answer). Once, recorded first.
-            yield* events.publish({
-              type: "refresh_failed",
-              at: yield* Clock.currentTimeMillis,
-              connectionId: c.id,
-              ownerId: c.ownerId,
-              providerId: c.providerId,
-              reason: "answer_lost",
-              message: `${provider.name}: ${outcome.failure.message}; the refresh token may have been rotated, resending it once`,
-              retryable: true
-            })
+            yield* connections.note([
+              {
+                type: "refresh_failed",
+                at: yield* Clock.currentTimeMillis,
+                connectionId: c.id,
+                ownerId: c.ownerId,
+                providerId: c.providerId,
+                reason: "answer_lost",
+                message: `${provider.name}: ${outcome.failure.message}; the refresh token may have been rotated, resending it once`,
+                retryable: true
+              }
+            ])
             const at = keeper.lease.grantedAt
             const marked = yield* setJournal(c, {
               ...journal,
@@ -607,16 +610,18 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               }
               if (failure.kind === "invalid_client") {
                 yield* setJournal(current, undefined).pipe(Effect.ignore)
-                yield* events.publish({
-                  type: "refresh_failed",
-                  at: after,
-                  connectionId: c.id,
-                  ownerId: c.ownerId,
-                  providerId: c.providerId,
-                  reason: "invalid_client",
-                  message: `${provider.name}: ${failure.message} (check the client id and secret)`,
-                  retryable: false
-                })
+                yield* connections.note([
+                  {
+                    type: "refresh_failed",
+                    at: after,
+                    connectionId: c.id,
+                    ownerId: c.ownerId,
+                    providerId: c.providerId,
+                    reason: "invalid_client",
+                    message: `${provider.name}: ${failure.message} (check the client id and secret)`,
+                    retryable: false
+                  }
+                ])
                 return yield* new RefreshError({
                   reason: "invalid_client",
                   connectionId: c.id,
@@ -655,16 +660,18 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               journal: undefined,
               lastError: { code: reason, description: message, at: after }
             })).pipe(Effect.ignore)
-            yield* events.publish({
-              type: "refresh_failed",
-              at: after,
-              connectionId: c.id,
-              ownerId: c.ownerId,
-              providerId: c.providerId,
-              reason,
-              message,
-              retryable: true
-            })
+            yield* connections.note([
+              {
+                type: "refresh_failed",
+                at: after,
+                connectionId: c.id,
+                ownerId: c.ownerId,
+                providerId: c.providerId,
+                reason,
+                message,
+                retryable: true
+              }
+            ])
             return yield* new RefreshError({
               reason,
               connectionId: c.id,
@@ -912,16 +919,18 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           if (retryable && attempt + 1 < config.maxAttempts) {
             const wait = yield* backoff(attempt, failure.details.retryAfterMs)
             if (now + wait + minRequest < keeper.deadline - margin) {
-              yield* events.publish({
-                type: "refresh_failed",
-                at: now,
-                connectionId: c.id,
-                ownerId: c.ownerId,
-                providerId: c.providerId,
-                reason: failure.kind,
-                message: `${provider.name}: ${failure.message}; retrying in ${wait} ms`,
-                retryable: true
-              })
+              yield* connections.note([
+                {
+                  type: "refresh_failed",
+                  at: now,
+                  connectionId: c.id,
+                  ownerId: c.ownerId,
+                  providerId: c.providerId,
+                  reason: failure.kind,
+                  message: `${provider.name}: ${failure.message}; retrying in ${wait} ms`,
+                  retryable: true
+                }
+              ])
               yield* Effect.sleep(wait)
               continue
             }
@@ -946,16 +955,18 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             reason === "invalid_client"
               ? `${provider.name} refused the client's own credentials: ${failure.message} (check the client id, secret and allowed grants)`
               : `${provider.name}: ${failure.message}`
-          yield* events.publish({
-            type: "refresh_failed",
-            at: now,
-            connectionId: c.id,
-            ownerId: c.ownerId,
-            providerId: c.providerId,
-            reason,
-            message,
-            retryable: reason !== "invalid_client"
-          })
+          yield* connections.note([
+            {
+              type: "refresh_failed",
+              at: now,
+              connectionId: c.id,
+              ownerId: c.ownerId,
+              providerId: c.providerId,
+              reason,
+              message,
+              retryable: reason !== "invalid_client"
+            }
+          ])
           return yield* new RefreshError({
             reason,
             connectionId: c.id,

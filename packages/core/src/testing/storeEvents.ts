@@ -14,13 +14,6 @@ import * as LifecycleEvents from "../LifecycleEvents.ts"
 import type { EventWorkerSettings } from "./eventLogWorker.ts"
 import type { OpenedStore, StoreConformanceOptions } from "./storeKit.ts"
 
-/**
- * Whether Latchkey's engine appends its lifecycle events to the store with its writes. Until it
- * does, the cross-process check drives the log with store writes; set to true to run the same check
- * through the Latchkey API (link with an API key, mark revoked, SIGKILL).
- */
-export const ENGINE_APPENDS_LIFECYCLE_EVENTS = false
-
 const workerFile = fileURLToPath(
   new URL(`./eventLogWorker${import.meta.url.endsWith(".ts") ? ".ts" : ".js"}`, import.meta.url)
 )
@@ -349,13 +342,9 @@ export const storeEvents = (
         await crash("store-writer")
       }, 60_000)
 
-      it.skipIf(!ENGINE_APPENDS_LIFECYCLE_EVENTS)(
-        "through the Latchkey API: a process linked, revoked and was SIGKILLed; another receives linked and revoked",
-        async () => {
-          await crash("engine-writer")
-        },
-        60_000
-      )
+      it("through the Latchkey API: a process linked, revoked and was SIGKILLed; another receives linked and revoked", async () => {
+        await crash("engine-writer")
+      }, 60_000)
     }
 
     it("keeps each consumer's state", async () => {
