@@ -127,6 +127,21 @@ export interface ConnectionStoreShape {
    * and has not expired (atomic across instances). Optional for third-party stores.
    */
   readonly claimOnce?: (key: string, until: number, now: number) => Effect.Effect<boolean, StoreError>
+  /**
+   * Claim up to `limit` due connections for `holder`, atomically across instances: active ones whose
+   * `refreshDueAt <= now`, soonest first, that nobody holds an unexpired refresh lease on and nobody
+   * (this holder included) holds an unexpired claim on. Each returned connection is claimed until
+   * `ttlMs` from now by the STORE's clock (like leases), so a claimer that dies leaves its claims to
+   * lapse; a claim is only a hint for the background Refresher (N instances split the due work instead
+   * of chasing one batch), never a lease: the refresh still takes the lease. Optional; without it
+   * the Refresher uses `listDue`.
+   */
+  readonly claimDue?: (
+    now: number,
+    limit: number,
+    holder: string,
+    ttlMs: number
+  ) => Effect.Effect<ReadonlyArray<ConnectionRecord>, StoreError>
   /** How many connections the store holds. Optional; `Vault.rotate` reports progress against it. */
   readonly count?: () => Effect.Effect<number, StoreError>
   /** Its kind, its clock and its settings (optional; every built-in store has it). */
@@ -162,6 +177,8 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
     `${r.ownerId}\u0000${r.providerId}\u0000${r.accountId}`
   const byAccount = new Map<string, string>()
   const claims = new Map<string, number>()
+  /** `claimDue`'s claims: connection id → expiry on the store's clock. */
+  const dueClaims = new Map<string, number>()
 
   return {
     get: (id) => Effect.sync(() => rows.get(id)),
@@ -199,6 +216,20 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
           .sort((a, b) => (a.refreshDueAt ?? 0) - (b.refreshDueAt ?? 0))
           .slice(0, limit)
       ),
+    claimDue: (now, limit, _holder, ttlMs) =>
+      Effect.sync(() => {
+        const at = clock()
+        const free = (id: string) => (leases.get(id)?.expiresAt ?? 0) <= at && (dueClaims.get(id) ?? 0) <= at
+        const picked = [...rows.values()]
+          .filter(
+            (r) => r.status === "active" && r.refreshDueAt !== null && r.refreshDueAt <= now && free(r.id)
+          )
+          .sort((a, b) => (a.refreshDueAt ?? 0) - (b.refreshDueAt ?? 0) || (a.id < b.id ? -1 : 1))
+          .slice(0, Math.max(0, Math.floor(limit)))
+        for (const r of picked) dueClaims.set(r.id, at + Math.max(1, ttlMs))
+        for (const [id, until] of dueClaims) if (until <= at) dueClaims.delete(id)
+        return picked
+      }),
     insert: (record) =>
       Effect.suspend(() => {
         if (rows.has(record.id)) return Effect.fail(conflict(`connection ${record.id} already exists`))
@@ -233,6 +264,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         rows.delete(id)
         byAccount.delete(accountKey(current))
         leases.delete(id)
+        dueClaims.delete(id)
         return true
       }),
     acquireLease: (connectionId, holder, ttlMs) =>

@@ -57,6 +57,12 @@ const MIGRATIONS = [
      fence INTEGER NOT NULL,
      expires_at INTEGER NOT NULL
    )`,
+  // `claimDue`'s claims (added after schema version 1; created idempotently on every open).
+  `CREATE TABLE IF NOT EXISTS latchkey_claims (
+     connection_id TEXT PRIMARY KEY,
+     holder TEXT NOT NULL,
+     expires_at INTEGER NOT NULL
+   )`,
   `CREATE TABLE IF NOT EXISTS latchkey_pending (
      state TEXT PRIMARY KEY,
      record TEXT NOT NULL,
@@ -215,6 +221,38 @@ export const make = (
           ).all(now, limit) as Array<{ record: string }>
         ).map((r) => parse(r)!)
       ),
+    claimDue: (now, limit, holder, ttlMs) =>
+      attempt("claimDue", () =>
+        transaction(() => {
+          // Under the write lock (IMMEDIATE), so no other process claims between the pick and the mark.
+          const at = clock()
+          const claimed = sql(
+            `INSERT INTO latchkey_claims (connection_id, holder, expires_at)
+             SELECT c.id, ?, ? FROM latchkey_connections c
+             WHERE c.status = 'active' AND c.refresh_due_at IS NOT NULL AND c.refresh_due_at <= ?
+               AND NOT EXISTS (SELECT 1 FROM latchkey_leases l WHERE l.connection_id = c.id AND l.expires_at > ?)
+               AND NOT EXISTS (SELECT 1 FROM latchkey_claims k WHERE k.connection_id = c.id AND k.expires_at > ?)
+             ORDER BY c.refresh_due_at, c.id LIMIT ?
+             ON CONFLICT (connection_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+             RETURNING connection_id`
+          ).all(
+            holder,
+            at + Math.max(1, Math.floor(ttlMs)),
+            now,
+            at,
+            at,
+            Math.max(0, Math.floor(limit))
+          ) as Array<{
+            connection_id: string
+          }>
+          if (claimed.length === 0) return []
+          const get = sql("SELECT record FROM latchkey_connections WHERE id = ?")
+          const records = claimed.map((r) => parse(get.get(r.connection_id) as { record: string })!)
+          return records.sort(
+            (a, b) => (a.refreshDueAt ?? 0) - (b.refreshDueAt ?? 0) || (a.id < b.id ? -1 : 1)
+          )
+        })
+      ),
     insert: (record) =>
       Effect.try({
         try: () => {
@@ -281,6 +319,7 @@ export const make = (
       attempt("remove", () =>
         transaction(() => {
           sql("DELETE FROM latchkey_leases WHERE connection_id = ?").run(id)
+          sql("DELETE FROM latchkey_claims WHERE connection_id = ?").run(id)
           return Number(sql("DELETE FROM latchkey_connections WHERE id = ?").run(id).changes) > 0
         })
       ),

@@ -46,7 +46,7 @@ export interface PostgresStore extends ConnectionStore.ConnectionStoreShape {
 }
 
 /** The schema version this release migrates to; kept in `latchkey_meta`. */
-export const SCHEMA_VERSION = 1
+export const SCHEMA_VERSION = 2
 const CONSUMED_TOMBSTONE_MS = 60 * 60 * 1000
 
 const migrations = (
@@ -84,6 +84,17 @@ const migrations = (
          keep_until bigint NOT NULL
        )`,
       `CREATE INDEX IF NOT EXISTS latchkey_pending_keep ON ${s}.latchkey_pending (keep_until)`
+    ]
+  },
+  {
+    // Claimed batches for the Refresher (`claimDue`): a claim per connection, on the server's clock.
+    version: 2,
+    statements: [
+      `CREATE TABLE IF NOT EXISTS ${s}.latchkey_claims (
+         connection_id text PRIMARY KEY,
+         holder text NOT NULL,
+         expires_at bigint NOT NULL
+       )`
     ]
   }
 ]
@@ -340,6 +351,7 @@ const build = (
   const C = `${s}.latchkey_connections`
   const L = `${s}.latchkey_leases`
   const P = `${s}.latchkey_pending`
+  const K = `${s}.latchkey_claims`
 
   /**
    * One self-contained statement (reads: they take no row locks). Bounded on the client side: a read
@@ -480,6 +492,39 @@ COMMIT`
       query("count", `SELECT count(*) AS n FROM ${C}`, [], (result: pg.QueryResult<{ n: string }>) =>
         Number(result.rows[0]?.n ?? 0)
       ),
+    claimDue: (now, limit, holder, ttlMs) =>
+      Math.floor(limit) <= 0
+        ? Effect.succeed([])
+        : transaction("claimDue", async (client) => {
+            // One statement on the server's clock. Rows another claimer is picking right now are
+            // skipped (FOR UPDATE SKIP LOCKED); the claim row's ON CONFLICT ... WHERE is the arbiter
+            // for one picked from an older snapshot, so two claimers never both get a connection.
+            const ttl = Math.max(1, Math.floor(ttlMs))
+            const result = await client.query<{ record: string }>(
+              `WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now),
+               picked AS (
+                 SELECT c.id, c.refresh_due_at FROM ${C} c
+                 WHERE c.status = 'active' AND c.refresh_due_at IS NOT NULL AND c.refresh_due_at <= $1
+                   AND NOT EXISTS (SELECT 1 FROM ${L} l, t WHERE l.connection_id = c.id AND l.expires_at > t.now)
+                   AND NOT EXISTS (SELECT 1 FROM ${K} k, t WHERE k.connection_id = c.id AND k.expires_at > t.now)
+                 ORDER BY c.refresh_due_at, c.id
+                 LIMIT $2
+                 FOR UPDATE OF c SKIP LOCKED
+               ),
+               claimed AS (
+                 INSERT INTO ${K} AS k (connection_id, holder, expires_at)
+                 SELECT picked.id, $3, t.now + $4::bigint FROM picked, t
+                 ON CONFLICT (connection_id) DO UPDATE
+                   SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+                   WHERE k.expires_at <= EXCLUDED.expires_at - $4::bigint
+                 RETURNING connection_id
+               )
+               SELECT c.record FROM ${C} c JOIN claimed ON claimed.connection_id = c.id
+               ORDER BY c.refresh_due_at, c.id`,
+              [now, Math.floor(limit), holder, ttl]
+            )
+            return result.rows.map((row) => parseRecord<ConnectionRecord>("a connection", row.record))
+          }),
     insert: (record) =>
       transaction("insert", async (client) => {
         try {
@@ -517,7 +562,8 @@ COMMIT`
     remove: (id) =>
       transaction("remove", async (client) => {
         const result = await client.query(
-          `WITH lease AS (DELETE FROM ${L} WHERE connection_id = $1)
+          `WITH lease AS (DELETE FROM ${L} WHERE connection_id = $1),
+                claim AS (DELETE FROM ${K} WHERE connection_id = $1)
            DELETE FROM ${C} WHERE id = $1`,
           [id]
         )

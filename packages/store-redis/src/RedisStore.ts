@@ -18,6 +18,7 @@
  * - `P p:<state>` a pending authorization: a hash taken once by a get-and-mark script; it expires an
  *   hour after the authorization does.
  * - `P w:<key>` a `claimOnce` record (`SET NX PX`), e.g. a webhook id already handled.
+ * - `P k:<id>` a `claimDue` claim: the Refresher instance that claimed the due connection, with a PX TTL.
  *
  * The server's `maxmemory-policy` must be `noeviction` (checked before the first command; see
  * `allowEviction`), and errors keep nothing of the driver's command arguments.
@@ -132,7 +133,7 @@ local P, id = ARGV[1], ARGV[2]
 local ck = P .. 'c:' .. id
 local cur = redis.call('HMGET', ck, 'o', 'a')
 if not cur[1] then return 0 end
-redis.call('DEL', ck, P .. 'a:' .. cur[2], P .. 'l:' .. id, P .. 'f:' .. id, P .. 'r:' .. id)
+redis.call('DEL', ck, P .. 'a:' .. cur[2], P .. 'l:' .. id, P .. 'f:' .. id, P .. 'r:' .. id, P .. 'k:' .. id)
 redis.call('ZREM', P .. 'o:' .. cur[1], id)
 redis.call('ZREM', P .. 'ids', id)
 redis.call('ZREM', P .. 'due', id)
@@ -252,6 +253,39 @@ if cur[1] == ARGV[3] and cur[2] == ARGV[4] then
   return redis.call('DEL', lk)
 end
 return 0`
+)
+
+/**
+ * ARGV: prefix, now (the caller's, for what is due), limit, holder, ttl. Walks the due index soonest
+ * first and claims (a `P k:<id>` key with a PX TTL) each connection that has no unexpired lease and
+ * no unexpired claim, by the server's clock, until `limit` are claimed; looks at a bounded number of
+ * entries per call. Returns the claimed records, soonest first.
+ */
+const CLAIM_DUE = script(
+  "claimDue",
+  `${SERVER_NOW}
+local P, limit, holder, ttl = ARGV[1], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local now = serverNow()
+local out = {}
+local offset, page = 0, math.max(64, limit * 2)
+local budget = math.max(2000, limit * 20)
+while #out < limit and offset < budget do
+  local ids = redis.call('ZRANGEBYSCORE', P .. 'due', '-inf', ARGV[2], 'LIMIT', offset, page)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    local held = redis.call('HGET', P .. 'l:' .. id, 'e')
+    if (not held or tonumber(held) <= now) and redis.call('EXISTS', P .. 'k:' .. id) == 0 then
+      local r = redis.call('HGET', P .. 'c:' .. id, 'r')
+      if r then
+        redis.call('SET', P .. 'k:' .. id, holder, 'PX', math.max(1, ttl))
+        out[#out + 1] = r
+        if #out >= limit then break end
+      end
+    end
+  end
+  offset = offset + page
+end
+return out`
 )
 
 /** ARGV: prefix, state, record, expiresAt, ttl ms. */
@@ -457,6 +491,14 @@ export const make = (options: RedisStoreOptions): RedisStore => {
         : run(LIST_DUE, [String(now), Math.floor(limit)]).pipe(
             Effect.flatMap((rows) =>
               Effect.try({ try: () => parseAll("a connection")(rows), catch: storeError("listDue") })
+            )
+          ),
+    claimDue: (now, limit, holder, ttlMs) =>
+      Math.floor(limit) <= 0
+        ? Effect.succeed([])
+        : run(CLAIM_DUE, [String(now), Math.floor(limit), holder, Math.max(1, Math.floor(ttlMs))]).pipe(
+            Effect.flatMap((rows) =>
+              Effect.try({ try: () => parseAll("a connection")(rows), catch: storeError("claimDue") })
             )
           ),
     scan: (after, limit) => {

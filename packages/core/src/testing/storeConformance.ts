@@ -10,6 +10,7 @@ import * as Provider from "../Provider.ts"
 import * as Vault from "../VaultNamespace.ts"
 import { openWithOpener, type WorkerSettings } from "./storeConformanceWorker.ts"
 import { storeFaults } from "./storeFaults.ts"
+import { storeFleet } from "./storeFleet.ts"
 import type { ConformanceTokenServer, OpenedStore, StoreConformanceOptions } from "./storeKit.ts"
 import { startStoreWorker } from "./storeKit.ts"
 
@@ -569,6 +570,7 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
     })
 
     storeFaults(options)
+    storeFleet(options, sampleRecord)
 
     const cross = options.crossProcess
     if (cross === undefined) {
