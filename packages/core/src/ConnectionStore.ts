@@ -79,6 +79,49 @@ export interface ScanPage {
   readonly next: string | undefined
 }
 
+/**
+ * What `watch` tells its listeners. `Changed`: the connection's row was written (insert, update,
+ * remove). `Live`: the channel is (again) connected — anything may have changed while it was not, so
+ * flush everything cached; changes are delivered from now on. `Lost`: the channel is down; changes
+ * made elsewhere may go unseen until the next `Live`.
+ */
+export type StoreChange =
+  | { readonly _tag: "Changed"; readonly id: string }
+  | { readonly _tag: "Live" }
+  | { readonly _tag: "Lost" }
+
+export type StoreChangeListener = (change: StoreChange) => void
+
+/**
+ * The listeners of one store object: writes made through it are announced to them synchronously,
+ * before the write's Effect completes. A throwing listener is ignored.
+ */
+export const makeChangeHub = () => {
+  const listeners = new Set<StoreChangeListener>()
+  const emit = (change: StoreChange) => {
+    for (const listener of listeners) {
+      try {
+        listener(change)
+      } catch {
+        // a listener's failure never breaks a write
+      }
+    }
+  }
+  return {
+    listeners,
+    emit,
+    changed: (id: string) => {
+      if (listeners.size > 0) emit({ _tag: "Changed", id })
+    },
+    add: (listener: StoreChangeListener) => {
+      listeners.add(listener)
+      return () => {
+        listeners.delete(listener)
+      }
+    }
+  }
+}
+
 export type TakePendingResult =
   | { readonly _tag: "Found"; readonly pending: PendingAuthorization }
   | { readonly _tag: "Consumed" }
@@ -142,6 +185,15 @@ export interface ConnectionStoreShape {
     holder: string,
     ttlMs: number
   ) => Effect.Effect<ReadonlyArray<ConnectionRecord>, StoreError>
+  /**
+   * Be told when connection rows change, for caches (the Promise API's token cache). Writes made
+   * through this store object are announced synchronously, before their Effect completes; writes by
+   * other store objects and processes through the backend's own channel (PostgreSQL LISTEN/NOTIFY,
+   * Redis pub/sub, SQLite's `data_version`), each followed by `Live` once that channel is connected
+   * and after every reconnect. Memory and SQLite call the listener with `Live` at once. Returns a
+   * function that stops listening. Optional: without it, a cache trusts an entry only for a bounded time.
+   */
+  readonly watch?: (listener: StoreChangeListener) => () => void
   /** How many connections the store holds. Optional; `Vault.rotate` reports progress against it. */
   readonly count?: () => Effect.Effect<number, StoreError>
   /** Its kind, its clock and its settings (optional; every built-in store has it). */
@@ -179,6 +231,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
   const claims = new Map<string, number>()
   /** `claimDue`'s claims: connection id → expiry on the store's clock. */
   const dueClaims = new Map<string, number>()
+  const hub = makeChangeHub()
 
   return {
     get: (id) => Effect.sync(() => rows.get(id)),
@@ -216,6 +269,11 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
           .sort((a, b) => (a.refreshDueAt ?? 0) - (b.refreshDueAt ?? 0))
           .slice(0, limit)
       ),
+    watch: (listener) => {
+      const stop = hub.add(listener)
+      listener({ _tag: "Live" })
+      return stop
+    },
     claimDue: (now, limit, _holder, ttlMs) =>
       Effect.sync(() => {
         const at = clock()
@@ -241,6 +299,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         }
         rows.set(record.id, record)
         byAccount.set(key, record.id)
+        hub.changed(record.id)
         return Effect.void
       }),
     update: (record, expectedVersion) =>
@@ -255,6 +314,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         byAccount.delete(accountKey(current))
         rows.set(record.id, record)
         byAccount.set(accountKey(record), record.id)
+        hub.changed(record.id)
         return Effect.void
       }),
     remove: (id) =>
@@ -265,6 +325,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         byAccount.delete(accountKey(current))
         leases.delete(id)
         dueClaims.delete(id)
+        hub.changed(id)
         return true
       }),
     acquireLease: (connectionId, holder, ttlMs) =>

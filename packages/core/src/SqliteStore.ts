@@ -15,6 +15,7 @@ import {
   type ConnectionStoreShape,
   conflict,
   type Lease,
+  makeChangeHub,
   type PendingAuthorization,
   type TakePendingResult
 } from "./ConnectionStore.ts"
@@ -30,6 +31,11 @@ export interface SqliteStoreOptions {
    * machine shares the host clock, so leases never depend on a caller's clock). For tests.
    */
   readonly clock?: (() => number) | undefined
+  /**
+   * How often `watch` polls `PRAGMA data_version` for commits by other connections to the file (other
+   * processes, other store objects), default 100 ms: the longest a cache sees another process's write late.
+   */
+  readonly watchIntervalMs?: number | undefined
 }
 
 const SCHEMA_VERSION = 1
@@ -151,6 +157,44 @@ export const make = (
   const attempt = <A>(what: string, f: () => A): Effect.Effect<A, StoreError> =>
     Effect.try({ try: f, catch: storeError(what) })
 
+  // watch: writes through this object are announced at once; commits by other connections are seen
+  // by polling `PRAGMA data_version` (it changes only for them), and flush everything (`Live`).
+  const hub = makeChangeHub()
+  const watchIntervalMs = options.watchIntervalMs ?? 100
+  let poller: ReturnType<typeof setInterval> | undefined
+  let dataVersion = -1
+  const readDataVersion = () =>
+    (db.prepare("PRAGMA data_version").get() as { data_version: number }).data_version
+  const stopPolling = () => {
+    if (poller !== undefined) clearInterval(poller)
+    poller = undefined
+  }
+  const watch = (listener: Parameters<typeof hub.add>[0]) => {
+    const stop = hub.add(listener)
+    if (poller === undefined && db.isOpen) {
+      dataVersion = readDataVersion()
+      poller = setInterval(() => {
+        if (!db.isOpen) return stopPolling()
+        let now: number
+        try {
+          now = readDataVersion()
+        } catch {
+          return
+        }
+        if (now !== dataVersion) {
+          dataVersion = now
+          hub.emit({ _tag: "Live" })
+        }
+      }, watchIntervalMs)
+      poller.unref?.()
+    }
+    listener({ _tag: "Live" })
+    return () => {
+      stop()
+      if (hub.listeners.size === 0) stopPolling()
+    }
+  }
+
   const store: ConnectionStoreShape & { readonly close: () => Effect.Effect<void> } = {
     get: (id) =>
       attempt("get", () =>
@@ -221,6 +265,7 @@ export const make = (
           ).all(now, limit) as Array<{ record: string }>
         ).map((r) => parse(r)!)
       ),
+    watch,
     claimDue: (now, limit, holder, ttlMs) =>
       attempt("claimDue", () =>
         transaction(() => {
@@ -271,6 +316,7 @@ export const make = (
             record.createdAt,
             JSON.stringify(record)
           )
+          hub.changed(record.id)
         },
         catch: (e) =>
           isConstraint(e)
@@ -308,7 +354,7 @@ export const make = (
         }).pipe(
           Effect.flatMap((changes) =>
             Number(changes) === 1
-              ? Effect.void
+              ? Effect.sync(() => hub.changed(record.id))
               : Effect.fail(
                   conflict(`connection ${record.id} is missing or not at version ${expectedVersion}`)
                 )
@@ -322,7 +368,7 @@ export const make = (
           sql("DELETE FROM latchkey_claims WHERE connection_id = ?").run(id)
           return Number(sql("DELETE FROM latchkey_connections WHERE id = ?").run(id).changes) > 0
         })
-      ),
+      ).pipe(Effect.tap((removed) => Effect.sync(() => removed && hub.changed(id)))),
     acquireLease: (connectionId, holder, ttlMs) =>
       attempt("acquireLease", () =>
         transaction((): Lease | undefined => {
@@ -398,6 +444,7 @@ export const make = (
       }),
     close: () =>
       Effect.sync(() => {
+        stopPolling()
         if (db.isOpen) db.close()
       })
   }

@@ -12,8 +12,11 @@
  *   instances whose clocks disagree still agree on who holds the lease.
  * - No session state: reads are single self-contained statements; every write runs in one
  *   transaction that starts with `SET LOCAL lock_timeout` and `SET LOCAL statement_timeout`. Nothing
- *   uses session-level settings, session advisory locks, named prepared statements, LISTEN or
- *   temporary tables, so the store is safe behind PgBouncer in transaction pooling mode.
+ *   uses session-level settings, session advisory locks, named prepared statements or temporary
+ *   tables, so the store is safe behind PgBouncer in transaction pooling mode. The one exception is
+ *   `watch`: every write of a connection row sends `pg_notify` in its own transaction, and `watch`
+ *   keeps one dedicated connection (outside the pool) in `LISTEN`; see `listen` and
+ *   `listenConnectionString` for PgBouncer.
  */
 import { type Connection, ConnectionStore, ProviderDefinitionError, StoreError } from "@latchkey/core"
 import { Effect, Layer, Redacted } from "effect"
@@ -37,6 +40,15 @@ export interface PostgresStoreOptions {
   readonly statementTimeoutMs?: number | undefined
   /** Size of the pool this store creates from `connectionString` (default 10). */
   readonly maxConnections?: number | undefined
+  /**
+   * `watch` (the token cache's view of writes made by other instances) holds one dedicated connection
+   * in `LISTEN` (default true). `LISTEN` needs a session: behind PgBouncer in transaction pooling mode
+   * give `listenConnectionString` pointing at PostgreSQL itself (or a session-mode pool), or set
+   * `listen: false` (then caches trust entries only their bounded `maxStaleMs`).
+   */
+  readonly listen?: boolean | undefined
+  /** Where the `LISTEN` connection goes (default: `connectionString`, or the given pool's settings). */
+  readonly listenConnectionString?: string | Redacted.Redacted<string> | undefined
 }
 
 export interface PostgresStore extends ConnectionStore.ConnectionStoreShape {
@@ -224,7 +236,19 @@ export const makeEffect = (options: PostgresStoreOptions): Effect.Effect<Postgre
       })
     // An idle client losing its server (restart, failover) must not crash the process.
     if (ownPool) pool.on("error", () => {})
-    const store = build(pool, ownPool, schemaName, lockTimeoutMs, statementTimeoutMs)
+    const listenTarget = options.listenConnectionString ?? options.connectionString
+    const listenConfig: pg.ClientConfig | undefined =
+      options.listen === false
+        ? undefined
+        : listenTarget !== undefined
+          ? {
+              connectionString: Redacted.isRedacted(listenTarget)
+                ? Redacted.value(listenTarget)
+                : listenTarget,
+              keepAlive: true
+            }
+          : { ...(pool as unknown as { options: pg.ClientConfig }).options, keepAlive: true }
+    const store = build(pool, ownPool, schemaName, lockTimeoutMs, statementTimeoutMs, listenConfig)
     return migrate(pool, schemaName, lockTimeoutMs, statementTimeoutMs).pipe(
       Effect.as(store),
       Effect.tapError(() => store.close())
@@ -340,14 +364,113 @@ const migrate = (pool: pg.Pool, schemaName: string, lockTimeoutMs: number, state
     catch: storeError(`migrating schema "${schemaName}"`)
   })
 
+/**
+ * `watch` for PostgreSQL: one dedicated connection (outside the pool) in `LISTEN` on the schema's
+ * channel while anyone listens. `Live` once the `LISTEN` is in place (and after every reconnect),
+ * `Lost` when the connection ends or a heartbeat gets no answer; reconnects with backoff.
+ */
+const makeListener = (
+  config: pg.ClientConfig,
+  channel: string,
+  hub: ReturnType<typeof ConnectionStore.makeChangeHub>
+) => {
+  let client: pg.Client | undefined
+  let active = false
+  let attempt = 0
+  let timer: ReturnType<typeof setTimeout> | undefined
+  let heartbeat: ReturnType<typeof setInterval> | undefined
+  let live = false
+
+  const lost = (which: pg.Client) => {
+    if (client !== which) return
+    client = undefined
+    if (heartbeat !== undefined) clearInterval(heartbeat)
+    heartbeat = undefined
+    which.end().catch(() => {})
+    if (live) {
+      live = false
+      hub.emit({ _tag: "Lost" })
+    }
+    schedule()
+  }
+  const schedule = () => {
+    if (!active || timer !== undefined) return
+    const wait = Math.min(2_000, 50 * 2 ** attempt++)
+    timer = setTimeout(() => {
+      timer = undefined
+      void connect()
+    }, wait)
+    timer.unref?.()
+  }
+  const connect = async () => {
+    if (!active || client !== undefined) return
+    const next = new pg.Client({ ...config, query_timeout: 5_000 } as pg.ClientConfig)
+    client = next
+    next.on("error", () => lost(next))
+    next.on("end", () => lost(next))
+    next.on("notification", (message) => {
+      if (message.channel === channel && message.payload) hub.emit({ _tag: "Changed", id: message.payload })
+    })
+    try {
+      await next.connect()
+      await next.query(`LISTEN ${quote(channel)}`)
+    } catch {
+      return lost(next)
+    }
+    if (client !== next) return
+    if (!active) {
+      client = undefined
+      await next.end().catch(() => {})
+      return
+    }
+    attempt = 0
+    live = true
+    hub.emit({ _tag: "Live" })
+    heartbeat = setInterval(() => {
+      next.query("SELECT 1").catch(() => lost(next))
+    }, 5_000)
+    heartbeat.unref?.()
+  }
+  const stop = async () => {
+    active = false
+    if (timer !== undefined) clearTimeout(timer)
+    timer = undefined
+    if (heartbeat !== undefined) clearInterval(heartbeat)
+    heartbeat = undefined
+    const current = client
+    client = undefined
+    live = false
+    await current?.end().catch(() => {})
+  }
+  return {
+    add: (listener: ConnectionStore.StoreChangeListener) => {
+      const remove = hub.add(listener)
+      if (!active) {
+        active = true
+        void connect()
+      } else if (live) listener({ _tag: "Live" })
+      return () => {
+        remove()
+        if (hub.listeners.size === 0) void stop()
+      }
+    },
+    close: stop
+  }
+}
+
 const build = (
   pool: pg.Pool,
   ownPool: boolean,
   schemaName: string,
   lockTimeoutMs: number,
-  statementTimeoutMs: number
+  statementTimeoutMs: number,
+  listenConfig: pg.ClientConfig | undefined
 ): PostgresStore => {
   const s = quote(schemaName)
+  /** The NOTIFY channel of this schema's connection writes (payload: the connection id). */
+  const channel = `latchkey_changes_${schemaName}`.slice(0, 63)
+  const hub = ConnectionStore.makeChangeHub()
+  const watch = listenConfig === undefined ? undefined : makeListener(listenConfig, channel, hub)
   const C = `${s}.latchkey_connections`
   const L = `${s}.latchkey_leases`
   const P = `${s}.latchkey_pending`
@@ -403,10 +526,11 @@ const build = (
       const text = (v: string) => client.escapeLiteral(v)
       const int = (v: number | null) => (v === null ? "NULL" : Number.isFinite(v) ? String(v) : "NULL")
       const batch = `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs};
-UPDATE ${C} SET owner_id = ${text(record.ownerId)}, provider_id = ${text(record.providerId)},
+WITH u AS (UPDATE ${C} SET owner_id = ${text(record.ownerId)}, provider_id = ${text(record.providerId)},
   account_id = ${text(record.accountId)}, version = ${int(record.version)}, status = ${text(record.status)},
   refresh_due_at = ${int(record.refreshDueAt)}, record = ${text(JSON.stringify(record))}
-  WHERE id = ${text(record.id)} AND version = ${int(expectedVersion)};
+  WHERE id = ${text(record.id)} AND version = ${int(expectedVersion)} RETURNING id)
+SELECT pg_notify(${text(channel)}, u.id) FROM u;
 COMMIT`
       let results: Array<pg.QueryResult>
       try {
@@ -492,6 +616,7 @@ COMMIT`
       query("count", `SELECT count(*) AS n FROM ${C}`, [], (result: pg.QueryResult<{ n: string }>) =>
         Number(result.rows[0]?.n ?? 0)
       ),
+    ...(watch === undefined ? {} : { watch: watch.add }),
     claimDue: (now, limit, holder, ttlMs) =>
       Math.floor(limit) <= 0
         ? Effect.succeed([])
@@ -543,6 +668,7 @@ COMMIT`
               JSON.stringify(record)
             ]
           )
+          await client.query("SELECT pg_notify($1, $2)", [channel, record.id])
         } catch (error) {
           if (errorCode(error) === "23505") {
             throw conflict(
@@ -551,24 +677,25 @@ COMMIT`
           }
           throw error
         }
-      }),
+      }).pipe(Effect.tap(() => Effect.sync(() => hub.changed(record.id)))),
     update: (record, expectedVersion) =>
       record.version !== expectedVersion + 1
         ? Effect.fail(conflict(`connection ${record.id}: a write must advance the version by one`))
         : Effect.tryPromise({
             try: () => updateInOneTrip(record, expectedVersion),
             catch: storeError("update")
-          }),
+          }).pipe(Effect.tap(() => Effect.sync(() => hub.changed(record.id)))),
     remove: (id) =>
       transaction("remove", async (client) => {
         const result = await client.query(
           `WITH lease AS (DELETE FROM ${L} WHERE connection_id = $1),
-                claim AS (DELETE FROM ${K} WHERE connection_id = $1)
-           DELETE FROM ${C} WHERE id = $1`,
-          [id]
+                claim AS (DELETE FROM ${K} WHERE connection_id = $1),
+                removed AS (DELETE FROM ${C} WHERE id = $1 RETURNING id)
+           SELECT pg_notify($2, removed.id) FROM removed`,
+          [id, channel]
         )
         return (result.rowCount ?? 0) > 0
-      }),
+      }).pipe(Effect.tap((removed) => Effect.sync(() => removed && hub.changed(id)))),
     acquireLease: (connectionId, holder, ttlMs) =>
       transaction("acquireLease", async (client): Promise<Lease | undefined> => {
         // One statement, judged by the server's clock: insert the first lease, or take over an
@@ -677,6 +804,7 @@ COMMIT`
       }),
     close: () =>
       Effect.promise(async () => {
+        await watch?.close()
         if (closed || !ownPool) return
         closed = true
         await pool.end().catch(() => {})

@@ -18,6 +18,8 @@
  * - `P p:<state>` a pending authorization: a hash taken once by a get-and-mark script; it expires an
  *   hour after the authorization does.
  * - `P w:<key>` a `claimOnce` record (`SET NX PX`), e.g. a webhook id already handled.
+ * - `P changes` the pub/sub channel every connection write publishes its id on, from inside its
+ *   script (so a write and its announcement are one atomic step); `watch` subscribes to it.
  * - `P k:<id>` a `claimDue` claim: the Refresher instance that claimed the due connection, with a PX TTL.
  *
  * The server's `maxmemory-policy` must be `noeviction` (checked before the first command; see
@@ -55,6 +57,11 @@ export interface RedisStoreOptions {
    * evicted lease a refresh token spent twice. Set only when eviction cannot happen (no maxmemory).
    */
   readonly allowEviction?: boolean | undefined
+  /**
+   * `watch` (the token cache's view of writes made by other instances) subscribes to the prefix's
+   * change channel on one more connection (`client.duplicate()`) while anyone listens (default true).
+   */
+  readonly subscribe?: boolean | undefined
 }
 
 export interface RedisStore extends ConnectionStore.ConnectionStoreShape {
@@ -100,6 +107,7 @@ redis.call('SET', ak, id)
 redis.call('ZADD', P .. 'o:' .. ARGV[5], ARGV[7], id)
 redis.call('ZADD', P .. 'ids', 0, id)
 setDue(P, id, ARGV[8])
+redis.call('PUBLISH', P .. 'changes', id)
 return 'ok'`
 )
 
@@ -122,6 +130,7 @@ if cur[2] ~= ARGV[6] then redis.call('ZREM', P .. 'o:' .. cur[2], id) end
 redis.call('ZADD', P .. 'o:' .. ARGV[6], ARGV[8], id)
 redis.call('HSET', ck, 'v', ARGV[4], 'r', ARGV[5], 'o', ARGV[6], 'a', ARGV[7])
 setDue(P, id, ARGV[9])
+redis.call('PUBLISH', P .. 'changes', id)
 return 'ok'`
 )
 
@@ -137,6 +146,7 @@ redis.call('DEL', ck, P .. 'a:' .. cur[2], P .. 'l:' .. id, P .. 'f:' .. id, P .
 redis.call('ZREM', P .. 'o:' .. cur[1], id)
 redis.call('ZREM', P .. 'ids', id)
 redis.call('ZREM', P .. 'due', id)
+redis.call('PUBLISH', P .. 'changes', id)
 return 1`
 )
 
@@ -454,8 +464,58 @@ export const make = (options: RedisStoreOptions): RedisStore => {
 
   let closed = false
 
+  // watch: writes through this object are announced at once; every write's script also publishes
+  // its id on `P changes`, which one subscriber connection follows while anyone listens.
+  const hub = ConnectionStore.makeChangeHub()
+  const channel = `${P}changes`
+  let subscriber: Redis | undefined
+  let live = false
+  const stopSubscriber = async () => {
+    const current = subscriber
+    subscriber = undefined
+    live = false
+    if (current !== undefined) await current.quit().catch(() => current.disconnect())
+  }
+  const watch = (listener: ConnectionStore.StoreChangeListener) => {
+    const remove = hub.add(listener)
+    if (subscriber === undefined) {
+      const sub = client.duplicate({
+        lazyConnect: false,
+        enableOfflineQueue: true,
+        maxRetriesPerRequest: null
+      })
+      subscriber = sub
+      sub.on("error", () => {})
+      sub.on("message", (from: string, id: string) => {
+        if (from === channel) hub.emit({ _tag: "Changed", id })
+      })
+      sub.on("ready", () => {
+        // After every (re)connect: subscribe, then everything cached must go (writes may have been missed).
+        sub.subscribe(channel).then(
+          () => {
+            if (subscriber !== sub) return
+            live = true
+            hub.emit({ _tag: "Live" })
+          },
+          () => {}
+        )
+      })
+      sub.on("close", () => {
+        if (subscriber === sub && live) {
+          live = false
+          hub.emit({ _tag: "Lost" })
+        }
+      })
+    } else if (live) listener({ _tag: "Live" })
+    return () => {
+      remove()
+      if (hub.listeners.size === 0) void stopSubscriber()
+    }
+  }
+
   return {
     keyPrefix,
+    ...(options.subscribe === false ? {} : { watch }),
     ready: call("ping", () => client.ping()).pipe(Effect.asVoid),
     get: (id) =>
       call("get", () => client.hget(`${keyPrefix}c:${id}`, "r")).pipe(
@@ -555,7 +615,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
       ]).pipe(
         Effect.flatMap((answer) =>
           answer === "ok"
-            ? Effect.void
+            ? Effect.sync(() => hub.changed(record.id))
             : Effect.fail(
                 conflict(
                   answer === "id"
@@ -580,7 +640,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
           ]).pipe(
             Effect.flatMap((answer) =>
               answer === "ok"
-                ? Effect.void
+                ? Effect.sync(() => hub.changed(record.id))
                 : Effect.fail(
                     conflict(
                       answer === "account"
@@ -590,7 +650,11 @@ export const make = (options: RedisStoreOptions): RedisStore => {
                   )
             )
           ),
-    remove: (id) => run(REMOVE, [id]).pipe(Effect.map((n) => Number(n) === 1)),
+    remove: (id) =>
+      run(REMOVE, [id]).pipe(
+        Effect.map((n) => Number(n) === 1),
+        Effect.tap((removed) => Effect.sync(() => removed && hub.changed(id)))
+      ),
     acquireLease: (connectionId, holder, ttlMs) =>
       run(ACQUIRE, [connectionId, holder, String(Math.max(1, Math.floor(ttlMs)))]).pipe(
         Effect.map((answer) => {
@@ -657,6 +721,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
       ),
     close: () =>
       Effect.promise(async () => {
+        await stopSubscriber()
         if (closed || !ownClient) return
         closed = true
         await client.quit().catch(() => client.disconnect())

@@ -1,11 +1,19 @@
 /**
  * What a store offers a fleet of instances, checked on every store that offers it: claimed batches
- * (`claimDue`). Registered by `storeConformance`.
+ * (`claimDue`), and the changes it announces (`watch`) as the Promise API's token cache uses them:
+ * the cache never serves a token after its expiry or after a local write, and sees a write made
+ * through another store object (another process's view of the same data). Registered by `storeConformance`.
  */
-import { Effect } from "effect"
+import { randomUUID } from "node:crypto"
+import { Effect, Redacted } from "effect"
 import { describe, expect, it } from "vitest"
-import type { ConnectionRecord } from "../Connection.ts"
-import type { ConnectionStoreShape } from "../ConnectionStore.ts"
+import type { Connection, ConnectionRecord } from "../Connection.ts"
+import * as ConnectionModule from "../Connection.ts"
+import type { ConnectionStoreShape, StoreChange } from "../ConnectionStore.ts"
+import { createLatchkey, markRevoked } from "../Latchkey.ts"
+import * as Provider from "../Provider.ts"
+import * as Vault from "../Vault.ts"
+import { openWithOpener } from "./storeConformanceWorker.ts"
 import type { OpenedStore, StoreConformanceOptions } from "./storeKit.ts"
 
 const run = <A, E>(effect: Effect.Effect<A, E>) => Effect.runPromise(effect)
@@ -20,6 +28,61 @@ const withStore = async (
     await f(opened.store, opened)
   } finally {
     await opened.close()
+  }
+}
+
+/** A provider nobody answers for: a refresh through it fails fast (nothing listens on port 9). */
+const unreachableProvider = () =>
+  Provider.make({
+    id: "p",
+    name: "Token cache test provider",
+    clientId: "client",
+    clientSecret: "unused-secret",
+    clientAuth: "client_secret_basic",
+    endpoints: {
+      issuer: "http://127.0.0.1:9",
+      authorization: "http://127.0.0.1:9/authorize",
+      token: "http://127.0.0.1:9/token"
+    },
+    redirectUri: "http://127.0.0.1:9/callback",
+    identify: async () => ({ accountId: "unused", label: "unused" })
+  })
+
+const HOUR = 3_600_000
+
+const connectionAt = (id: string, now: number, accessToken: string, version = 1): Connection => ({
+  id,
+  ownerId: "cache-owner",
+  providerId: "p",
+  accountId: `acct-${id}`,
+  label: id,
+  kind: "oauth",
+  status: "active",
+  version,
+  createdAt: now,
+  updatedAt: now,
+  lastRefreshAt: undefined,
+  lastError: undefined,
+  profile: undefined,
+  tokens: {
+    accessToken: Redacted.make(accessToken),
+    refreshToken: Redacted.make(`refresh-${randomUUID()}`),
+    tokenType: "Bearer",
+    obtainedAt: now,
+    expiresAt: now + HOUR,
+    refreshExpiresAt: undefined,
+    scopes: ["read"],
+    extras: {}
+  }
+})
+
+/** Call `f` until it says yes (a change announced by another process arrives when it arrives). */
+const eventually = async (f: () => Promise<boolean>, ms = 5_000) => {
+  const until = Date.now() + ms
+  for (;;) {
+    if (await f()) return true
+    if (Date.now() > until) return false
+    await sleep(20)
   }
 }
 
@@ -107,5 +170,143 @@ export const storeFleet = (
         expect((await run(claim(100, 10, "other", 60_000))).map((r) => r.id)).toEqual(["c2"])
       })
     })
+  })
+
+  describe("the token cache of the Promise API, on this store's announcements (watch)", () => {
+    const vaultOptions = { keys: [{ id: "cache", key: Vault.generateKey() }] }
+    const vault = Vault.make(vaultOptions)
+    const put = (store: ConnectionStoreShape, c: Connection) =>
+      c.version === 1
+        ? run(store.insert(ConnectionModule.toRecord(vault, c, null)))
+        : run(store.update(ConnectionModule.toRecord(vault, c, null), c.version - 1))
+
+    it("never serves a token past its expiry minus the skew (injected clock), nor after a local write", async () => {
+      await withStore(options, async (store) => {
+        const start = Date.now()
+        let now = start
+        const lk = createLatchkey({
+          providers: [unreachableProvider()],
+          store,
+          vault: vaultOptions,
+          clock: () => now,
+          config: { maxAttempts: 1, requestTimeoutMs: 2_000 },
+          tokenCache: { maxStaleMs: HOUR }
+        })
+        try {
+          const c = connectionAt("cached", start, "token-A")
+          await put(store, c)
+          expect(await lk.accessToken("cached")).toBe("token-A")
+          expect(await lk.accessToken("cached")).toBe("token-A")
+          // A local write (through this store object): the very next call sees it.
+          await put(store, {
+            ...c,
+            version: 2,
+            tokens: { ...c.tokens, accessToken: Redacted.make("token-B") }
+          })
+          expect(await lk.accessToken("cached")).toBe("token-B")
+          expect(await lk.accessToken("cached")).toBe("token-B")
+          // Revoked locally: refused at once, not served from the cache.
+          expect(await lk.accessToken("cached")).toBe("token-B")
+          await lk.run(markRevoked("cached"))
+          await expect(lk.accessToken("cached")).rejects.toMatchObject({ _tag: "ReauthorizationRequired" })
+          // Removed locally: not found.
+          await run(store.remove("cached"))
+          await expect(lk.accessToken("cached")).rejects.toMatchObject({ _tag: "ConnectionNotFound" })
+          // Another connection: served from the cache until expiry minus the skew (5 min), never at it.
+          await put(store, connectionAt("expiring", start, "token-E"))
+          expect(await lk.accessToken("expiring")).toBe("token-E")
+          // One millisecond before expiry minus the skew (5 min): still served.
+          now = start + HOUR - 5 * 60_000 - 1
+          expect(await lk.accessToken("expiring")).toBe("token-E")
+          // At it: the cached token is never served; the engine must refresh (and the provider is unreachable).
+          now = start + HOUR - 5 * 60_000
+          const late = await lk.accessToken("expiring").then(
+            (token) => ({ token }),
+            (error: unknown) => ({ error })
+          )
+          expect(late).not.toEqual({ token: "token-E" })
+          expect(late).toHaveProperty("error")
+        } finally {
+          await lk.close()
+        }
+      })
+    })
+
+    it("announces writes through this store object synchronously, before the write completes", async () => {
+      await withStore(options, async (store) => {
+        if (store.watch === undefined) return
+        const seen: Array<StoreChange> = []
+        const stop = store.watch((change) => seen.push(change))
+        try {
+          const c = connectionAt("announced", Date.now(), "token-A")
+          await put(store, c)
+          expect(
+            seen.filter((x) => x._tag === "Changed" && x.id === "announced").length
+          ).toBeGreaterThanOrEqual(1)
+          const before = seen.length
+          await put(store, { ...c, version: 2 })
+          expect(seen.slice(before)).toContainEqual({ _tag: "Changed", id: "announced" })
+          const beforeRemove = seen.length
+          await run(store.remove("announced"))
+          expect(seen.slice(beforeRemove)).toContainEqual({ _tag: "Changed", id: "announced" })
+        } finally {
+          stop()
+        }
+      })
+    })
+
+    const cross = options.crossProcess
+    if (cross !== undefined) {
+      it("sees a write made through another store object (another process's view) through the store's channel", async () => {
+        await withStore(options, async (store, opened) => {
+          if (store.watch === undefined) throw new Error(`${options.name} has no watch`)
+          const other = await openWithOpener(cross.opener, opened.settings)
+          const start = Date.now()
+          // Trusted for an hour without a channel: only an announcement can make it see the change.
+          const lk = createLatchkey({
+            providers: [unreachableProvider()],
+            store,
+            vault: vaultOptions,
+            tokenCache: { maxStaleMs: HOUR }
+          })
+          try {
+            const c = connectionAt("elsewhere", start, "token-A")
+            await put(store, c)
+            // Wait until this instance's channel is live (a write before that is flushed by `Live` anyway).
+            const live = await new Promise<boolean>((resolve) => {
+              const stop = store.watch!((change) => {
+                if (change._tag === "Live") {
+                  resolve(true)
+                  queueMicrotask(() => stop())
+                }
+              })
+              setTimeout(() => resolve(false), 5_000)
+            })
+            expect(live).toBe(true)
+            expect(await lk.accessToken("elsewhere")).toBe("token-A")
+            expect(await lk.accessToken("elsewhere")).toBe("token-A")
+            await put(other, {
+              ...c,
+              version: 2,
+              tokens: { ...c.tokens, accessToken: Redacted.make("token-B") }
+            })
+            expect(await eventually(async () => (await lk.accessToken("elsewhere")) === "token-B")).toBe(true)
+            // Removed elsewhere: not served either.
+            await run(other.remove("elsewhere"))
+            expect(
+              await eventually(() =>
+                lk.accessToken("elsewhere").then(
+                  () => false,
+                  (e: { _tag?: string }) => e._tag === "ConnectionNotFound"
+                )
+              )
+            ).toBe(true)
+          } finally {
+            await lk.close()
+            await run(other.close?.() ?? Effect.void)
+          }
+        })
+      })
+    }
   })
 }
