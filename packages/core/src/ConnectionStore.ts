@@ -186,6 +186,19 @@ export interface ConnectionStoreShape {
     ttlMs: number
   ) => Effect.Effect<ReadonlyArray<ConnectionRecord>, StoreError>
   /**
+   * A rate budget shared by every instance on this store (e.g. `refresh:<provider>`): reserve the
+   * next `cost` slots of `key`, spaced `windowMs / limit` apart on the STORE's clock, so that all
+   * instances together never exceed `limit` per `windowMs`. Returns how long (ms) the caller must
+   * wait before its slot; the reservation is made either way (slots are never handed out twice).
+   * Optional; without it the Refresher and the ApiClient limit each process on its own.
+   */
+  readonly takeRateBudget?: (
+    key: string,
+    limit: number,
+    windowMs: number,
+    cost?: number
+  ) => Effect.Effect<number, StoreError>
+  /**
    * Be told when connection rows change, for caches (the Promise API's token cache). Writes made
    * through this store object are announced synchronously, before their Effect completes; writes by
    * other store objects and processes through the backend's own channel (PostgreSQL LISTEN/NOTIFY,
@@ -232,6 +245,8 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
   /** `claimDue`'s claims: connection id → expiry on the store's clock. */
   const dueClaims = new Map<string, number>()
   const hub = makeChangeHub()
+  /** `takeRateBudget`: key → the next free slot (store clock). */
+  const budgets = new Map<string, number>()
 
   return {
     get: (id) => Effect.sync(() => rows.get(id)),
@@ -274,6 +289,17 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
       listener({ _tag: "Live" })
       return stop
     },
+    takeRateBudget: (key, limit, windowMs, cost = 1) =>
+      Effect.sync(() => {
+        const at = clock()
+        const spacing = windowMs / Math.max(1e-9, limit)
+        const slot = Math.max(at, budgets.get(key) ?? 0)
+        budgets.set(key, slot + spacing * Math.max(1, cost))
+        if (budgets.size > 10_000) {
+          for (const [k, next] of budgets) if (next < at) budgets.delete(k)
+        }
+        return Math.max(0, slot - at)
+      }),
     claimDue: (now, limit, _holder, ttlMs) =>
       Effect.sync(() => {
         const at = clock()

@@ -81,15 +81,30 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
         const concurrency = options.concurrency ?? 8
         const nextSlot = new Map<string, number>()
 
-        /** Token-bucket-of-one per provider: each refresh takes the next slot 1/rate seconds apart. */
-        const takeSlot = (providerId: string) =>
+        /** Token-bucket-of-one per provider in this process: each refresh takes the next slot 1/rate seconds apart. */
+        const takeLocalSlot = (providerId: string, rate: number) =>
           Effect.gen(function* () {
-            const rate = options.providerRates?.[providerId] ?? options.ratePerSecond ?? 10
-            if (!Number.isFinite(rate)) return
             const now = yield* Clock.currentTimeMillis
             const slot = Math.max(now, nextSlot.get(providerId) ?? 0)
             nextSlot.set(providerId, slot + 1000 / rate)
             if (slot > now) yield* Effect.sleep(slot - now)
+          })
+
+        /**
+         * The per-provider rate, shared by every instance on the store when it offers `takeRateBudget`
+         * (the budget `refresh:<provider>`), else per process. A failing budget falls back to this
+         * process's own slots (and is reported).
+         */
+        const takeSlot = (providerId: string, onStoreError: (e: StoreError) => Effect.Effect<void>) =>
+          Effect.suspend(() => {
+            const rate = options.providerRates?.[providerId] ?? options.ratePerSecond ?? 10
+            if (!Number.isFinite(rate)) return Effect.void
+            const shared = store.takeRateBudget
+            if (shared === undefined) return takeLocalSlot(providerId, rate)
+            return shared(`refresh:${providerId}`, rate, 1_000).pipe(
+              Effect.flatMap((wait) => (wait > 0 ? Effect.sleep(wait) : Effect.void)),
+              Effect.catch((e) => Effect.andThen(onStoreError(e), takeLocalSlot(providerId, rate)))
+            )
           })
 
         const claimTtlMs = options.claimTtlMs ?? 15_000
@@ -118,7 +133,7 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
             })
 
           const refreshOne = (record: ConnectionRecord) =>
-            takeSlot(record.providerId).pipe(
+            takeSlot(record.providerId, (e) => reportStoreError("taking the provider's rate budget", e)).pipe(
               Effect.andThen(tokens.refreshIfDue(record.id)),
               Effect.tap(() =>
                 Effect.sync(() => {

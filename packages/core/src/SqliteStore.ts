@@ -69,6 +69,8 @@ const MIGRATIONS = [
      holder TEXT NOT NULL,
      expires_at INTEGER NOT NULL
    )`,
+  // `takeRateBudget`'s budgets: the next free slot of each key (ms, host clock).
+  `CREATE TABLE IF NOT EXISTS latchkey_rates (key TEXT PRIMARY KEY, next_slot REAL NOT NULL)`,
   `CREATE TABLE IF NOT EXISTS latchkey_pending (
      state TEXT PRIMARY KEY,
      record TEXT NOT NULL,
@@ -266,6 +268,18 @@ export const make = (
         ).map((r) => parse(r)!)
       ),
     watch,
+    takeRateBudget: (key, limit, windowMs, cost = 1) =>
+      attempt("takeRateBudget", () => {
+        // One statement: the slot is max(stored next slot, now); the next one is `cost` spacings later.
+        const at = clock()
+        const step = (windowMs / Math.max(1e-9, limit)) * Math.max(1, cost)
+        const row = sql(
+          `INSERT INTO latchkey_rates (key, next_slot) VALUES (?, ? + ?)
+           ON CONFLICT (key) DO UPDATE SET next_slot = MAX(next_slot, excluded.next_slot - ?) + ?
+           RETURNING next_slot`
+        ).get(key, at, step, step, step) as { next_slot: number }
+        return Math.max(0, row.next_slot - step - at)
+      }),
     claimDue: (now, limit, holder, ttlMs) =>
       attempt("claimDue", () =>
         transaction(() => {

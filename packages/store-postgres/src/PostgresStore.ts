@@ -106,6 +106,11 @@ const migrations = (
          connection_id text PRIMARY KEY,
          holder text NOT NULL,
          expires_at bigint NOT NULL
+       )`,
+      // Rate budgets shared by the fleet (`takeRateBudget`): the next free slot of each key.
+      `CREATE TABLE IF NOT EXISTS ${s}.latchkey_rates (
+         key text PRIMARY KEY,
+         next_slot double precision NOT NULL
        )`
     ]
   }
@@ -475,6 +480,7 @@ const build = (
   const L = `${s}.latchkey_leases`
   const P = `${s}.latchkey_pending`
   const K = `${s}.latchkey_claims`
+  const R = `${s}.latchkey_rates`
 
   /**
    * One self-contained statement (reads: they take no row locks). Bounded on the client side: a read
@@ -617,6 +623,19 @@ COMMIT`
         Number(result.rows[0]?.n ?? 0)
       ),
     ...(watch === undefined ? {} : { watch: watch.add }),
+    takeRateBudget: (key, limit, windowMs, cost = 1) =>
+      transaction("takeRateBudget", async (client) => {
+        // One statement on the server's clock: the slot is max(stored next slot, now).
+        const step = (windowMs / Math.max(1e-9, limit)) * Math.max(1, cost)
+        const result = await client.query<{ wait: number }>(
+          `WITH t AS (SELECT extract(epoch FROM clock_timestamp()) * 1000 AS now)
+           INSERT INTO ${R} AS r (key, next_slot) SELECT $1, t.now + $2::float8 FROM t
+           ON CONFLICT (key) DO UPDATE SET next_slot = GREATEST(r.next_slot, EXCLUDED.next_slot - $2::float8) + $2::float8
+           RETURNING (next_slot - $2::float8 - (SELECT now FROM t))::float8 AS wait`,
+          [key, step]
+        )
+        return Math.max(0, Number(result.rows[0]?.wait ?? 0))
+      }),
     claimDue: (now, limit, holder, ttlMs) =>
       Math.floor(limit) <= 0
         ? Effect.succeed([])

@@ -20,6 +20,7 @@
  * - `P w:<key>` a `claimOnce` record (`SET NX PX`), e.g. a webhook id already handled.
  * - `P changes` the pub/sub channel every connection write publishes its id on, from inside its
  *   script (so a write and its announcement are one atomic step); `watch` subscribes to it.
+ * - `P rate:<key>` a `takeRateBudget` budget: the next free slot (server time, ms), with a TTL.
  * - `P k:<id>` a `claimDue` claim: the Refresher instance that claimed the due connection, with a PX TTL.
  *
  * The server's `maxmemory-policy` must be `noeviction` (checked before the first command; see
@@ -298,6 +299,21 @@ end
 return out`
 )
 
+/**
+ * ARGV: prefix, key, step (ms between slots x cost), window ms. The slot is max(stored next slot,
+ * server now); the next slot is stored with a TTL. Returns the wait in ms (as a string).
+ */
+const TAKE_RATE = script(
+  "takeRateBudget",
+  `${SERVER_NOW}
+local k = ARGV[1] .. 'rate:' .. ARGV[2]
+local step, now = tonumber(ARGV[3]), serverNow()
+local stored = tonumber(redis.call('GET', k) or '0')
+local slot = math.max(now, stored)
+redis.call('SET', k, string.format('%.3f', slot + step), 'PX', math.max(1, math.ceil(slot + step - now + tonumber(ARGV[4]))))
+return string.format('%.3f', slot - now)`
+)
+
 /** ARGV: prefix, state, record, expiresAt, ttl ms. */
 const PUT_PENDING = script(
   "putPending",
@@ -553,6 +569,12 @@ export const make = (options: RedisStoreOptions): RedisStore => {
               Effect.try({ try: () => parseAll("a connection")(rows), catch: storeError("listDue") })
             )
           ),
+    takeRateBudget: (key, limit, windowMs, cost = 1) =>
+      run(TAKE_RATE, [
+        key,
+        String((windowMs / Math.max(1e-9, limit)) * Math.max(1, cost)),
+        String(Math.max(1, Math.ceil(windowMs)))
+      ]).pipe(Effect.map((wait) => Math.max(0, Number(wait)))),
     claimDue: (now, limit, holder, ttlMs) =>
       Math.floor(limit) <= 0
         ? Effect.succeed([])

@@ -172,6 +172,35 @@ export const storeFleet = (
     })
   })
 
+  describe("rate budgets shared by the fleet (takeRateBudget)", () => {
+    it("hands out slots spaced windowMs / limit apart to concurrent takers, never two alike, per key, with a cost", async () => {
+      await withStore(options, async (store) => {
+        const take = store.takeRateBudget
+        if (take === undefined) return
+        const started = performance.now()
+        const waits = await Promise.all(
+          Array.from({ length: 40 }, () => run(take("refresh:provider-a", 10, 1_000)))
+        )
+        const elapsed = performance.now() - started
+        waits.sort((a, b) => a - b)
+        // 10 per second: at most 10 slots in the first second (plus what the store's clock moved meanwhile).
+        const firstSecond = waits.filter((w) => w < 1_000).length
+        expect(firstSecond).toBeGreaterThanOrEqual(1)
+        expect(firstSecond).toBeLessThanOrEqual(11 + Math.ceil(elapsed / 100))
+        // Every slot was handed out once: the last of 40 is about 3.9 s out.
+        expect(waits.at(-1)!).toBeGreaterThanOrEqual(3_900 - elapsed - 5)
+        expect(waits.at(-1)!).toBeLessThanOrEqual(3_900 + 5)
+        // Another key has its own budget.
+        expect(await run(take("refresh:provider-b", 10, 1_000))).toBeLessThan(50)
+        // A cost of 5 holds the next 5 slots: the next taker waits about half a second.
+        expect(await run(take("api:c", 10, 1_000, 5))).toBeLessThan(50)
+        const next = await run(take("api:c", 10, 1_000))
+        expect(next).toBeGreaterThan(400)
+        expect(next).toBeLessThanOrEqual(505)
+      })
+    })
+  })
+
   describe("the token cache of the Promise API, on this store's announcements (watch)", () => {
     const vaultOptions = { keys: [{ id: "cache", key: Vault.generateKey() }] }
     const vault = Vault.make(vaultOptions)
