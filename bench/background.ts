@@ -37,7 +37,7 @@ export interface BackgroundResult {
   readonly throughputRatio: number
 }
 
-const connectionOf = (minted: Minted, index: number, now: number): Connection.Connection => ({
+export const connectionOf = (minted: Minted, index: number, now: number): Connection.Connection => ({
   id: `conn_bench_${index}`,
   ownerId: `bench-owner-${index}`,
   providerId: PROVIDER_ID,

@@ -173,7 +173,8 @@ export interface ConnectionStoreShape {
   /**
    * Claim up to `limit` due connections for `holder`, atomically across instances: active ones whose
    * `refreshDueAt <= now`, soonest first, that nobody holds an unexpired refresh lease on and nobody
-   * (this holder included) holds an unexpired claim on. Each returned connection is claimed until
+   * (this holder included) holds an unexpired claim on. A claim holds the connection's version: any
+   * write of the connection (its refresh) ends it. Each returned connection is claimed until
    * `ttlMs` from now by the STORE's clock (like leases), so a claimer that dies leaves its claims to
    * lapse; a claim is only a hint for the background Refresher (N instances split the due work instead
    * of chasing one batch), never a lease: the refresh still takes the lease. Optional; without it
@@ -242,8 +243,8 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
     `${r.ownerId}\u0000${r.providerId}\u0000${r.accountId}`
   const byAccount = new Map<string, string>()
   const claims = new Map<string, number>()
-  /** `claimDue`'s claims: connection id → expiry on the store's clock. */
-  const dueClaims = new Map<string, number>()
+  /** `claimDue`'s claims: connection id → expiry on the store's clock and the version claimed. */
+  const dueClaims = new Map<string, { readonly until: number; readonly version: number }>()
   const hub = makeChangeHub()
   /** `takeRateBudget`: key → the next free slot (store clock). */
   const budgets = new Map<string, number>()
@@ -303,15 +304,19 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
     claimDue: (now, limit, _holder, ttlMs) =>
       Effect.sync(() => {
         const at = clock()
-        const free = (id: string) => (leases.get(id)?.expiresAt ?? 0) <= at && (dueClaims.get(id) ?? 0) <= at
-        const picked = [...rows.values()]
-          .filter(
-            (r) => r.status === "active" && r.refreshDueAt !== null && r.refreshDueAt <= now && free(r.id)
+        const free = (r: ConnectionRecord) => {
+          const claim = dueClaims.get(r.id)
+          return (
+            (leases.get(r.id)?.expiresAt ?? 0) <= at &&
+            (claim === undefined || claim.until <= at || claim.version !== r.version)
           )
+        }
+        const picked = [...rows.values()]
+          .filter((r) => r.status === "active" && r.refreshDueAt !== null && r.refreshDueAt <= now && free(r))
           .sort((a, b) => (a.refreshDueAt ?? 0) - (b.refreshDueAt ?? 0) || (a.id < b.id ? -1 : 1))
           .slice(0, Math.max(0, Math.floor(limit)))
-        for (const r of picked) dueClaims.set(r.id, at + Math.max(1, ttlMs))
-        for (const [id, until] of dueClaims) if (until <= at) dueClaims.delete(id)
+        for (const r of picked) dueClaims.set(r.id, { until: at + Math.max(1, ttlMs), version: r.version })
+        for (const [id, claim] of dueClaims) if (claim.until <= at) dueClaims.delete(id)
         return picked
       }),
     insert: (record) =>

@@ -162,6 +162,9 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
           } else {
             // Claimed batches: workers take from a local queue, refilled a few at a time by claims.
             const queue: Array<ConnectionRecord> = []
+            // A refresh that failed may leave its connection due (and its claim ended by the write):
+            // it is not tried twice in one sweep.
+            const seen = new Set<string>()
             let exhausted = false
             const chunk = Math.max(1, Math.min(batchSize, concurrency * 2))
             const lock = yield* Semaphore.make(1)
@@ -179,7 +182,11 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
                   return yield* reportStoreError("claiming due connections", claimed.failure)
                 }
                 due += claimed.success.length
-                queue.push(...claimed.success)
+                for (const record of claimed.success) {
+                  if (seen.has(record.id)) continue
+                  seen.add(record.id)
+                  queue.push(record)
+                }
                 if (claimed.success.length < want) exhausted = true
               })
             )

@@ -67,7 +67,8 @@ const MIGRATIONS = [
   `CREATE TABLE IF NOT EXISTS latchkey_claims (
      connection_id TEXT PRIMARY KEY,
      holder TEXT NOT NULL,
-     expires_at INTEGER NOT NULL
+     expires_at INTEGER NOT NULL,
+     version INTEGER NOT NULL
    )`,
   // `takeRateBudget`'s budgets: the next free slot of each key (ms, host clock).
   `CREATE TABLE IF NOT EXISTS latchkey_rates (key TEXT PRIMARY KEY, next_slot REAL NOT NULL)`,
@@ -286,13 +287,13 @@ export const make = (
           // Under the write lock (IMMEDIATE), so no other process claims between the pick and the mark.
           const at = clock()
           const claimed = sql(
-            `INSERT INTO latchkey_claims (connection_id, holder, expires_at)
-             SELECT c.id, ?, ? FROM latchkey_connections c
+            `INSERT INTO latchkey_claims (connection_id, holder, expires_at, version)
+             SELECT c.id, ?, ?, c.version FROM latchkey_connections c
              WHERE c.status = 'active' AND c.refresh_due_at IS NOT NULL AND c.refresh_due_at <= ?
                AND NOT EXISTS (SELECT 1 FROM latchkey_leases l WHERE l.connection_id = c.id AND l.expires_at > ?)
-               AND NOT EXISTS (SELECT 1 FROM latchkey_claims k WHERE k.connection_id = c.id AND k.expires_at > ?)
+               AND NOT EXISTS (SELECT 1 FROM latchkey_claims k WHERE k.connection_id = c.id AND k.expires_at > ? AND k.version = c.version)
              ORDER BY c.refresh_due_at, c.id LIMIT ?
-             ON CONFLICT (connection_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+             ON CONFLICT (connection_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, version = excluded.version
              RETURNING connection_id`
           ).all(
             holder,

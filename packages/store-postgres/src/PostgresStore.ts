@@ -105,7 +105,8 @@ const migrations = (
       `CREATE TABLE IF NOT EXISTS ${s}.latchkey_claims (
          connection_id text PRIMARY KEY,
          holder text NOT NULL,
-         expires_at bigint NOT NULL
+         expires_at bigint NOT NULL,
+         version bigint NOT NULL
        )`,
       // Rate budgets shared by the fleet (`takeRateBudget`): the next free slot of each key.
       `CREATE TABLE IF NOT EXISTS ${s}.latchkey_rates (
@@ -647,20 +648,20 @@ COMMIT`
             const result = await client.query<{ record: string }>(
               `WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now),
                picked AS (
-                 SELECT c.id, c.refresh_due_at FROM ${C} c
+                 SELECT c.id, c.version, c.refresh_due_at FROM ${C} c
                  WHERE c.status = 'active' AND c.refresh_due_at IS NOT NULL AND c.refresh_due_at <= $1
                    AND NOT EXISTS (SELECT 1 FROM ${L} l, t WHERE l.connection_id = c.id AND l.expires_at > t.now)
-                   AND NOT EXISTS (SELECT 1 FROM ${K} k, t WHERE k.connection_id = c.id AND k.expires_at > t.now)
+                   AND NOT EXISTS (SELECT 1 FROM ${K} k, t WHERE k.connection_id = c.id AND k.expires_at > t.now AND k.version = c.version)
                  ORDER BY c.refresh_due_at, c.id
                  LIMIT $2
                  FOR UPDATE OF c SKIP LOCKED
                ),
                claimed AS (
-                 INSERT INTO ${K} AS k (connection_id, holder, expires_at)
-                 SELECT picked.id, $3, t.now + $4::bigint FROM picked, t
+                 INSERT INTO ${K} AS k (connection_id, holder, expires_at, version)
+                 SELECT picked.id, $3, t.now + $4::bigint, picked.version FROM picked, t
                  ON CONFLICT (connection_id) DO UPDATE
-                   SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-                   WHERE k.expires_at <= EXCLUDED.expires_at - $4::bigint
+                   SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at, version = EXCLUDED.version
+                   WHERE k.expires_at <= EXCLUDED.expires_at - $4::bigint OR k.version <> EXCLUDED.version
                  RETURNING connection_id
                )
                SELECT c.record FROM ${C} c JOIN claimed ON claimed.connection_id = c.id

@@ -21,7 +21,8 @@
  * - `P changes` the pub/sub channel every connection write publishes its id on, from inside its
  *   script (so a write and its announcement are one atomic step); `watch` subscribes to it.
  * - `P rate:<key>` a `takeRateBudget` budget: the next free slot (server time, ms), with a TTL.
- * - `P k:<id>` a `claimDue` claim: the Refresher instance that claimed the due connection, with a PX TTL.
+ * - `P k:<id>` a `claimDue` claim: the version of the connection it claimed, with a PX TTL (a write
+ *   of the connection, which changes its version, ends the claim).
  *
  * The server's `maxmemory-policy` must be `noeviction` (checked before the first command; see
  * `allowEviction`), and errors keep nothing of the driver's command arguments.
@@ -285,10 +286,12 @@ while #out < limit and offset < budget do
   if #ids == 0 then break end
   for _, id in ipairs(ids) do
     local held = redis.call('HGET', P .. 'l:' .. id, 'e')
-    if (not held or tonumber(held) <= now) and redis.call('EXISTS', P .. 'k:' .. id) == 0 then
-      local r = redis.call('HGET', P .. 'c:' .. id, 'r')
+    local cur = redis.call('HMGET', P .. 'c:' .. id, 'v', 'r')
+    -- A claim holds the version it claimed: a write of the connection ends it.
+    if (not held or tonumber(held) <= now) and cur[1] and redis.call('GET', P .. 'k:' .. id) ~= cur[1] then
+      local r = cur[2]
       if r then
-        redis.call('SET', P .. 'k:' .. id, holder, 'PX', math.max(1, ttl))
+        redis.call('SET', P .. 'k:' .. id, cur[1], 'PX', math.max(1, ttl))
         out[#out + 1] = r
         if #out >= limit then break end
       end

@@ -164,6 +164,10 @@ export const storeFleet = (
         expect(await run(claim(100, 10, "dies", 60_000))).toEqual([])
         await sleep(400)
         expect((await run(claim(100, 10, "other", 60_000))).map((r) => r.id)).toEqual(["c1"])
+        // A write of the connection (its refresh) ends the claim: due again, it is claimable at once.
+        expect(await run(claim(100, 10, "next", 60_000))).toEqual([])
+        await run(store.update(sampleRecord("c1", { refreshDueAt: 15, version: 2 }), 1))
+        expect((await run(claim(100, 10, "next", 60_000))).map((r) => r.id)).toEqual(["c1"])
         // A removed connection leaves no claim behind, and a re-inserted one is claimable at once.
         expect(await run(store.remove("c2"))).toBe(true)
         await run(store.insert(sampleRecord("c2", { refreshDueAt: 20 })))
