@@ -41,6 +41,8 @@ export interface FleetRun {
   readonly wallMs: number
   readonly wallVsOne: number
   readonly refreshesPerProcess: ReadonlyArray<number>
+  readonly claimedPerProcess: ReadonlyArray<number>
+  readonly sweepsPerProcess: ReadonlyArray<number>
   readonly leaseDenials: number
   readonly refreshCalls: number
   readonly stillDue: number
@@ -276,6 +278,8 @@ const benchFleetStore = async (
         wallMs: Math.round(r.wallMs),
         wallVsOne: round(r.wallMs / oneWall, 3),
         refreshesPerProcess: r.results.map((x) => x.refreshed),
+        claimedPerProcess: r.results.map((x) => x.claimed),
+        sweepsPerProcess: r.results.map((x) => x.sweeps),
         leaseDenials: r.results.reduce((n, x) => n + x.denials, 0),
         refreshCalls: r.refreshCalls,
         stillDue: r.stillDue,
@@ -284,7 +288,7 @@ const benchFleetStore = async (
       }
       progress(
         "fleet",
-        `${kind}: ${processes} process(es): ${run.wallMs} ms (x${run.wallVsOne}), refreshes ${run.refreshesPerProcess.join("/")}, denials ${run.leaseDenials}, server calls ${run.refreshCalls}, still due ${run.stillDue}`
+        `${kind}: ${processes} process(es): ${run.wallMs} ms (x${run.wallVsOne}), refreshes ${run.refreshesPerProcess.join("/")} (claimed ${run.claimedPerProcess.join("/")}, sweeps ${run.sweepsPerProcess.join("/")}), denials ${run.leaseDenials}, server calls ${run.refreshCalls}, still due ${run.stillDue}`
       )
       runs.push(run)
     }

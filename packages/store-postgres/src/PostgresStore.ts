@@ -643,32 +643,43 @@ COMMIT`
         : transaction("claimDue", async (client) => {
             // One statement on the server's clock. Rows another claimer is picking right now are
             // skipped (FOR UPDATE SKIP LOCKED); the claim row's ON CONFLICT ... WHERE is the arbiter
-            // for one picked from an older snapshot, so two claimers never both get a connection.
+            // for one picked from an older snapshot (another claimer committed it meanwhile), so two
+            // claimers never both get a connection. Rows lost to the arbiter are made up for by
+            // asking again (a new statement sees the other's claims).
             const ttl = Math.max(1, Math.floor(ttlMs))
-            const result = await client.query<{ record: string }>(
-              `WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now),
-               picked AS (
-                 SELECT c.id, c.version, c.refresh_due_at FROM ${C} c
-                 WHERE c.status = 'active' AND c.refresh_due_at IS NOT NULL AND c.refresh_due_at <= $1
-                   AND NOT EXISTS (SELECT 1 FROM ${L} l, t WHERE l.connection_id = c.id AND l.expires_at > t.now)
-                   AND NOT EXISTS (SELECT 1 FROM ${K} k, t WHERE k.connection_id = c.id AND k.expires_at > t.now AND k.version = c.version)
-                 ORDER BY c.refresh_due_at, c.id
-                 LIMIT $2
-                 FOR UPDATE OF c SKIP LOCKED
-               ),
-               claimed AS (
-                 INSERT INTO ${K} AS k (connection_id, holder, expires_at, version)
-                 SELECT picked.id, $3, t.now + $4::bigint, picked.version FROM picked, t
-                 ON CONFLICT (connection_id) DO UPDATE
-                   SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at, version = EXCLUDED.version
-                   WHERE k.expires_at <= EXCLUDED.expires_at - $4::bigint OR k.version <> EXCLUDED.version
-                 RETURNING connection_id
-               )
-               SELECT c.record FROM ${C} c JOIN claimed ON claimed.connection_id = c.id
-               ORDER BY c.refresh_due_at, c.id`,
-              [now, Math.floor(limit), holder, ttl]
-            )
-            return result.rows.map((row) => parseRecord<ConnectionRecord>("a connection", row.record))
+            const out: Array<ConnectionRecord> = []
+            for (let attempt = 0; attempt < 5 && out.length < Math.floor(limit); attempt++) {
+              const result = await client.query<{ picked: number; records: Array<string> | null }>(
+                `WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now),
+                 picked AS (
+                   SELECT c.id, c.version, c.refresh_due_at FROM ${C} c
+                   WHERE c.status = 'active' AND c.refresh_due_at IS NOT NULL AND c.refresh_due_at <= $1
+                     AND NOT EXISTS (SELECT 1 FROM ${L} l, t WHERE l.connection_id = c.id AND l.expires_at > t.now)
+                     AND NOT EXISTS (SELECT 1 FROM ${K} k, t WHERE k.connection_id = c.id AND k.expires_at > t.now AND k.version = c.version)
+                   ORDER BY c.refresh_due_at, c.id
+                   LIMIT $2
+                   FOR UPDATE OF c SKIP LOCKED
+                 ),
+                 claimed AS (
+                   INSERT INTO ${K} AS k (connection_id, holder, expires_at, version)
+                   SELECT picked.id, $3, t.now + $4::bigint, picked.version FROM picked, t
+                   ON CONFLICT (connection_id) DO UPDATE
+                     SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at, version = EXCLUDED.version
+                     WHERE k.expires_at <= EXCLUDED.expires_at - $4::bigint OR k.version <> EXCLUDED.version
+                   RETURNING connection_id
+                 )
+                 SELECT (SELECT count(*) FROM picked)::int AS picked,
+                        (SELECT json_agg(c.record ORDER BY c.refresh_due_at, c.id)
+                           FROM ${C} c JOIN claimed ON claimed.connection_id = c.id) AS records`,
+                [now, Math.floor(limit) - out.length, holder, ttl]
+              )
+              const row = result.rows[0]
+              const records = row?.records ?? []
+              for (const text of records) out.push(parseRecord<ConnectionRecord>("a connection", text))
+              // Nothing free, or nothing lost to another claimer: what there is was claimed.
+              if ((row?.picked ?? 0) === 0 || records.length === Number(row?.picked ?? 0)) break
+            }
+            return out.sort((x, y) => (x.refreshDueAt ?? 0) - (y.refreshDueAt ?? 0) || (x.id < y.id ? -1 : 1))
           }),
     insert: (record) =>
       transaction("insert", async (client) => {
