@@ -122,6 +122,8 @@ export const storeFleet = (
             Array.from({ length: 8 }, (_, i) => run(claim(5_000, 4, `holder-${i}`, 60_000)))
           )
           const ids = batches.flatMap((b) => b.map((r) => r.id))
+          // No claimer comes back short while connections are free (even one whose view is a moment old).
+          expect(ids.length).toBe(Math.min(32, due.length - got.length))
           got.push(...ids)
           if (ids.length === 0) break
         }
