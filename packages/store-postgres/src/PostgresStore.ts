@@ -388,7 +388,10 @@ const makeListener = (
   let live = false
 
   const lost = (which: pg.Client) => {
-    if (client !== which) return
+    if (client !== which) {
+      which.end().catch(() => {})
+      return
+    }
     client = undefined
     if (heartbeat !== undefined) clearInterval(heartbeat)
     heartbeat = undefined
@@ -410,7 +413,11 @@ const makeListener = (
   }
   const connect = async () => {
     if (!active || client !== undefined) return
-    const next = new pg.Client({ ...config, query_timeout: 5_000 } as pg.ClientConfig)
+    const next = new pg.Client({
+      ...config,
+      query_timeout: 5_000,
+      application_name: `latchkey_listen:${channel}`.slice(0, 63)
+    } as pg.ClientConfig)
     client = next
     next.on("error", () => lost(next))
     next.on("end", () => lost(next))
@@ -423,9 +430,9 @@ const makeListener = (
     } catch {
       return lost(next)
     }
-    if (client !== next) return
-    if (!active) {
-      client = undefined
+    if (client !== next || !active) {
+      // Stopped (or replaced) while connecting: this connection is nobody's.
+      if (client === next) client = undefined
       await next.end().catch(() => {})
       return
     }

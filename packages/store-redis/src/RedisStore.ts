@@ -501,7 +501,8 @@ export const make = (options: RedisStoreOptions): RedisStore => {
       const sub = client.duplicate({
         lazyConnect: false,
         enableOfflineQueue: true,
-        maxRetriesPerRequest: null
+        maxRetriesPerRequest: null,
+        connectionName: `latchkey-watch:${channel}`.replace(/[^A-Za-z0-9:_-]/g, "_")
       })
       subscriber = sub
       sub.on("error", () => {})
