@@ -28,7 +28,14 @@ const drop = (schema: string) => admin.query(`DROP SCHEMA IF EXISTS "${schema}" 
 /** Every row of the schema's tables as text: what a database dump would show. */
 const dump = async (schema: string) => {
   const parts: Array<string> = []
-  for (const table of ["latchkey_connections", "latchkey_leases", "latchkey_pending", "latchkey_meta"]) {
+  for (const table of [
+    "latchkey_connections",
+    "latchkey_leases",
+    "latchkey_pending",
+    "latchkey_meta",
+    "latchkey_claims",
+    "latchkey_rates"
+  ]) {
     const { rows } = await admin.query(`SELECT t::text AS row FROM "${schema}".${table} t`)
     parts.push(...rows.map((r: { row: string }) => r.row))
   }
@@ -130,10 +137,12 @@ describe("PostgreSQL specifics", () => {
       [s]
     )
     expect(tables.rows.map((r: { table_name: string }) => r.table_name)).toEqual([
+      "latchkey_claims",
       "latchkey_connections",
       "latchkey_leases",
       "latchkey_meta",
-      "latchkey_pending"
+      "latchkey_pending",
+      "latchkey_rates"
     ])
     const version = await admin.query(`SELECT value FROM "${s}".latchkey_meta WHERE key = 'schema_version'`)
     expect(version.rows).toEqual([{ value: String(PostgresStore.SCHEMA_VERSION) }])
@@ -271,7 +280,7 @@ describe("PostgreSQL specifics", () => {
       "SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = $1",
       [s]
     )
-    expect(tables.rows[0].n).toBe(4)
+    expect(tables.rows[0].n).toBe(6)
     const sessions = () =>
       admin
         .query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [application])
