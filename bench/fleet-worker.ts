@@ -82,6 +82,9 @@ const main = async () => {
       batchSize: 100_000
     }
   })
+  // Warm before "go": the runtime built, the store's pool connected (what a long-running instance has).
+  await lk.refresher.isRunning()
+  await Effect.runPromise(Effect.ignore(inner.get("warm-up")))
   process.stdout.write("ready\n")
   const lines = createInterface({ input: process.stdin })
   await new Promise<void>((resolve) => lines.once("line", () => resolve()))
