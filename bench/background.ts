@@ -20,7 +20,7 @@ import * as oidc from "openid-client"
 import { makeProvider, PROVIDER_ID, pool, progress, round, runEffect, vaultOptions } from "./common.ts"
 import { type BenchServer, type Minted, SCOPES } from "./server.ts"
 
-export const CONNECTIONS = 10_000
+export const DEFAULT_CONNECTIONS = 10_000
 const WARMUP = 200
 
 export interface BackgroundResult {
@@ -37,7 +37,7 @@ export interface BackgroundResult {
   readonly throughputRatio: number
 }
 
-const connectionOf = (minted: Minted, index: number, now: number): Connection.Connection => ({
+export const connectionOf = (minted: Minted, index: number, now: number): Connection.Connection => ({
   id: `conn_bench_${index}`,
   ownerId: `bench-owner-${index}`,
   providerId: PROVIDER_ID,
@@ -65,6 +65,7 @@ const connectionOf = (minted: Minted, index: number, now: number): Connection.Co
 
 /** Insert `grants` as due connections into a fresh memory store. */
 const seedStore = async (grants: ReadonlyArray<Minted>, offset: number) => {
+  // Memory store; ids offset so warm-up and measured sets never collide.
   const store = ConnectionStore.makeMemory()
   const vault = Vault.make(vaultOptions)
   const now = Date.now()
@@ -102,7 +103,8 @@ const rawLoop = async (server: BenchServer, grants: ReadonlyArray<Minted>, concu
 const latchkeySweeps = async (
   server: BenchServer,
   store: ConnectionStore.ConnectionStoreShape,
-  concurrency: number
+  concurrency: number,
+  CONNECTIONS: number
 ) => {
   const lk = createLatchkey({
     providers: [makeProvider(server)],
@@ -134,19 +136,20 @@ const latchkeySweeps = async (
 
 export const benchBackground = async (
   server: BenchServer,
-  concurrency: number
+  concurrency: number,
+  CONNECTIONS = DEFAULT_CONNECTIONS
 ): Promise<BackgroundResult> => {
   progress("background", `minting ${2 * (CONNECTIONS + WARMUP)} grants`)
   const [warmLk, warmRaw, lkGrants, rawGrants] = await Promise.all([
-    server.mint(WARMUP, "bg-warm-latchkey"),
-    server.mint(WARMUP, "bg-warm-raw"),
-    server.mint(CONNECTIONS, "bg-latchkey"),
-    server.mint(CONNECTIONS, "bg-raw")
+    server.mint(WARMUP, `bg-warm-latchkey-${concurrency}`),
+    server.mint(WARMUP, `bg-warm-raw-${concurrency}`),
+    server.mint(CONNECTIONS, `bg-latchkey-${concurrency}`),
+    server.mint(CONNECTIONS, `bg-raw-${concurrency}`)
   ])
 
   progress("background", `warm-up: ${WARMUP} raw refreshes and ${WARMUP} Refresher refreshes`)
   await rawLoop(server, warmRaw, concurrency)
-  await latchkeySweeps(server, await seedStore(warmLk, CONNECTIONS), concurrency)
+  await latchkeySweeps(server, await seedStore(warmLk, CONNECTIONS), concurrency, WARMUP)
 
   progress("background", `raw openid-client loop: ${CONNECTIONS} refreshes at concurrency ${concurrency}`)
   const raw = await rawLoop(server, rawGrants, concurrency)
@@ -156,7 +159,7 @@ export const benchBackground = async (
   const store = await seedStore(lkGrants, 0)
   const due = (await runEffect(store.listDue(Date.now(), CONNECTIONS))).length
   progress("background", `Refresher: ${due} connections due, concurrency ${concurrency}`)
-  const lk = await latchkeySweeps(server, store, concurrency)
+  const lk = await latchkeySweeps(server, store, concurrency, CONNECTIONS)
   const lkPerSec = lk.refreshed / lk.seconds
   progress(
     "background",

@@ -4,32 +4,52 @@
  * stdout, and the figures to bench/results.json. Exits non-zero only when an invariant fails: the
  * storm must make exactly one refresh call and the grant must survive it.
  *
- * Environment: BENCH_CONCURRENCY (background refresh concurrency, default 32).
+ * `--quick`: CI-sized runs (fewer connections, trials and sizes; every figure still present, each
+ * section says its sizes). Environment: BENCH_CONCURRENCY (a comma-separated list of background
+ * refresh concurrencies, default 8,32,128).
  */
 import { existsSync } from "node:fs"
 import { writeFile } from "node:fs/promises"
 import { availableParallelism, cpus } from "node:os"
 import { type BackgroundResult, benchBackground } from "./background.ts"
 import { progress, REDIRECT, round } from "./common.ts"
+import { benchFleet, type FleetResult } from "./fleet.ts"
 import { benchHotPath, type HotPathResult } from "./hot-path.ts"
 import { benchInDoubtWindow, type InDoubtResult } from "./in-doubt.ts"
 import { benchNaiveOpenidClient, benchNaiveSimpleOauth2, type NaiveResult } from "./naive.ts"
+import { benchScale, type ScaleResult } from "./scale.ts"
 import { startBenchServer } from "./server.ts"
+import { benchStaleness, type StalenessResult } from "./staleness.ts"
 import { benchStorm, type StormResult } from "./storm.ts"
 
 const startedAt = performance.now()
-const concurrency = Number(process.env.BENCH_CONCURRENCY ?? 32)
-if (!Number.isInteger(concurrency) || concurrency < 1) {
-  throw new Error("BENCH_CONCURRENCY must be a positive integer")
+const quick = process.argv.includes("--quick")
+const concurrencies = (process.env.BENCH_CONCURRENCY ?? "8,32,128").split(",").map(Number)
+if (concurrencies.some((c) => !Number.isInteger(c) || c < 1)) {
+  throw new Error("BENCH_CONCURRENCY must be a comma-separated list of positive integers")
 }
+const backgroundConnections = quick ? 1_000 : 5_000
 
 interface Results {
   readonly meta: Record<string, unknown>
-  readonly hotPath: HotPathResult
+  readonly hotPath: HotPathResult & {
+    /** Per store: accessToken vs the raw driver read of the same row (from the `stores` section). */
+    readonly perStore?: Record<
+      string,
+      { ratio: number; opsPerSec: number; rawReadOpsPerSec: number } | { error: string }
+    >
+  }
   readonly storm: StormResult
   readonly naive: { readonly openidClient: NaiveResult; readonly simpleOauth2: NaiveResult }
-  readonly background: BackgroundResult
+  readonly background: {
+    readonly connections: number
+    readonly ratios: Record<string, number>
+    readonly byConcurrency: Record<string, BackgroundResult>
+  }
   readonly stores?: unknown
+  readonly staleness?: StalenessResult
+  readonly fleet?: FleetResult
+  readonly scale?: ScaleResult
   readonly inDoubtWindow?: InDoubtResult
 }
 
@@ -43,8 +63,21 @@ try {
   progress("naive", "the same storm with openid-client alone and with simple-oauth2")
   const openidClient = await benchNaiveOpenidClient(server)
   const simpleOauth2 = await benchNaiveSimpleOauth2(server)
-  progress("background", "the Refresher on 10,000 due connections vs a raw refresh loop")
-  const background = await benchBackground(server, concurrency)
+  const byConcurrency: Record<string, BackgroundResult> = {}
+  for (const c of concurrencies) {
+    progress(
+      "background",
+      `the Refresher on ${backgroundConnections} due connections vs a raw refresh loop, concurrency ${c}`
+    )
+    byConcurrency[c] = await benchBackground(server, c, backgroundConnections)
+  }
+  const background = {
+    connections: backgroundConnections,
+    ratios: Object.fromEntries(Object.entries(byConcurrency).map(([c, r]) => [c, r.throughputRatio])),
+    byConcurrency
+  }
+  progress("fleet", "1, 2 and 4 processes sweeping one PostgreSQL / Redis store")
+  const fleet = await benchFleet(server, quick, availableParallelism())
 
   results = {
     meta: {
@@ -52,12 +85,14 @@ try {
       node: process.version,
       cpus: availableParallelism(),
       cpuModel: cpus()[0]?.model ?? "unknown",
-      server: "oidc-provider (rotateRefreshToken: true) in a worker thread, 127.0.0.1"
+      server: "oidc-provider (rotateRefreshToken: true) in a worker thread, 127.0.0.1",
+      quick
     },
     hotPath,
     storm,
     naive: { openidClient, simpleOauth2 },
-    background
+    background,
+    fleet
   }
 } finally {
   await server.close()
@@ -77,7 +112,28 @@ if (existsSync(new URL("./stores.ts", import.meta.url))) {
 } else {
   progress("stores", "bench/stores.ts is not there yet: skipped")
 }
-if (stores !== undefined) results = { ...results, stores }
+if (stores !== undefined) {
+  const perStore: Record<
+    string,
+    { ratio: number; opsPerSec: number; rawReadOpsPerSec: number } | { error: string }
+  > = {}
+  for (const [name, r] of Object.entries(stores as Record<string, Record<string, unknown>>)) {
+    perStore[name] =
+      "error" in r
+        ? { error: String(r.error) }
+        : {
+            ratio: Number(r.ratio),
+            opsPerSec: Number(r.readOpsPerSec),
+            rawReadOpsPerSec: Number(r.rawReadOpsPerSec)
+          }
+  }
+  results = { ...results, stores, hotPath: { ...results.hotPath, perStore } }
+}
+
+progress("staleness", "another instance replaces / revokes a token: how long this one serves the old one")
+results = { ...results, staleness: await benchStaleness(quick) }
+progress("scale", quick ? "10k and 100k connections (quick)" : "10k, 100k and 1M connections")
+results = { ...results, scale: await benchScale(quick) }
 
 progress(
   "inDoubtWindow",
@@ -121,31 +177,33 @@ for (const [name, r] of [
   add("naive", `${name}: callers failed`, r.callersFailed)
 }
 add("background", "connections (all due)", background.connections)
-add("background", "concurrency", background.concurrency)
-add(
-  "background",
-  "Refresher seconds (refreshes/s)",
-  `${background.seconds} (${fmt(background.refreshesPerSec)})`
-)
-add(
-  "background",
-  "refreshed / failed / still due",
-  `${background.refreshed} / ${background.failed} / ${background.stillDue}`
-)
-add(
-  "background",
-  "raw openid-client loop seconds (refreshes/s)",
-  `${background.raw.seconds} (${fmt(background.raw.refreshesPerSec)})`
-)
-add("background", "throughput ratio (Refresher / raw)", background.throughputRatio)
-const flatten = (value: unknown, path: string) => {
+for (const [c, b] of Object.entries(background.byConcurrency)) {
+  add(
+    "background",
+    `C=${c}: Refresher s (refreshes/s) vs raw s (refreshes/s)`,
+    `${b.seconds} (${fmt(b.refreshesPerSec)}) vs ${b.raw.seconds} (${fmt(b.raw.refreshesPerSec)})`
+  )
+  add("background", `C=${c}: refreshed / failed / still due`, `${b.refreshed} / ${b.failed} / ${b.stillDue}`)
+  add("background", `C=${c}: throughput ratio (Refresher / raw)`, b.throughputRatio)
+}
+for (const [name, r] of Object.entries(results.hotPath.perStore ?? {})) {
+  add(
+    "hotPath",
+    `${name}: ratio (accessToken / raw driver read)`,
+    "error" in r ? `error: ${r.error}` : r.ratio
+  )
+}
+const flatten = (section: string, value: unknown, path: string) => {
   if (value !== null && typeof value === "object" && !Array.isArray(value)) {
-    for (const [k, v] of Object.entries(value)) flatten(v, path === "" ? k : `${path}.${k}`)
+    for (const [k, v] of Object.entries(value)) flatten(section, v, path === "" ? k : `${path}.${k}`)
   } else {
-    add("stores", path, Array.isArray(value) ? JSON.stringify(value) : value)
+    add(section, path, Array.isArray(value) ? JSON.stringify(value) : value)
   }
 }
-if (results.stores !== undefined) flatten(results.stores, "")
+if (results.stores !== undefined) flatten("stores", results.stores, "")
+if (results.staleness !== undefined) flatten("staleness", results.staleness, "")
+if (results.fleet !== undefined) flatten("fleet", results.fleet, "")
+if (results.scale !== undefined) flatten("scale", results.scale, "")
 for (const [store, w] of Object.entries(results.inDoubtWindow ?? {})) {
   if ("error" in w) {
     add("inDoubtWindow", store, `error: ${w.error}`)

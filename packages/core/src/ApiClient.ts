@@ -11,6 +11,7 @@ import * as HttpClientError from "effect/http/HttpClientError"
 import * as HttpClientRequest from "effect/http/HttpClientRequest"
 import * as HttpClientResponse from "effect/http/HttpClientResponse"
 import { LatchkeyConfig } from "./Config.ts"
+import { ConnectionStore } from "./ConnectionStore.ts"
 import { ApiError } from "./Errors.ts"
 import { allowsCredentials, proofsFor, sendScoped } from "./internal/credentialScope.ts"
 import { metrics, refreshSpan, traceparent } from "./internal/telemetry.ts"
@@ -65,12 +66,70 @@ const readBody = async (response: Response): Promise<unknown> => {
 
 const credentialValue = (c: Credential) => (c.kind === "oauth" ? c.accessToken : c.apiKey)
 
+/**
+ * How long the provider says its budget stays spent: `X-RateLimit-Remaining: 0` with
+ * `X-RateLimit-Reset` (seconds from now, or an epoch in seconds) or `X-RateLimit-Interval-Milliseconds`.
+ * `undefined` when the answer does not say the budget is spent.
+ */
+export const rateLimitResetMs = (headers: Headers, now: number): number | undefined => {
+  const remaining = headers.get("x-ratelimit-remaining")
+  if (remaining === null || Number(remaining.trim()) !== 0 || remaining.trim() === "") return undefined
+  const reset = Number(headers.get("x-ratelimit-reset") ?? Number.NaN)
+  if (Number.isFinite(reset) && reset >= 0) {
+    const ms = reset > 1e9 ? reset * 1000 - now : reset * 1000
+    return Math.max(0, Math.min(ms, 3_600_000))
+  }
+  const interval = Number(headers.get("x-ratelimit-interval-milliseconds") ?? Number.NaN)
+  return Number.isFinite(interval) && interval > 0 ? Math.min(interval, 3_600_000) : undefined
+}
+
 export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@latchkey/core/ApiClient") {
   static readonly layer = Layer.effect(
     ApiClient,
     Effect.gen(function* () {
       const tokens = yield* TokenManager
       const config = yield* LatchkeyConfig
+      const store = yield* ConnectionStore
+      /** Per-process budgets, for stores without `takeRateBudget`: key → next free slot. */
+      const localSlots = new Map<string, number>()
+      const budgetKey = (providerId: string, accountId: string) =>
+        config.apiRateLimits?.[providerId]?.per === "account"
+          ? `api:${providerId}:${accountId}`
+          : `api:${providerId}`
+      /** Take `cost` slots of the budget (shared through the store when it can); the wait before ours. */
+      const takeBudget = (key: string, limit: number, windowMs: number, cost = 1) =>
+        store.takeRateBudget !== undefined
+          ? store.takeRateBudget(key, limit, windowMs, cost)
+          : Effect.clockWith((clock) =>
+              Effect.sync(() => {
+                const now = clock.currentTimeMillisUnsafe()
+                const slot = Math.max(now, localSlots.get(key) ?? 0)
+                localSlots.set(key, slot + (windowMs / limit) * cost)
+                return slot - now
+              })
+            )
+      /** Wait for this request's slot of the provider's budget (when one is configured). */
+      const awaitBudget = (providerId: string, accountId: string) => {
+        const limit = config.apiRateLimits?.[providerId]
+        if (limit === undefined) return Effect.void
+        return takeBudget(budgetKey(providerId, accountId), limit.limit, limit.windowMs).pipe(
+          // A budget the store cannot keep does not stop requests: the provider's own 429 still applies.
+          Effect.catch(() => Effect.succeed(0)),
+          Effect.flatMap((wait) => (wait > 0 ? Effect.sleep(wait) : Effect.void))
+        )
+      }
+      /** The provider says the budget is spent until a reset: hold it there for every instance. */
+      const holdBudget = (providerId: string, accountId: string, headers: Headers) =>
+        Effect.clockWith((clock) => {
+          const limit = config.apiRateLimits?.[providerId]
+          const resetMs = rateLimitResetMs(headers, clock.currentTimeMillisUnsafe())
+          if (limit === undefined || resetMs === undefined || resetMs <= 0) return Effect.void
+          const cost = Math.ceil(resetMs / (limit.windowMs / limit.limit))
+          return takeBudget(budgetKey(providerId, accountId), limit.limit, limit.windowMs, cost).pipe(
+            Effect.catch(() => Effect.succeed(0)),
+            Effect.asVoid
+          )
+        })
       const registered = (yield* Providers).all
       const providersBase = new Map(registered.map((p) => [p.id, p.apiBaseUrl] as const))
       // Each provider's API fetch, wrapped once (e.g. HighLevel's rate limiter).
@@ -156,7 +215,7 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
         init?: RequestInit
       ) {
         yield* Effect.annotateCurrentSpan({ "latchkey.connection_id": connectionId })
-        let { credential, provider } = yield* tokens.credential(connectionId)
+        let { credential, provider, connection } = yield* tokens.credential(connectionId)
         // The request's method, origin and path only: a query string may hold a secret.
         yield* Effect.annotateCurrentSpan({
           "latchkey.provider": provider.id,
@@ -183,7 +242,9 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
         let refreshed = false
         let rateLimitedRetries = 0
         for (;;) {
+          yield* awaitBudget(provider.id, connection.accountId)
           const response = yield* send(connectionId, url, init, credential, provider)
+          yield* holdBudget(provider.id, connection.accountId, response.headers)
           if (response.ok) return response
           const info: ApiResponseInfo = {
             status: response.status,

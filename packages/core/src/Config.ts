@@ -3,6 +3,14 @@
  */
 import { Context } from "effect"
 
+/** A budget of API requests: at most `limit` per `windowMs`. */
+export interface ApiRateLimit {
+  readonly limit: number
+  readonly windowMs: number
+  /** One budget for the provider (default), or one per connected account (e.g. a HighLevel location). */
+  readonly per?: "provider" | "account" | undefined
+}
+
 export interface LatchkeyConfigShape {
   /**
    * Refresh an access token this long before it expires (default 5 minutes, as Google's and
@@ -41,7 +49,16 @@ export interface LatchkeyConfigShape {
   readonly refreshTokenAheadMs: number
   /** Longest wait for a rate-limited API request's `Retry-After` (default 30 s). */
   readonly apiMaxRetryAfterMs: number
+  /**
+   * API request budgets by provider id, kept by the ApiClient before every request and shared by
+   * every instance on the store when it offers `takeRateBudget` (else per process). A response saying
+   * the budget is spent (`X-RateLimit-Remaining: 0` with `X-RateLimit-Reset` or
+   * `X-RateLimit-Interval-Milliseconds`) holds the budget until the reset for every instance. Default none.
+   */
+  readonly apiRateLimits?: Readonly<Record<string, ApiRateLimit>> | undefined
   /** Identifies this process as a lease holder. */
+  /** Decoded connections kept per process (an LRU; default 10,000). */
+  readonly decodedCacheSize?: number | undefined
   readonly holderId: string
   /** The fetch used for every outbound request. */
   readonly fetch: typeof fetch

@@ -89,6 +89,49 @@ export interface ScanPage {
   readonly next: string | undefined
 }
 
+/**
+ * What `watch` tells its listeners. `Changed`: the connection's row was written (insert, update,
+ * remove). `Live`: the channel is (again) connected — anything may have changed while it was not, so
+ * flush everything cached; changes are delivered from now on. `Lost`: the channel is down; changes
+ * made elsewhere may go unseen until the next `Live`.
+ */
+export type StoreChange =
+  | { readonly _tag: "Changed"; readonly id: string }
+  | { readonly _tag: "Live" }
+  | { readonly _tag: "Lost" }
+
+export type StoreChangeListener = (change: StoreChange) => void
+
+/**
+ * The listeners of one store object: writes made through it are announced to them synchronously,
+ * before the write's Effect completes. A throwing listener is ignored.
+ */
+export const makeChangeHub = () => {
+  const listeners = new Set<StoreChangeListener>()
+  const emit = (change: StoreChange) => {
+    for (const listener of listeners) {
+      try {
+        listener(change)
+      } catch {
+        // a listener's failure never breaks a write
+      }
+    }
+  }
+  return {
+    listeners,
+    emit,
+    changed: (id: string) => {
+      if (listeners.size > 0) emit({ _tag: "Changed", id })
+    },
+    add: (listener: StoreChangeListener) => {
+      listeners.add(listener)
+      return () => {
+        listeners.delete(listener)
+      }
+    }
+  }
+}
+
 export type TakePendingResult =
   | { readonly _tag: "Found"; readonly pending: PendingAuthorization }
   | { readonly _tag: "Consumed" }
@@ -150,6 +193,44 @@ export interface ConnectionStoreShape {
    * and has not expired (atomic across instances). Optional for third-party stores.
    */
   readonly claimOnce?: (key: string, until: number, now: number) => Effect.Effect<boolean, StoreError>
+  /**
+   * Claim up to `limit` due connections for `holder`, atomically across instances: active ones whose
+   * `refreshDueAt <= now`, soonest first, that nobody holds an unexpired refresh lease on and nobody
+   * (this holder included) holds an unexpired claim on. A claim holds the connection's version: any
+   * write of the connection (its refresh) ends it. Each returned connection is claimed until
+   * `ttlMs` from now by the STORE's clock (like leases), so a claimer that dies leaves its claims to
+   * lapse; a claim is only a hint for the background Refresher (N instances split the due work instead
+   * of chasing one batch), never a lease: the refresh still takes the lease. Optional; without it
+   * the Refresher uses `listDue`.
+   */
+  readonly claimDue?: (
+    now: number,
+    limit: number,
+    holder: string,
+    ttlMs: number
+  ) => Effect.Effect<ReadonlyArray<ConnectionRecord>, StoreError>
+  /**
+   * A rate budget shared by every instance on this store (e.g. `refresh:<provider>`): reserve the
+   * next `cost` slots of `key`, spaced `windowMs / limit` apart on the STORE's clock, so that all
+   * instances together never exceed `limit` per `windowMs`. Returns how long (ms) the caller must
+   * wait before its slot; the reservation is made either way (slots are never handed out twice).
+   * Optional; without it the Refresher and the ApiClient limit each process on its own.
+   */
+  readonly takeRateBudget?: (
+    key: string,
+    limit: number,
+    windowMs: number,
+    cost?: number
+  ) => Effect.Effect<number, StoreError>
+  /**
+   * Be told when connection rows change, for caches (the Promise API's token cache). Writes made
+   * through this store object are announced synchronously, before their Effect completes; writes by
+   * other store objects and processes through the backend's own channel (PostgreSQL LISTEN/NOTIFY,
+   * Redis pub/sub, SQLite's `data_version`), each followed by `Live` once that channel is connected
+   * and after every reconnect. Memory and SQLite call the listener with `Live` at once. Returns a
+   * function that stops listening. Optional: without it, a cache trusts an entry only for a bounded time.
+   */
+  readonly watch?: (listener: StoreChangeListener) => () => void
   /** How many connections the store holds. Optional; `Vault.rotate` reports progress against it. */
   readonly count?: () => Effect.Effect<number, StoreError>
   /** Its kind, its clock and its settings (optional; every built-in store has it). */
@@ -205,6 +286,11 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
       events.push(structuredClone({ ...event, seq }) as StoredLifecycleEvent)
     }
   }
+  /** `claimDue`'s claims: connection id → expiry on the store's clock and the version claimed. */
+  const dueClaims = new Map<string, { readonly until: number; readonly version: number }>()
+  const hub = makeChangeHub()
+  /** `takeRateBudget`: key → the next free slot (store clock). */
+  const budgets = new Map<string, number>()
 
   return {
     get: (id) => Effect.sync(() => rows.get(id)),
@@ -242,6 +328,40 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
           .sort((a, b) => (a.refreshDueAt ?? 0) - (b.refreshDueAt ?? 0))
           .slice(0, limit)
       ),
+    watch: (listener) => {
+      const stop = hub.add(listener)
+      listener({ _tag: "Live" })
+      return stop
+    },
+    takeRateBudget: (key, limit, windowMs, cost = 1) =>
+      Effect.sync(() => {
+        const at = clock()
+        const spacing = windowMs / Math.max(1e-9, limit)
+        const slot = Math.max(at, budgets.get(key) ?? 0)
+        budgets.set(key, slot + spacing * Math.max(1, cost))
+        if (budgets.size > 10_000) {
+          for (const [k, next] of budgets) if (next < at) budgets.delete(k)
+        }
+        return Math.max(0, slot - at)
+      }),
+    claimDue: (now, limit, _holder, ttlMs) =>
+      Effect.sync(() => {
+        const at = clock()
+        const free = (r: ConnectionRecord) => {
+          const claim = dueClaims.get(r.id)
+          return (
+            (leases.get(r.id)?.expiresAt ?? 0) <= at &&
+            (claim === undefined || claim.until <= at || claim.version !== r.version)
+          )
+        }
+        const picked = [...rows.values()]
+          .filter((r) => r.status === "active" && r.refreshDueAt !== null && r.refreshDueAt <= now && free(r))
+          .sort((a, b) => (a.refreshDueAt ?? 0) - (b.refreshDueAt ?? 0) || (a.id < b.id ? -1 : 1))
+          .slice(0, Math.max(0, Math.floor(limit)))
+        for (const r of picked) dueClaims.set(r.id, { until: at + Math.max(1, ttlMs), version: r.version })
+        for (const [id, claim] of dueClaims) if (claim.until <= at) dueClaims.delete(id)
+        return picked
+      }),
     insert: (record, appended) =>
       Effect.suspend(() => {
         if (rows.has(record.id)) return Effect.fail(conflict(`connection ${record.id} already exists`))
@@ -254,6 +374,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         rows.set(record.id, record)
         byAccount.set(key, record.id)
         append(appended)
+        hub.changed(record.id)
         return Effect.void
       }),
     update: (record, expectedVersion, appended) =>
@@ -269,6 +390,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         rows.set(record.id, record)
         byAccount.set(accountKey(record), record.id)
         append(appended)
+        hub.changed(record.id)
         return Effect.void
       }),
     remove: (id, appended) =>
@@ -279,6 +401,8 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         byAccount.delete(accountKey(current))
         leases.delete(id)
         append(appended)
+        dueClaims.delete(id)
+        hub.changed(id)
         return true
       }),
     appendEvents: (list) => Effect.sync(() => append(list)),

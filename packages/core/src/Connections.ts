@@ -30,6 +30,7 @@ import { ConnectionStore, type ConnectionStoreShape } from "./ConnectionStore.ts
 import { ConnectionNotFound, type StoreError, type VaultError } from "./Errors.ts"
 import { Events, type LatchkeyEvent } from "./Events.ts"
 import { refreshDueAt } from "./internal/due.ts"
+import { Lru } from "./internal/Lru.ts"
 import * as LifecycleEvents from "./LifecycleEvents.ts"
 import { Vault, type VaultShape } from "./Vault.ts"
 
@@ -221,7 +222,11 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
       const config = yield* LatchkeyConfig
 
       // Decoded connections by id, reused while the stored record is unchanged (the hot path).
-      const cache = new Map<string, { readonly record: ConnectionRecord; readonly connection: Connection }>()
+      // Least recently used first out, so a process cycling over more connections than it keeps still
+      // reuses the recent ones instead of starting over.
+      const cache = new Lru<string, { readonly record: ConnectionRecord; readonly connection: Connection }>(
+        config.decodedCacheSize ?? 10_000
+      )
 
       const decode = (record: ConnectionRecord): Effect.Effect<Connection, VaultError> => {
         const hit = cache.get(record.id)
@@ -238,7 +243,6 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
       }
 
       const remember = (record: ConnectionRecord, connection: Connection) => {
-        if (cache.size > 10_000) cache.clear()
         cache.set(record.id, { record, connection })
       }
 

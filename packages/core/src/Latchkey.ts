@@ -32,6 +32,7 @@ import {
 } from "./EventLog.ts"
 import { Events, type LatchkeyEvent } from "./Events.ts"
 import { refreshSpan } from "./internal/telemetry.ts"
+import { type Lookup, TokenCache, type TokenCacheOptions } from "./internal/tokenCache.ts"
 import type { EventPage } from "./LifecycleEvents.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Provider } from "./Provider.ts"
@@ -40,6 +41,7 @@ import { Providers } from "./Providers.ts"
 import { Refresher, type RefresherOptions, type SweepReport } from "./Refresher.ts"
 import * as TelemetryModule from "./Telemetry.ts"
 import { TokenManager } from "./TokenManager.ts"
+import * as TokenSet from "./TokenSet.ts"
 import * as VaultModule from "./Vault.ts"
 import { Vault, type VaultOptions } from "./Vault.ts"
 import * as WebhooksModule from "./Webhooks.ts"
@@ -70,6 +72,17 @@ export interface LatchkeyOptions {
    * processes (leases are judged by the store's clock): it exists to test exactly that.
    */
   readonly clock?: (() => number) | undefined
+  /**
+   * The Promise API's cache of valid access tokens (`accessToken` answers from it without entering
+   * the Effect runtime; concurrent callers of one id share one lookup). It serves a token only while
+   * it is fresh by its expiry minus `config.skewMs` on this instance's clock, and drops it on every
+   * write the store announces (`ConnectionStore.watch`: writes through this store object at once,
+   * other processes' through PostgreSQL LISTEN/NOTIFY, Redis pub/sub or SQLite's data_version), on a
+   * 401 seen by `fetch`, and everything when the store's channel (re)connects. While the channel is
+   * not live (a store without `watch`, or its channel down) an entry is trusted only `maxStaleMs`
+   * (default 1 s). `false` turns it off. Default on.
+   */
+  readonly tokenCache?: false | TokenCacheOptions | undefined
 }
 
 /** A Clock whose wall time is `now` and whose sleeps and monotonic time are the host's. */
@@ -276,6 +289,56 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
     throw Cause.squash(exit.cause)
   }
   let closing: Promise<void> | undefined
+
+  // ---- the token cache of the Promise API (see `LatchkeyOptions.tokenCache`) ----
+  const now = options.clock ?? Date.now
+  const skewMs = options.config?.skewMs ?? defaults().skewMs
+  const cache = options.tokenCache === false ? undefined : new TokenCache(now, options.tokenCache ?? {})
+  let unwatch: (() => void) | undefined
+  /** Until the store is subscribed to, nothing is cached (a change could go unseen). */
+  let cacheReady = false
+  if (cache !== undefined) {
+    const subscribed = run(ConnectionStore.use((s) => Effect.succeed(s))).then((store) => {
+      if (closing !== undefined) return
+      if (store.watch !== undefined) unwatch = store.watch(cache.onChange)
+      cacheReady = true
+    })
+    subscribed.catch(() => {})
+  }
+  const expiredNeed = (c: ConnectionModule.Connection, at: number) => !TokenSet.isFresh(c.tokens, at, skewMs)
+  /** One lookup through the engine: the token, and until when it may be cached. */
+  const lookup = (id: string): Promise<Lookup> =>
+    run(
+      TokenManager.use((t) =>
+        Effect.flatMap(t.get(id), (c): Effect.Effect<Lookup, unknown> => {
+          const fresh = (conn: ConnectionModule.Connection): Lookup => ({
+            token: Redacted.value(conn.tokens.accessToken),
+            freshUntil:
+              conn.tokens.expiresAt === undefined
+                ? Number.POSITIVE_INFINITY
+                : conn.tokens.expiresAt - TokenSet.effectiveSkew(conn.tokens, skewMs)
+          })
+          if (c.status !== "active") {
+            return Effect.map(t.accessToken(id), (token) => ({
+              token: Redacted.value(token),
+              freshUntil: undefined
+            }))
+          }
+          return Effect.flatMap(Clock.currentTimeMillis, (at) =>
+            c.kind === "api_key" || !expiredNeed(c, at)
+              ? Effect.succeed(fresh(c))
+              : Effect.map(t.refreshIf(id, expiredNeed), fresh)
+          )
+        })
+      )
+    )
+  const accessToken = (id: string): Promise<string> =>
+    cache === undefined
+      ? run(TokenManager.use((t) => Effect.map(t.accessToken(id), Redacted.value)))
+      : cacheReady
+        ? cache.accessToken(id, () => lookup(id))
+        : lookup(id).then((found) => found.token)
+
   const flow = <A>(f: (flow: AuthorizationFlowShape) => Effect.Effect<A, unknown>) =>
     run(AuthorizationFlow.use(f))
   let events: { subscribe: (l: (e: LatchkeyEvent) => void) => () => void } | undefined
@@ -294,8 +357,13 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
     linkApiKey: (input) => flow((f) => f.linkApiKey(input)),
     linkClientCredentials: (input) => flow((f) => f.linkClientCredentials(input)),
     linkMinted: (input) => flow((f) => f.linkMinted(input)),
-    accessToken: (id) => run(TokenManager.use((t) => Effect.map(t.accessToken(id), Redacted.value))),
-    fetch: (id, input, init) => run(ApiClient.use((a) => a.fetch(id, input, init))),
+    accessToken,
+    fetch: (id, input, init) =>
+      run(ApiClient.use((a) => a.fetch(id, input, init))).then((response) => {
+        // The API refused the token even after the client's refresh-and-retry: never serve it again from the cache.
+        if (response.status === 401) cache?.invalidate(id)
+        return response
+      }),
     connection: (id) => run(TokenManager.use((t) => Effect.map(t.get(id), ConnectionModule.summary))),
     connections: (ownerId) =>
       run(
@@ -352,6 +420,9 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
     close: () => {
       // Drain before disposing: disposal interrupts the callers' fibers, so let the refreshes in
       // flight write their tokens (and their callers get them) first.
+      unwatch?.()
+      unwatch = undefined
+      cache?.flush()
       closing ??= run(
         Effect.gen(function* () {
           yield* Effect.promise(() => Promise.all([...subscriptions].map((s) => s.stop())))

@@ -3,9 +3,18 @@
  * before their own lifetime ends (HighLevel: one year), with bounded concurrency and a per-provider
  * rate limit. Each refresh goes through the TokenManager, so it shares the single flight and the
  * lease with on-demand callers: the Refresher never adds a second refresh.
+ *
+ * With a store that offers `claimDue` (every built-in one), instances split the due work: each
+ * claims small batches (on the store's clock, for `claimTtlMs`), so N instances never chase the same
+ * batch; a claimer that dies leaves its claims to lapse. Other stores fall back to `listDue`.
+ * A store that fails is never hidden: the sweep reports it (`storeErrors`, `storeError`), logs a
+ * warning, counts it in the `latchkey_refresher_store_errors` metric and calls `onStoreError`.
  */
-import { Clock, Context, Effect, FiberHandle, Layer } from "effect"
+import { Clock, Context, Effect, FiberHandle, Layer, Metric, Semaphore } from "effect"
+import { LatchkeyConfig } from "./Config.ts"
+import type { ConnectionRecord } from "./Connection.ts"
 import { ConnectionStore } from "./ConnectionStore.ts"
+import type { StoreError } from "./Errors.ts"
 import { refreshSpan } from "./internal/telemetry.ts"
 import { TokenManager } from "./TokenManager.ts"
 
@@ -19,12 +28,25 @@ export interface RefresherOptions {
   /** Refreshes per second per provider (default 10); `Infinity` for none. Per-provider overrides. */
   readonly ratePerSecond?: number | undefined
   readonly providerRates?: Readonly<Record<string, number>> | undefined
+  /**
+   * How long a claimed connection stays this instance's before another may claim it, on the store's
+   * clock (default 15 s; stores with `claimDue`). Claims are taken a few at a time (twice the
+   * concurrency), so this only needs to cover a few refreshes; a crashed instance's work is picked
+   * up by the others after it.
+   */
+  readonly claimTtlMs?: number | undefined
+  /** Called with every store failure the loop meets (besides the log line and the metric). */
+  readonly onStoreError?: ((error: StoreError) => void) | undefined
 }
 
 export interface SweepReport {
   readonly due: number
   readonly refreshed: number
   readonly failed: number
+  /** Store failures met by this sweep (present only when there were some). */
+  readonly storeErrors?: number | undefined
+  /** The first of them. */
+  readonly storeError?: StoreError | undefined
 }
 
 export interface RefresherShape {
@@ -39,6 +61,15 @@ export interface RefresherShape {
   readonly isRunning: Effect.Effect<boolean>
 }
 
+/** Store failures met by the background Refresher (claiming, listing, or inside a refresh). */
+export const storeErrorsMetric = Metric.counter("latchkey_refresher_store_errors", {
+  description: "Store failures met by the background Refresher",
+  incremental: true
+})
+
+const isStoreError = (e: unknown): e is StoreError =>
+  typeof e === "object" && e !== null && (e as { _tag?: unknown })._tag === "StoreError"
+
 export class Refresher extends Context.Service<Refresher, RefresherShape>()("@latchkey/core/Refresher") {
   static readonly layer = (options: RefresherOptions = {}) =>
     Layer.effect(
@@ -51,49 +82,145 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
         const concurrency = options.concurrency ?? 8
         const nextSlot = new Map<string, number>()
 
-        /** Token-bucket-of-one per provider: each refresh takes the next slot 1/rate seconds apart. */
-        const takeSlot = (providerId: string) =>
+        /** Token-bucket-of-one per provider in this process: each refresh takes the next slot 1/rate seconds apart. */
+        const takeLocalSlot = (providerId: string, rate: number) =>
           Effect.gen(function* () {
-            const rate = options.providerRates?.[providerId] ?? options.ratePerSecond ?? 10
-            if (!Number.isFinite(rate)) return
             const now = yield* Clock.currentTimeMillis
             const slot = Math.max(now, nextSlot.get(providerId) ?? 0)
             nextSlot.set(providerId, slot + 1000 / rate)
             if (slot > now) yield* Effect.sleep(slot - now)
           })
 
+        /**
+         * The per-provider rate, shared by every instance on the store when it offers `takeRateBudget`
+         * (the budget `refresh:<provider>`), else per process. A failing budget falls back to this
+         * process's own slots (and is reported).
+         */
+        const takeSlot = (providerId: string, onStoreError: (e: StoreError) => Effect.Effect<void>) =>
+          Effect.suspend(() => {
+            const rate = options.providerRates?.[providerId] ?? options.ratePerSecond ?? 10
+            if (!Number.isFinite(rate)) return Effect.void
+            const shared = store.takeRateBudget
+            if (shared === undefined) return takeLocalSlot(providerId, rate)
+            return shared(`refresh:${providerId}`, rate, 1_000).pipe(
+              Effect.flatMap((wait) => (wait > 0 ? Effect.sleep(wait) : Effect.void)),
+              Effect.catch((e) => Effect.andThen(onStoreError(e), takeLocalSlot(providerId, rate)))
+            )
+          })
+
+        const claimTtlMs = options.claimTtlMs ?? 15_000
+        const holder = `${(yield* LatchkeyConfig).holderId}:refresher`
+
         const sweep: Effect.Effect<SweepReport> = Effect.gen(function* () {
           const now = yield* Clock.currentTimeMillis
-          const due = yield* store.listDue(now, batchSize).pipe(Effect.orElseSucceed(() => []))
+          let due = 0
           let refreshed = 0
           let failed = 0
-          yield* Effect.forEach(
-            due,
-            (record) =>
-              takeSlot(record.providerId).pipe(
+          let storeErrors = 0
+          let storeError: StoreError | undefined
+          const reportStoreError = (what: string, error: StoreError) =>
+            Effect.gen(function* () {
+              storeErrors++
+              storeError ??= error
+              yield* Metric.update(storeErrorsMetric, 1)
+              yield* Effect.logWarning(`Refresher: ${what}: ${error.message}`)
+              if (options.onStoreError !== undefined) {
+                try {
+                  options.onStoreError(error)
+                } catch {
+                  // the app's hook never breaks the loop
+                }
+              }
+            })
+
+          const refreshOne = (record: ConnectionRecord) =>
+            takeSlot(record.providerId, (e) => reportStoreError("taking the provider's rate budget", e)).pipe(
+              Effect.andThen(
+                refreshSpan("refresher", record.id, record.providerId, tokens.refreshIfDue(record.id))
+              ),
+              Effect.tap(() =>
+                Effect.sync(() => {
+                  refreshed++
+                })
+              ),
+              // Provider failures are already recorded on the connection and published as events;
+              // a store failure is reported here.
+              Effect.catch((e) =>
                 Effect.andThen(
-                  refreshSpan("refresher", record.id, record.providerId, tokens.refreshIfDue(record.id))
-                ),
-                Effect.tap(() =>
-                  Effect.sync(() => {
-                    refreshed++
-                  })
-                ),
-                // Failures are already recorded on the connection and published as events.
-                Effect.catch(() =>
                   Effect.sync(() => {
                     failed++
-                  })
+                  }),
+                  isStoreError(e) ? reportStoreError(`refreshing ${record.id}`, e) : Effect.void
                 )
-              ),
-            { concurrency, discard: true }
-          )
+              )
+            )
+
+          const claimDue = store.claimDue
+          if (claimDue === undefined) {
+            const listed = yield* store.listDue(now, batchSize).pipe(Effect.result)
+            if (listed._tag === "Failure") yield* reportStoreError("listing due connections", listed.failure)
+            const batch = listed._tag === "Success" ? listed.success : []
+            due = batch.length
+            yield* Effect.forEach(batch, refreshOne, { concurrency, discard: true })
+          } else {
+            // Claimed batches: workers take from a local queue, refilled a few at a time by claims.
+            const queue: Array<ConnectionRecord> = []
+            // A refresh that failed may leave its connection due (and its claim ended by the write):
+            // it is not tried twice in one sweep.
+            const seen = new Set<string>()
+            let exhausted = false
+            const chunk = Math.max(1, Math.min(batchSize, concurrency * 2))
+            const lock = yield* Semaphore.make(1)
+            const refill = lock.withPermits(1)(
+              Effect.gen(function* () {
+                if (queue.length > 0 || exhausted) return
+                const want = Math.min(chunk, batchSize - due)
+                if (want <= 0) {
+                  exhausted = true
+                  return
+                }
+                const claimed = yield* claimDue(now, want, holder, claimTtlMs).pipe(Effect.result)
+                if (claimed._tag === "Failure") {
+                  exhausted = true
+                  return yield* reportStoreError("claiming due connections", claimed.failure)
+                }
+                due += claimed.success.length
+                for (const record of claimed.success) {
+                  if (seen.has(record.id)) continue
+                  seen.add(record.id)
+                  queue.push(record)
+                }
+                if (claimed.success.length < want) exhausted = true
+              })
+            )
+            const worker = Effect.gen(function* () {
+              for (;;) {
+                const record = queue.shift()
+                if (record !== undefined) {
+                  yield* refreshOne(record)
+                  continue
+                }
+                if (exhausted) return
+                yield* refill
+              }
+            })
+            yield* Effect.all(
+              Array.from({ length: Math.max(1, concurrency) }, () => worker),
+              {
+                concurrency: "unbounded",
+                discard: true
+              }
+            )
+          }
           yield* Effect.annotateCurrentSpan({
-            "latchkey.sweep.due": due.length,
+            "latchkey.sweep.due": due,
             "latchkey.sweep.refreshed": refreshed,
-            "latchkey.sweep.failed": failed
+            "latchkey.sweep.failed": failed,
+            "latchkey.sweep.store_errors": storeErrors
           })
-          return { due: due.length, refreshed, failed }
+          return storeErrors === 0
+            ? { due, refreshed, failed }
+            : { due, refreshed, failed, storeErrors, storeError }
         }).pipe(Effect.withSpan("Refresher.sweep"))
 
         const run: Effect.Effect<never> = Effect.gen(function* () {

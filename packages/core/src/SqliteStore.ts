@@ -17,6 +17,7 @@ import {
   decodePending,
   decodeRecord,
   type Lease,
+  makeChangeHub,
   type PendingAuthorization,
   type TakePendingResult
 } from "./ConnectionStore.ts"
@@ -33,6 +34,11 @@ export interface SqliteStoreOptions {
    * machine shares the host clock, so leases never depend on a caller's clock). For tests.
    */
   readonly clock?: (() => number) | undefined
+  /**
+   * How often `watch` polls `PRAGMA data_version` for commits by other connections to the file (other
+   * processes, other store objects), default 100 ms: the longest a cache sees another process's write late.
+   */
+  readonly watchIntervalMs?: number | undefined
 }
 
 const SCHEMA_VERSION = 2
@@ -60,6 +66,15 @@ const MIGRATIONS = [
      fence INTEGER NOT NULL,
      expires_at INTEGER NOT NULL
    )`,
+  // `claimDue`'s claims (added after schema version 1; created idempotently on every open).
+  `CREATE TABLE IF NOT EXISTS latchkey_claims (
+     connection_id TEXT PRIMARY KEY,
+     holder TEXT NOT NULL,
+     expires_at INTEGER NOT NULL,
+     version INTEGER NOT NULL
+   )`,
+  // `takeRateBudget`'s budgets: the next free slot of each key (ms, host clock).
+  `CREATE TABLE IF NOT EXISTS latchkey_rates (key TEXT PRIMARY KEY, next_slot REAL NOT NULL)`,
   `CREATE TABLE IF NOT EXISTS latchkey_pending (
      state TEXT PRIMARY KEY,
      record TEXT NOT NULL,
@@ -264,6 +279,44 @@ export const make = (
     }
   }
 
+  // watch: writes through this object are announced at once; commits by other connections are seen
+  // by polling `PRAGMA data_version` (it changes only for them), and flush everything (`Live`).
+  const hub = makeChangeHub()
+  const watchIntervalMs = options.watchIntervalMs ?? 100
+  let poller: ReturnType<typeof setInterval> | undefined
+  let dataVersion = -1
+  const readDataVersion = () =>
+    (db.prepare("PRAGMA data_version").get() as { data_version: number }).data_version
+  const stopPolling = () => {
+    if (poller !== undefined) clearInterval(poller)
+    poller = undefined
+  }
+  const watch = (listener: Parameters<typeof hub.add>[0]) => {
+    const stop = hub.add(listener)
+    if (poller === undefined && db.isOpen) {
+      dataVersion = readDataVersion()
+      poller = setInterval(() => {
+        if (!db.isOpen) return stopPolling()
+        let now: number
+        try {
+          now = readDataVersion()
+        } catch {
+          return
+        }
+        if (now !== dataVersion) {
+          dataVersion = now
+          hub.emit({ _tag: "Live" })
+        }
+      }, watchIntervalMs)
+      poller.unref?.()
+    }
+    listener({ _tag: "Live" })
+    return () => {
+      stop()
+      if (hub.listeners.size === 0) stopPolling()
+    }
+  }
+
   const store: ConnectionStoreShape & { readonly close: () => Effect.Effect<void> } = {
     get: (id) =>
       attempt("get", () =>
@@ -334,6 +387,53 @@ export const make = (
           ).all(now, limit) as Array<{ record: string }>
         ).map((r) => parse("listDue")(r)!)
       ),
+    watch,
+    takeRateBudget: (key, limit, windowMs, cost = 1) =>
+      attempt("takeRateBudget", () => {
+        // One statement: the slot is max(stored next slot, now); the next one is `cost` spacings later.
+        const at = clock()
+        const step = (windowMs / Math.max(1e-9, limit)) * Math.max(1, cost)
+        const row = sql(
+          `INSERT INTO latchkey_rates (key, next_slot) VALUES (?, ? + ?)
+           ON CONFLICT (key) DO UPDATE SET next_slot = MAX(next_slot, excluded.next_slot - ?) + ?
+           RETURNING next_slot`
+        ).get(key, at, step, step, step) as { next_slot: number }
+        return Math.max(0, row.next_slot - step - at)
+      }),
+    claimDue: (now, limit, holder, ttlMs) =>
+      attempt("claimDue", () =>
+        transaction(() => {
+          // Under the write lock (IMMEDIATE), so no other process claims between the pick and the mark.
+          const at = clock()
+          const claimed = sql(
+            `INSERT INTO latchkey_claims (connection_id, holder, expires_at, version)
+             SELECT c.id, ?, ?, c.version FROM latchkey_connections c
+             WHERE c.status = 'active' AND c.refresh_due_at IS NOT NULL AND c.refresh_due_at <= ?
+               AND NOT EXISTS (SELECT 1 FROM latchkey_leases l WHERE l.connection_id = c.id AND l.expires_at > ?)
+               AND NOT EXISTS (SELECT 1 FROM latchkey_claims k WHERE k.connection_id = c.id AND k.expires_at > ? AND k.version = c.version)
+             ORDER BY c.refresh_due_at, c.id LIMIT ?
+             ON CONFLICT (connection_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, version = excluded.version
+             RETURNING connection_id`
+          ).all(
+            holder,
+            at + Math.max(1, Math.floor(ttlMs)),
+            now,
+            at,
+            at,
+            Math.max(0, Math.floor(limit))
+          ) as Array<{
+            connection_id: string
+          }>
+          if (claimed.length === 0) return []
+          const get = sql("SELECT record FROM latchkey_connections WHERE id = ?")
+          const records = claimed.map(
+            (r) => parse("claimDue")(get.get(r.connection_id) as { record: string })!
+          )
+          return records.sort(
+            (a, b) => (a.refreshDueAt ?? 0) - (b.refreshDueAt ?? 0) || (a.id < b.id ? -1 : 1)
+          )
+        })
+      ),
     insert: (record, events) =>
       Effect.try({
         try: () => {
@@ -342,9 +442,10 @@ export const make = (
               insertRow(record)
               appendEvents(events)
             })
-            return
+          } else {
+            insertRow(record)
           }
-          insertRow(record)
+          hub.changed(record.id)
         },
         catch: (e) => {
           const error = storeError("insert")(e)
@@ -378,8 +479,8 @@ export const make = (
           }
         }).pipe(
           Effect.flatMap((changes) =>
-            changes === 1
-              ? Effect.void
+            Number(changes) === 1
+              ? Effect.sync(() => hub.changed(record.id))
               : Effect.fail(
                   conflict(`connection ${record.id} is missing or not at version ${expectedVersion}`)
                 )
@@ -390,11 +491,12 @@ export const make = (
       attempt("remove", () =>
         transaction(() => {
           sql("DELETE FROM latchkey_leases WHERE connection_id = ?").run(id)
+          sql("DELETE FROM latchkey_claims WHERE connection_id = ?").run(id)
           const removed = Number(sql("DELETE FROM latchkey_connections WHERE id = ?").run(id).changes) > 0
           if (removed && events !== undefined) appendEvents(events)
           return removed
         })
-      ),
+      ).pipe(Effect.tap((removed) => Effect.sync(() => removed && hub.changed(id)))),
     appendEvents: (events) =>
       attempt("appendEvents", () => {
         if (events.length > 0) transaction(() => appendEvents(events))
@@ -503,6 +605,7 @@ export const make = (
       }),
     close: () =>
       Effect.sync(() => {
+        stopPolling()
         if (db.isOpen) db.close()
       })
   }

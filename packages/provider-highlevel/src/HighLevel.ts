@@ -39,7 +39,9 @@ export {
   makeRateLimiter,
   type RateLimiter,
   type RateLimiterOptions,
-  rateLimitedFetch
+  rateLimitedFetch,
+  type SharedRateBudget,
+  sharedRateBudget
 } from "./RateLimit.ts"
 export * as Webhooks from "./Webhooks.ts"
 

@@ -6,8 +6,14 @@
  * per token in a sliding window, takes the server's word when the server has counted more (other
  * processes share the same budget), waits instead of sending when the window is full, and after a
  * 429 waits for `Retry-After`. Pass it as Latchkey's `config.fetch` so the ApiClient goes through it.
+ *
+ * Across instances: give `shared: sharedRateBudget(store)` and every instance on that store takes
+ * its requests from one budget per token (the store's `takeRateBudget`: slots `intervalMs / max`
+ * apart on the store's clock), and a spent window or a 429 seen by one holds the budget for all.
  */
 import { createHash } from "node:crypto"
+import type { ConnectionStore } from "@latchkey/core"
+import { Effect } from "effect"
 import { API_URL } from "./internal.ts"
 
 export interface RateLimitState {
@@ -22,7 +28,27 @@ export interface RateLimitState {
   readonly blockedUntil: number
 }
 
+/** A budget shared by instances: reserve `cost` slots of `key`; resolves the wait (ms) before ours. */
+export type SharedRateBudget = (
+  key: string,
+  limit: number,
+  windowMs: number,
+  cost?: number
+) => Promise<number>
+
+/** The store's `takeRateBudget` as a `SharedRateBudget` (`undefined` when the store has none). */
+export const sharedRateBudget = (
+  store: ConnectionStore.ConnectionStoreShape
+): SharedRateBudget | undefined => {
+  const take = store.takeRateBudget
+  return take === undefined
+    ? undefined
+    : (key, limit, windowMs, cost) => Effect.runPromise(take(key, limit, windowMs, cost))
+}
+
 export interface RateLimiterOptions {
+  /** One budget per token for every instance on a store (see `sharedRateBudget`). */
+  readonly shared?: SharedRateBudget | undefined
   readonly max?: number
   readonly intervalMs?: number
   readonly now?: () => number
@@ -91,6 +117,11 @@ export const makeRateLimiter = (options: RateLimiterOptions = {}): RateLimiter =
       }
       if (b.sent.length < b.max) {
         b.sent.push(t)
+        if (options.shared !== undefined) {
+          // The fleet's budget: our slot among every instance's requests for this token.
+          const wait = await options.shared(`highlevel:${key}`, b.max, b.intervalMs).catch(() => 0)
+          if (wait > 0) await sleep(wait)
+        }
         return
       }
       await sleep(Math.max(1, b.sent[0]! + b.intervalMs - t))
@@ -122,6 +153,14 @@ export const makeRateLimiter = (options: RateLimiterOptions = {}): RateLimiter =
           ? Date.parse(retryAfter) - t
           : b.intervalMs
       b.blockedUntil = Math.max(b.blockedUntil, t + Math.max(0, wait))
+    }
+    // Spent (the server's count, or a 429): hold the fleet's budget until the window ends.
+    if (options.shared !== undefined && (status === 429 || remaining === 0)) {
+      const hold = Math.max(b.blockedUntil - t, remaining === 0 ? b.intervalMs : 0)
+      if (hold > 0) {
+        const cost = Math.ceil(hold / (b.intervalMs / b.max))
+        void options.shared(`highlevel:${key}`, b.max, b.intervalMs, cost).catch(() => 0)
+      }
     }
   }
 

@@ -103,3 +103,34 @@ describe("HighLevel rate limiter", () => {
     expect(state).toMatchObject({ max: 100, used: 3 })
   })
 })
+
+describe("HighLevel rate limiter shared by instances (the store's takeRateBudget)", () => {
+  it("two instances take distinct slots of one budget per token; a spent window holds it for both", async () => {
+    const { sharedRateBudget } = await import("../src/RateLimit.ts")
+    const { ConnectionStore } = await import("@latchkey/core")
+    const { Effect } = await import("effect")
+    const store = ConnectionStore.makeMemory({ clock: () => 5_000_000 })
+    const shared = sharedRateBudget(store)!
+    const waits: Array<number> = []
+    const sleep = async (ms: number) => {
+      waits.push(ms)
+    }
+    const a = HighLevel.makeRateLimiter({ max: 10, intervalMs: 1_000, shared, sleep, now: () => 1 })
+    const b = HighLevel.makeRateLimiter({ max: 10, intervalMs: 1_000, shared, sleep, now: () => 1 })
+    for (let i = 0; i < 3; i++) {
+      await a.acquire("token")
+      await b.acquire("token")
+    }
+    // Six requests, one budget of 10 per second: slots 100 ms apart (the first one waits for nothing).
+    expect(waits).toEqual([100, 200, 300, 400, 500])
+    // The server says the window is spent: both instances' next slot is a window later.
+    a.observe(
+      "token",
+      200,
+      limits(0, { "x-ratelimit-max": "10", "x-ratelimit-interval-milliseconds": "1000" })
+    )
+    await new Promise((r) => setTimeout(r, 0))
+    const next = await Effect.runPromise(store.takeRateBudget!("highlevel:token", 10, 1_000))
+    expect(next).toBeGreaterThanOrEqual(1_600)
+  })
+})

@@ -12,8 +12,11 @@
  *   instances whose clocks disagree still agree on who holds the lease.
  * - No session state: reads are single self-contained statements; every write runs in one
  *   transaction that starts with `SET LOCAL lock_timeout` and `SET LOCAL statement_timeout`. Nothing
- *   uses session-level settings, session advisory locks, named prepared statements, LISTEN or
- *   temporary tables, so the store is safe behind PgBouncer in transaction pooling mode.
+ *   uses session-level settings, session advisory locks, named prepared statements or temporary
+ *   tables, so the store is safe behind PgBouncer in transaction pooling mode. The one exception is
+ *   `watch`: every write of a connection row sends `pg_notify` in its own transaction, and `watch`
+ *   keeps one dedicated connection (outside the pool) in `LISTEN`; see `listen` and
+ *   `listenConnectionString` for PgBouncer.
  */
 import { type Connection, ConnectionStore, LifecycleEvents, StoreError } from "@latchkey/core"
 import { Effect, Layer, Redacted } from "effect"
@@ -38,6 +41,15 @@ export interface PostgresStoreOptions {
   readonly statementTimeoutMs?: number | undefined
   /** Size of the pool this store creates from `connectionString` (default 10). */
   readonly maxConnections?: number | undefined
+  /**
+   * `watch` (the token cache's view of writes made by other instances) holds one dedicated connection
+   * in `LISTEN` (default true). `LISTEN` needs a session: behind PgBouncer in transaction pooling mode
+   * give `listenConnectionString` pointing at PostgreSQL itself (or a session-mode pool), or set
+   * `listen: false` (then caches trust entries only their bounded `maxStaleMs`).
+   */
+  readonly listen?: boolean | undefined
+  /** Where the `LISTEN` connection goes (default: `connectionString`, or the given pool's settings). */
+  readonly listenConnectionString?: string | Redacted.Redacted<string> | undefined
 }
 
 export interface PostgresStore extends ConnectionStore.ConnectionStoreShape {
@@ -47,7 +59,7 @@ export interface PostgresStore extends ConnectionStore.ConnectionStoreShape {
 }
 
 /** The schema version this release migrates to; kept in `latchkey_meta`. */
-export const SCHEMA_VERSION = 2
+export const SCHEMA_VERSION = 3
 const CONSUMED_TOMBSTONE_MS = 60 * 60 * 1000
 
 const migrations = (
@@ -103,6 +115,23 @@ const migrations = (
       `CREATE TABLE IF NOT EXISTS ${s}.latchkey_event_consumers (
          name text PRIMARY KEY,
          state text NOT NULL
+       )`
+    ]
+  },
+  {
+    // Claimed batches for the Refresher (`claimDue`): a claim per connection, on the server's clock.
+    version: 3,
+    statements: [
+      `CREATE TABLE IF NOT EXISTS ${s}.latchkey_claims (
+         connection_id text PRIMARY KEY,
+         holder text NOT NULL,
+         expires_at bigint NOT NULL,
+         version bigint NOT NULL
+       )`,
+      // Rate budgets shared by the fleet (`takeRateBudget`): the next free slot of each key.
+      `CREATE TABLE IF NOT EXISTS ${s}.latchkey_rates (
+         key text PRIMARY KEY,
+         next_slot double precision NOT NULL
        )`
     ]
   }
@@ -244,7 +273,19 @@ export const makeEffect = (options: PostgresStoreOptions): Effect.Effect<Postgre
       })
     // An idle client losing its server (restart, failover) must not crash the process.
     if (ownPool) pool.on("error", () => {})
-    const store = build(pool, ownPool, schemaName, lockTimeoutMs, statementTimeoutMs)
+    const listenTarget = options.listenConnectionString ?? options.connectionString
+    const listenConfig: pg.ClientConfig | undefined =
+      options.listen === false
+        ? undefined
+        : listenTarget !== undefined
+          ? {
+              connectionString: Redacted.isRedacted(listenTarget)
+                ? Redacted.value(listenTarget)
+                : listenTarget,
+              keepAlive: true
+            }
+          : { ...(pool as unknown as { options: pg.ClientConfig }).options, keepAlive: true }
+    const store = build(pool, ownPool, schemaName, lockTimeoutMs, statementTimeoutMs, listenConfig)
     return migrate(pool, schemaName, lockTimeoutMs, statementTimeoutMs).pipe(
       Effect.as(store),
       Effect.tapError(() => store.close())
@@ -360,14 +401,120 @@ const migrate = (pool: pg.Pool, schemaName: string, lockTimeoutMs: number, state
     catch: storeError(`migrating schema "${schemaName}"`)
   })
 
+/**
+ * `watch` for PostgreSQL: one dedicated connection (outside the pool) in `LISTEN` on the schema's
+ * channel while anyone listens. `Live` once the `LISTEN` is in place (and after every reconnect),
+ * `Lost` when the connection ends or a heartbeat gets no answer; reconnects with backoff.
+ */
+const makeListener = (
+  config: pg.ClientConfig,
+  channel: string,
+  hub: ReturnType<typeof ConnectionStore.makeChangeHub>
+) => {
+  let client: pg.Client | undefined
+  let active = false
+  let attempt = 0
+  let timer: ReturnType<typeof setTimeout> | undefined
+  let heartbeat: ReturnType<typeof setInterval> | undefined
+  let live = false
+
+  const lost = (which: pg.Client) => {
+    if (client !== which) {
+      which.end().catch(() => {})
+      return
+    }
+    client = undefined
+    if (heartbeat !== undefined) clearInterval(heartbeat)
+    heartbeat = undefined
+    which.end().catch(() => {})
+    if (live) {
+      live = false
+      hub.emit({ _tag: "Lost" })
+    }
+    schedule()
+  }
+  const schedule = () => {
+    if (!active || timer !== undefined) return
+    const wait = Math.min(2_000, 50 * 2 ** attempt++)
+    timer = setTimeout(() => {
+      timer = undefined
+      void connect()
+    }, wait)
+    timer.unref?.()
+  }
+  const connect = async () => {
+    if (!active || client !== undefined) return
+    const next = new pg.Client({
+      ...config,
+      query_timeout: 5_000,
+      application_name: `latchkey_listen:${channel}`.slice(0, 63)
+    } as pg.ClientConfig)
+    client = next
+    next.on("error", () => lost(next))
+    next.on("end", () => lost(next))
+    next.on("notification", (message) => {
+      if (message.channel === channel && message.payload) hub.emit({ _tag: "Changed", id: message.payload })
+    })
+    try {
+      await next.connect()
+      await next.query(`LISTEN ${quote(channel)}`)
+    } catch {
+      return lost(next)
+    }
+    if (client !== next || !active) {
+      // Stopped (or replaced) while connecting: this connection is nobody's.
+      if (client === next) client = undefined
+      await next.end().catch(() => {})
+      return
+    }
+    attempt = 0
+    live = true
+    hub.emit({ _tag: "Live" })
+    heartbeat = setInterval(() => {
+      next.query("SELECT 1").catch(() => lost(next))
+    }, 5_000)
+    heartbeat.unref?.()
+  }
+  const stop = async () => {
+    active = false
+    if (timer !== undefined) clearTimeout(timer)
+    timer = undefined
+    if (heartbeat !== undefined) clearInterval(heartbeat)
+    heartbeat = undefined
+    const current = client
+    client = undefined
+    live = false
+    await current?.end().catch(() => {})
+  }
+  return {
+    add: (listener: ConnectionStore.StoreChangeListener) => {
+      const remove = hub.add(listener)
+      if (!active) {
+        active = true
+        void connect()
+      } else if (live) listener({ _tag: "Live" })
+      return () => {
+        remove()
+        if (hub.listeners.size === 0) void stop()
+      }
+    },
+    close: stop
+  }
+}
+
 const build = (
   pool: pg.Pool,
   ownPool: boolean,
   schemaName: string,
   lockTimeoutMs: number,
-  statementTimeoutMs: number
+  statementTimeoutMs: number,
+  listenConfig: pg.ClientConfig | undefined
 ): PostgresStore => {
   const s = quote(schemaName)
+  /** The NOTIFY channel of this schema's connection writes (payload: the connection id). */
+  const channel = `latchkey_changes_${schemaName}`.slice(0, 63)
+  const hub = ConnectionStore.makeChangeHub()
+  const watch = listenConfig === undefined ? undefined : makeListener(listenConfig, channel, hub)
   const C = `${s}.latchkey_connections`
   const L = `${s}.latchkey_leases`
   const P = `${s}.latchkey_pending`
@@ -386,6 +533,8 @@ const build = (
      SELECT v.at, v.connection_id, v.event FROM ${source}
        unnest($${first}::bigint[], $${first + 1}::text[], $${first + 2}::text[]) WITH ORDINALITY AS v(at, connection_id, event, n)
      ORDER BY v.n`
+  const K = `${s}.latchkey_claims`
+  const R = `${s}.latchkey_rates`
 
   /**
    * One self-contained statement (reads: they take no row locks). Bounded on the client side: a read
@@ -448,9 +597,11 @@ const build = (
   WHERE id = ${text(record.id)} AND version = ${int(expectedVersion)}`
       // With events: one statement, so that they are appended only when the compare-and-set wrote
       // (the lock, and so the seq, are taken after the row was updated).
+      // The NOTIFY of the change (`watch`) is sent by the same transaction: delivered at its commit.
+      const notify = `SELECT pg_notify(${text(channel)}, u.id) FROM u`
       const statement =
         events.length === 0
-          ? update
+          ? `WITH u AS (${update} RETURNING id) ${notify}`
           : `WITH u AS (${update} RETURNING id),
   l AS (SELECT ${eventsLock} FROM u),
   e AS (INSERT INTO ${E} (at, connection_id, event)
@@ -459,7 +610,7 @@ const build = (
         (e, n) => `(${n}, ${int(e.at)}::bigint, ${text(e.connectionId)}, ${text(LifecycleEvents.encode(e))})`
       )
       .join(", ")}) AS v(n, at, connection_id, event) ORDER BY v.n)
-SELECT count(*)::int AS n FROM u`
+${notify}`
       const batch = `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs};
 ${statement};
 COMMIT`
@@ -478,10 +629,7 @@ COMMIT`
         if (errorCode(error) === "23505") throw conflict(`connection ${record.id}: account already linked`)
         throw error
       }
-      const written =
-        events.length === 0
-          ? (results[3]?.rowCount ?? 0)
-          : Number((results[3]?.rows[0] as { n?: unknown } | undefined)?.n ?? 0)
+      const written = results[3]?.rowCount ?? 0
       if (written !== 1) {
         throw conflict(`connection ${record.id} is missing or not at version ${expectedVersion}`)
       }
@@ -553,6 +701,65 @@ COMMIT`
       query("count", `SELECT count(*) AS n FROM ${C}`, [], (result: pg.QueryResult<{ n: string }>) =>
         Number(result.rows[0]?.n ?? 0)
       ),
+    ...(watch === undefined ? {} : { watch: watch.add }),
+    takeRateBudget: (key, limit, windowMs, cost = 1) =>
+      transaction("takeRateBudget", async (client) => {
+        // One statement on the server's clock: the slot is max(stored next slot, now).
+        const step = (windowMs / Math.max(1e-9, limit)) * Math.max(1, cost)
+        const result = await client.query<{ wait: number }>(
+          `WITH t AS (SELECT extract(epoch FROM clock_timestamp()) * 1000 AS now)
+           INSERT INTO ${R} AS r (key, next_slot) SELECT $1, t.now + $2::float8 FROM t
+           ON CONFLICT (key) DO UPDATE SET next_slot = GREATEST(r.next_slot, EXCLUDED.next_slot - $2::float8) + $2::float8
+           RETURNING (next_slot - $2::float8 - (SELECT now FROM t))::float8 AS wait`,
+          [key, step]
+        )
+        return Math.max(0, Number(result.rows[0]?.wait ?? 0))
+      }),
+    claimDue: (now, limit, holder, ttlMs) =>
+      Math.floor(limit) <= 0
+        ? Effect.succeed([])
+        : transaction("claimDue", async (client) => {
+            // One statement on the server's clock. Rows another claimer is picking right now are
+            // skipped (FOR UPDATE SKIP LOCKED); the claim row's ON CONFLICT ... WHERE is the arbiter
+            // for one picked from an older snapshot (another claimer committed it meanwhile), so two
+            // claimers never both get a connection. Rows lost to the arbiter are made up for by
+            // asking again (a new statement sees the other's claims).
+            const ttl = Math.max(1, Math.floor(ttlMs))
+            const out: Array<ConnectionRecord> = []
+            for (let attempt = 0; attempt < 5 && out.length < Math.floor(limit); attempt++) {
+              const result = await client.query<{ picked: number; records: Array<string> | null }>(
+                `WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now),
+                 picked AS (
+                   SELECT c.id, c.version, c.refresh_due_at FROM ${C} c
+                   WHERE c.status = 'active' AND c.refresh_due_at IS NOT NULL AND c.refresh_due_at <= $1
+                     AND NOT EXISTS (SELECT 1 FROM ${L} l, t WHERE l.connection_id = c.id AND l.expires_at > t.now)
+                     AND NOT EXISTS (SELECT 1 FROM ${K} k, t WHERE k.connection_id = c.id AND k.expires_at > t.now AND k.version = c.version)
+                   ORDER BY c.refresh_due_at, c.id
+                   LIMIT $2
+                   FOR UPDATE OF c SKIP LOCKED
+                 ),
+                 claimed AS (
+                   INSERT INTO ${K} AS k (connection_id, holder, expires_at, version)
+                   SELECT picked.id, $3, t.now + $4::bigint, picked.version FROM picked, t
+                   ON CONFLICT (connection_id) DO UPDATE
+                     SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at, version = EXCLUDED.version
+                     WHERE k.expires_at <= EXCLUDED.expires_at - $4::bigint OR k.version <> EXCLUDED.version
+                   RETURNING connection_id
+                 )
+                 SELECT (SELECT count(*) FROM picked)::int AS picked,
+                        (SELECT json_agg(c.record ORDER BY c.refresh_due_at, c.id)
+                           FROM ${C} c JOIN claimed ON claimed.connection_id = c.id) AS records`,
+                [now, Math.floor(limit) - out.length, holder, ttl]
+              )
+              const row = result.rows[0]
+              const records = row?.records ?? []
+              for (const text of records)
+                out.push(ConnectionStore.decodeRecord(text, STORE, "a claimed connection", "claimDue"))
+              // Nothing free, or nothing lost to another claimer: what there is was claimed.
+              if ((row?.picked ?? 0) === 0 || records.length === Number(row?.picked ?? 0)) break
+            }
+            return out.sort((x, y) => (x.refreshDueAt ?? 0) - (y.refreshDueAt ?? 0) || (x.id < y.id ? -1 : 1))
+          }),
     insert: (record, events) =>
       transaction("insert", async (client) => {
         try {
@@ -571,6 +778,7 @@ COMMIT`
               JSON.stringify(record)
             ]
           )
+          await client.query("SELECT pg_notify($1, $2)", [channel, record.id])
         } catch (error) {
           if (errorCode(error) === "23505") {
             throw conflict(
@@ -583,35 +791,30 @@ COMMIT`
           await client.query(`SELECT ${eventsLock}`)
           await client.query(insertEventsFrom("", 1), eventArrays(events))
         }
-      }),
+      }).pipe(Effect.tap(() => Effect.sync(() => hub.changed(record.id)))),
     update: (record, expectedVersion, events) =>
       record.version !== expectedVersion + 1
         ? Effect.fail(conflict(`connection ${record.id}: a write must advance the version by one`))
         : Effect.tryPromise({
             try: () => updateInOneTrip(record, expectedVersion, events ?? []),
             catch: storeError("update")
-          }),
+          }).pipe(Effect.tap(() => Effect.sync(() => hub.changed(record.id)))),
     remove: (id, events) =>
       transaction("remove", async (client) => {
-        if (events === undefined || events.length === 0) {
-          const result = await client.query(
-            `WITH lease AS (DELETE FROM ${L} WHERE connection_id = $1)
-             DELETE FROM ${C} WHERE id = $1`,
-            [id]
-          )
-          return (result.rowCount ?? 0) > 0
-        }
-        // The events are appended only when a row was removed.
-        const result = await client.query<{ n: number }>(
-          `WITH lease AS (DELETE FROM ${L} WHERE connection_id = $1),
-             d AS (DELETE FROM ${C} WHERE id = $1 RETURNING id),
-             l AS (SELECT ${eventsLock} FROM d),
-             e AS (${insertEventsFrom("l,", 2)})
-           SELECT count(*)::int AS n FROM d`,
-          [id, ...eventArrays(events)]
+        const list = events ?? []
+        // The events are appended, and the change announced, only when a row was removed.
+        const removal = `WITH lease AS (DELETE FROM ${L} WHERE connection_id = $1),
+             claim AS (DELETE FROM ${K} WHERE connection_id = $1),
+             d AS (DELETE FROM ${C} WHERE id = $1 RETURNING id)`
+        const result = await client.query(
+          list.length === 0
+            ? `${removal} SELECT pg_notify($2, d.id) FROM d`
+            : `${removal}, l AS (SELECT ${eventsLock} FROM d), e AS (${insertEventsFrom("l,", 3)})
+               SELECT pg_notify($2, d.id) FROM d`,
+          list.length === 0 ? [id, channel] : [id, channel, ...eventArrays(list)]
         )
-        return Number(result.rows[0]?.n ?? 0) > 0
-      }),
+        return (result.rowCount ?? 0) > 0
+      }).pipe(Effect.tap((removed) => Effect.sync(() => removed && hub.changed(id)))),
     appendEvents: (events) =>
       events.length === 0
         ? Effect.void
@@ -765,6 +968,7 @@ COMMIT`
       }),
     close: () =>
       Effect.promise(async () => {
+        await watch?.close()
         if (closed || !ownPool) return
         closed = true
         await pool.end().catch(() => {})

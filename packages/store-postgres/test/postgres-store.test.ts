@@ -28,7 +28,14 @@ const drop = (schema: string) => admin.query(`DROP SCHEMA IF EXISTS "${schema}" 
 /** Every row of the schema's tables as text: what a database dump would show. */
 const dump = async (schema: string) => {
   const parts: Array<string> = []
-  for (const table of ["latchkey_connections", "latchkey_leases", "latchkey_pending", "latchkey_meta"]) {
+  for (const table of [
+    "latchkey_connections",
+    "latchkey_leases",
+    "latchkey_pending",
+    "latchkey_meta",
+    "latchkey_claims",
+    "latchkey_rates"
+  ]) {
     const { rows } = await admin.query(`SELECT t::text AS row FROM "${schema}".${table} t`)
     parts.push(...rows.map((r: { row: string }) => r.row))
   }
@@ -89,6 +96,41 @@ describe("PostgreSQL specifics", () => {
     for (const s of schemas) await drop(s)
   })
 
+  it("watch: a dropped LISTEN connection is reported (Lost), reconnected and announced (Live), and still delivers changes", async () => {
+    const s = schema()
+    const store = await PostgresStore.make({ connectionString: URL_, schema: s })
+    const writer = await PostgresStore.make({ connectionString: URL_, schema: s })
+    const seen: Array<string> = []
+    const stop = store.watch!((change) =>
+      seen.push(change._tag === "Changed" ? `Changed:${change.id}` : change._tag)
+    )
+    const waitFor = async (what: string, from = 0) => {
+      for (let i = 0; i < 250 && !seen.slice(from).includes(what); i++)
+        await new Promise((r) => setTimeout(r, 20))
+      return seen.slice(from).includes(what)
+    }
+    try {
+      expect(await waitFor("Live")).toBe(true)
+      await run(writer.insert(sampleRecord("w1")))
+      expect(await waitFor("Changed:w1")).toBe(true)
+      // The server ends the LISTEN session (a restart, a failover, an idle-session killer).
+      const mark = seen.length
+      await admin.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        [`latchkey_listen:latchkey_changes_${s}`.slice(0, 63)]
+      )
+      expect(await waitFor("Lost", mark)).toBe(true)
+      expect(await waitFor("Live", mark)).toBe(true)
+      const after = seen.length
+      await run(writer.update(sampleRecord("w1", { version: 2 }), 1))
+      expect(await waitFor("Changed:w1", after)).toBe(true)
+    } finally {
+      stop()
+      await run(store.close())
+      await run(writer.close())
+    }
+  })
+
   it("creates its tables once, even when several instances start at the same time", async () => {
     const s = schema()
     const open = () => PostgresStore.make({ connectionString: URL_, schema: s, maxConnections: 1 })
@@ -102,12 +144,14 @@ describe("PostgreSQL specifics", () => {
       [s]
     )
     expect(tables.rows.map((r: { table_name: string }) => r.table_name)).toEqual([
+      "latchkey_claims",
       "latchkey_connections",
       "latchkey_event_consumers",
       "latchkey_events",
       "latchkey_leases",
       "latchkey_meta",
-      "latchkey_pending"
+      "latchkey_pending",
+      "latchkey_rates"
     ])
     const version = await admin.query(`SELECT value FROM "${s}".latchkey_meta WHERE key = 'schema_version'`)
     expect(version.rows).toEqual([{ value: String(PostgresStore.SCHEMA_VERSION) }])

@@ -21,6 +21,11 @@
  * - `P ev` the lifecycle event log: a stream whose entry ids are `0-<seq>`, `seq` from the counter
  *   `P evseq`, both written by the same script as the change they go with (fields `a` at, `e` the
  *   event's JSON); `P ecs` a hash of the event consumers' states (e.g. the webhook worker's cursor).
+ * - `P changes` the pub/sub channel every connection write publishes its id on, from inside its
+ *   script (so a write and its announcement are one atomic step); `watch` subscribes to it.
+ * - `P rate:<key>` a `takeRateBudget` budget: the next free slot (server time, ms), with a TTL.
+ * - `P k:<id>` a `claimDue` claim: the version of the connection it claimed, with a PX TTL (a write
+ *   of the connection, which changes its version, ends the claim).
  *
  * The server's `maxmemory-policy` must be `noeviction` (checked before the first command; see
  * `allowEviction`), and errors keep nothing of the driver's command arguments.
@@ -58,6 +63,11 @@ export interface RedisStoreOptions {
    * evicted lease a refresh token spent twice. Set only when eviction cannot happen (no maxmemory).
    */
   readonly allowEviction?: boolean | undefined
+  /**
+   * `watch` (the token cache's view of writes made by other instances) subscribes to the prefix's
+   * change channel on one more connection (`client.duplicate()`) while anyone listens (default true).
+   */
+  readonly subscribe?: boolean | undefined
 }
 
 export interface RedisStore extends ConnectionStore.ConnectionStoreShape {
@@ -118,6 +128,7 @@ redis.call('ZADD', P .. 'o:' .. ARGV[5], ARGV[7], id)
 redis.call('ZADD', P .. 'ids', 0, id)
 setDue(P, id, ARGV[8])
 appendEvents(P, 9)
+redis.call('PUBLISH', P .. 'changes', id)
 return 'ok'`
 )
 
@@ -141,6 +152,7 @@ redis.call('ZADD', P .. 'o:' .. ARGV[6], ARGV[8], id)
 redis.call('HSET', ck, 'v', ARGV[4], 'r', ARGV[5], 'o', ARGV[6], 'a', ARGV[7])
 setDue(P, id, ARGV[9])
 appendEvents(P, 10)
+redis.call('PUBLISH', P .. 'changes', id)
 return 'ok'`
 )
 
@@ -152,11 +164,12 @@ local P, id = ARGV[1], ARGV[2]
 local ck = P .. 'c:' .. id
 local cur = redis.call('HMGET', ck, 'o', 'a')
 if not cur[1] then return 0 end
-redis.call('DEL', ck, P .. 'a:' .. cur[2], P .. 'l:' .. id, P .. 'f:' .. id, P .. 'r:' .. id)
+redis.call('DEL', ck, P .. 'a:' .. cur[2], P .. 'l:' .. id, P .. 'f:' .. id, P .. 'r:' .. id, P .. 'k:' .. id)
 redis.call('ZREM', P .. 'o:' .. cur[1], id)
 redis.call('ZREM', P .. 'ids', id)
 redis.call('ZREM', P .. 'due', id)
 appendEvents(P, 3)
+redis.call('PUBLISH', P .. 'changes', id)
 return 1`
 )
 
@@ -307,6 +320,56 @@ if cur[1] == ARGV[3] and cur[2] == ARGV[4] then
   return redis.call('DEL', lk)
 end
 return 0`
+)
+
+/**
+ * ARGV: prefix, now (the caller's, for what is due), limit, holder, ttl. Walks the due index soonest
+ * first and claims (a `P k:<id>` key with a PX TTL) each connection that has no unexpired lease and
+ * no unexpired claim, by the server's clock, until `limit` are claimed; looks at a bounded number of
+ * entries per call. Returns the claimed records, soonest first.
+ */
+const CLAIM_DUE = script(
+  "claimDue",
+  `${SERVER_NOW}
+local P, limit, holder, ttl = ARGV[1], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local now = serverNow()
+local out = {}
+local offset, page = 0, math.max(64, limit * 2)
+local budget = math.max(2000, limit * 20)
+while #out < limit and offset < budget do
+  local ids = redis.call('ZRANGEBYSCORE', P .. 'due', '-inf', ARGV[2], 'LIMIT', offset, page)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    local held = redis.call('HGET', P .. 'l:' .. id, 'e')
+    local cur = redis.call('HMGET', P .. 'c:' .. id, 'v', 'r')
+    -- A claim holds the version it claimed: a write of the connection ends it.
+    if (not held or tonumber(held) <= now) and cur[1] and redis.call('GET', P .. 'k:' .. id) ~= cur[1] then
+      local r = cur[2]
+      if r then
+        redis.call('SET', P .. 'k:' .. id, cur[1], 'PX', math.max(1, ttl))
+        out[#out + 1] = r
+        if #out >= limit then break end
+      end
+    end
+  end
+  offset = offset + page
+end
+return out`
+)
+
+/**
+ * ARGV: prefix, key, step (ms between slots x cost), window ms. The slot is max(stored next slot,
+ * server now); the next slot is stored with a TTL. Returns the wait in ms (as a string).
+ */
+const TAKE_RATE = script(
+  "takeRateBudget",
+  `${SERVER_NOW}
+local k = ARGV[1] .. 'rate:' .. ARGV[2]
+local step, now = tonumber(ARGV[3]), serverNow()
+local stored = tonumber(redis.call('GET', k) or '0')
+local slot = math.max(now, stored)
+redis.call('SET', k, string.format('%.3f', slot + step), 'PX', math.max(1, math.ceil(slot + step - now + tonumber(ARGV[4]))))
+return string.format('%.3f', slot - now)`
 )
 
 /** ARGV: prefix, state, record, expiresAt, ttl ms. */
@@ -493,8 +556,59 @@ export const make = (options: RedisStoreOptions): RedisStore => {
 
   let closed = false
 
+  // watch: writes through this object are announced at once; every write's script also publishes
+  // its id on `P changes`, which one subscriber connection follows while anyone listens.
+  const hub = ConnectionStore.makeChangeHub()
+  const channel = `${P}changes`
+  let subscriber: Redis | undefined
+  let live = false
+  const stopSubscriber = async () => {
+    const current = subscriber
+    subscriber = undefined
+    live = false
+    if (current !== undefined) await current.quit().catch(() => current.disconnect())
+  }
+  const watch = (listener: ConnectionStore.StoreChangeListener) => {
+    const remove = hub.add(listener)
+    if (subscriber === undefined) {
+      const sub = client.duplicate({
+        lazyConnect: false,
+        enableOfflineQueue: true,
+        maxRetriesPerRequest: null,
+        connectionName: `latchkey-watch:${channel}`.replace(/[^A-Za-z0-9:_-]/g, "_")
+      })
+      subscriber = sub
+      sub.on("error", () => {})
+      sub.on("message", (from: string, id: string) => {
+        if (from === channel) hub.emit({ _tag: "Changed", id })
+      })
+      sub.on("ready", () => {
+        // After every (re)connect: subscribe, then everything cached must go (writes may have been missed).
+        sub.subscribe(channel).then(
+          () => {
+            if (subscriber !== sub) return
+            live = true
+            hub.emit({ _tag: "Live" })
+          },
+          () => {}
+        )
+      })
+      sub.on("close", () => {
+        if (subscriber === sub && live) {
+          live = false
+          hub.emit({ _tag: "Lost" })
+        }
+      })
+    } else if (live) listener({ _tag: "Live" })
+    return () => {
+      remove()
+      if (hub.listeners.size === 0) void stopSubscriber()
+    }
+  }
+
   return {
     keyPrefix,
+    ...(options.subscribe === false ? {} : { watch }),
     ready: call("ping", () => client.ping()).pipe(Effect.asVoid),
     get: (id) =>
       call("get", () => client.hget(`${keyPrefix}c:${id}`, "r")).pipe(
@@ -530,6 +644,20 @@ export const make = (options: RedisStoreOptions): RedisStore => {
         : run(LIST_DUE, [String(now), Math.floor(limit)]).pipe(
             Effect.flatMap((rows) =>
               Effect.try({ try: () => parseAll("a connection")(rows), catch: storeError("listDue") })
+            )
+          ),
+    takeRateBudget: (key, limit, windowMs, cost = 1) =>
+      run(TAKE_RATE, [
+        key,
+        String((windowMs / Math.max(1e-9, limit)) * Math.max(1, cost)),
+        String(Math.max(1, Math.ceil(windowMs)))
+      ]).pipe(Effect.map((wait) => Math.max(0, Number(wait)))),
+    claimDue: (now, limit, holder, ttlMs) =>
+      Math.floor(limit) <= 0
+        ? Effect.succeed([])
+        : run(CLAIM_DUE, [String(now), Math.floor(limit), holder, Math.max(1, Math.floor(ttlMs))]).pipe(
+            Effect.flatMap((rows) =>
+              Effect.try({ try: () => parseAll("a connection")(rows), catch: storeError("claimDue") })
             )
           ),
     scan: (after, limit) => {
@@ -587,7 +715,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
       ]).pipe(
         Effect.flatMap((answer) =>
           answer === "ok"
-            ? Effect.void
+            ? Effect.sync(() => hub.changed(record.id))
             : Effect.fail(
                 conflict(
                   answer === "id"
@@ -613,7 +741,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
           ]).pipe(
             Effect.flatMap((answer) =>
               answer === "ok"
-                ? Effect.void
+                ? Effect.sync(() => hub.changed(record.id))
                 : Effect.fail(
                     conflict(
                       answer === "account"
@@ -623,7 +751,11 @@ export const make = (options: RedisStoreOptions): RedisStore => {
                   )
             )
           ),
-    remove: (id, events) => run(REMOVE, [id, ...eventArgs(events)]).pipe(Effect.map((n) => Number(n) === 1)),
+    remove: (id, events) =>
+      run(REMOVE, [id, ...eventArgs(events)]).pipe(
+        Effect.map((n) => Number(n) === 1),
+        Effect.tap((removed) => Effect.sync(() => removed && hub.changed(id)))
+      ),
     appendEvents: (events) =>
       events.length === 0 ? Effect.void : run(APPEND, eventArgs(events)).pipe(Effect.asVoid),
     readEvents: (after, limit) => {
@@ -727,6 +859,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
       ),
     close: () =>
       Effect.promise(async () => {
+        await stopSubscriber()
         if (closed || !ownClient) return
         closed = true
         await client.quit().catch(() => client.disconnect())

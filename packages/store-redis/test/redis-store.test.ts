@@ -98,6 +98,45 @@ describe("Redis specifics", () => {
     await dropPrefix("lk-test-app:")
   })
 
+  it("watch: a dropped subscriber connection is reported (Lost), reconnected and announced (Live), and still delivers changes", async () => {
+    const p = prefix()
+    const store = RedisStore.make({ url: URL_, keyPrefix: p })
+    const writer = RedisStore.make({ url: URL_, keyPrefix: p })
+    const seen: Array<string> = []
+    const stop = store.watch!((change) =>
+      seen.push(change._tag === "Changed" ? `Changed:${change.id}` : change._tag)
+    )
+    const waitFor = async (what: string, from = 0) => {
+      for (let i = 0; i < 250 && !seen.slice(from).includes(what); i++)
+        await new Promise((r) => setTimeout(r, 20))
+      return seen.slice(from).includes(what)
+    }
+    try {
+      expect(await waitFor("Live")).toBe(true)
+      await run(writer.insert(sampleRecord("w1")))
+      expect(await waitFor("Changed:w1")).toBe(true)
+      // The server drops the subscriber (a restart, a failover, CLIENT KILL).
+      const mark = seen.length
+      const name = `latchkey-watch:${p}changes`.replace(/[^A-Za-z0-9:_-]/g, "_")
+      const list = String(await admin.call("CLIENT", "LIST", "TYPE", "pubsub"))
+      const id = list
+        .split("\n")
+        .find((line) => line.includes(` name=${name} `))
+        ?.match(/^id=(\d+)/)?.[1]
+      expect(id).toBeDefined()
+      await admin.call("CLIENT", "KILL", "ID", id!)
+      expect(await waitFor("Lost", mark)).toBe(true)
+      expect(await waitFor("Live", mark)).toBe(true)
+      const after = seen.length
+      await run(writer.update(sampleRecord("w1", { version: 2 }), 1))
+      expect(await waitFor("Changed:w1", after)).toBe(true)
+    } finally {
+      stop()
+      await run(store.close())
+      await run(writer.close())
+    }
+  })
+
   it("the lease is a key with a PX TTL, released only by compare-and-delete; the fence survives", async () => {
     const p = prefix()
     const store = RedisStore.make({ url: URL_, keyPrefix: p })

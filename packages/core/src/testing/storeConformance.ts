@@ -11,6 +11,7 @@ import * as Vault from "../VaultNamespace.ts"
 import { openWithOpener, type WorkerSettings } from "./storeConformanceWorker.ts"
 import { storeEvents } from "./storeEvents.ts"
 import { storeFaults } from "./storeFaults.ts"
+import { storeFleet } from "./storeFleet.ts"
 import type { ConformanceTokenServer, OpenedStore, StoreConformanceOptions } from "./storeKit.ts"
 import { startStoreWorker } from "./storeKit.ts"
 
@@ -607,6 +608,7 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
     })
 
     storeFaults(options)
+    storeFleet(options, sampleRecord)
 
     const cross = options.crossProcess
     if (cross === undefined) {

@@ -1,0 +1,116 @@
+/**
+ * One fleet instance (an OS process) for bench/fleet.ts: a Latchkey instance on the shared store
+ * (PostgreSQL or Redis) whose Refresher sweeps until nothing is due. It counts what it did: refreshes,
+ * connections it claimed, and lease denials (the lease of a connection another instance was
+ * refreshing). Prints "ready", waits for "go" on stdin, then prints one JSON line and exits.
+ */
+import { createInterface } from "node:readline"
+import { type ConnectionStore, createLatchkey } from "@latchkey/core"
+import { Generic } from "@latchkey/provider-generic"
+import { PostgresStore } from "@latchkey/store-postgres"
+import { RedisStore } from "@latchkey/store-redis"
+import { Effect } from "effect"
+
+export interface FleetWorkerSettings {
+  readonly store: "postgres" | "redis"
+  readonly storeSettings: Record<string, unknown>
+  readonly provider: {
+    readonly id: string
+    readonly clientId: string
+    readonly clientSecret: string
+    readonly endpoints: Record<string, string>
+    readonly redirectUri: string
+    readonly scopes: ReadonlyArray<string>
+  }
+  readonly vaultKeyId: string
+  readonly vaultKey: string
+  readonly concurrency: number
+  readonly ratePerSecond: number | null
+}
+
+const settings = JSON.parse(process.env.LK_FLEET_WORKER ?? "{}") as FleetWorkerSettings
+
+const open = async (): Promise<ConnectionStore.ConnectionStoreShape> =>
+  settings.store === "postgres"
+    ? await PostgresStore.make(settings.storeSettings as unknown as PostgresStore.PostgresStoreOptions)
+    : RedisStore.make(settings.storeSettings as unknown as RedisStore.RedisStoreOptions)
+
+const main = async () => {
+  const inner = await open()
+  let denials = 0
+  let claimed = 0
+  const store: ConnectionStore.ConnectionStoreShape = {
+    ...inner,
+    acquireLease: (id, holder, ttl) =>
+      inner.acquireLease(id, holder, ttl).pipe(
+        Effect.tap((lease) =>
+          Effect.sync(() => {
+            if (lease === undefined) denials++
+          })
+        )
+      ),
+    ...(inner.claimDue === undefined
+      ? {}
+      : {
+          claimDue: (now: number, limit: number, holder: string, ttl: number) =>
+            inner.claimDue!(now, limit, holder, ttl).pipe(
+              Effect.tap((rows) =>
+                Effect.sync(() => {
+                  claimed += rows.length
+                })
+              )
+            )
+        })
+  }
+  const provider = Generic.provider({
+    id: settings.provider.id,
+    name: "Example Corp",
+    clientId: settings.provider.clientId,
+    clientSecret: settings.provider.clientSecret,
+    auth: "client_secret_basic",
+    redirectUri: settings.provider.redirectUri,
+    endpoints: settings.provider.endpoints as never,
+    scopes: [...settings.provider.scopes]
+  })
+  const lk = createLatchkey({
+    providers: [provider],
+    store,
+    vault: { keys: [{ id: settings.vaultKeyId, key: settings.vaultKey }] },
+    refresher: {
+      concurrency: settings.concurrency,
+      ratePerSecond: settings.ratePerSecond ?? Number.POSITIVE_INFINITY,
+      batchSize: 100_000
+    }
+  })
+  // Warm before "go": the runtime built, the store's pool connected (what a long-running instance has).
+  await lk.refresher.isRunning()
+  await Effect.runPromise(Effect.ignore(inner.get("warm-up")))
+  process.stdout.write("ready\n")
+  const lines = createInterface({ input: process.stdin })
+  await new Promise<void>((resolve) => lines.once("line", () => resolve()))
+  const start = performance.now()
+  let refreshed = 0
+  let failed = 0
+  let storeErrors = 0
+  let sweeps = 0
+  for (; sweeps < 50; ) {
+    const report = await lk.refresher.sweep()
+    sweeps++
+    refreshed += report.refreshed
+    failed += report.failed
+    storeErrors += report.storeErrors ?? 0
+    if (report.due === 0) break
+  }
+  const ms = performance.now() - start
+  process.stdout.write(
+    `${JSON.stringify({ refreshed, failed, storeErrors, denials, claimed, sweeps, ms: Math.round(ms) })}\n`
+  )
+  await lk.close()
+  await Effect.runPromise(inner.close?.() ?? Effect.void)
+  process.exit(0)
+}
+
+main().catch((error) => {
+  process.stderr.write(`${error instanceof Error ? error.stack : String(error)}\n`)
+  process.exit(1)
+})

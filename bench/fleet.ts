@@ -1,0 +1,343 @@
+/**
+ * Fleet: N OS processes (1, 2, 4), each a Latchkey instance whose Refresher sweeps one shared store
+ * (PostgreSQL, Redis) holding `connections` due connections (5,000; `--quick`: 1,000), against the
+ * bench token server (oidc-provider, rotating single-use refresh tokens, in a worker thread of this
+ * process). The Refresher claims due connections a few at a time (`claimDue`), so the processes split
+ * the work instead of chasing one batch.
+ *
+ * Per run: `wallMs` (from "go" to the last process done), `wallVsOne` (wall / the 1-process wall),
+ * `refreshesPerProcess`, `leaseDenials` (a process asked for the lease of a connection another one was
+ * refreshing; target about 0), `refreshCalls` at the server (must equal `connections`: one refresh
+ * each), `stillDue` after the run, `storeErrors`.
+ *
+ * Provider rates (`providerRates`): the same fleet with the Refresher's per-provider rate set to
+ * `rate`/s (taken from the store's shared budget, `takeRateBudget`) on `rateConnections` due
+ * connections, with 1 and 4 processes: `seenPerSec` = refresh calls the server saw / wall seconds.
+ * Without a shared budget 4 processes would reach 4 x `rate`.
+ */
+import { spawn } from "node:child_process"
+import { randomUUID } from "node:crypto"
+import { createRequire } from "node:module"
+import { createInterface } from "node:readline"
+import { fileURLToPath } from "node:url"
+import { Connection, type ConnectionStore, Vault } from "@latchkey/core"
+import { PostgresStore } from "@latchkey/store-postgres"
+import { RedisStore } from "@latchkey/store-redis"
+import { Effect } from "effect"
+import { connectionOf } from "./background.ts"
+import { PROVIDER_ID, progress, REDIRECT, round } from "./common.ts"
+import type { FleetWorkerSettings } from "./fleet-worker.ts"
+import { type BenchServer, CLIENT_ID, SCOPES } from "./server.ts"
+
+const POSTGRES_URL = process.env.LATCHKEY_BENCH_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/test"
+const REDIS_URL = process.env.LATCHKEY_BENCH_REDIS_URL ?? "redis://127.0.0.1:6379"
+const VAULT_KEY_ID = "bench-fleet"
+const vaultKey = Vault.generateKey()
+const vault = Vault.make({ keys: [{ id: VAULT_KEY_ID, key: vaultKey }] })
+const workerFile = fileURLToPath(new URL("./fleet-worker.ts", import.meta.url))
+
+export interface FleetRun {
+  readonly processes: number
+  readonly wallMs: number
+  readonly wallVsOne: number
+  readonly refreshesPerProcess: ReadonlyArray<number>
+  readonly claimedPerProcess: ReadonlyArray<number>
+  readonly sweepsPerProcess: ReadonlyArray<number>
+  readonly leaseDenials: number
+  readonly refreshCalls: number
+  readonly stillDue: number
+  readonly failed: number
+  readonly storeErrors: number
+}
+
+export interface FleetStoreResult {
+  readonly connections: number
+  readonly concurrencyPerProcess: number
+  readonly runs: ReadonlyArray<FleetRun>
+  readonly providerRates: {
+    readonly ratePerSec: number
+    readonly connections: number
+    readonly oneInstance: {
+      readonly seenPerSec: number
+      readonly wallMs: number
+      readonly refreshCalls: number
+    }
+    readonly fourInstances: {
+      readonly seenPerSec: number
+      readonly wallMs: number
+      readonly refreshCalls: number
+    }
+  }
+}
+
+export type FleetResult = Record<"postgres" | "redis", FleetStoreResult | { error: string }> & {
+  readonly cpus: number
+  readonly note: string
+}
+
+interface OpenedFleetStore {
+  readonly store: ConnectionStore.ConnectionStoreShape
+  readonly settings: Record<string, unknown>
+  readonly close: () => Promise<void>
+}
+
+const openPostgres = async (): Promise<OpenedFleetStore> => {
+  const schema = `lk_fleet_${randomUUID().replaceAll("-", "").slice(0, 16)}`
+  const settings = { connectionString: POSTGRES_URL, schema, maxConnections: 8 }
+  const store = await PostgresStore.make(settings)
+  const pg = createRequire(fileURLToPath(import.meta.resolve("@latchkey/store-postgres")))("pg") as {
+    Pool: new (c: object) => { query(t: string): Promise<unknown>; end(): Promise<void> }
+  }
+  return {
+    store,
+    settings,
+    close: async () => {
+      await Effect.runPromise(store.close())
+      const pool = new pg.Pool({ connectionString: POSTGRES_URL, max: 1 })
+      await pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {})
+      await pool.end()
+    }
+  }
+}
+
+const openRedis = async (): Promise<OpenedFleetStore> => {
+  const keyPrefix = RedisStore.randomPrefix("lk-fleet")
+  const settings = { url: REDIS_URL, keyPrefix }
+  const store = RedisStore.make(settings)
+  await Effect.runPromise(store.ready)
+  const { Redis } = createRequire(fileURLToPath(import.meta.resolve("@latchkey/store-redis")))("ioredis") as {
+    Redis: new (
+      url: string
+    ) => {
+      scan(c: string, ...a: Array<string | number>): Promise<[string, Array<string>]>
+      del(...k: Array<string>): Promise<number>
+      quit(): Promise<unknown>
+    }
+  }
+  return {
+    store,
+    settings,
+    close: async () => {
+      await Effect.runPromise(store.close())
+      const client = new Redis(REDIS_URL)
+      let cursor = "0"
+      do {
+        const [next, keys] = await client.scan(cursor, "MATCH", `${keyPrefix}*`, "COUNT", 1000)
+        if (keys.length > 0) await client.del(...keys)
+        cursor = next
+      } while (cursor !== "0")
+      await client.quit()
+    }
+  }
+}
+
+/** Insert fresh grants as due connections (tokens sealed with the run's key). */
+const seed = async (
+  server: BenchServer,
+  store: ConnectionStore.ConnectionStoreShape,
+  count: number,
+  tag: string
+) => {
+  const grants = await server.mint(count, `fleet-${tag}`)
+  const now = Date.now()
+  await Effect.runPromise(
+    Effect.forEach(
+      grants,
+      (minted, i) => {
+        const c = { ...connectionOf(minted, i, now), id: `conn_fleet_${tag}_${i}` }
+        return store.insert(Connection.toRecord(vault, c, now - 3_600_000))
+      },
+      { concurrency: 16, discard: true }
+    )
+  )
+  return grants.map((_, i) => `conn_fleet_${tag}_${i}`)
+}
+
+/** Make every connection due again (its access token expired an hour ago), through compare-and-set. */
+const expireAll = (store: ConnectionStore.ConnectionStoreShape, ids: ReadonlyArray<string>) =>
+  Effect.runPromise(
+    Effect.forEach(
+      ids,
+      (id) =>
+        Effect.gen(function* () {
+          const r = yield* store.get(id)
+          if (r === undefined) return
+          const now = Date.now()
+          yield* store.update(
+            {
+              ...r,
+              obtainedAt: now - 2 * 3_600_000,
+              expiresAt: now - 3_600_000,
+              refreshDueAt: now - 3_600_000,
+              version: r.version + 1
+            },
+            r.version
+          )
+        }),
+      { concurrency: 16, discard: true }
+    )
+  )
+
+interface WorkerResult {
+  refreshed: number
+  failed: number
+  storeErrors: number
+  denials: number
+  claimed: number
+  sweeps: number
+  ms: number
+}
+
+const startWorker = (settings: FleetWorkerSettings) => {
+  const child = spawn(process.execPath, [workerFile], {
+    env: { ...process.env, LK_FLEET_WORKER: JSON.stringify(settings) },
+    stdio: ["pipe", "pipe", "pipe"]
+  })
+  let stderr = ""
+  child.stderr.on("data", (d) => {
+    stderr += d
+  })
+  const lines = createInterface({ input: child.stdout })
+  let onReady: () => void = () => {}
+  const ready = new Promise<void>((resolve, reject) => {
+    onReady = resolve
+    child.once("exit", (code) => reject(new Error(`fleet worker exited (${code}): ${stderr.slice(-500)}`)))
+  })
+  const result = new Promise<WorkerResult>((resolve, reject) => {
+    lines.on("line", (line) => {
+      if (line === "ready") onReady()
+      else if (line.startsWith("{")) resolve(JSON.parse(line) as WorkerResult)
+    })
+    child.once("exit", (code) => reject(new Error(`fleet worker exited (${code}): ${stderr.slice(-500)}`)))
+  })
+  ready.catch(() => {})
+  result.catch(() => {})
+  return { child, ready, result }
+}
+
+const runFleet = async (
+  server: BenchServer,
+  opened: OpenedFleetStore,
+  kind: "postgres" | "redis",
+  processes: number,
+  concurrency: number,
+  ratePerSecond: number | null
+) => {
+  const settings: FleetWorkerSettings = {
+    store: kind,
+    storeSettings: opened.settings,
+    provider: {
+      id: PROVIDER_ID,
+      clientId: CLIENT_ID,
+      clientSecret: server.clientSecret,
+      endpoints: server.endpoints as unknown as Record<string, string>,
+      redirectUri: REDIRECT,
+      scopes: [...SCOPES]
+    },
+    vaultKeyId: VAULT_KEY_ID,
+    vaultKey,
+    concurrency,
+    ratePerSecond
+  }
+  const workers = Array.from({ length: processes }, () => startWorker(settings))
+  try {
+    await Promise.all(workers.map((w) => w.ready))
+    const before = (await server.grants()).refresh_token
+    const start = performance.now()
+    for (const w of workers) w.child.stdin.write("go\n")
+    const results = await Promise.all(workers.map((w) => w.result))
+    const wallMs = performance.now() - start
+    const refreshCalls = (await server.grants()).refresh_token - before
+    const stillDue = (await Effect.runPromise(opened.store.listDue(Date.now(), 100_000))).length
+    return { wallMs, results, refreshCalls, stillDue }
+  } finally {
+    for (const w of workers) w.child.kill("SIGKILL")
+  }
+}
+
+const benchFleetStore = async (
+  server: BenchServer,
+  kind: "postgres" | "redis",
+  connections: number,
+  rateConnections: number,
+  rate: number
+): Promise<FleetStoreResult> => {
+  const concurrency = 16
+  const opened = kind === "postgres" ? await openPostgres() : await openRedis()
+  try {
+    progress("fleet", `${kind}: seeding ${connections} due connections`)
+    const ids = await seed(server, opened.store, connections, "w")
+    const runs: Array<FleetRun> = []
+    let oneWall = 0
+    for (const processes of [1, 2, 4]) {
+      if (processes > 1) await expireAll(opened.store, ids)
+      const r = await runFleet(server, opened, kind, processes, concurrency, null)
+      if (processes === 1) oneWall = r.wallMs
+      const run: FleetRun = {
+        processes,
+        wallMs: Math.round(r.wallMs),
+        wallVsOne: round(r.wallMs / oneWall, 3),
+        refreshesPerProcess: r.results.map((x) => x.refreshed),
+        claimedPerProcess: r.results.map((x) => x.claimed),
+        sweepsPerProcess: r.results.map((x) => x.sweeps),
+        leaseDenials: r.results.reduce((n, x) => n + x.denials, 0),
+        refreshCalls: r.refreshCalls,
+        stillDue: r.stillDue,
+        failed: r.results.reduce((n, x) => n + x.failed, 0),
+        storeErrors: r.results.reduce((n, x) => n + x.storeErrors, 0)
+      }
+      progress(
+        "fleet",
+        `${kind}: ${processes} process(es): ${run.wallMs} ms (x${run.wallVsOne}), refreshes ${run.refreshesPerProcess.join("/")} (claimed ${run.claimedPerProcess.join("/")}, sweeps ${run.sweepsPerProcess.join("/")}), denials ${run.leaseDenials}, server calls ${run.refreshCalls}, still due ${run.stillDue}`
+      )
+      runs.push(run)
+    }
+
+    // Provider rates: a smaller due set at a configured rate, 1 then 4 processes.
+    const rateIds = await seed(server, opened.store, rateConnections, "r")
+    // Only the rate set is due now (the big set was refreshed by the last run).
+    const rated = async (processes: number) => {
+      const r = await runFleet(server, opened, kind, processes, concurrency, rate)
+      return {
+        seenPerSec: round(r.refreshCalls / (r.wallMs / 1000), 1),
+        wallMs: Math.round(r.wallMs),
+        refreshCalls: r.refreshCalls
+      }
+    }
+    const oneInstance = await rated(1)
+    await expireAll(opened.store, rateIds)
+    const fourInstances = await rated(4)
+    progress(
+      "fleet",
+      `${kind}: provider rate ${rate}/s configured: 1 instance ${oneInstance.seenPerSec}/s, 4 instances ${fourInstances.seenPerSec}/s`
+    )
+    return {
+      connections,
+      concurrencyPerProcess: concurrency,
+      runs,
+      providerRates: { ratePerSec: rate, connections: rateConnections, oneInstance, fourInstances }
+    }
+  } finally {
+    await opened.close()
+  }
+}
+
+export const benchFleet = async (server: BenchServer, quick: boolean, cpus: number): Promise<FleetResult> => {
+  const connections = quick ? 1_000 : 5_000
+  const rateConnections = quick ? 100 : 300
+  const rate = 50
+  const out: Record<string, unknown> = {
+    cpus,
+    note: `${cpus} cores shared by the token server (a worker thread), the store server and the N processes: wall near 1/N needs N free cores`
+  }
+  for (const kind of ["postgres", "redis"] as const) {
+    try {
+      out[kind] = await benchFleetStore(server, kind, connections, rateConnections, rate)
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error)
+      progress("fleet", `${kind}: failed: ${message}`)
+      out[kind] = { error: message }
+    }
+  }
+  return out as FleetResult
+}

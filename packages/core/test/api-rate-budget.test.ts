@@ -1,0 +1,133 @@
+/**
+ * The ApiClient's request budget shared through the store (`config.apiRateLimits`, the store's
+ * `takeRateBudget`): four instances on one store take distinct slots of one budget, and a response
+ * saying the budget is spent (`X-RateLimit-Remaining: 0`, `X-RateLimit-Reset`) holds it for all of
+ * them. The store's clock is frozen, so the slots it hands out are exact; a real HTTP server answers.
+ */
+import { createServer, type Server } from "node:http"
+import type { AddressInfo } from "node:net"
+import { Effect, Redacted } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { rateLimitResetMs } from "../src/ApiClient.ts"
+import { Connection, ConnectionStore, createLatchkey, Provider, Vault } from "../src/index.ts"
+
+let server: Server
+let base: string
+const spent = false
+const seen: Array<string> = []
+beforeAll(async () => {
+  server = createServer((req, res) => {
+    seen.push(req.url ?? "")
+    const headers: Record<string, string> = { "content-type": "application/json" }
+    if (spent || req.url === "/spent")
+      Object.assign(headers, { "x-ratelimit-remaining": "0", "x-ratelimit-reset": "2" })
+    res.writeHead(200, headers).end("{}")
+  })
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r))
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+})
+afterAll(() => new Promise<void>((r) => server.close(() => r())))
+
+const provider = () =>
+  Provider.make({
+    id: "api",
+    name: "Budget test API",
+    clientId: "client",
+    clientSecret: "unused",
+    clientAuth: "client_secret_basic",
+    endpoints: {
+      issuer: "http://127.0.0.1:9",
+      authorization: "http://127.0.0.1:9/authorize",
+      token: "http://127.0.0.1:9/token"
+    },
+    redirectUri: "http://127.0.0.1:9/callback",
+    apiBaseUrl: base,
+    identify: async () => ({ accountId: "unused", label: "unused" })
+  })
+
+const vaultOptions = { keys: [{ id: "k", key: Vault.generateKey() }] }
+
+const insertConnection = async (store: ConnectionStore.ConnectionStoreShape, id: string) => {
+  const now = Date.now()
+  const c: Connection.Connection = {
+    id,
+    ownerId: "o",
+    providerId: "api",
+    accountId: `acct-${id}`,
+    label: id,
+    kind: "oauth",
+    status: "active",
+    version: 1,
+    createdAt: now,
+    updatedAt: now,
+    lastRefreshAt: undefined,
+    lastError: undefined,
+    profile: undefined,
+    tokens: {
+      accessToken: Redacted.make(`token-${id}`),
+      refreshToken: undefined,
+      tokenType: "Bearer",
+      obtainedAt: now,
+      expiresAt: now + 3_600_000,
+      refreshExpiresAt: undefined,
+      scopes: [],
+      extras: {}
+    }
+  }
+  await Effect.runPromise(store.insert(Connection.toRecord(Vault.make(vaultOptions), c, null)))
+}
+
+describe("ApiClient: request budgets shared through the store", () => {
+  it("four instances take distinct slots of one budget; a spent answer holds it for all", async () => {
+    const inner = ConnectionStore.makeMemory({ clock: () => 1_000_000 })
+    const waits: Array<{ key: string; wait: number }> = []
+    const store: ConnectionStore.ConnectionStoreShape = {
+      ...inner,
+      takeRateBudget: (key, limit, windowMs, cost) =>
+        inner.takeRateBudget!(key, limit, windowMs, cost).pipe(
+          Effect.tap((wait) => Effect.sync(() => waits.push({ key, wait })))
+        )
+    }
+    await insertConnection(store, "c1")
+    const config = { apiRateLimits: { api: { limit: 200, windowMs: 1_000 } } }
+    const instances = Array.from({ length: 4 }, () =>
+      createLatchkey({ providers: [provider()], store, vault: vaultOptions, config })
+    )
+    try {
+      seen.length = 0
+      const responses = await Promise.all(
+        instances.flatMap((lk) => Array.from({ length: 5 }, (_, i) => lk.fetch("c1", `/r${i}`)))
+      )
+      expect(responses.every((r) => r.status === 200)).toBe(true)
+      expect(seen).toHaveLength(20)
+      // 200 per second: one slot every 5 ms, each handed out once, across the four instances.
+      expect(waits.map((w) => w.key)).toEqual(Array(20).fill("api:api"))
+      expect(waits.map((w) => w.wait).sort((a, b) => a - b)).toEqual(
+        Array.from({ length: 20 }, (_, i) => i * 5)
+      )
+      // The provider says the budget is spent for 2 s: the next slot, for any instance, is 2 s later.
+      waits.length = 0
+      await instances[0]!.fetch("c1", "/spent")
+      const next = await Effect.runPromise(store.takeRateBudget!("api:api", 200, 1_000))
+      expect(next).toBeGreaterThanOrEqual(2_000)
+    } finally {
+      await Promise.all(instances.map((lk) => lk.close()))
+    }
+  })
+
+  it("reads the X-RateLimit headers: remaining 0 with a reset in seconds, an epoch, or HighLevel's interval", () => {
+    const h = (entries: Record<string, string>) => new Headers(entries)
+    expect(rateLimitResetMs(h({ "x-ratelimit-remaining": "0", "x-ratelimit-reset": "3" }), 0)).toBe(3_000)
+    expect(
+      rateLimitResetMs(
+        h({ "x-ratelimit-remaining": "0", "x-ratelimit-reset": "1700000010" }),
+        1_700_000_000_000
+      )
+    ).toBe(10_000)
+    expect(
+      rateLimitResetMs(h({ "x-ratelimit-remaining": "0", "x-ratelimit-interval-milliseconds": "10000" }), 0)
+    ).toBe(10_000)
+    expect(rateLimitResetMs(h({ "x-ratelimit-remaining": "5", "x-ratelimit-reset": "3" }), 0)).toBeUndefined()
+    expect(rateLimitResetMs(h({}), 0)).toBeUndefined()
+  })
+})
