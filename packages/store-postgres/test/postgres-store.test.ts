@@ -34,7 +34,9 @@ const dump = async (schema: string) => {
     "latchkey_pending",
     "latchkey_meta",
     "latchkey_claims",
-    "latchkey_rates"
+    "latchkey_rates",
+    "latchkey_events",
+    "latchkey_event_consumers"
   ]) {
     const { rows } = await admin.query(`SELECT t::text AS row FROM "${schema}".${table} t`)
     parts.push(...rows.map((r: { row: string }) => r.row))
@@ -163,8 +165,10 @@ describe("PostgreSQL specifics", () => {
     const first = await PostgresStore.make({ connectionString: URL_, schema: s, maxConnections: 1 })
     await run(first.insert(sampleRecord("kept")))
     await run(first.close())
-    // What version 1 left: no event tables.
-    await admin.query(`DROP TABLE "${s}".latchkey_events, "${s}".latchkey_event_consumers`)
+    // What version 1 left: no event log (version 2), no claims or rate budgets (version 3).
+    await admin.query(
+      `DROP TABLE "${s}".latchkey_events, "${s}".latchkey_event_consumers, "${s}".latchkey_claims, "${s}".latchkey_rates`
+    )
     await admin.query(`UPDATE "${s}".latchkey_meta SET value = '1' WHERE key = 'schema_version'`)
     const upgraded = await PostgresStore.make({ connectionString: URL_, schema: s, maxConnections: 1 })
     expect((await run(upgraded.get("kept")))?.id).toBe("kept")
@@ -306,6 +310,8 @@ describe("PostgreSQL specifics", () => {
     const application = `latchkey-layer-test-${s}`
     const lk = createLatchkey({
       providers: [],
+      // The pool alone (the token cache's LISTEN connection is tested on its own).
+      tokenCache: false,
       store: PostgresStore.layer({
         connectionString: `${URL_}?application_name=${application}`,
         schema: s,
@@ -317,7 +323,7 @@ describe("PostgreSQL specifics", () => {
       "SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = $1",
       [s]
     )
-    expect(tables.rows[0].n).toBe(6)
+    expect(tables.rows[0].n).toBe(8)
     const sessions = () =>
       admin
         .query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [application])
