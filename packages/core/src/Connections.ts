@@ -10,7 +10,9 @@
  *   `StoreError` fails the call: a write is never dropped silently.
  * - It seals the token fields with the vault (`Connection.toRecord`) and derives what no caller
  *   computes by hand: `version` (+1), `updatedAt` (now), `refreshDueAt` (from the token expiry, the
- *   connection's kind and the `LatchkeyConfig`), `lastError` cleared when the status becomes active.
+ *   connection's kind, the `LatchkeyConfig` and a degraded connection's next attempt), `lastError`
+ *   cleared when the status becomes active, the failed-refresh streak (`failures`) kept only while
+ *   the status is `active`, and the `statusReason` only while it is not.
  * - A write whose answer was lost (the store failed after applying it) is recognised on the next
  *   attempt — the stored row is the very record written (same version, same sealed access token,
  *   whose nonce is unique) — and counts as written.
@@ -44,6 +46,14 @@ export const write = (next: Connection, events: AttachedEvents = []): Change => 
   next,
   events
 })
+
+/**
+ * Events attached to a `replace` (a relink): given, or computed from the connection as written and
+ * the record it replaced.
+ */
+export type ReplaceEvents =
+  | ReadonlyArray<LatchkeyEvent>
+  | ((written: Connection, replaced: ConnectionRecord) => ReadonlyArray<LatchkeyEvent>)
 
 /** Leave the connection as stored: `modify` returns it with `written: false`. */
 export const keep: Change = { _tag: "Keep" }
@@ -97,12 +107,13 @@ export interface ConnectionsShape {
    * whatever version is stored — without opening its sealed fields, so that a connection no key opens
    * any more can still be linked again. `createdAt` is kept; `keepIf` may keep the stored one
    * instead (returns undefined then). Fails with `ConnectionNotFound` when it was removed meanwhile.
+   * `events` may be computed from the written connection and the record it replaced.
    */
   readonly replace: (
     id: string,
     next: NewConnection,
     options?: {
-      readonly events?: AttachedEvents | undefined
+      readonly events?: ReplaceEvents | undefined
       readonly keepIf?: ((stored: ConnectionRecord) => boolean) | undefined
     }
   ) => Effect.Effect<Connection | undefined, StoreError | ConnectionNotFound>
@@ -234,15 +245,27 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
         )
 
       /** The derived fields of a connection about to be written. */
-      const derive = (next: Connection, version: number, now: number, wasActive: boolean): Connection => ({
-        ...next,
-        version,
-        updatedAt: now,
-        lastError: next.status === "active" && !wasActive ? undefined : next.lastError
-      })
+      const derive = (next: Connection, version: number, now: number, wasActive: boolean): Connection => {
+        const { failures, statusReason, ...rest } = next
+        const active = next.status === "active"
+        return {
+          ...rest,
+          version,
+          updatedAt: now,
+          lastError: active && !wasActive ? undefined : next.lastError,
+          // The failed-refresh streak means something only while the grant is good; the reason of
+          // a status only while it is not `active`.
+          ...(active && failures !== undefined ? { failures } : {}),
+          ...(!active && statusReason !== undefined ? { statusReason } : {})
+        }
+      }
 
       const recordOf = (c: Connection): ConnectionRecord =>
-        ConnectionModule.toRecord(vault, c, refreshDueAt(c.tokens, c.status, config, c.kind))
+        ConnectionModule.toRecord(
+          vault,
+          c,
+          refreshDueAt(c.tokens, c.status, config, c.kind, c.failures?.nextAttemptAt)
+        )
 
       const publish = (attached: AttachedEvents, written: Connection, answeredNs: bigint | undefined) =>
         Effect.gen(function* () {
@@ -347,11 +370,21 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
         id: string,
         connection: NewConnection,
         options?: {
-          readonly events?: AttachedEvents | undefined
+          readonly events?: ReplaceEvents | undefined
           readonly keepIf?: ((stored: ConnectionRecord) => boolean) | undefined
         }
       ): Effect.Effect<Connection | undefined, StoreError | ConnectionNotFound> => {
-        let tried: { readonly record: ConnectionRecord; readonly connection: Connection } | undefined
+        const attached = (replaced: ConnectionRecord): AttachedEvents => {
+          const events = options?.events ?? []
+          return typeof events === "function" ? (written) => events(written, replaced) : events
+        }
+        let tried:
+          | {
+              readonly record: ConnectionRecord
+              readonly connection: Connection
+              readonly replaced: ConnectionRecord
+            }
+          | undefined
         const attempt: Effect.Effect<
           Result.Result<Connection | undefined, StoreError | ConnectionNotFound>,
           StoreError
@@ -369,7 +402,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
             row.accessToken === tried.record.accessToken
           ) {
             remember(row, tried.connection)
-            yield* publish(options?.events ?? [], tried.connection, undefined)
+            yield* publish(attached(tried.replaced), tried.connection, undefined)
             return Result.succeed(tried.connection)
           }
           if (options?.keepIf?.(row) === true) return Result.succeed(undefined)
@@ -381,14 +414,14 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
             false
           )
           const record = recordOf(next)
-          tried = { record, connection: next }
+          tried = { record, connection: next, replaced: row }
           const wrote = yield* store.update(record, row.version).pipe(Effect.result)
           if (Result.isFailure(wrote)) {
             if (retryable(wrote.failure)) return yield* wrote.failure
             return Result.fail(wrote.failure)
           }
           remember(record, next)
-          yield* publish(options?.events ?? [], next, undefined)
+          yield* publish(attached(row), next, undefined)
           return Result.succeed(next)
         })
         return attempt.pipe(Effect.retry(defaultRetry), Effect.flatMap(Effect.fromResult))
