@@ -137,11 +137,14 @@ describe("connection health", () => {
       clock += 2 * HOUR
       const t1 = clock
       refreshFaults({ fault: "status", status: 503, times: 2 })
+      const before = (await Effect.runPromise(store.get(connection.id)))!.version
 
       await expect(lk.refresh(connection.id)).rejects.toMatchObject({
         _tag: "RefreshError",
         reason: "transient"
       })
+      // Two writes: the journal before the request, and one that ends it and records the failure.
+      expect((await Effect.runPromise(store.get(connection.id)))!.version).toBe(before + 2)
       const first = await lk.connection(connection.id)
       expect(first.status).toBe("active")
       expect(first.health).toEqual({
