@@ -24,6 +24,11 @@
  *    `needs_reauth`, keeping the provider's error.
  * 6. Transient failures that the provider answered (5xx, 429, connection refused) are retried with
  *    exponential backoff and full jitter, honouring `Retry-After`, within the lease.
+ * 7. Health: a refresh that fails while the grant is good is recorded on the connection by the lease
+ *    holder, once per failed refresh (the streak, the last error, the next attempt: `degraded`); the
+ *    next successful renewal clears it in its commit (`recovered`). The stored status stays `active`.
+ *    Each refresh runs in the span `TokenManager.refresh` (provider, kind, outcome, attempts, lease
+ *    wait, in doubt).
  *
  * The refresh itself runs in a detached, uninterruptible fiber: a caller that gives up (timeout,
  * client disconnect) never interrupts a refresh between the provider's answer and the write.
@@ -1153,12 +1158,14 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         need: RefreshNeed
       ): Effect.fn.Return<Connection, TokenError> {
         const startedAt = yield* Clock.currentTimeMillis
+        const startedNs = yield* Clock.monotonicTimeNanos
+        const waited = Effect.map(Clock.monotonicTimeNanos, (ns) => Number((ns - startedNs) / 1_000n) / 1_000)
         let pollMs = 10
         for (;;) {
           const askedAt = yield* Clock.currentTimeMillis
           const lease = yield* store.acquireLease(id, holder, ttl)
           if (lease !== undefined) {
-            flight.trace.leaseWaitMs = (yield* Clock.currentTimeMillis) - startedAt
+            flight.trace.leaseWaitMs = yield* waited
             const { keeper, stop } = yield* keepLease(lease, askedAt)
             return yield* Effect.gen(function* () {
               // Re-read after winning: another process may have refreshed while we waited.
@@ -1174,7 +1181,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           }
           // Another process holds the lease: wait for its result to land, or for the lease to lapse.
           const now = yield* Clock.currentTimeMillis
-          flight.trace.leaseWaitMs = now - startedAt
+          flight.trace.leaseWaitMs = yield* waited
           const loaded = yield* load(id)
           flight.trace.providerId = loaded.providerId
           flight.trace.kind = loaded.kind
