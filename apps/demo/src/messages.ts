@@ -222,6 +222,12 @@ export const eventText = (
         kind: "info",
         text: `${who}: unlinked${event.revokedAtProvider ? `, and revoked at ${providerName}` : ""}`
       }
+    case "reconnected":
+      return { kind: "success", text: `${who}: reconnected (was ${event.previous.state})` }
+    case "degraded":
+      return { kind: "error", text: `${who}: refreshes failing (${event.reason}); Latchkey keeps retrying` }
+    case "recovered":
+      return { kind: "success", text: `${who}: refreshes work again after ${event.failures} failed` }
   }
 }
 

@@ -309,7 +309,10 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
                     )
               )
             )
-          )
+          ),
+          Effect.withSpan("AuthorizationFlow.identify", {
+            attributes: { "latchkey.provider": provider.id, "latchkey.credential_kind": credential.kind }
+          })
         )
 
       /**
@@ -343,6 +346,28 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
               ...(tokens.widenedScopes !== undefined ? { widenedScopes: tokens.widenedScopes } : {})
             }
           ]
+        // A relink keeps the connection (its id, `createdAt`): `linked` (relinked) and then
+        // `reconnected`, saying what state it came back from, ride on the same write.
+        const relinked = (
+          written: Connection.Connection,
+          replaced: Connection.ConnectionRecord
+        ): ReadonlyArray<LatchkeyEvent> => {
+          const previous = Connection.summaryOfRecord(replaced).health
+          return [
+            ...linked(true)(written),
+            {
+              type: "reconnected",
+              at: written.updatedAt,
+              connectionId: written.id,
+              ownerId: written.ownerId,
+              providerId: written.providerId,
+              previous:
+                previous.state === "active"
+                  ? { state: "active" }
+                  : { state: previous.state, reason: previous.reason }
+            }
+          ]
+        }
         const fields = {
           ownerId,
           providerId: provider.id,
@@ -373,7 +398,7 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
                   .replace(
                     existing.id,
                     { id: existing.id, ...fields },
-                    { events: linked(true), keepIf: options.keepIf }
+                    { events: relinked, keepIf: options.keepIf }
                   )
                   .pipe(
                     Effect.flatMap(
@@ -398,6 +423,11 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
             })
           )
           if (saved._tag === "Again") continue
+          yield* Effect.annotateCurrentSpan({
+            "latchkey.provider": provider.id,
+            "latchkey.credential_kind": kind,
+            "latchkey.relinked": saved._tag === "Written" && existing !== undefined
+          })
           if (saved._tag === "Kept") {
             return { connection: Connection.summary(saved.connection), relinked: false, metadata, kept: true }
           }
@@ -434,7 +464,12 @@ export class AuthorizationFlow extends Context.Service<AuthorizationFlow, Author
           expectedState,
           codeVerifier,
           dpopKey
-        }).pipe(Effect.mapError((f) => fromProtocol(provider, f)))
+        }).pipe(
+          Effect.mapError((f) => fromProtocol(provider, f)),
+          Effect.withSpan("AuthorizationFlow.exchangeCode", {
+            attributes: { "latchkey.provider": provider.id }
+          })
+        )
         const problem = TokenSet.unsafeResponse(response)
         if (problem !== undefined) {
           return yield* authError("exchange_failed", provider.id, `${provider.name}: ${problem}`)

@@ -41,6 +41,14 @@ export interface LatchkeyConfigShape {
   readonly baseBackoffMs: number
   /** Longest wait honoured for a `Retry-After` or a backoff (default 10 s). */
   readonly maxBackoffMs: number
+  /**
+   * After a failed refresh (the connection is `degraded`), how long the background Refresher waits
+   * before trying it again (default 30 s), doubled after each further failure, at least the
+   * provider's `Retry-After`, at most `degradedRetryMaxMs`. Callers needing a token may try sooner.
+   */
+  readonly degradedRetryMs: number
+  /** The longest wait between the Refresher's attempts on a degraded connection (default 15 minutes). */
+  readonly degradedRetryMaxMs: number
   /** How long a pending authorization (state, PKCE verifier) lives (default 10 minutes). */
   readonly pendingTtlMs: number
   /** The Refresher refreshes access tokens this long before expiry (default 10 minutes, at most half the lifetime). */
@@ -74,6 +82,8 @@ export const defaults = (): LatchkeyConfigShape => ({
   maxAttempts: 4,
   baseBackoffMs: 250,
   maxBackoffMs: 10_000,
+  degradedRetryMs: 30_000,
+  degradedRetryMaxMs: 15 * 60_000,
   pendingTtlMs: 10 * 60_000,
   refreshAheadMs: 10 * 60_000,
   refreshTokenAheadMs: 30 * 24 * 3600_000,

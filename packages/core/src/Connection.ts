@@ -22,6 +22,79 @@ export type ConnectionStatus = "active" | "needs_reauth" | "revoked"
  */
 export type ConnectionKind = "oauth" | "api_key" | "client_credentials" | "minted"
 
+/**
+ * The streak of consecutive failed refreshes of a connection whose grant is still good (stored with
+ * the connection while its status stays `active`, so that the Refresher keeps retrying it). Written
+ * once per failed refresh, by the lease holder; cleared by the next successful refresh (or any
+ * change of status). Never holds a token: a reason and a message built from the provider's answer.
+ */
+export interface RefreshFailures {
+  /** Consecutive failed refreshes since the last success (at least 1). */
+  readonly count: number
+  /** When the first of them failed (epoch ms). */
+  readonly since: number
+  /** The last failure's `RefreshError` reason (see `DegradedReason`). */
+  readonly reason: string
+  /** The last failure's message (ids, statuses and the provider's error fields; no secret). */
+  readonly message: string
+  /** When the last failure happened (epoch ms). */
+  readonly at: number
+  /** When the background Refresher tries again at the earliest (epoch ms); a caller needing a token may try sooner. */
+  readonly nextAttemptAt: number
+}
+
+/** Why a connection's status is `needs_reauth` or `revoked` (stored beside the status). */
+export interface StatusReason {
+  readonly reason: string
+  /** When the status was set (epoch ms). */
+  readonly at: number
+}
+
+/** Why a connection is `degraded`: the reason of its last failed refresh. */
+export type DegradedReason = "transient" | "rate_limited" | "invalid_response" | "invalid_client"
+/** Why a connection must be linked again: the `ReauthorizationRequired` reason that marked it. */
+export type NeedsReauthReason =
+  | "invalid_grant"
+  | "refresh_interrupted"
+  | "refresh_token_expired"
+  | "no_refresh_token"
+  | "needs_reauth"
+/**
+ * Why a connection is `revoked`: `revoked_at_provider` (the provider said so, e.g. an uninstall
+ * webhook; the default of `markRevoked`) or `revoked_by_user` (the app records that its user
+ * withdrew the access).
+ */
+export type RevokedReason = "revoked_at_provider" | "revoked_by_user"
+
+/**
+ * A connection's health, derived from its stored status and its refresh-failure streak:
+ * - `active`: refreshes succeed (or none was needed yet);
+ * - `degraded`: the stored status is still `active` (the grant is good and the engine keeps
+ *   retrying) but the last `failures` refreshes failed; it becomes `active` again by itself on the
+ *   next successful refresh;
+ * - `needs_reauth` / `revoked`: the stored status; the account must be linked again.
+ */
+export type ConnectionHealth =
+  | { readonly state: "active" }
+  | {
+      readonly state: "degraded"
+      readonly reason: DegradedReason
+      /** The last failure's message (no secret). */
+      readonly message: string
+      /** Consecutive failed refreshes. */
+      readonly failures: number
+      /** When the first of them failed (epoch ms). */
+      readonly since: number
+      /** When the last one failed (epoch ms). */
+      readonly lastFailureAt: number
+      /** When the background Refresher tries again at the earliest (epoch ms). */
+      readonly nextAttemptAt: number
+    }
+  | { readonly state: "needs_reauth"; readonly reason: NeedsReauthReason; readonly since: number | undefined }
+  | { readonly state: "revoked"; readonly reason: RevokedReason; readonly since: number | undefined }
+
+export type ConnectionHealthState = ConnectionHealth["state"]
+
 export interface LastError {
   readonly code: string
   readonly description?: string | undefined
@@ -69,6 +142,10 @@ export interface Connection {
   readonly journal?: RefreshJournal | undefined
   /** For `minted` connections: the connection whose access token mints this one's. */
   readonly parentId?: string | undefined
+  /** The streak of failed refreshes while the status is `active` (absent when healthy). */
+  readonly failures?: RefreshFailures | undefined
+  /** Why the status is `needs_reauth` or `revoked` (absent when active, or in rows written before it existed). */
+  readonly statusReason?: StatusReason | undefined
 }
 
 /** What a store persists. Every field is JSON-safe; token fields are sealed strings. */
@@ -101,6 +178,10 @@ export interface ConnectionRecord {
   readonly journal?: RefreshJournal | null | undefined
   /** For `minted` connections, the parent connection's id (absent otherwise). */
   readonly parentId?: string | null | undefined
+  /** The failed-refresh streak (absent in healthy connections and in records written before it existed). */
+  readonly failures?: RefreshFailures | null | undefined
+  /** Why the status is not `active` (absent in active connections and in records written before it existed). */
+  readonly statusReason?: StatusReason | null | undefined
 }
 
 /** A connection as apps see it, without any token value: safe to send to a browser or a log. */
@@ -126,6 +207,104 @@ export interface ConnectionSummary {
   readonly scopes: ReadonlyArray<string>
   /** For `minted` connections: the connection this one's token is minted from. */
   readonly parentId?: string | undefined
+  /**
+   * Its health: `active`, `degraded` (refreshes failing transiently; `status` stays `active`),
+   * `needs_reauth` or `revoked`, with a machine-readable `reason` for every state but `active`.
+   */
+  readonly health: ConnectionHealth
+}
+
+const finite = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v)
+
+/** The failure streak of a stored record, or undefined when absent or not well formed (older or foreign rows). */
+export const readFailures = (v: unknown): RefreshFailures | undefined => {
+  if (typeof v !== "object" || v === null) return undefined
+  const f = v as Record<string, unknown>
+  return finite(f.count) &&
+    f.count > 0 &&
+    finite(f.since) &&
+    finite(f.at) &&
+    finite(f.nextAttemptAt) &&
+    typeof f.reason === "string" &&
+    typeof f.message === "string"
+    ? {
+        count: f.count,
+        since: f.since,
+        reason: f.reason,
+        message: f.message,
+        at: f.at,
+        nextAttemptAt: f.nextAttemptAt
+      }
+    : undefined
+}
+
+/** The status reason of a stored record, or undefined when absent or not well formed. */
+export const readStatusReason = (v: unknown): StatusReason | undefined => {
+  if (typeof v !== "object" || v === null) return undefined
+  const r = v as Record<string, unknown>
+  return typeof r.reason === "string" && finite(r.at) ? { reason: r.reason, at: r.at } : undefined
+}
+
+const NEEDS_REAUTH_REASONS: ReadonlySet<string> = new Set<NeedsReauthReason>([
+  "invalid_grant",
+  "refresh_interrupted",
+  "refresh_token_expired",
+  "no_refresh_token",
+  "needs_reauth"
+])
+const DEGRADED_REASONS: ReadonlySet<string> = new Set<DegradedReason>([
+  "transient",
+  "rate_limited",
+  "invalid_response",
+  "invalid_client"
+])
+
+/**
+ * The health of a connection from its stored fields. Rows written before the status reason existed
+ * get theirs from `lastError`: `refresh_interrupted` when it says so, the reason itself when
+ * `lastError.code` is one, otherwise `invalid_grant` (the provider refused the grant) for
+ * `needs_reauth`, and `revoked_at_provider` for `revoked`.
+ */
+export const healthOf = (c: {
+  readonly status: ConnectionStatus
+  readonly failures?: RefreshFailures | undefined
+  readonly statusReason?: StatusReason | undefined
+  readonly lastError?: LastError | undefined
+}): ConnectionHealth => {
+  if (c.status === "revoked") {
+    const reason = c.statusReason?.reason
+    return {
+      state: "revoked",
+      reason: reason === "revoked_by_user" ? "revoked_by_user" : "revoked_at_provider",
+      since: c.statusReason?.at
+    }
+  }
+  if (c.status === "needs_reauth") {
+    const stored = c.statusReason?.reason
+    const code = c.lastError?.code
+    const reason =
+      stored !== undefined && NEEDS_REAUTH_REASONS.has(stored)
+        ? stored
+        : code !== undefined && NEEDS_REAUTH_REASONS.has(code)
+          ? code
+          : "invalid_grant"
+    return {
+      state: "needs_reauth",
+      reason: reason as NeedsReauthReason,
+      since: c.statusReason?.at ?? c.lastError?.at
+    }
+  }
+  const f = c.failures
+  if (f === undefined) return { state: "active" }
+  return {
+    state: "degraded",
+    reason: (DEGRADED_REASONS.has(f.reason) ? f.reason : "transient") as DegradedReason,
+    message: f.message,
+    failures: f.count,
+    since: f.since,
+    lastFailureAt: f.at,
+    nextAttemptAt: f.nextAttemptAt
+  }
 }
 
 export const summary = (c: Connection): ConnectionSummary => ({
@@ -147,7 +326,8 @@ export const summary = (c: Connection): ConnectionSummary => ({
   refreshExpiresAt: c.tokens.refreshExpiresAt,
   hasRefreshToken: c.tokens.refreshToken !== undefined,
   scopes: c.tokens.scopes,
-  ...(c.parentId !== undefined ? { parentId: c.parentId } : {})
+  ...(c.parentId !== undefined ? { parentId: c.parentId } : {}),
+  health: healthOf(c)
 })
 
 export const toRecord = (vault: VaultShape, c: Connection, refreshDueAt: number | null): ConnectionRecord => {
@@ -186,7 +366,9 @@ export const toRecord = (vault: VaultShape, c: Connection, refreshDueAt: number 
     ),
     refreshDueAt,
     journal: c.journal ?? null,
-    ...(c.parentId !== undefined ? { parentId: c.parentId } : {})
+    ...(c.parentId !== undefined ? { parentId: c.parentId } : {}),
+    ...(c.failures !== undefined ? { failures: c.failures } : {}),
+    ...(c.statusReason !== undefined ? { statusReason: c.statusReason } : {})
   }
 }
 
@@ -222,6 +404,7 @@ export const fromRecord = (vault: VaultShape, r: ConnectionRecord): Effect.Effec
       profile: r.profile ?? undefined,
       journal: r.journal ?? undefined,
       ...(typeof r.parentId === "string" ? { parentId: r.parentId } : {}),
+      ...optionalHealthFields(r),
       tokens: {
         accessToken: Redacted.make(accessToken),
         refreshToken: refreshToken === undefined ? undefined : Redacted.make(refreshToken),
@@ -240,6 +423,18 @@ export const fromRecord = (vault: VaultShape, r: ConnectionRecord): Effect.Effec
 const bindDpop = (key: string, accessToken: string, refreshToken: string | undefined): string => {
   Dpop.bind(key, [accessToken, refreshToken])
   return key
+}
+
+/** The health fields of a record, decoded (absent or malformed ones are left out). */
+const optionalHealthFields = (
+  r: ConnectionRecord
+): { failures?: RefreshFailures; statusReason?: StatusReason } => {
+  const failures = r.status === "active" ? readFailures(r.failures) : undefined
+  const statusReason = r.status === "active" ? undefined : readStatusReason(r.statusReason)
+  return {
+    ...(failures !== undefined ? { failures } : {}),
+    ...(statusReason !== undefined ? { statusReason } : {})
+  }
 }
 
 /** Summary straight from a record, without opening any sealed field. */
@@ -262,5 +457,10 @@ export const summaryOfRecord = (r: ConnectionRecord): ConnectionSummary => ({
   refreshExpiresAt: r.refreshExpiresAt ?? undefined,
   hasRefreshToken: r.refreshToken !== null,
   scopes: r.scopes,
-  ...(typeof r.parentId === "string" ? { parentId: r.parentId } : {})
+  ...(typeof r.parentId === "string" ? { parentId: r.parentId } : {}),
+  health: healthOf({
+    status: r.status,
+    ...optionalHealthFields(r),
+    lastError: r.lastError ?? undefined
+  })
 })

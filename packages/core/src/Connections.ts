@@ -10,7 +10,9 @@
  *   `StoreError` fails the call: a write is never dropped silently.
  * - It seals the token fields with the vault (`Connection.toRecord`) and derives what no caller
  *   computes by hand: `version` (+1), `updatedAt` (now), `refreshDueAt` (from the token expiry, the
- *   connection's kind and the `LatchkeyConfig`), `lastError` cleared when the status becomes active.
+ *   connection's kind, the `LatchkeyConfig` and a degraded connection's next attempt), `lastError`
+ *   cleared when the status becomes active, the failed-refresh streak (`failures`) kept only while
+ *   the status is `active`, and the `statusReason` only while it is not.
  * - A write whose answer was lost (the store failed after applying it) is recognised on the next
  *   attempt — the stored row is the very record written (same version, same sealed access token,
  *   whose nonce is unique) — and counts as written.
@@ -50,6 +52,14 @@ export const write = (next: Connection, events: AttachedEvents = []): Change => 
   next,
   events
 })
+
+/**
+ * Events attached to a `replace` (a relink): given, or computed from the connection as written and
+ * the record it replaced.
+ */
+export type ReplaceEvents =
+  | ReadonlyArray<LatchkeyEvent>
+  | ((written: Connection, replaced: ConnectionRecord) => ReadonlyArray<LatchkeyEvent>)
 
 /** Leave the connection as stored: `modify` returns it with `written: false`. */
 export const keep: Change = { _tag: "Keep" }
@@ -103,12 +113,13 @@ export interface ConnectionsShape {
    * whatever version is stored — without opening its sealed fields, so that a connection no key opens
    * any more can still be linked again. `createdAt` is kept; `keepIf` may keep the stored one
    * instead (returns undefined then). Fails with `ConnectionNotFound` when it was removed meanwhile.
+   * `events` may be computed from the written connection and the record it replaced.
    */
   readonly replace: (
     id: string,
     next: NewConnection,
     options?: {
-      readonly events?: AttachedEvents | undefined
+      readonly events?: ReplaceEvents | undefined
       readonly keepIf?: ((stored: ConnectionRecord) => boolean) | undefined
     }
   ) => Effect.Effect<Connection | undefined, StoreError | ConnectionNotFound>
@@ -254,25 +265,34 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
         )
 
       /** The derived fields of a connection about to be written. */
-      const derive = (next: Connection, version: number, now: number, wasActive: boolean): Connection => ({
-        ...next,
-        version,
-        updatedAt: now,
-        lastError: next.status === "active" && !wasActive ? undefined : next.lastError
-      })
+      const derive = (next: Connection, version: number, now: number, wasActive: boolean): Connection => {
+        const { failures, statusReason, ...rest } = next
+        const active = next.status === "active"
+        return {
+          ...rest,
+          version,
+          updatedAt: now,
+          lastError: active && !wasActive ? undefined : next.lastError,
+          // The failed-refresh streak means something only while the grant is good; the reason of
+          // a status only while it is not `active`.
+          ...(active && failures !== undefined ? { failures } : {}),
+          ...(!active && statusReason !== undefined ? { statusReason } : {})
+        }
+      }
 
       const recordOf = (c: Connection): ConnectionRecord =>
-        ConnectionModule.toRecord(vault, c, refreshDueAt(c.tokens, c.status, config, c.kind))
+        ConnectionModule.toRecord(
+          vault,
+          c,
+          refreshDueAt(c.tokens, c.status, config, c.kind, c.failures?.nextAttemptAt)
+        )
 
       const listOf = (attached: AttachedEvents, written: Connection): ReadonlyArray<LatchkeyEvent> =>
         typeof attached === "function" ? attached(written) : attached
 
       /** The durable form of the events of a write, for the store's log (no message, no secret). */
-      const durable = (
-        list: ReadonlyArray<LatchkeyEvent>,
-        previous: Connection["status"] | undefined
-      ): ReadonlyArray<LifecycleEvents.LifecycleEvent> =>
-        list.map((event) => LifecycleEvents.fromEvent(event, { previousStatus: previous }))
+      const durable = (list: ReadonlyArray<LatchkeyEvent>): ReadonlyArray<LifecycleEvents.LifecycleEvent> =>
+        list.flatMap((event) => LifecycleEvents.fromEvent(event) ?? [])
 
       const publish = (attached: AttachedEvents, written: Connection, answeredNs: bigint | undefined) =>
         Effect.gen(function* () {
@@ -299,7 +319,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           const now = yield* Clock.currentTimeMillis
           const next = derive({ ...connection, version: 1, createdAt: now, updatedAt: now }, 1, now, true)
           const record = recordOf(next)
-          yield* store.insert(record, durable(listOf(options?.events ?? [], next), undefined))
+          yield* store.insert(record, durable(listOf(options?.events ?? [], next)))
           remember(record, next)
           yield* publish(options?.events ?? [], next, undefined)
           return next
@@ -362,7 +382,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           const record = recordOf(next)
           tried = { record, connection: next, events: change.success.events }
           const wrote = yield* store
-            .update(record, current.version, durable(listOf(change.success.events, next), current.status))
+            .update(record, current.version, durable(listOf(change.success.events, next)))
             .pipe(Effect.result)
           if (Result.isFailure(wrote)) {
             if (retryable(wrote.failure)) return yield* wrote.failure
@@ -379,11 +399,21 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
         id: string,
         connection: NewConnection,
         options?: {
-          readonly events?: AttachedEvents | undefined
+          readonly events?: ReplaceEvents | undefined
           readonly keepIf?: ((stored: ConnectionRecord) => boolean) | undefined
         }
       ): Effect.Effect<Connection | undefined, StoreError | ConnectionNotFound> => {
-        let tried: { readonly record: ConnectionRecord; readonly connection: Connection } | undefined
+        const attached = (replaced: ConnectionRecord): AttachedEvents => {
+          const events = options?.events ?? []
+          return typeof events === "function" ? (written) => events(written, replaced) : events
+        }
+        let tried:
+          | {
+              readonly record: ConnectionRecord
+              readonly connection: Connection
+              readonly replaced: ConnectionRecord
+            }
+          | undefined
         const attempt: Effect.Effect<
           Result.Result<Connection | undefined, StoreError | ConnectionNotFound>,
           StoreError
@@ -401,7 +431,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
             row.accessToken === tried.record.accessToken
           ) {
             remember(row, tried.connection)
-            yield* publish(options?.events ?? [], tried.connection, undefined)
+            yield* publish(attached(tried.replaced), tried.connection, undefined)
             return Result.succeed(tried.connection)
           }
           if (options?.keepIf?.(row) === true) return Result.succeed(undefined)
@@ -413,16 +443,16 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
             false
           )
           const record = recordOf(next)
-          tried = { record, connection: next }
+          tried = { record, connection: next, replaced: row }
           const wrote = yield* store
-            .update(record, row.version, durable(listOf(options?.events ?? [], next), row.status))
+            .update(record, row.version, durable(listOf(attached(row), next)))
             .pipe(Effect.result)
           if (Result.isFailure(wrote)) {
             if (retryable(wrote.failure)) return yield* wrote.failure
             return Result.fail(wrote.failure)
           }
           remember(record, next)
-          yield* publish(options?.events ?? [], next, undefined)
+          yield* publish(attached(row), next, undefined)
           return Result.succeed(next)
         })
         return attempt.pipe(Effect.retry(defaultRetry), Effect.flatMap(Effect.fromResult))
@@ -435,7 +465,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
         list: ReadonlyArray<LatchkeyEvent> = []
       ): Effect.Effect<boolean, StoreError> =>
         Effect.gen(function* () {
-          const removed = yield* store.remove(id, durable(list, undefined))
+          const removed = yield* store.remove(id, durable(list))
           cache.delete(id)
           if (removed) for (const event of list) yield* events.publish(event)
           return removed
@@ -445,7 +475,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
         Effect.gen(function* () {
           if (list.length === 0) return
           if (store.appendEvents !== undefined) {
-            yield* store.appendEvents(durable(list, undefined)).pipe(
+            yield* store.appendEvents(durable(list)).pipe(
               Effect.retry(defaultRetry),
               Effect.catch((e) =>
                 Effect.logWarning(`lifecycle events not appended to the store's log: ${e.message}`)

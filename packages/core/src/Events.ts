@@ -1,11 +1,19 @@
 /**
- * What happened to connections: linked, refreshed, refresh_failed, needs_reauth, revoked, unlinked.
- * Every event has the same core: `type`, `at`, `connectionId`, `ownerId`, `providerId`.
+ * What happened to connections: linked, reconnected, refreshed, refresh_failed, degraded, recovered,
+ * needs_reauth, revoked, unlinked. Every event has the same core: `type`, `at`, `connectionId`,
+ * `ownerId`, `providerId`. State changes (all but the `refresh_failed` of a retry inside one refresh)
+ * are attached to the write that makes them and published once it is durable.
  * Available as an Effect Stream (`Events.stream`) and as plain callbacks (`Events.subscribe`).
  * Events are in-process: each process sees the events of the work it did.
  */
 import { Context, Effect, Layer, PubSub, Stream } from "effect"
-import type { ConnectionSummary } from "./Connection.ts"
+import type {
+  ConnectionHealthState,
+  ConnectionSummary,
+  DegradedReason,
+  NeedsReauthReason,
+  RevokedReason
+} from "./Connection.ts"
 
 export type LatchkeyEvent =
   | {
@@ -19,6 +27,22 @@ export type LatchkeyEvent =
       readonly relinked: boolean
       /** Scopes the provider granted beyond those asked for (RFC 6749 §3.3), when there are any. */
       readonly widenedScopes?: ReadonlyArray<string> | undefined
+    }
+  | {
+      /**
+       * An account linked before was linked again (published after its `linked`, whose `relinked`
+       * is true): same connection id and `createdAt`, new tokens, status `active`.
+       */
+      readonly type: "reconnected"
+      readonly at: number
+      readonly connectionId: string
+      readonly ownerId: string
+      readonly providerId: string
+      /** Its health before: why it was linked again. */
+      readonly previous: {
+        readonly state: ConnectionHealthState
+        readonly reason?: DegradedReason | NeedsReauthReason | RevokedReason | undefined
+      }
     }
   | {
       readonly type: "refreshed"
@@ -46,6 +70,35 @@ export type LatchkeyEvent =
       readonly retryable: boolean
     }
   | {
+      /**
+       * The first failed refresh of a healthy connection (a transient failure: the grant is still
+       * good, its status stays `active` and the engine keeps retrying).
+       */
+      readonly type: "degraded"
+      readonly at: number
+      readonly connectionId: string
+      readonly ownerId: string
+      readonly providerId: string
+      readonly reason: DegradedReason
+      readonly message: string
+      /** Consecutive failed refreshes (1 for this event). */
+      readonly failures: number
+      /** When the background Refresher tries again at the earliest (epoch ms). */
+      readonly nextAttemptAt: number
+    }
+  | {
+      /** The first successful refresh of a degraded connection. */
+      readonly type: "recovered"
+      readonly at: number
+      readonly connectionId: string
+      readonly ownerId: string
+      readonly providerId: string
+      /** How many refreshes had failed in a row. */
+      readonly failures: number
+      /** How long it was degraded (ms, from its first failure to this success). */
+      readonly degradedMs: number
+    }
+  | {
       readonly type: "needs_reauth"
       readonly at: number
       readonly connectionId: string
@@ -53,6 +106,8 @@ export type LatchkeyEvent =
       readonly providerId: string
       readonly reason: string
       readonly message: string
+      /** With reason `refresh_interrupted`: the refresh that was cut short (its journal). */
+      readonly interrupted?: { readonly holder: string; readonly startedAt: number } | undefined
     }
   | {
       readonly type: "revoked"
@@ -60,6 +115,8 @@ export type LatchkeyEvent =
       readonly connectionId: string
       readonly ownerId: string
       readonly providerId: string
+      /** Why (absent in events of earlier releases): as the summary's `health.reason`. */
+      readonly reason?: RevokedReason | undefined
     }
   | {
       readonly type: "unlinked"

@@ -18,7 +18,7 @@ import {
   type StartResult
 } from "./AuthorizationFlow.ts"
 import { defaults, LatchkeyConfig, type LatchkeyConfigShape } from "./Config.ts"
-import type { ConnectionSummary } from "./Connection.ts"
+import type { ConnectionSummary, RevokedReason } from "./Connection.ts"
 import * as ConnectionModule from "./Connection.ts"
 import { ConnectionStore, type ConnectionStoreShape } from "./ConnectionStore.ts"
 import { Connections, keep, write } from "./Connections.ts"
@@ -261,15 +261,20 @@ export const connection = Effect.fn("Latchkey.connection")(function* (connection
 /**
  * Mark a connection revoked (e.g. on a provider's uninstall webhook): compare-and-set through
  * `Connections.modify`, retried on conflicts as its schedule allows; fails with the `StoreError`
- * when the write cannot be made (never gives up silently).
+ * when the write cannot be made (never gives up silently). `reason` (the summary's `health.reason`)
+ * defaults to `revoked_at_provider`; `revoked_by_user` records that the app's user withdrew access.
  */
-export const markRevoked = Effect.fn("Latchkey.markRevoked")(function* (connectionId: string) {
+export const markRevoked = Effect.fn("Latchkey.markRevoked")(function* (
+  connectionId: string,
+  options?: { readonly reason?: RevokedReason | undefined }
+) {
   const connections = yield* Connections
+  const reason = options?.reason ?? "revoked_at_provider"
   yield* connections.modify(connectionId, (c, now) =>
     c.status === "revoked"
       ? keep
-      : write({ ...c, status: "revoked" }, [
-          { type: "revoked", at: now, connectionId, ownerId: c.ownerId, providerId: c.providerId }
+      : write({ ...c, status: "revoked", statusReason: { reason, at: now } }, [
+          { type: "revoked", at: now, connectionId, ownerId: c.ownerId, providerId: c.providerId, reason }
         ])
   )
 })

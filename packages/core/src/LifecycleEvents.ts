@@ -34,18 +34,22 @@ export interface LifecycleEventData {
     readonly reason: string
     readonly nextAttemptAt: number | null
   }
-  /** A degraded connection refreshed again. */
-  readonly recovered: { readonly failures: number }
+  /** A degraded connection refreshed again, after `failures` failed refreshes over `degradedMs`. */
+  readonly recovered: { readonly failures: number; readonly degradedMs: number }
   /** The grant is dead: the user must link again. `reason` is machine-readable (e.g. `invalid_grant`). */
   readonly needs_reauth: { readonly reason: string; readonly code: string | null }
-  /** A refresh whose answer was lost could not be completed (its one resend was refused). */
+  /**
+   * A refresh whose answer was lost could not be completed (its one resend was refused): the
+   * connection is `needs_reauth` with reason `refresh_interrupted`. `holder` and `startedAt` are
+   * those of the refresh that was cut short (its journal), when known.
+   */
   readonly refresh_interrupted: { readonly holder: string | null; readonly startedAt: number | null }
-  /** The grant was revoked (e.g. the provider's uninstall webhook); the connection is kept. */
-  readonly revoked: { readonly source: string }
+  /** The grant was revoked (`revoked_at_provider`, e.g. an uninstall webhook, or `revoked_by_user`). */
+  readonly revoked: { readonly reason: string }
   /** The connection was removed. */
   readonly unlinked: { readonly revokedAtProvider: boolean }
-  /** The same account was linked again: same connection id, new tokens. */
-  readonly reconnected: { readonly previousStatus: ConnectionStatus }
+  /** The same account was linked again: same connection id, new tokens; its health before. */
+  readonly reconnected: { readonly previousState: string; readonly previousReason: string | null }
 }
 
 export type LifecycleEventType = keyof LifecycleEventData
@@ -122,25 +126,33 @@ export const decode = (seq: number, text: string): StoredLifecycleEvent =>
   ({ ...(JSON.parse(text) as LifecycleEvent), seq }) as StoredLifecycleEvent
 
 /**
- * The durable event for an in-process event, for writers that publish both: give it to the store
- * write that makes the change. `linked` with `relinked` becomes `reconnected` (with the status the
- * connection had before, when the writer knows it). Messages are not kept: only reasons and codes.
+ * The durable event of an in-process event (`Events`), for the log: no message (messages may quote a
+ * provider's answer), only ids, reasons, counts and times. Computed by `Connections` before the
+ * write that makes the change. `undefined` for an event that has no durable form of its own: a
+ * `linked` with `relinked` (its `reconnected` is the durable one).
  */
 export const fromEvent = (
   event: LatchkeyEvent,
-  options: { readonly previousStatus?: ConnectionStatus | undefined; readonly code?: string | null } = {}
-): LifecycleEvent => {
+  options: { readonly code?: string | null } = {}
+): LifecycleEvent | undefined => {
   const connection = { id: event.connectionId, ownerId: event.ownerId, providerId: event.providerId }
   switch (event.type) {
     case "linked":
       return event.relinked
-        ? make("reconnected", connection, { previousStatus: options.previousStatus ?? "active" }, event.at)
+        ? undefined
         : make(
             "linked",
             connection,
             { kind: event.connection.kind, scopes: [...event.connection.scopes] },
             event.at
           )
+    case "reconnected":
+      return make(
+        "reconnected",
+        connection,
+        { previousState: event.previous.state, previousReason: event.previous.reason ?? null },
+        event.at
+      )
     case "refreshed":
       return make(
         "refreshed",
@@ -155,10 +167,31 @@ export const fromEvent = (
         { reason: event.reason, code: options.code ?? null, retryable: event.retryable },
         event.at
       )
+    case "degraded":
+      return make(
+        "degraded",
+        connection,
+        { failures: event.failures, reason: event.reason, nextAttemptAt: event.nextAttemptAt },
+        event.at
+      )
+    case "recovered":
+      return make(
+        "recovered",
+        connection,
+        { failures: event.failures, degradedMs: event.degradedMs },
+        event.at
+      )
     case "needs_reauth":
-      return make("needs_reauth", connection, { reason: event.reason, code: options.code ?? null }, event.at)
+      return event.reason === "refresh_interrupted"
+        ? make(
+            "refresh_interrupted",
+            connection,
+            { holder: event.interrupted?.holder ?? null, startedAt: event.interrupted?.startedAt ?? null },
+            event.at
+          )
+        : make("needs_reauth", connection, { reason: event.reason, code: options.code ?? null }, event.at)
     case "revoked":
-      return make("revoked", connection, { source: "app" }, event.at)
+      return make("revoked", connection, { reason: event.reason ?? "revoked_at_provider" }, event.at)
     case "unlinked":
       return make("unlinked", connection, { revokedAtProvider: event.revokedAtProvider }, event.at)
   }

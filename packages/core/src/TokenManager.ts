@@ -24,6 +24,11 @@
  *    `needs_reauth`, keeping the provider's error.
  * 6. Transient failures that the provider answered (5xx, 429, connection refused) are retried with
  *    exponential backoff and full jitter, honouring `Retry-After`, within the lease.
+ * 7. Health: a refresh that fails while the grant is good is recorded on the connection by the lease
+ *    holder, once per failed refresh (the streak, the last error, the next attempt: `degraded`); the
+ *    next successful renewal clears it in its commit (`recovered`). The stored status stays `active`.
+ *    Each refresh runs in the span `TokenManager.refresh` (provider, kind, outcome, attempts, lease
+ *    wait, in doubt).
  *
  * The refresh itself runs in a detached, uninterruptible fiber: a caller that gives up (timeout,
  * client disconnect) never interrupts a refresh between the provider's answer and the write.
@@ -36,9 +41,9 @@
  * processes. API keys are never renewed.
  */
 import { createHash } from "node:crypto"
-import { Clock, Context, Deferred, Effect, Fiber, Layer, Random, Redacted, Schedule } from "effect"
+import { Clock, Context, Deferred, Effect, Exit, Fiber, Layer, Random, Redacted, Schedule } from "effect"
 import { LatchkeyConfig } from "./Config.ts"
-import type { Connection, RefreshJournal } from "./Connection.ts"
+import type { Connection, DegradedReason, RefreshFailures, RefreshJournal } from "./Connection.ts"
 import { ConnectionStore, type Lease } from "./ConnectionStore.ts"
 import * as Connections from "./Connections.ts"
 import {
@@ -138,10 +143,51 @@ interface Keeper {
   lost: boolean
 }
 
+/** What the `TokenManager.refresh` span says of one refresh (no token, code, secret or e-mail). */
+interface Trace {
+  providerId: string | undefined
+  kind: Connection["kind"] | undefined
+  /** This refresh wrote new tokens (`refreshed`) or found them written by another (`shared`). */
+  outcome: "refreshed" | "shared" | undefined
+  /** Requests made to the token endpoint (or mints), retries and a resend included. */
+  attempts: number
+  /** From the start of the refresh until the lease was won (or the wait ended). */
+  leaseWaitMs: number | undefined
+  /** It dealt with a refresh in doubt (a lost answer, or a holder that died after sending). */
+  inDoubt: boolean
+}
+
 /** One refresh in flight in this process: its callers, and the leader's end. */
 interface Flight {
   readonly waiters: Deferred.Deferred<Connection, TokenError>
   readonly done: Deferred.Deferred<void>
+  readonly trace: Trace
+}
+
+/** The attributes of a finished `TokenManager.refresh` span. */
+const spanAttributes = (trace: Trace, exit: Exit.Exit<Connection, TokenError>): Record<string, unknown> => {
+  const attributes: Record<string, unknown> = {
+    "latchkey.attempt": trace.attempts,
+    "latchkey.in_doubt": trace.inDoubt
+  }
+  if (trace.providerId !== undefined) attributes["latchkey.provider"] = trace.providerId
+  if (trace.kind !== undefined) attributes["latchkey.credential_kind"] = trace.kind
+  if (trace.leaseWaitMs !== undefined) attributes["latchkey.lease_wait_ms"] = trace.leaseWaitMs
+  if (Exit.isSuccess(exit)) {
+    attributes["latchkey.outcome"] = trace.outcome ?? "shared"
+    return attributes
+  }
+  const error = exit.cause.reasons.find((r) => r._tag === "Fail")?.error
+  if (error === undefined) {
+    attributes["latchkey.outcome"] = "failed"
+    attributes["latchkey.reason"] = "defect"
+    return attributes
+  }
+  attributes["latchkey.outcome"] = error._tag === "ReauthorizationRequired" ? "needs_reauth" : "failed"
+  attributes["latchkey.reason"] = error.reason
+  attributes["latchkey.error"] = error._tag
+  if (error._tag === "RefreshError" && error.reason === "in_doubt") attributes["latchkey.in_doubt"] = true
+  return attributes
 }
 
 /** How a request to the token endpoint ended. */
@@ -270,6 +316,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             ...current,
             status: "needs_reauth",
             journal: undefined,
+            statusReason: { reason, at: now },
             lastError: {
               code: reason === "refresh_interrupted" ? reason : (providerError ?? reason),
               description: reason === "refresh_interrupted" ? message : (providerErrorDescription ?? message),
@@ -284,7 +331,10 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               ownerId: c.ownerId,
               providerId: c.providerId,
               reason,
-              message
+              message,
+              ...(reason === "refresh_interrupted" && c.journal !== undefined
+                ? { interrupted: { holder: c.journal.holder, startedAt: c.journal.startedAt } }
+                : {})
             }
           ]
         ).pipe(
@@ -319,6 +369,79 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           const jittered = Math.floor((yield* Random.next) * exp)
           return Math.min(config.maxBackoffMs, Math.max(jittered, retryAfterMs ?? 0))
         })
+
+      // ---- health: the failed-refresh streak ---------------------------------------------------
+
+      /** The streak after one more failed refresh, with the Refresher's next attempt backed off. */
+      const streak = (
+        current: Connection,
+        reason: DegradedReason,
+        message: string,
+        at: number,
+        retryAfterMs: number | undefined
+      ): RefreshFailures => {
+        const previous = current.failures
+        const count = (previous?.count ?? 0) + 1
+        const backedOff = config.degradedRetryMs * 2 ** Math.min(count - 1, 20)
+        const delay = Math.min(config.degradedRetryMaxMs, Math.max(backedOff, retryAfterMs ?? 0))
+        return { count, since: previous?.since ?? at, reason, message, at, nextAttemptAt: at + delay }
+      }
+
+      /**
+       * A refresh failed while the grant is still good: one write (by the lease holder, once per
+       * failed refresh) records the streak and the last error — ending the journal when `endJournal`
+       * — with `refresh_failed` and, for the first failure after success, `degraded` attached. When
+       * the copy changed meanwhile nothing is written (its writer decided) and only `refresh_failed`
+       * is published.
+       */
+      const recordFailure = (
+        c: Connection,
+        reason: DegradedReason,
+        message: string,
+        at: number,
+        retryAfterMs: number | undefined,
+        endJournal: boolean
+      ): Effect.Effect<void> => {
+        const failed: LatchkeyEvent = {
+          type: "refresh_failed",
+          at,
+          connectionId: c.id,
+          ownerId: c.ownerId,
+          providerId: c.providerId,
+          reason,
+          message,
+          retryable: reason !== "invalid_client"
+        }
+        return writeOver(
+          c,
+          (current) => ({
+            ...current,
+            ...(endJournal ? { journal: undefined } : {}),
+            lastError: { code: reason, description: message, at },
+            failures: streak(current, reason, message, at, retryAfterMs)
+          }),
+          (written) =>
+            written.failures?.count === 1
+              ? [
+                  failed,
+                  {
+                    type: "degraded",
+                    at,
+                    connectionId: written.id,
+                    ownerId: written.ownerId,
+                    providerId: written.providerId,
+                    reason,
+                    message,
+                    failures: 1,
+                    nextAttemptAt: written.failures.nextAttemptAt
+                  }
+                ]
+              : [failed]
+        ).pipe(
+          Effect.asVoid,
+          Effect.catch(() => connections.note([failed]))
+        )
+      }
 
       // ---- the lease --------------------------------------------------------------------------
 
@@ -360,6 +483,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
        * leaves room for another request. Never sent without enough lease left.
        */
       const callProvider = Effect.fnUntraced(function* (
+        flight: Flight,
         provider: Provider,
         c: Connection,
         refreshToken: string,
@@ -381,6 +505,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           // keeps everyone else from sending this token while it is in flight (they wait
           // `inDoubtAfterMs`, well above the request timeout), and cutting it would only turn a
           // slow answer into a lost one.
+          flight.trace.attempts++
           const result = yield* OAuth.refresh(provider, protocol, refreshToken, c.tokens.dpopKey).pipe(
             Effect.result
           )
@@ -477,16 +602,35 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
                 })
           )
         )
+        // A successful renewal ends a failed-refresh streak: `recovered` rides on the same write.
+        const renewed = (current: Connection) =>
+          Connections.write({ ...apply(current), failures: undefined }, (written) => {
+            const list = typeof events === "function" ? events(written) : events
+            const streak = current.failures
+            if (streak === undefined) return list
+            return [
+              ...list,
+              {
+                type: "recovered",
+                at: written.updatedAt,
+                connectionId: written.id,
+                ownerId: written.ownerId,
+                providerId: written.providerId,
+                failures: streak.count,
+                degradedMs: Math.max(0, written.updatedAt - streak.since)
+              }
+            ]
+          })
         const written = yield* connections
           .modify(
             base.id,
             (current) => {
-              if (current === base) return Connections.write(apply(current), events)
+              if (current === base) return renewed(current)
               if (current.status === "revoked")
                 return Effect.flatMap(ensureActive(current), () => Effect.succeed(Connections.keep))
               // Someone stored newer tokens: theirs win, ours are dropped.
               if (!still(current)) return Connections.keep
-              return Connections.write(apply(current), events)
+              return renewed(current)
             },
             { current: base, retry: untilDurable, answeredNs }
           )
@@ -504,6 +648,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
                 : Effect.void
             )
           )
+        flight.trace.outcome = written.written ? "refreshed" : "shared"
         return written.written ? written.connection : yield* ensureActive(written.connection)
       })
 
@@ -519,7 +664,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         resend: boolean
       ): Effect.fn.Return<Connection, TokenError> {
         const journal = c.journal!
-        const outcome = yield* callProvider(provider, c, refreshToken, keeper)
+        const outcome = yield* callProvider(flight, provider, c, refreshToken, keeper)
         switch (outcome._tag) {
           case "Answer": {
             const tokens = yield* Effect.try({
@@ -568,6 +713,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             }
             // A live process lost the answer. With a grace period the resend is safe; without one it
             // is the only chance left (the new tokens exist only in the lost answer). Once, recorded first.
+            flight.trace.inDoubt = true
             yield* connections.note([
               {
                 type: "refresh_failed",
@@ -609,19 +755,14 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
                 if (!still) return current
               }
               if (failure.kind === "invalid_client") {
-                yield* setJournal(current, undefined).pipe(Effect.ignore)
-                yield* connections.note([
-                  {
-                    type: "refresh_failed",
-                    at: after,
-                    connectionId: c.id,
-                    ownerId: c.ownerId,
-                    providerId: c.providerId,
-                    reason: "invalid_client",
-                    message: `${provider.name}: ${failure.message} (check the client id and secret)`,
-                    retryable: false
-                  }
-                ])
+                yield* recordFailure(
+                  current,
+                  "invalid_client",
+                  `${provider.name}: ${failure.message} (check the client id and secret)`,
+                  after,
+                  undefined,
+                  true
+                )
                 return yield* new RefreshError({
                   reason: "invalid_client",
                   connectionId: c.id,
@@ -654,24 +795,9 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
                   : "transient"
             const message = `${provider.name}: ${failure.message}`
             // The provider did not take the token: end the journal (a resend that was answered
-            // with an error used nothing up either).
-            yield* writeOver(c, (current) => ({
-              ...current,
-              journal: undefined,
-              lastError: { code: reason, description: message, at: after }
-            })).pipe(Effect.ignore)
-            yield* connections.note([
-              {
-                type: "refresh_failed",
-                at: after,
-                connectionId: c.id,
-                ownerId: c.ownerId,
-                providerId: c.providerId,
-                reason,
-                message,
-                retryable: true
-              }
-            ])
+            // with an error used nothing up either), and record the failure (the connection is
+            // degraded until a refresh succeeds) in the same write.
+            yield* recordFailure(c, reason, message, after, failure.details.retryAfterMs, true)
             return yield* new RefreshError({
               reason,
               connectionId: c.id,
@@ -714,6 +840,9 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         const journal = c.journal!
         const refreshToken =
           c.tokens.refreshToken === undefined ? undefined : Redacted.value(c.tokens.refreshToken)
+        if (refreshToken !== undefined && fingerprint(refreshToken) === journal.fingerprint) {
+          flight.trace.inDoubt = true
+        }
         if (refreshToken === undefined || fingerprint(refreshToken) !== journal.fingerprint) {
           // The entry does not describe the stored token (written over by a re-link): nothing in doubt.
           const cleared = yield* setJournal(c, undefined)
@@ -879,6 +1008,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               message: `${provider.name}: not enough time left on the refresh lease to renew connection ${c.id} (the store is slow or unreachable)`
             })
           }
+          flight.trace.attempts++
           const outcome = yield* obtain(c, provider)
           if (outcome._tag === "Answer") {
             const tokens = yield* Effect.try({
@@ -955,18 +1085,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             reason === "invalid_client"
               ? `${provider.name} refused the client's own credentials: ${failure.message} (check the client id, secret and allowed grants)`
               : `${provider.name}: ${failure.message}`
-          yield* connections.note([
-            {
-              type: "refresh_failed",
-              at: now,
-              connectionId: c.id,
-              ownerId: c.ownerId,
-              providerId: c.providerId,
-              reason,
-              message,
-              retryable: reason !== "invalid_client"
-            }
-          ])
+          yield* recordFailure(c, reason, message, now, failure.details.retryAfterMs, false)
           return yield* new RefreshError({
             reason,
             connectionId: c.id,
@@ -993,7 +1112,10 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           return yield* recoverInDoubt(flight, provider, c, keeper, need)
         }
         const now = yield* Clock.currentTimeMillis
-        if (!need(c, now)) return c
+        if (!need(c, now)) {
+          flight.trace.outcome = "shared"
+          return c
+        }
         if (c.kind === "api_key") return c
         if (c.kind === "client_credentials" || c.kind === "minted") {
           return yield* renewIdempotent(flight, c, provider, keeper)
@@ -1044,15 +1166,21 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         need: RefreshNeed
       ): Effect.fn.Return<Connection, TokenError> {
         const startedAt = yield* Clock.currentTimeMillis
+        const startedNs = yield* Clock.monotonicTimeNanos
+        const waited = Effect.map(Clock.monotonicTimeNanos, (ns) => Number((ns - startedNs) / 1_000n) / 1_000)
         let pollMs = 10
         for (;;) {
           const askedAt = yield* Clock.currentTimeMillis
           const lease = yield* store.acquireLease(id, holder, ttl)
           if (lease !== undefined) {
+            flight.trace.leaseWaitMs = yield* waited
             const { keeper, stop } = yield* keepLease(lease, askedAt)
             return yield* Effect.gen(function* () {
               // Re-read after winning: another process may have refreshed while we waited.
-              const c = yield* load(id).pipe(Effect.flatMap(ensureActive))
+              const loaded = yield* load(id)
+              flight.trace.providerId = loaded.providerId
+              flight.trace.kind = loaded.kind
+              const c = yield* ensureActive(loaded)
               const provider = yield* providers.get(c.providerId)
               return yield* refreshHolding(flight, c, provider, keeper, need)
             }).pipe(
@@ -1061,8 +1189,15 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           }
           // Another process holds the lease: wait for its result to land, or for the lease to lapse.
           const now = yield* Clock.currentTimeMillis
-          const current = yield* load(id).pipe(Effect.flatMap(ensureActive))
-          if (!need(current, now)) return current
+          flight.trace.leaseWaitMs = yield* waited
+          const loaded = yield* load(id)
+          flight.trace.providerId = loaded.providerId
+          flight.trace.kind = loaded.kind
+          const current = yield* ensureActive(loaded)
+          if (!need(current, now)) {
+            flight.trace.outcome = "shared"
+            return current
+          }
           if (now - startedAt > 2 * ttl) {
             return yield* new RefreshError({
               reason: "lease_timeout",
@@ -1097,9 +1232,22 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               })
             )
           }
-          const flight: Flight = { waiters: Deferred.makeUnsafe(), done: Deferred.makeUnsafe() }
+          const flight: Flight = {
+            waiters: Deferred.makeUnsafe(),
+            done: Deferred.makeUnsafe(),
+            trace: {
+              providerId: undefined,
+              kind: undefined,
+              outcome: undefined,
+              attempts: 0,
+              leaseWaitMs: undefined,
+              inDoubt: false
+            }
+          }
           inflight.set(id, flight)
           const leader = refreshWithLease(flight, id, need).pipe(
+            Effect.onExit((exit) => Effect.annotateCurrentSpan(spanAttributes(flight.trace, exit))),
+            Effect.withSpan("TokenManager.refresh", { attributes: { "latchkey.connection_id": id } }),
             Effect.exit,
             Effect.flatMap((exit) =>
               Effect.sync(() => {
@@ -1165,7 +1313,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
 
       const refreshIfDue = (id: string) =>
         refreshIf(id, (c, now) => {
-          const due = refreshDueAt(c.tokens, c.status, config, c.kind)
+          const due = refreshDueAt(c.tokens, c.status, config, c.kind, c.failures?.nextAttemptAt)
           return due !== null && due <= now
         })
 

@@ -54,7 +54,7 @@ describe("latchkey.events (the durable log)", () => {
       expect(errors).toEqual(["the app's handler failed"])
       expect(sub.cursor()).toBe(4)
       await sub.stop()
-      await run(store.appendEvents!([LifecycleEvents.make("revoked", r, { source: "app" }, 4)]))
+      await run(store.appendEvents!([LifecycleEvents.make("revoked", r, { reason: "revoked_by_user" }, 4)]))
       // Stopped: nothing more arrives. A new subscriber resumes from the cursor.
       const resumed: Array<number> = []
       const again = latchkey.events.subscribe({
@@ -80,7 +80,11 @@ describe("latchkey.events (the durable log)", () => {
     let calls = 0
     latchkey.events.subscribe({ pollIntervalMs: 5, onEvent: () => void calls++ })
     await latchkey.close()
-    await run(store.appendEvents!([LifecycleEvents.make("revoked", sampleRecord("x"), { source: "app" }, 1)]))
+    await run(
+      store.appendEvents!([
+        LifecycleEvents.make("revoked", sampleRecord("x"), { reason: "revoked_by_user" }, 1)
+      ])
+    )
     await new Promise((r) => setTimeout(r, 50))
     expect(calls).toBe(0)
   })
@@ -126,7 +130,7 @@ describe("latchkey.events (the durable log)", () => {
   it("prunes events older than retentionMs in the background (TestClock)", async () => {
     const store = ConnectionStore.makeMemory()
     const r = sampleRecord("old")
-    const at = (t: number) => LifecycleEvents.make("revoked", r, { source: "app" }, t)
+    const at = (t: number) => LifecycleEvents.make("revoked", r, { reason: "revoked_by_user" }, t)
     await run(store.appendEvents!([at(0), at(5_000), at(60_000)]))
     const program = Effect.gen(function* () {
       const log = yield* EventLog.EventLog
@@ -159,6 +163,7 @@ describe("latchkey.events (the durable log)", () => {
       kind: "oauth",
       scopes: ["read"]
     } as unknown as import("../src/Connection.ts").ConnectionSummary
+    const secret = "Example said: token tok-zyx-secret"
     const cases = [
       [
         { ...base, type: "linked", connection: summary, relinked: false },
@@ -166,9 +171,9 @@ describe("latchkey.events (the durable log)", () => {
         { kind: "oauth", scopes: ["read"] }
       ],
       [
-        { ...base, type: "linked", connection: summary, relinked: true },
+        { ...base, type: "reconnected", previous: { state: "needs_reauth", reason: "invalid_grant" } },
         "reconnected",
-        { previousStatus: "needs_reauth" }
+        { previousState: "needs_reauth", previousReason: "invalid_grant" }
       ],
       [
         { ...base, type: "refreshed", expiresAt: 9, refreshExpiresAt: undefined, recovered: true },
@@ -176,38 +181,59 @@ describe("latchkey.events (the durable log)", () => {
         { expiresAt: 9, recovered: true }
       ],
       [
+        { ...base, type: "refresh_failed", reason: "transient", message: secret, retryable: true },
+        "refresh_failed",
+        { reason: "transient", code: "temporarily_unavailable", retryable: true }
+      ],
+      [
         {
           ...base,
-          type: "refresh_failed",
-          reason: "server_error",
-          message: "Example said: token tok-zyx-secret",
-          retryable: true
+          type: "degraded",
+          reason: "transient",
+          message: secret,
+          failures: 1,
+          nextAttemptAt: 30_005
         },
-        "refresh_failed",
-        { reason: "server_error", code: "temporarily_unavailable", retryable: true }
+        "degraded",
+        { failures: 1, reason: "transient", nextAttemptAt: 30_005 }
+      ],
+      [
+        { ...base, type: "recovered", failures: 2, degradedMs: 60_000 },
+        "recovered",
+        { failures: 2, degradedMs: 60_000 }
+      ],
+      [
+        { ...base, type: "needs_reauth", reason: "invalid_grant", message: secret },
+        "needs_reauth",
+        { reason: "invalid_grant", code: "temporarily_unavailable" }
       ],
       [
         {
           ...base,
           type: "needs_reauth",
-          reason: "invalid_grant",
-          message: "Example refused the token tok-zyx-secret"
+          reason: "refresh_interrupted",
+          message: secret,
+          interrupted: { holder: "h-1", startedAt: 4 }
         },
-        "needs_reauth",
-        { reason: "invalid_grant", code: "temporarily_unavailable" }
+        "refresh_interrupted",
+        { holder: "h-1", startedAt: 4 }
       ],
-      [{ ...base, type: "revoked" }, "revoked", { source: "app" }],
+      [{ ...base, type: "revoked", reason: "revoked_by_user" }, "revoked", { reason: "revoked_by_user" }],
+      [{ ...base, type: "revoked" }, "revoked", { reason: "revoked_at_provider" }],
       [{ ...base, type: "unlinked", revokedAtProvider: true }, "unlinked", { revokedAtProvider: true }]
     ] as const
     for (const [event, type, data] of cases) {
-      const durable = LifecycleEvents.fromEvent(event as never, {
-        previousStatus: "needs_reauth",
-        code: "temporarily_unavailable"
-      })
+      const durable = LifecycleEvents.fromEvent(event as never, { code: "temporarily_unavailable" })
       expect(durable).toMatchObject({ ...base, type, data })
-      expect(durable.id).toMatch(/^[0-9a-f-]{36}$/)
+      expect(durable!.id).toMatch(/^[0-9a-f-]{36}$/)
       expect(JSON.stringify(durable)).not.toContain("tok-zyx-secret")
     }
+    // A relink's `linked` has no durable form of its own: its `reconnected` is the one in the log.
+    expect(
+      LifecycleEvents.fromEvent({ ...base, type: "linked", connection: summary, relinked: true } as never)
+    ).toBeUndefined()
+    // Every durable type is produced by some in-process event.
+    expect(new Set(cases.map(([, type]) => type))).toEqual(new Set(LifecycleEvents.lifecycleEventTypes))
   })
 
   it("a store without an event log: a StoreError that says so", async () => {

@@ -225,7 +225,7 @@ describe("webhooks", () => {
         expect(new Set(by.values())).toEqual(new Set([holder]))
         // The holder stops (its lease is released); the other one continues after the cursor.
         yield* Fiber.interrupt(holder === "A" ? a : b)
-        const later = LifecycleEvents.make("revoked", r, { source: "app" }, 9)
+        const later = LifecycleEvents.make("revoked", r, { reason: "revoked_by_user" }, 9)
         yield* store.appendEvents!([later])
         yield* drive(() => by.has(later.id), 200)
         expect(by.get(later.id)).toBe(holder === "A" ? "B" : "A")
@@ -240,7 +240,7 @@ describe("webhooks", () => {
   it("redelivers dead letters on request", async () => {
     const receiver = await startReceiver()
     const store = ConnectionStore.makeMemory()
-    const e = LifecycleEvents.make("revoked", sampleRecord("c3"), { source: "provider_webhook" }, 1)
+    const e = LifecycleEvents.make("revoked", sampleRecord("c3"), { reason: "revoked_at_provider" }, 1)
     receiver.plan.set(e.id, ["fail", "fail"])
     await Effect.runPromise(store.appendEvents!([e]))
     const delivered: Array<string> = []

@@ -134,6 +134,18 @@ describe("client-credentials connections against oidc-provider", () => {
     expect((error as RefreshError).reason).toBe("invalid_client")
     expect((error as RefreshError).isRetryable).toBe(false)
     expect((await wrong.connection(connection.id)).status).toBe("active")
+    // Degraded (the grant is not the problem: the client's configuration is), until a renewal works again.
+    expect((await wrong.connection(connection.id)).health).toMatchObject({
+      state: "degraded",
+      reason: "invalid_client",
+      failures: 1,
+      since: now
+    })
+    const events: Array<string> = []
+    linker.on((e) => events.push(e.type))
+    await linker.accessToken(connection.id)
+    expect((await linker.connection(connection.id)).health).toEqual({ state: "active" })
+    expect(events).toEqual(["refreshed", "recovered"])
   })
 
   it("a provider without clientCredentials refuses to link one", async () => {

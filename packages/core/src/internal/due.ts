@@ -15,13 +15,15 @@ export const renewable = (tokens: TokenSet, kind: ConnectionKind): boolean =>
 /**
  * When the background Refresher should next refresh a connection: ahead of access-token expiry (at
  * most half the lifetime early), and ahead of refresh-token expiry (at most a tenth of its lifetime
- * early), whichever comes first. `null` when there is nothing to keep alive.
+ * early), whichever comes first. `null` when there is nothing to keep alive. `notBefore` (a degraded
+ * connection's next attempt, after a failed refresh) postpones it.
  */
 export const refreshDueAt = (
   tokens: TokenSet,
   status: ConnectionStatus,
   config: Pick<LatchkeyConfigShape, "refreshAheadMs" | "refreshTokenAheadMs">,
-  kind: ConnectionKind = "oauth"
+  kind: ConnectionKind = "oauth",
+  notBefore?: number | undefined
 ): number | null => {
   if (status !== "active" || !renewable(tokens, kind)) return null
   const candidates: Array<number> = []
@@ -33,5 +35,7 @@ export const refreshDueAt = (
     const lifetime = Math.max(0, tokens.refreshExpiresAt - tokens.obtainedAt)
     candidates.push(tokens.refreshExpiresAt - Math.min(config.refreshTokenAheadMs, lifetime / 10))
   }
-  return candidates.length === 0 ? null : Math.min(...candidates)
+  if (candidates.length === 0) return null
+  const due = Math.min(...candidates)
+  return notBefore !== undefined && notBefore > due ? notBefore : due
 }

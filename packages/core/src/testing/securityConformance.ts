@@ -497,7 +497,16 @@ export const securityConformance = (options: SecurityConformanceOptions): void =
           expect(types.has(tag), `no ${tag} was produced`).toBe(true)
         }
         expect(new Set(events.map((e) => e.type))).toEqual(
-          new Set(["linked", "refreshed", "refresh_failed", "needs_reauth", "revoked", "unlinked"])
+          new Set([
+            "linked",
+            "reconnected",
+            "refreshed",
+            "refresh_failed",
+            "degraded",
+            "needs_reauth",
+            "revoked",
+            "unlinked"
+          ])
         )
         expect(secrets.size).toBeGreaterThan(10)
         const found: Array<string> = []

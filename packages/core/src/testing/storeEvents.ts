@@ -161,7 +161,7 @@ export const storeEvents = (
         // A compare-and-set that wins appends its events; one that loses (stale version, a skipped
         // version, a missing connection) appends nothing.
         const refreshed = ev("refreshed", a, { expiresAt: 500, recovered: false }, 20)
-        const recovered = ev("recovered", a, { failures: 2 }, 20)
+        const recovered = ev("recovered", a, { failures: 2, degradedMs: 60_000 }, 20)
         await run(store.update(record("a", { version: 2 }), 1, [refreshed, recovered]))
         const lost = ev("needs_reauth", a, { reason: "invalid_grant", code: "invalid_grant" }, 21)
         expect(await run(Effect.flip(store.update(record("a", { version: 2 }), 1, [lost])))).toMatchObject({
@@ -197,10 +197,10 @@ export const storeEvents = (
         const samples: Array<LifecycleEvents.LifecycleEvent> = [
           ev("refresh_failed", r, { reason: "server_error", code: null, retryable: true }, 1_700_000_000_001),
           ev("degraded", r, { failures: 3, reason: "server_error", nextAttemptAt: 1_700_000_060_000 }, 2),
-          ev("needs_reauth", r, { reason: "refresh_interrupted", code: null }, 3),
+          ev("needs_reauth", r, { reason: "invalid_grant", code: "invalid_grant" }, 3),
           ev("refresh_interrupted", r, { holder: "4242-h", startedAt: 1_700_000_000_500 }, 4),
-          ev("revoked", r, { source: "provider_webhook" }, 5),
-          ev("reconnected", r, { previousStatus: "needs_reauth" }, 6),
+          ev("revoked", r, { reason: "revoked_at_provider" }, 5),
+          ev("reconnected", r, { previousState: "needs_reauth", previousReason: "invalid_grant" }, 6),
           ev("linked", { ...r, ownerId: 'Ada \u00e9 \u{1F511} "q" \\' }, { kind: "api_key", scopes: [] }, 7)
         ]
         let version = 1
@@ -286,7 +286,7 @@ export const storeEvents = (
         ])
         expect(await run(store.pruneEvents(2_000))).toBe(4)
         expect(await readAllEvents(store)).toEqual([])
-        await run(store.appendEvents([ev("revoked", r, { source: "app" }, 3_000)]))
+        await run(store.appendEvents([ev("revoked", r, { reason: "revoked_by_user" }, 3_000)]))
         const [fresh] = await readAllEvents(store)
         expect(fresh!.seq).toBeGreaterThan(before.at(-1)!.seq)
         expect(await run(store.pruneEvents(0))).toBe(0)
