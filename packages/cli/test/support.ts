@@ -289,12 +289,23 @@ export const cliSuite = (kind: StoreKind) =>
           { reason: "invalid_grant", code: "invalid_grant" },
           1
         ),
-        LifecycleEvents.make("revoked", connection, { source: "provider_webhook" }, 2)
+        LifecycleEvents.make("revoked", connection, { reason: "revoked_at_provider" }, 2)
       ]
       try {
         await seeder.run(
           Effect.gen(function* () {
             const store = yield* ConnectionStore.ConnectionStore
+            // The seeding's own events (links, refreshes) are in the log too: start the worker past them.
+            let end = 0
+            for (;;) {
+              const page = yield* store.readEvents!(end, 500)
+              if (page.events.length === 0) break
+              end = page.next
+            }
+            yield* store.setConsumerState!(
+              Webhooks.stateKey("app"),
+              JSON.stringify({ ...Webhooks.emptyState, cursor: end })
+            )
             yield* store.appendEvents!(events)
             const worker = yield* Effect.forkChild(
               Webhooks.run({ url, secret: "s", name: "app", maxAttempts: 1, pollIntervalMs: 20 })
