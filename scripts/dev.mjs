@@ -62,7 +62,9 @@ if (command === "test") {
     [
       "tests",
       // Passing packages print nothing here (their summary follows); a failing one prints its whole log.
-      () => pnpm("exec", "turbo", "run", "test", "--continue", "--concurrency=1", "--output-logs=errors-only")
+      // Three packages at a time: the suites mostly wait (real servers, leases, processes), so they
+      // share two cores well; each uses its own PostgreSQL schemas and Redis key prefixes.
+      () => pnpm("exec", "turbo", "run", "test", "--continue", "--concurrency=3", "--output-logs=errors-only")
     ],
     ["consumer check", () => run(process.execPath, ["scripts/consumer-check.mjs"])]
   ]
