@@ -296,11 +296,17 @@ export const startFleet = (options: FleetOptions): Fleet => {
       await Promise.all(slots.map((s) => s.ready))
     },
     crash: async (o = {}) => {
-      const { slot, flights } = await pick(o.waitForFlightMs ?? 8_000, o.settleMs ?? 400)
+      const picked = await pick(o.waitForFlightMs ?? 8_000, o.settleMs ?? 400)
+      const slot = picked.slot
       const child = slot.child!
+      const holderId = slot.holderId
       slot.expected = "crash"
       child.kill("SIGKILL")
       const pid = child.pid!
+      await exited(child)
+      // What it had in flight when it died: its unfinished journals, read once it is gone (a refresh
+      // it started just before the signal counts; one that finished its write just before does not).
+      const flights = (await inFlight().catch(() => picked.flights)).filter((f) => f.holder === holderId)
       emit({
         type: "workers",
         kind: "error",
@@ -311,7 +317,6 @@ export const startFleet = (options: FleetOptions): Fleet => {
             : " (no refresh was in flight)")
       })
       log(`${slot.name} (pid ${pid}) killed with SIGKILL, ${flights.length} refresh(es) in flight`)
-      await exited(child)
       return { worker: slot.name, pid, inFlight: flights }
     },
     restart: async (o = {}) => {
