@@ -364,15 +364,17 @@ export const createApp = (options: AppOptions): App => {
   const chart = new RefreshChart({ bucketMs: options.chartBucketMs })
   let lastSample = 0
   let sampling: Promise<void> | undefined
-  const sampleMetrics = (): Promise<void> => {
+  /** Read every process's metrics; with `notify`, pages whose charts changed reload them. */
+  const sampleMetrics = (notify = false): Promise<void> => {
     sampling ??= (async () => {
       try {
         const samples: Array<ProcessMetrics> = [
           { process: "web", text: await latchkey.metrics() },
           ...((await options.fleet?.metrics()) ?? [])
         ]
-        chart.record(samples, Date.now())
+        const changed = chart.record(samples, Date.now())
         lastSample = Date.now()
+        if (changed && notify) for (const owner of streams.keys()) broadcast(owner, { type: "metrics" })
       } catch (error) {
         logFailure("reading the metrics", error)
       } finally {
@@ -381,7 +383,7 @@ export const createApp = (options: AppOptions): App => {
     })()
     return sampling
   }
-  const sampler = setInterval(() => void sampleMetrics(), options.metricsSampleMs ?? 5_000)
+  const sampler = setInterval(() => void sampleMetrics(true), options.metricsSampleMs ?? 5_000)
   sampler.unref()
 
   /** Fleet news (a worker killed, drained, restarted) goes to every signed-in page. */

@@ -95,8 +95,9 @@ export class RefreshChart {
     this.buckets = options.buckets ?? 12
   }
 
-  /** Add what each process counted since its previous reading (a restarted process starts from 0). */
-  record(samples: ReadonlyArray<ProcessMetrics>, at: number): void {
+  /** Add what each process counted since its previous reading (a restarted process starts from 0); true when anything changed. */
+  record(samples: ReadonlyArray<ProcessMetrics>, at: number): boolean {
+    let changed = false
     const slot = Math.floor(at / this.bucketMs) * this.bucketMs
     this.processes = samples.length
     for (const sample of samples) {
@@ -114,6 +115,7 @@ export class RefreshChart {
           durationCount: c.durationCount - from.durationCount
         }
         if (d.success === 0 && d.failed === 0 && d.durationCount === 0) continue
+        changed = true
         const series = this.series.get(provider) ?? new Map<number, Counters>()
         const bucket = series.get(slot) ?? zero()
         bucket.success += d.success
@@ -126,6 +128,7 @@ export class RefreshChart {
       }
       this.last.set(sample.process, now)
     }
+    return changed
   }
 
   /** The last `buckets` buckets of a provider, oldest first (empty ones included). */

@@ -28,6 +28,8 @@ export interface DemoOptions extends Partial<DemoConfig> {
   readonly inDoubtAfterMs?: number | undefined
   /** The refresh charts' bucket width (default 30 s). */
   readonly chartBucketMs?: number | undefined
+  /** How often every process's metrics are read for the charts (default 5 s). */
+  readonly metricsSampleMs?: number | undefined
 }
 
 export interface Demo {
@@ -129,7 +131,8 @@ export const startDemo = async (options: DemoOptions = {}): Promise<Demo> => {
       startedAt,
       log,
       labelsPath: join(config.dataDir, "labels.json"),
-      chartBucketMs: options.chartBucketMs
+      chartBucketMs: options.chartBucketMs,
+      metricsSampleMs: options.metricsSampleMs
     })
     for (const run of pending.splice(0)) run()
     const lk = latchkey

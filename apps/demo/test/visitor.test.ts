@@ -243,7 +243,12 @@ describe("what a visitor trips on", () => {
       .toContain(
         "HeyGen · jane@example.com: tokens refreshed on request (Refresh now); healthy again after 4 failed attempts"
       )
-    expect(Number(await page.locator("#chart-heygen").getAttribute("data-refreshes"))).toBeGreaterThan(0)
+    // The chart follows the metrics (read every second here): the successful refresh is counted.
+    await expect
+      .poll(async () => Number(await page.locator("#chart-heygen").getAttribute("data-refreshes")), {
+        timeout: 5_000
+      })
+      .toBeGreaterThan(0)
     await shot("18-recovered-heygen")
     await card().locator("details.tools summary").click()
   })
