@@ -258,7 +258,8 @@ const connect = () => {
     } catch {
       return
     }
-    addActivity(data.entry)
+    // The feed shows the durable log's events; the fleet's news go to the fleet panel (reloaded here).
+    if (data.type !== "fleet") addActivity(data.entry)
     reloadAccounts(data.connectionId)
   })
 }
