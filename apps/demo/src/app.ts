@@ -236,7 +236,7 @@ export const createApp = (options: AppOptions): App => {
     if (known !== undefined) return known
     const c = (await latchkey.connections(ownerId).catch(() => [])).find((x) => x.id === connectionId)
     if (c !== undefined) rememberLabel(c.id, c.label)
-    return c?.label ?? `an account no longer linked (${connectionId.slice(0, 13)}…)`
+    return c?.label ?? `unlinked ${connectionId.slice(0, 13)}…`
   }
 
   /** Which process did each refresh: the web process (`web`) or a worker (`worker-2`). */
