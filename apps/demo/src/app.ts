@@ -1,11 +1,13 @@
 /**
  * The demo's HTTP app on node:http: pages, card actions, OAuth callbacks and a Server-Sent Events
- * stream fed by `latchkey.on(...)`. Its own security: an HttpOnly SameSite=Lax session cookie, a
+ * stream fed by the store's durable event log (`latchkey.events.subscribe`: every process's events,
+ * kept across restarts); `latchkey.on(...)` and the workers' reports only say which process did a
+ * refresh. Cards show each connection's health; charts per provider come from the engines' metrics. Its own security: an HttpOnly SameSite=Lax session cookie, a
  * CSRF token checked on every POST (and the Origin header when a browser sends one), redirects only
  * to our own paths or to authorize URLs Latchkey built, `Referrer-Policy: no-referrer` on callbacks,
  * a strict Content-Security-Policy, and nothing but connection summaries and API bodies in responses.
  */
-import { readFileSync } from "node:fs"
+import { readFileSync, writeFileSync } from "node:fs"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { join } from "node:path"
 import {
@@ -13,14 +15,17 @@ import {
   type ConnectionStore,
   type Events,
   type LatchkeyClient,
+  type LifecycleEvents,
   Vault
 } from "@latchkey/core"
 import { Effect, Exit, Option } from "effect"
+import { type ProcessMetrics, RefreshChart } from "./charts.ts"
+import { type Attribution, logEventText } from "./feed.ts"
 import type { Fleet, FleetEvent, InFlight } from "./fleet.ts"
+import { type CardHealth, HealthFromLog } from "./health.ts"
 import {
   apiStatus,
   authorizationFailure,
-  eventText,
   operationFailure,
   type Plain,
   type RefreshedBy
@@ -47,6 +52,13 @@ export interface AppOptions {
   readonly startedAt: number
   /** Log a line (never a token, code or secret). */
   readonly log?: ((line: string) => void) | undefined
+  /** A JSON file keeping account names by connection id, so the feed names unlinked accounts after a restart. */
+  readonly labelsPath?: string | undefined
+  /** How often the durable event log is read (default 250 ms). */
+  readonly eventPollMs?: number | undefined
+  /** The charts' bucket width (default 30 s) and how often the metrics are read without a page asking (default 5 s). */
+  readonly chartBucketMs?: number | undefined
+  readonly metricsSampleMs?: number | undefined
 }
 
 export interface App {
@@ -141,6 +153,18 @@ const readForm = (req: IncomingMessage): Promise<URLSearchParams> =>
     req.on("error", reject)
   })
 
+/** The account names kept in `path` (none when it is missing or unreadable). */
+const readLabels = (path: string | undefined): Array<[string, string]> => {
+  if (path === undefined) return []
+  try {
+    const kept = JSON.parse(readFileSync(path, "utf8")) as unknown
+    if (typeof kept !== "object" || kept === null) return []
+    return Object.entries(kept).filter((e): e is [string, string] => typeof e[1] === "string")
+  } catch {
+    return []
+  }
+}
+
 export const createApp = (options: AppOptions): App => {
   const { latchkey, setups, origin } = options
   const sink = options.log ?? (() => {})
@@ -166,7 +190,7 @@ export const createApp = (options: AppOptions): App => {
 
   // ---- state: activity feed, live facts, who refreshed, event streams --------------------------
   const activity = new Map<string, Array<Views.ActivityEntry>>()
-  const labels = new Map<string, string>()
+  const labels = new Map<string, string>(readLabels(options.labelsPath))
   const refreshedBy = new Map<string, RefreshedBy>()
   const manualRefresh = new Set<string>()
   const apiInFlight = new Map<string, number>()
@@ -194,34 +218,52 @@ export const createApp = (options: AppOptions): App => {
     for (const res of clients) res.write(frame)
   }
 
-  /** The account's name for the feed: known from a page or an event, else read from the store (after a restart). */
-  const labelOf = async (event: Events.LatchkeyEvent, connectionId: string): Promise<string> => {
+  /** Remember an account's name (kept in `labelsPath`: the feed names it even once it is unlinked). */
+  const rememberLabel = (connectionId: string, label: string) => {
+    if (labels.get(connectionId) === label) return
+    labels.set(connectionId, label)
+    if (options.labelsPath === undefined) return
+    try {
+      writeFileSync(options.labelsPath, JSON.stringify(Object.fromEntries(labels)), { mode: 0o600 })
+    } catch (error) {
+      logFailure("keeping account names", error)
+    }
+  }
+
+  /** The account's name for the feed: joined on the connection summaries by id (the log's payloads carry none). */
+  const labelOf = async (ownerId: string, connectionId: string): Promise<string> => {
     const known = labels.get(connectionId)
     if (known !== undefined) return known
-    const c = (await latchkey.connections(event.ownerId).catch(() => [])).find((x) => x.id === connectionId)
-    if (c !== undefined) labels.set(c.id, c.label)
-    return c?.label ?? "an account"
+    const c = (await latchkey.connections(ownerId).catch(() => [])).find((x) => x.id === connectionId)
+    if (c !== undefined) rememberLabel(c.id, c.label)
+    return c?.label ?? `unlinked ${connectionId.slice(0, 13)}…`
   }
 
   /** Which process did each refresh: the web process (`web`) or a worker (`worker-2`). */
   const refreshCounts = new Map<string, Map<string, number>>()
   const lastRefresher = new Map<string, string>()
   const recovered = new Set<string>()
+  /** Who did a refresh, by `connectionId@at` (the durable event has the same `at` as the in-process one). */
+  const attributions = new Map<string, Attribution>()
 
-  const onEvent = async (event: Events.LatchkeyEvent, worker?: string) => {
-    const ownerId = event.type === "linked" ? event.connection.ownerId : event.ownerId
-    const connectionId = event.type === "linked" ? event.connection.id : event.connectionId
-    const providerId = event.type === "linked" ? event.connection.providerId : event.providerId
+  /**
+   * The engines' in-process events (this process's, and each worker's over IPC): which process
+   * refreshed which account, and why (a click, an API call, the Refresher). The feed itself comes
+   * from the durable log.
+   */
+  const onEvent = (event: Events.LatchkeyEvent, worker?: string) => {
+    const e = event as { type: string; connectionId: string; at: number; recovered?: boolean }
     if (event.type === "linked") {
-      labels.set(connectionId, event.connection.label)
-      liveFacts.delete(connectionId)
-      refreshedBy.delete(connectionId)
-      lastRefresher.delete(connectionId)
-      recovered.delete(connectionId)
+      rememberLabel(event.connection.id, event.connection.label)
+      liveFacts.delete(event.connection.id)
+      refreshedBy.delete(event.connection.id)
+      lastRefresher.delete(event.connection.id)
+      recovered.delete(event.connection.id)
+      return
     }
-    let by: RefreshedBy | undefined
-    if (event.type === "refreshed") {
-      by =
+    const connectionId = e.connectionId
+    if (e.type === "refreshed") {
+      const by: RefreshedBy =
         worker !== undefined
           ? "worker"
           : manualRefresh.has(connectionId)
@@ -232,37 +274,123 @@ export const createApp = (options: AppOptions): App => {
       refreshedBy.set(connectionId, by)
       const process_ = worker ?? "web"
       lastRefresher.set(connectionId, process_)
+      attributions.set(`${connectionId}@${e.at}`, { process: process_, by })
+      if (attributions.size > 1000) attributions.delete(attributions.keys().next().value!)
       const counts = refreshCounts.get(connectionId) ?? new Map<string, number>()
       counts.set(process_, (counts.get(process_) ?? 0) + 1)
       refreshCounts.set(connectionId, counts)
-      if (event.recovered) recovered.add(connectionId)
+      if (e.recovered) recovered.add(connectionId)
       else recovered.delete(connectionId)
     }
-    const label = await labelOf(event, connectionId)
-    const text = eventText(event, label, nameOf(providerId), by, worker)
-    const entry: Views.ActivityEntry = { at: event.at, ...text }
-    const log_ = activity.get(ownerId) ?? []
-    log_.push(entry)
-    log_.sort((x, y) => x.at - y.at)
-    if (log_.length > ACTIVITY_LIMIT) log_.splice(0, log_.length - ACTIVITY_LIMIT)
-    activity.set(ownerId, log_)
-    if (event.type === "unlinked") {
-      labels.delete(connectionId)
+    if (e.type === "unlinked") {
       refreshedBy.delete(connectionId)
       liveFacts.delete(connectionId)
       refreshCounts.delete(connectionId)
       lastRefresher.delete(connectionId)
     }
-    if (event.type === "needs_reauth" || event.type === "revoked") liveFacts.delete(connectionId)
-    broadcast(ownerId, { type: event.type, connectionId, providerId, entry })
+    if (e.type === "needs_reauth" || e.type === "revoked") liveFacts.delete(connectionId)
   }
-  const stopListening = latchkey.on((event) => void onEvent(event).catch(() => {}))
+  const stopListening = latchkey.on((event) => onEvent(event))
+
+  // ---- the durable event log: the feed and the health of every connection --------------------
+  const health = new HealthFromLog()
+  /**
+   * A card's health. Derived from the log until the engine's summary carries it; then this line
+   * becomes `const healthOf = (c: Summary): CardHealth => c.health`.
+   */
+  const healthOf = (c: Summary): CardHealth => health.of(c)
+  let cursor = 0
+  let queue: Promise<unknown> = Promise.resolve()
+  /** One log reader at a time (the subscription and a page catching up), in `seq` order. */
+  const serial = <A>(f: () => Promise<A>): Promise<A> => {
+    const run = queue.then(f)
+    queue = run.catch(() => {})
+    return run
+  }
+
+  const onLogEvent = async (event: LifecycleEvents.StoredLifecycleEvent) => {
+    if (event.seq <= cursor) return
+    const failedBefore = health.failures(event.connectionId)
+    health.apply(event)
+    let attribution: Attribution | undefined
+    if (event.type === "refreshed") {
+      const key = `${event.connectionId}@${event.at}`
+      attribution = attributions.get(key)
+      // A worker's report may trail its write by a moment.
+      if (attribution === undefined && Date.now() - event.at < 2_000) {
+        await new Promise((r) => setTimeout(r, 150))
+        attribution = attributions.get(key)
+      }
+    }
+    const label = await labelOf(event.ownerId, event.connectionId)
+    const text = logEventText(event, label, nameOf(event.providerId), attribution, failedBefore)
+    const entry: Views.ActivityEntry = {
+      at: event.at,
+      seq: event.seq,
+      process: attribution?.process,
+      ...text
+    }
+    const list = activity.get(event.ownerId) ?? []
+    list.push(entry)
+    if (list.length > ACTIVITY_LIMIT) list.splice(0, list.length - ACTIVITY_LIMIT)
+    activity.set(event.ownerId, list)
+    cursor = event.seq
+    broadcast(event.ownerId, {
+      type: event.type,
+      connectionId: event.connectionId,
+      providerId: event.providerId,
+      entry
+    })
+  }
+
+  /** Read the log up to its end now (before a page is drawn, so that it shows every event so far). */
+  const catchUp = () =>
+    serial(async () => {
+      for (;;) {
+        const page = await latchkey.events.read(cursor, 200)
+        for (const event of page.events) await onLogEvent(event)
+        if (page.events.length < 200) return
+      }
+    }).catch((error: unknown) => logFailure("reading the event log", error))
+
+  const subscription = latchkey.events.subscribe({
+    after: 0,
+    pollIntervalMs: options.eventPollMs ?? 250,
+    onEvent: (event) => serial(() => onLogEvent(event)),
+    onError: (error) => logFailure("reading the event log", error)
+  })
+
+  // ---- the charts: every process's refresh metrics, summed ------------------------------------
+  const chart = new RefreshChart({ bucketMs: options.chartBucketMs })
+  let lastSample = 0
+  let sampling: Promise<void> | undefined
+  /** Read every process's metrics; with `notify`, pages whose charts changed reload them. */
+  const sampleMetrics = (notify = false): Promise<void> => {
+    sampling ??= (async () => {
+      try {
+        const samples: Array<ProcessMetrics> = [
+          { process: "web", text: await latchkey.metrics() },
+          ...((await options.fleet?.metrics()) ?? [])
+        ]
+        const changed = chart.record(samples, Date.now())
+        lastSample = Date.now()
+        if (changed && notify) for (const owner of streams.keys()) broadcast(owner, { type: "metrics" })
+      } catch (error) {
+        logFailure("reading the metrics", error)
+      } finally {
+        sampling = undefined
+      }
+    })()
+    return sampling
+  }
+  const sampler = setInterval(() => void sampleMetrics(true), options.metricsSampleMs ?? 5_000)
+  sampler.unref()
 
   /** Fleet news (a worker killed, drained, restarted) goes to every signed-in page. */
   const fleetNews: Array<Views.ActivityEntry> = []
   const onFleet = (event: FleetEvent) => {
     if (event.type === "event") {
-      void onEvent(event.event, event.worker).catch(() => {})
+      onEvent(event.event, event.worker)
       return
     }
     const entry: Views.ActivityEntry = { at: Date.now(), kind: event.kind, text: event.text }
@@ -349,13 +477,23 @@ export const createApp = (options: AppOptions): App => {
   }
 
   const groupsFor = async (ownerId: string): Promise<ReadonlyArray<Views.GroupView>> => {
+    await catchUp()
+    if (Date.now() - lastSample >= 1_000) await sampleMetrics()
     const all = await latchkey.connections(ownerId)
-    for (const c of all) labels.set(c.id, c.label)
+    for (const c of all) rememberLabel(c.id, c.label)
+    const now = Date.now()
     const flights = await flightsOf()
     const workers = options.fleet?.workers() ?? []
     return Promise.all(
       setups.map(async (setup) => ({
         setup,
+        chart: {
+          providerId: setup.id,
+          providerName: setup.name,
+          points: chart.points(setup.id, now),
+          bucketMs: chart.bucketMs,
+          processes: chart.processes
+        },
         cards: await Promise.all(
           all
             .filter((c) => c.providerId === setup.id)
@@ -370,6 +508,7 @@ export const createApp = (options: AppOptions): App => {
                 setup,
                 facts,
                 factsError: error,
+                health: healthOf(summary),
                 refreshedBy: refreshedBy.get(summary.id),
                 refreshedByProcess: lastRefresher.get(summary.id),
                 recovered: recovered.has(summary.id),
@@ -718,6 +857,17 @@ export const createApp = (options: AppOptions): App => {
     })
   }
 
+  /** "Make HeyGen flaky": the sandbox's own fault switch answers the next refresh requests with 503. */
+  const flaky = (req: IncomingMessage, res: ServerResponse, c: Summary, session: Session) => {
+    const setup = setupById.get(c.providerId)!
+    if (setup.failNextRefreshes === undefined) throw new HttpError(404, "Only the sandboxes can do this.")
+    setup.failNextRefreshes(Views.FLAKY_REFRESHES)
+    reply(req, res, session, true, {
+      title: `${setup.name} is flaky`,
+      text: `The ${setup.name} sandbox answers its next ${Views.FLAKY_REFRESHES} refresh requests with 503 Service Unavailable. Choose “Refresh now” (or wait for the Refresher): every attempt of that refresh fails, the card turns Degraded, and the next refresh makes it Active again.`
+    })
+  }
+
   const callback = async (req: IncomingMessage, res: ServerResponse, setup: ProviderSetup) => {
     // The URL carries an authorization code: it must not leak through a Referer, a cache or a log.
     const headers = { "referrer-policy": "no-referrer" }
@@ -787,7 +937,7 @@ export const createApp = (options: AppOptions): App => {
     if (path === "/fleet/restart") return fleetAction(req, res, session, "restart")
     const linkMatch = /^\/link\/([a-z0-9_-]+)$/.exec(path)
     if (linkMatch) return link(res, linkMatch[1]!, session)
-    const action = /^\/connections\/([^/]+)\/(call|refresh|unlink|revoke-at-provider)$/.exec(path)
+    const action = /^\/connections\/([^/]+)\/(call|refresh|unlink|revoke-at-provider|flaky)$/.exec(path)
     if (action) {
       const c = await ownConnection(decodeURIComponent(action[1]!), session)
       switch (action[2]) {
@@ -797,6 +947,8 @@ export const createApp = (options: AppOptions): App => {
           return refresh(req, res, c, session)
         case "unlink":
           return unlink(req, res, c, session)
+        case "flaky":
+          return flaky(req, res, c, session)
         default:
           return revokeAtProvider(req, res, c, session)
       }
@@ -823,6 +975,8 @@ export const createApp = (options: AppOptions): App => {
   const close = () => {
     stopListening()
     stopFleet()
+    clearInterval(sampler)
+    void subscription.stop().catch(() => {})
     for (const set of streams.values()) for (const res of set) res.end()
     streams.clear()
   }

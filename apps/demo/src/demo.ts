@@ -26,6 +26,10 @@ export interface DemoOptions extends Partial<DemoConfig> {
   readonly leaseTtlMs?: number | undefined
   /** How long a crashed holder's refresh is left in doubt before another process resends (default 12 s). */
   readonly inDoubtAfterMs?: number | undefined
+  /** The refresh charts' bucket width (default 30 s). */
+  readonly chartBucketMs?: number | undefined
+  /** How often every process's metrics are read for the charts (default 5 s). */
+  readonly metricsSampleMs?: number | undefined
 }
 
 export interface Demo {
@@ -90,7 +94,9 @@ export const startDemo = async (options: DemoOptions = {}): Promise<Demo> => {
       vault: { keys: [key.key] },
       // The web process refreshes on demand only (an API call, "Refresh now"); the workers run the Refresher.
       config: { ...engine, holderId: `web#${process.pid}` },
-      refresher: { intervalMs: config.refresherIntervalMs }
+      refresher: { intervalMs: config.refresherIntervalMs },
+      // Metrics for the refresh charts (Prometheus text through latchkey.metrics(); no port is opened).
+      telemetry: { prometheus: true }
     })
     if (config.workers > 0) {
       const st = store
@@ -123,7 +129,10 @@ export const startDemo = async (options: DemoOptions = {}): Promise<Demo> => {
       origin,
       refreshAheadMs,
       startedAt,
-      log
+      log,
+      labelsPath: join(config.dataDir, "labels.json"),
+      chartBucketMs: options.chartBucketMs,
+      metricsSampleMs: options.metricsSampleMs
     })
     for (const run of pending.splice(0)) run()
     const lk = latchkey

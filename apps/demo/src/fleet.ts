@@ -12,7 +12,7 @@
 import { type ChildProcess, fork } from "node:child_process"
 import type { Connection, ConnectionStore, Events } from "@latchkey/core"
 import { Effect } from "effect"
-import type { WorkerInit, WorkerMessage } from "./worker.ts"
+import type { WorkerInit, WorkerMessage, WorkerRequest } from "./worker.ts"
 
 type Record_ = Connection.ConnectionRecord
 
@@ -81,6 +81,8 @@ export interface Fleet {
   /** The worker a holder id belongs to (`worker-2`), or undefined for another process. */
   workerOf(holderId: string): string | undefined
   on(listener: (event: FleetEvent) => void): () => void
+  /** Each running worker's metrics in the Prometheus text format (`worker-2#1234`), asked over IPC. */
+  metrics(timeoutMs?: number): Promise<ReadonlyArray<{ readonly process: string; readonly text: string }>>
   /** Wait until every worker runs. */
   ready(): Promise<void>
   /** SIGKILL a worker `settleMs` (default 400) into one of its refreshes (waiting up to `waitForFlightMs` for one). */
@@ -122,6 +124,8 @@ export const startFleet = (options: FleetOptions): Fleet => {
   }
   let closing = false
   const holders = new Map<string, string>()
+  let nextRequest = 1
+  const answers = new Map<number, (text: string) => void>()
 
   const spawn = (slot: Slot) => {
     slot.generation++
@@ -152,6 +156,8 @@ export const startFleet = (options: FleetOptions): Fleet => {
         emit({ type: "event", worker: slot.name, event })
       } else if (message.type === "drained") {
         slot.drained = message.ms
+      } else if (message.type === "metrics") {
+        answers.get(message.id)?.(message.text)
       }
     })
     child.on("exit", (code, signal) => {
@@ -257,6 +263,31 @@ export const startFleet = (options: FleetOptions): Fleet => {
       })),
     inFlight,
     workerOf: (holderId) => holders.get(holderId),
+    metrics: async (timeoutMs = 1_000) => {
+      const asked = slots.flatMap((slot) => {
+        const child = slot.child
+        if (slot.state !== "running" || child === undefined || !child.connected) return []
+        const id = nextRequest++
+        const answer = new Promise<string | undefined>((resolve) => {
+          const timer = setTimeout(() => {
+            answers.delete(id)
+            resolve(undefined)
+          }, timeoutMs)
+          answers.set(id, (text) => {
+            clearTimeout(timer)
+            answers.delete(id)
+            resolve(text)
+          })
+        })
+        try {
+          child.send({ type: "metrics", id } satisfies WorkerRequest)
+        } catch {
+          answers.get(id)?.("")
+        }
+        return [answer.then((text) => (text ? [{ process: `${slot.name}#${child.pid}`, text }] : []))]
+      })
+      return (await Promise.all(asked)).flat()
+    },
     on: (listener) => {
       listeners.add(listener)
       return () => listeners.delete(listener)
@@ -265,11 +296,17 @@ export const startFleet = (options: FleetOptions): Fleet => {
       await Promise.all(slots.map((s) => s.ready))
     },
     crash: async (o = {}) => {
-      const { slot, flights } = await pick(o.waitForFlightMs ?? 8_000, o.settleMs ?? 400)
+      const picked = await pick(o.waitForFlightMs ?? 8_000, o.settleMs ?? 400)
+      const slot = picked.slot
       const child = slot.child!
+      const holderId = slot.holderId
       slot.expected = "crash"
       child.kill("SIGKILL")
       const pid = child.pid!
+      await exited(child)
+      // What it had in flight when it died: its unfinished journals, read once it is gone (a refresh
+      // it started just before the signal counts; one that finished its write just before does not).
+      const flights = (await inFlight().catch(() => picked.flights)).filter((f) => f.holder === holderId)
       emit({
         type: "workers",
         kind: "error",
@@ -280,7 +317,6 @@ export const startFleet = (options: FleetOptions): Fleet => {
             : " (no refresh was in flight)")
       })
       log(`${slot.name} (pid ${pid}) killed with SIGKILL, ${flights.length} refresh(es) in flight`)
-      await exited(child)
       return { worker: slot.name, pid, inFlight: flights }
     },
     restart: async (o = {}) => {

@@ -5,6 +5,7 @@
  */
 import { randomBytes } from "node:crypto"
 import type { Connection, LatchkeyClient, Provider as ProviderNs } from "@latchkey/core"
+import type { FaultSpec } from "@latchkey/core/sandbox"
 
 type Provider = ProviderNs.Provider
 
@@ -84,6 +85,11 @@ export interface ProviderSetup {
   storedFacts(connection: Summary): ReadonlyArray<Fact>
   /** Sandboxes only: the provider ends this account's grant, as if the user removed the app there. */
   revokeAtProvider?(connection: Summary): Promise<boolean>
+  /**
+   * Sandboxes only: the sandbox's own fault switch answers the next `count` refresh requests (any
+   * account's) with 503 Service Unavailable, then refreshes work again.
+   */
+  failNextRefreshes?(count: number): void
   close(): Promise<void>
 }
 
@@ -111,6 +117,21 @@ const formatDate = (iso: string) => {
 
 /** A fault that applies to every matching request. */
 const FOREVER = Number.MAX_SAFE_INTEGER
+
+/**
+ * Queue `count` 503 answers for the refresh endpoint ahead of the demo's standing refresh delay: a
+ * sandbox applies the first matching fault it was given, so the delay is queued again after them.
+ */
+const failRefreshes = (
+  server: { inject(fault: FaultSpec): void; clearFaults(): void },
+  match: { readonly endpoint: string; readonly grantType?: string },
+  count: number,
+  delayMs: number
+) => {
+  server.clearFaults()
+  server.inject({ ...match, fault: "status", status: 503, times: count })
+  if (delayMs > 0) server.inject({ ...match, fault: "delay", ms: delayMs, times: FOREVER })
+}
 
 /** The first day of the month after `now` (UTC), when a monthly subscription's credits reset. */
 export const nextMonthlyReset = (now: number): string => {
@@ -196,7 +217,9 @@ const heygen = async (config: DemoConfig, origin_: string) => {
               revoked = sandbox.registry.revokeGrant(grant.id) || revoked
             }
             return revoked
-          }
+          },
+          failNextRefreshes: (count: number) =>
+            failRefreshes(sandbox, { endpoint: "refresh" }, count, config.refreshDelayMs)
         }
       : {}),
     close: () => sandbox?.close() ?? Promise.resolve()
@@ -285,7 +308,14 @@ const highlevel = async (config: DemoConfig, origin_: string) => {
               c.profile?.userType === "Company" ? { companyId: c.accountId } : { locationId: c.accountId }
             await sandbox.uninstall(target)
             return true
-          }
+          },
+          failNextRefreshes: (count: number) =>
+            failRefreshes(
+              sandbox.oauth,
+              { endpoint: "token", grantType: "refresh_token" },
+              count,
+              config.refreshDelayMs
+            )
         }
       : {}),
     close: () => sandbox?.close() ?? Promise.resolve()

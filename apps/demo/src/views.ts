@@ -3,7 +3,9 @@
  * browser gets connection summaries (no token values) and API response bodies, nothing else.
  */
 import type { Connection } from "@latchkey/core"
+import { type ChartView, chartFigure } from "./charts.ts"
 import type { WorkerView } from "./fleet.ts"
+import { type CardHealth, healthText } from "./health.ts"
 import { lastErrorText, type RefreshedBy, refreshedByText } from "./messages.ts"
 import type { Fact, ProviderSetup, RefreshTokenUse } from "./providers.ts"
 import { type Flash, type Session, USERS } from "./sessions.ts"
@@ -24,6 +26,8 @@ export interface CardView {
   readonly facts: ReadonlyArray<Fact>
   /** Live facts could not be read (plain words). */
   readonly factsError: string | undefined
+  /** Active, degraded, needs reconnect or revoked, with a machine-readable reason. */
+  readonly health: CardHealth
   readonly refreshedBy: RefreshedBy | undefined
   /** The process of the last refresh: `web` or a worker (`worker-2`). */
   readonly refreshedByProcess?: string | undefined
@@ -63,12 +67,18 @@ export interface FleetView {
 export interface GroupView {
   readonly setup: ProviderSetup
   readonly cards: ReadonlyArray<CardView>
+  /** Refreshes over time and their latency, from the engines' metrics. */
+  readonly chart?: ChartView | undefined
 }
 
 export interface ActivityEntry {
   readonly at: number
   readonly kind: "success" | "error" | "info"
   readonly text: string
+  /** The event's place in the store's durable log. */
+  readonly seq?: number | undefined
+  /** The process that did it, when known (`web`, `worker-2`). */
+  readonly process?: string | undefined
 }
 
 export interface PageView {
@@ -97,11 +107,16 @@ const initials = (label: string) => {
   return ((words[0]?.[0] ?? "?") + (words[1]?.[0] ?? "")).toUpperCase()
 }
 
-const statusPill: Record<Summary["status"], string> = {
+const healthPill: Record<CardHealth["state"], string> = {
   active: `<span class="pill pill-active">Active</span>`,
+  degraded: `<span class="pill pill-warn">Degraded</span>`,
   needs_reauth: `<span class="pill pill-warn">Needs reconnect</span>`,
   revoked: `<span class="pill pill-error">Revoked</span>`
 }
+
+/** The health's machine-readable reason, for the notices. */
+const reasonCode = (h: CardHealth) =>
+  h.state === "active" ? "" : ` <span class="reason">Reason: <code>${escapeHtml(h.reason)}</code></span>`
 
 /** Human duration: `45 s`, `3 min`, `5 h`, `364 days`. */
 export const duration = (ms: number): string => {
@@ -160,6 +175,9 @@ const action = (session: Session, path: string, js: string, label: string, class
   `<form method="post" action="${attr(path)}" data-js="${js}">${csrfField(session)}` +
   `<button type="submit" class="${className}"${extra}>${escapeHtml(label)}</button></form>`
 
+/** 503 answers "Make … flaky" queues at the sandbox: the engine's attempts for one refresh (`maxAttempts`, 4). */
+export const FLAKY_REFRESHES = 4
+
 export const card = (view: CardView, session: Session, now: number, refreshAheadMs: number): string => {
   const c = view.summary
   const name = view.setup.name
@@ -202,15 +220,22 @@ export const card = (view: CardView, session: Session, now: number, refreshAhead
               : `${name} rotates refresh tokens, so Latchkey waits until the holder has been silent long enough, then another process resends it once: either the refresh completes, or the card asks for a reconnect.`
           )}</p></div>`
   const usable = active && !view.sealedWithOtherKey
+  const health = view.health
+  const degradedNotice =
+    health.state === "degraded"
+      ? `<div class="notice notice-warn" role="status" data-health-notice="degraded"><p><strong>Degraded.</strong> ${escapeHtml(healthText(health, name))}` +
+        `${health.nextAttemptAt !== undefined ? ` Next attempt ${time(health.nextAttemptAt)}.` : ""}${reasonCode(health)}</p></div>`
+      : ""
   return (
     `<article class="card card-${attr(c.status)}" id="conn-${attr(c.id)}" data-connection-id="${attr(c.id)}" ` +
     `data-provider="${attr(c.providerId)}" data-account-id="${attr(c.accountId)}" data-status="${attr(c.status)}" ` +
     `data-version="${c.version}" data-last-refresh="${c.lastRefreshAt ?? ""}" data-expires="${c.expiresAt ?? ""}" ` +
     `data-refreshed-by="${view.refreshedBy ?? ""}" data-refreshed-process="${attr(view.refreshedByProcess ?? "")}" ` +
-    `data-sealed="${view.sealedWithOtherKey ? "other-key" : "ok"}">` +
+    `data-sealed="${view.sealedWithOtherKey ? "other-key" : "ok"}" data-health="${attr(health.state)}" ` +
+    `data-health-reason="${attr(health.state === "active" ? "" : health.reason)}">` +
     `<header class="card-head"><div class="avatar avatar-${attr(c.providerId)}" aria-hidden="true">${escapeHtml(initials(c.label))}</div>` +
     `<div class="card-title"><h3>${escapeHtml(c.label)}</h3><p>${escapeHtml(name)} · ${escapeHtml(c.accountId)}</p></div>` +
-    `${view.sealedWithOtherKey && active ? `<span class="pill pill-error">Unreadable</span>` : statusPill[c.status]}</header>` +
+    `${view.sealedWithOtherKey && active ? `<span class="pill pill-error">Unreadable</span>` : healthPill[health.state]}</header>` +
     (view.sealedWithOtherKey
       ? `<div class="notice notice-error" role="status" data-sealed="other-key"><p><strong>Tokens unreadable.</strong> ` +
         `${escapeHtml(`This account’s tokens were sealed with another vault key than the one the demo runs with, so Latchkey cannot use them: no API call or refresh can work. Restart with the key they were sealed with, or reconnect ${name} to store new tokens.`)}</p>` +
@@ -223,7 +248,7 @@ export const card = (view: CardView, session: Session, now: number, refreshAhead
         ) +
         `</div>`
       : !active
-        ? `<div class="notice notice-warn" role="status"><p><strong>Reconnect needed.</strong> ${escapeHtml(problem ?? `${name} must be linked again.`)}</p>` +
+        ? `<div class="notice notice-warn" role="status"><p><strong>Reconnect needed.</strong> ${escapeHtml(problem ?? healthText(health, name))}${reasonCode(health)}</p>` +
           action(
             session,
             `/link/${encodeURIComponent(c.providerId)}`,
@@ -242,9 +267,11 @@ export const card = (view: CardView, session: Session, now: number, refreshAhead
               "btn btn-primary"
             ) +
             `</div>`
-          : problem
-            ? `<div class="notice notice-info" role="status"><p>${escapeHtml(problem)}</p></div>`
-            : "") +
+          : degradedNotice
+            ? degradedNotice
+            : problem
+              ? `<div class="notice notice-info" role="status"><p>${escapeHtml(problem)}</p></div>`
+              : "") +
     flightNotice +
     facts(view) +
     `<div class="timelines">` +
@@ -276,6 +303,11 @@ export const card = (view: CardView, session: Session, now: number, refreshAhead
       ? `<details class="tools"><summary>Sandbox tools</summary>` +
         `<p>Make ${escapeHtml(name)} end this grant, as if the user removed the app there. The next refresh is refused.</p>` +
         action(session, `${base}/revoke-at-provider`, "revoke", `Revoke at ${name}`, "btn btn-small") +
+        (view.setup.failNextRefreshes
+          ? `<p>Make ${escapeHtml(name)} answer its next ${FLAKY_REFRESHES} refresh requests (any account’s) with 503 Service Unavailable: ` +
+            `Latchkey tries a refresh ${FLAKY_REFRESHES} times, so the next one fails and the card turns Degraded; the one after succeeds.</p>` +
+            action(session, `${base}/flaky`, "flaky", `Make ${name} flaky`, "btn btn-small")
+          : "") +
         `</details>`
       : "") +
     `</article>`
@@ -296,6 +328,7 @@ const group = (view: GroupView, session: Session, now: number, refreshAheadMs: n
       ? `Scopes ${s.displayScopes.map((x) => `<code>${escapeHtml(x)}</code>`).join(" ")}`
       : "No scopes requested") +
     `</p>` +
+    (view.chart ? chartFigure(view.chart) : "") +
     `<div class="cards">` +
     (count === 0
       ? `<p class="empty">No ${escapeHtml(s.name)} account linked yet.</p>`
@@ -367,7 +400,8 @@ export const fleetPanel = (view: FleetView, session: Session): string =>
       `<p class="fleet-note">Counted by the providers’ sandboxes from the refresh tokens they received. After a crash, a token sent twice is the one resend Latchkey allows to recover a lost answer (recorded in the journal before it is sent).</p>`)
 
 export const activityItem = (entry: ActivityEntry) =>
-  `<li class="activity-${entry.kind}">${time(entry.at)}<span>${escapeHtml(entry.text)}</span></li>`
+  `<li class="activity-${entry.kind}"${entry.seq !== undefined ? ` data-seq="${entry.seq}"` : ""}${entry.process ? ` data-process="${attr(entry.process)}"` : ""}>${time(entry.at)}` +
+  `${entry.seq !== undefined ? `<span class="seq" title="Its place in the durable event log">#${entry.seq}</span>` : ""}<span>${escapeHtml(entry.text)}</span></li>`
 
 const flashBanner = (flash: Flash | undefined) =>
   flash === undefined
@@ -420,6 +454,7 @@ export const page = (view: PageView): string => {
         : "") +
       `<div id="accounts" class="board">${accounts(view.groups, view.session, view.now, view.refreshAheadMs)}</div>` +
       `<section class="activity" aria-labelledby="activity-title"><h2 id="activity-title">Live activity</h2>` +
+      `<p class="activity-note">From the store’s durable event log: every process’s events (this one’s and each refresh worker’s), numbered in log order, kept across restarts.</p>` +
       `<ol id="activity" tabindex="0" aria-labelledby="activity-title" data-empty="Events appear here as Latchkey links, refreshes and unlinks accounts.">${view.activity
         .slice()
         .reverse()

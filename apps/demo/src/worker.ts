@@ -4,7 +4,8 @@
  * reports what its engine does (`latchkey.on`) to the parent over the IPC channel. Its settings —
  * the providers, the vault key, the engine settings — arrive in the first IPC message, never in
  * the environment or argv. It answers SIGTERM as an app should: `await latchkey.close()` (refreshes
- * in flight finish their write), then exit 0.
+ * in flight finish their write), then exit 0. Its engine keeps metrics (`telemetry: { prometheus: true }`)
+ * and answers the parent's `metrics` requests with their Prometheus text, for the page's charts.
  */
 import { createLatchkey, SqliteStore } from "@latchkey/core"
 import { Effect } from "effect"
@@ -31,6 +32,10 @@ export type WorkerMessage =
   | { readonly type: "ready"; readonly holderId: string }
   | { readonly type: "event"; readonly event: unknown }
   | { readonly type: "drained"; readonly ms: number }
+  | { readonly type: "metrics"; readonly id: number; readonly text: string }
+
+/** What the parent asks a running worker. */
+export type WorkerRequest = { readonly type: "metrics"; readonly id: number }
 
 /** Resolves once the message is handed to the channel (so that an exit right after does not drop it). */
 const send = (message: WorkerMessage) =>
@@ -48,7 +53,8 @@ const start = async (init: WorkerInit) => {
     store,
     vault: { keys: [init.vaultKey] },
     config: { ...init.config, holderId },
-    refresher: { intervalMs: init.refresherIntervalMs }
+    refresher: { intervalMs: init.refresherIntervalMs },
+    telemetry: { prometheus: true }
   })
   latchkey.on((event) => void send({ type: "event", event }))
   let stopping = false
@@ -65,6 +71,13 @@ const start = async (init: WorkerInit) => {
   process.once("SIGTERM", () => void stop(0))
   // The web process went away: nobody to report to.
   process.once("disconnect", () => void stop(0))
+  process.on("message", (message: WorkerRequest) => {
+    if (message?.type !== "metrics" || stopping) return
+    latchkey
+      .metrics()
+      .then((text) => send({ type: "metrics", id: message.id, text }))
+      .catch(() => send({ type: "metrics", id: message.id, text: "" }))
+  })
   await latchkey.refresher.start()
   await send({ type: "ready", holderId })
 }

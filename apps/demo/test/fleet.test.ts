@@ -114,6 +114,39 @@ describe("the refresh fleet", () => {
     }
     const workers = started.demo.fleet!.workers()
     expect(workers.reduce((n, w) => n + w.refreshes, 0)).toBeGreaterThanOrEqual(3)
+
+    // The feed reads the store's durable log: a worker's refresh, numbered, with the account's name.
+    const fromWorker = page.locator('#activity li[data-process^="worker-"]', {
+      hasText: "HeyGen · jane@example.com: tokens refreshed by worker-"
+    })
+    await expect.poll(() => fromWorker.count(), { timeout: 10_000 }).toBeGreaterThan(0)
+    expect(Number(await fromWorker.first().getAttribute("data-seq"))).toBeGreaterThan(1)
+    expect(await fromWorker.first().locator(".seq").textContent()).toMatch(/^#\d+$/)
+    // The log itself holds it (the page did not make it up): written by the worker's engine.
+    const log = await started.demo.latchkey.events.read(0, 1000)
+    const seq = Number(await fromWorker.first().getAttribute("data-seq"))
+    expect(log.events.find((e) => e.seq === seq)).toMatchObject({ type: "refreshed" })
+    expect(await page.locator("#activity").textContent()).not.toContain("an account")
+
+    // The charts: the workers' metrics (the web process refreshed nothing), summed per provider.
+    for (const providerId of ["heygen", "highlevel", "example"]) {
+      const chart = page.locator(`#chart-${providerId}`)
+      await expect
+        .poll(async () => Number(await chart.getAttribute("data-refreshes")), { timeout: 10_000 })
+        .toBeGreaterThanOrEqual(1)
+      expect(await chart.locator("rect[data-point]").count()).toBeGreaterThanOrEqual(1)
+      expect(await chart.locator("circle[data-latency]").count()).toBeGreaterThanOrEqual(1)
+      expect(await chart.locator("svg title").textContent()).toContain("refreshes per 30 s")
+      expect(await chart.locator("svg desc").textContent()).toMatch(
+        /in the last 6 min: \d+ refresh(es)?.*; mean latency \d/
+      )
+      expect(await chart.locator("figcaption").textContent()).toMatch(
+        /From the engines’ metrics \(4 processes\)/
+      )
+    }
+    await page.locator("#group-heygen .group-head").evaluate((el) => el.scrollIntoView())
+    await page.locator("#chart-heygen").screenshot({ path: join(SCREENSHOTS, "26-fleet-chart-heygen.png") })
+    await page.locator(".activity").screenshot({ path: join(SCREENSHOTS, "27-fleet-feed-from-log.png") })
     expect(await noSeriousViolations()).toEqual([])
     expect(await sidewaysScroll()).toBe(0)
     await shot("20-fleet-steady")

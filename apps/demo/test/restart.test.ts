@@ -83,6 +83,10 @@ describe("restarting the demo on the same data dir", () => {
     const feed = page.slice(page.indexOf('id="activity"'))
     expect(feed).toContain("HeyGen · jane@example.com: HeyGen no longer accepts the grant")
     expect(feed).not.toContain("an account")
+    // The feed reads the store's durable log: the first run's events are still there, numbered.
+    expect(feed).toMatch(
+      /data-seq="1"><time[^>]*>[^<]*<\/time><span class="seq"[^>]*>#1<\/span><span>HeyGen · jane@example.com: linked<\/span>/
+    )
     const seen = await visit(second, "30-after-restart")
     expect(await seen.page.locator("#activity li").first().textContent()).toContain(
       "HeyGen · jane@example.com: HeyGen no longer accepts the grant"

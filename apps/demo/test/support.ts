@@ -34,6 +34,8 @@ export const startTestDemo = async (options: DemoOptions = {}): Promise<Started>
     // The fleet has its own test (fleet.test.ts); elsewhere the web process refreshes, without delays.
     workers: 0,
     refreshDelayMs: 0,
+    // The charts read the metrics every second (5 s in the demo).
+    metricsSampleMs: 1_000,
     ...options
   })
   return {

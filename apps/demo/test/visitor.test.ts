@@ -195,6 +195,64 @@ describe("what a visitor trips on", () => {
     await page.setViewportSize({ width: 1280, height: 900 })
   })
 
+  it("a real transient fault at the HeyGen sandbox: the card turns Degraded with its reason, then Active again", async () => {
+    const card = () => cardOf("jane_doe")
+    const heygen = started.demo.providers.sandboxes.heygen!
+    const refused = () => heygen.countCalls({ endpoint: "refresh", status: 503 })
+    expect(refused()).toBe(0)
+    expect(await card().getAttribute("data-health")).toBe("active")
+    await card().locator("details.tools summary").click()
+    await card().getByRole("button", { name: "Make HeyGen flaky" }).click()
+    await expect.poll(() => page.locator(".toast").last().textContent()).toContain("HeyGen is flaky")
+
+    await card().getByRole("button", { name: "Refresh now" }).click()
+    await expect
+      .poll(() => page.locator(".toast").last().textContent(), { timeout: 15_000 })
+      .toContain("Refresh failed")
+    // Every attempt of that refresh met the sandbox's 503: the log says so, and the card shows it.
+    expect(refused()).toBe(4)
+    await expect.poll(() => card().getAttribute("data-health"), { timeout: 5_000 }).toBe("degraded")
+    expect(await card().getAttribute("data-health-reason")).toBe("transient")
+    expect(await card().getAttribute("data-status")).toBe("active")
+    expect(await card().locator(".pill").textContent()).toBe("Degraded")
+    const notice = (await card().locator('[data-health-notice="degraded"]').textContent()) ?? ""
+    expect(notice).toContain("HeyGen could not be reached or answered with a server error")
+    expect(notice).toMatch(/\d+ refresh attempts? failed/)
+    expect(notice).toContain("Reason: transient")
+    expect(await page.locator("#activity").textContent()).toContain(
+      "HeyGen · jane@example.com: refresh attempt failed (transient)"
+    )
+    // The chart counts the failed refreshes from the web process's metrics.
+    await expect
+      .poll(() => page.locator("#chart-heygen .bar-failed").count(), { timeout: 5_000 })
+      .toBeGreaterThan(0)
+    await expectAccessible("board with a degraded card")
+    await page.setViewportSize({ width: 420, height: 900 })
+    await expectNoSidewaysScroll()
+    await page.setViewportSize({ width: 1280, height: 900 })
+    await shot("17-degraded-heygen")
+
+    // The sandbox answers again: the next refresh succeeds and the card is Active.
+    await card().getByRole("button", { name: "Refresh now" }).click()
+    await expect.poll(() => card().getAttribute("data-health"), { timeout: 5_000 }).toBe("active")
+    expect(await card().locator(".pill").textContent()).toBe("Active")
+    expect(await card().locator("[data-health-notice]").count()).toBe(0)
+    expect(refused()).toBe(4)
+    await expect
+      .poll(() => page.locator("#activity li").first().textContent(), { timeout: 5_000 })
+      .toContain(
+        "HeyGen · jane@example.com: tokens refreshed on request (Refresh now); healthy again after 4 failed attempts"
+      )
+    // The chart follows the metrics (read every second here): the successful refresh is counted.
+    await expect
+      .poll(async () => Number(await page.locator("#chart-heygen").getAttribute("data-refreshes")), {
+        timeout: 5_000
+      })
+      .toBeGreaterThan(0)
+    await shot("18-recovered-heygen")
+    await card().locator("details.tools summary").click()
+  })
+
   it("after 'Revoke at HeyGen' the card and the toast agree; no old API response or live countdown stays", async () => {
     const card = () => cardOf("jane_doe")
     await card().getByRole("button", { name: "Call the API" }).click()
@@ -218,7 +276,10 @@ describe("what a visitor trips on", () => {
 
   it("no page of the flows asked for anything beyond 127.0.0.1 (fonts, icons) or got an error", async () => {
     expect(foreign).toEqual([])
-    // The 400 of the refused agency approval above is the only expected error.
-    expect(failed.filter((f) => !f.includes("/oauth/chooselocation"))).toEqual([])
+    // The 400 of the refused agency approval and the 422 of the refresh that met the sandbox's 503s
+    // are the only expected errors.
+    expect(
+      failed.filter((f) => !f.includes("/oauth/chooselocation") && !/^422 .*\/refresh$/.test(f))
+    ).toEqual([])
   })
 })

@@ -199,14 +199,26 @@ document.addEventListener("submit", async (event) => {
 
 const addActivity = (entry) => {
   if (!activityEl || !entry) return
+  // The log is read at least once per event: an entry already shown is not added again.
+  if (entry.seq !== undefined && activityEl.querySelector(`[data-seq="${entry.seq}"]`)) return
   const li = document.createElement("li")
   li.className = `activity-${entry.kind}`
   const t = document.createElement("time")
   t.dataset.at = String(entry.at)
   t.dateTime = new Date(entry.at).toISOString()
+  li.append(t)
+  if (entry.seq !== undefined) {
+    li.dataset.seq = String(entry.seq)
+    const seq = document.createElement("span")
+    seq.className = "seq"
+    seq.title = "Its place in the durable event log"
+    seq.textContent = `#${entry.seq}`
+    li.append(seq)
+  }
+  if (entry.process) li.dataset.process = entry.process
   const span = document.createElement("span")
   span.textContent = entry.text
-  li.append(t, span)
+  li.append(span)
   activityEl.prepend(li)
   localizeTimes(li)
   while (activityEl.children.length > 40) activityEl.lastElementChild?.remove()
@@ -246,7 +258,8 @@ const connect = () => {
     } catch {
       return
     }
-    addActivity(data.entry)
+    // The feed shows the durable log's events; the fleet's news go to the fleet panel (reloaded here).
+    if (data.type !== "fleet") addActivity(data.entry)
     reloadAccounts(data.connectionId)
   })
 }
