@@ -22,7 +22,7 @@ import { Effect, Exit, Option } from "effect"
 import { type ProcessMetrics, RefreshChart } from "./charts.ts"
 import { type Attribution, logEventText } from "./feed.ts"
 import type { Fleet, FleetEvent, InFlight } from "./fleet.ts"
-import { type CardHealth, HealthFromLog } from "./health.ts"
+import type { CardHealth } from "./health.ts"
 import {
   apiStatus,
   authorizationFailure,
@@ -293,12 +293,8 @@ export const createApp = (options: AppOptions): App => {
   const stopListening = latchkey.on((event) => onEvent(event))
 
   // ---- the durable event log: the feed and the health of every connection --------------------
-  const health = new HealthFromLog()
-  /**
-   * A card's health. Derived from the log until the engine's summary carries it; then this line
-   * becomes `const healthOf = (c: Summary): CardHealth => c.health`.
-   */
-  const healthOf = (c: Summary): CardHealth => health.of(c)
+  /** A card's health: the engine's own (`ConnectionSummary.health`, recorded in the connection). */
+  const healthOf = (c: Summary): CardHealth => c.health
   let cursor = 0
   let queue: Promise<unknown> = Promise.resolve()
   /** One log reader at a time (the subscription and a page catching up), in `seq` order. */
@@ -310,8 +306,6 @@ export const createApp = (options: AppOptions): App => {
 
   const onLogEvent = async (event: LifecycleEvents.StoredLifecycleEvent) => {
     if (event.seq <= cursor) return
-    const failedBefore = health.failures(event.connectionId)
-    health.apply(event)
     let attribution: Attribution | undefined
     if (event.type === "refreshed") {
       const key = `${event.connectionId}@${event.at}`
@@ -323,7 +317,7 @@ export const createApp = (options: AppOptions): App => {
       }
     }
     const label = await labelOf(event.ownerId, event.connectionId)
-    const text = logEventText(event, label, nameOf(event.providerId), attribution, failedBefore)
+    const text = logEventText(event, label, nameOf(event.providerId), attribution)
     const entry: Views.ActivityEntry = {
       at: event.at,
       seq: event.seq,

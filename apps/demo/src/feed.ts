@@ -22,9 +22,7 @@ export const logEventText = (
   event: LogEvent,
   label: string,
   providerName: string,
-  attribution: Attribution | undefined,
-  /** Failed refresh attempts before this event (a refresh that ends a degraded spell says so). */
-  failedBefore = 0
+  attribution: Attribution | undefined
 ): { readonly kind: "success" | "error" | "info"; readonly text: string } => {
   const who = `${providerName} · ${label}`
   switch (event.type) {
@@ -33,7 +31,7 @@ export const logEventText = (
     case "reconnected":
       return {
         kind: "success",
-        text: `${who}: reconnected${event.data.previousStatus !== "active" ? ` (was ${event.data.previousStatus.replace("_", " ")})` : ""}`
+        text: `${who}: reconnected${event.data.previousState !== "active" ? ` (was ${event.data.previousState.replace("_", " ")})` : ""}`
       }
     case "refreshed": {
       const by =
@@ -45,12 +43,7 @@ export const logEventText = (
             kind: "success",
             text: `${who}: an interrupted refresh recovered${by} (its one resend was accepted); nothing lost`
           }
-        : failedBefore > 0
-          ? {
-              kind: "success",
-              text: `${who}: tokens refreshed${by}; healthy again after ${failedBefore} failed attempt${failedBefore === 1 ? "" : "s"}`
-            }
-          : { kind: "info", text: `${who}: tokens refreshed${by}` }
+        : { kind: "info", text: `${who}: tokens refreshed${by}` }
     }
     case "refresh_failed": {
       const d = event.data
@@ -74,7 +67,7 @@ export const logEventText = (
     case "recovered":
       return {
         kind: "success",
-        text: `${who}: recovered, refreshes work again after ${event.data.failures} failure${event.data.failures === 1 ? "" : "s"}`
+        text: `${who}: healthy again after ${event.data.failures} failed refresh${event.data.failures === 1 ? "" : "es"}`
       }
     case "needs_reauth":
       return event.data.reason === "refresh_interrupted"
@@ -91,7 +84,7 @@ export const logEventText = (
     case "revoked":
       return {
         kind: "error",
-        text: `${who}: access revoked${event.data.source === "app" ? ` at ${providerName}` : ` (${event.data.source})`}`
+        text: `${who}: access revoked${event.data.reason === "revoked_by_user" ? " by the user" : ` at ${providerName}`}`
       }
     case "unlinked":
       return {

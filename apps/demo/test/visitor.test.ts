@@ -238,11 +238,14 @@ describe("what a visitor trips on", () => {
     expect(await card().locator(".pill").textContent()).toBe("Active")
     expect(await card().locator("[data-health-notice]").count()).toBe(0)
     expect(refused()).toBe(4)
+    // The engine's own `recovered` event, in the same write as the new tokens: one failed refresh
+    // (its 4 attempts, each a 503) before.
     await expect
       .poll(() => page.locator("#activity li").first().textContent(), { timeout: 5_000 })
-      .toContain(
-        "HeyGen · jane@example.com: tokens refreshed on request (Refresh now); healthy again after 4 failed attempts"
-      )
+      .toContain("HeyGen · jane@example.com: healthy again after 1 failed refresh")
+    expect(await page.locator("#activity").textContent()).toContain(
+      "HeyGen · jane@example.com: tokens refreshed on request (Refresh now)"
+    )
     // The chart follows the metrics (read every second here): the successful refresh is counted.
     await expect
       .poll(async () => Number(await page.locator("#chart-heygen").getAttribute("data-refreshes")), {

@@ -9,7 +9,7 @@
  * times, counts and the provider's error codes.
  */
 import { randomUUID } from "node:crypto"
-import type { ConnectionKind, ConnectionStatus } from "./Connection.ts"
+import type { ConnectionKind } from "./Connection.ts"
 import type { LatchkeyEvent } from "./Events.ts"
 
 /** The payload of each event type (the `data` field). */
