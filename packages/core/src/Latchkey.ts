@@ -128,11 +128,13 @@ export const layer = (options: LatchkeyOptions): Layer.Layer<LatchkeyServices, u
 
 const build = (
   options: LatchkeyOptions,
-  vaultLayer: Layer.Layer<Vault, unknown>
+  vaultLayer: Layer.Layer<Vault, unknown>,
+  extra: Layer.Layer<never> = Layer.empty
 ): Layer.Layer<LatchkeyServices, unknown> => {
   const clock = options.clock
   const clockLayer = clock === undefined ? Layer.empty : Layer.succeed(Clock.Clock, clockOf(clock))
   const base = Layer.mergeAll(
+    extra,
     clockLayer,
     Providers.layer(options.providers),
     storeLayer(options.store),
@@ -287,7 +289,12 @@ export const markRevoked = Effect.fn("Latchkey.markRevoked")(function* (
 export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
   ProvidersModule.make(options.providers)
   const vault = VaultModule.make(options.vault)
-  const runtime = ManagedRuntime.make(build(options, Layer.succeed(Vault, vault)))
+  // The token cache's counters for telemetry (the cache is made below, before the runtime is built).
+  const cacheStats = Layer.succeed(TelemetryModule.TokenCacheStats, () => ({
+    hits: cache?.hits ?? 0,
+    misses: cache?.misses ?? 0
+  })) as Layer.Layer<never>
+  const runtime = ManagedRuntime.make(build(options, Layer.succeed(Vault, vault), cacheStats))
   const run = async <A, E>(effect: Effect.Effect<A, E, LatchkeyServices>): Promise<A> => {
     const exit = await runtime.runPromiseExit(effect)
     if (Exit.isSuccess(exit)) return exit.value

@@ -11,7 +11,8 @@
  *   `latchkey_refresh_commit_ms` {provider}, `latchkey_refresh_in_doubt_total` {provider, outcome},
  *   `latchkey_lifecycle_events_total` {type}, `latchkey_connections` {status},
  *   `latchkey_api_requests_total` {provider, status}, `latchkey_api_request_duration_ms` {provider},
- *   `latchkey_webhook_deliveries_total` {outcome, status}.
+ *   `latchkey_webhook_deliveries_total` {outcome, status}, `latchkey_token_cache_lookups_total` {result}
+ *   (hit or miss: the Promise API's token cache).
  *
  * No attribute carries a token, a code, a secret or an account's e-mail: ids, statuses, reasons,
  * counts and durations only (the secrets-hygiene suite checks what is exported).
@@ -25,9 +26,9 @@ import * as OtlpTracer from "effect/observability/OtlpTracer"
 import * as PrometheusMetrics from "effect/observability/PrometheusMetrics"
 import { ConnectionStore } from "./ConnectionStore.ts"
 import { Events, type LatchkeyEvent } from "./Events.ts"
-import { metrics, TracePropagation } from "./internal/telemetry.ts"
+import { metrics, TokenCacheStats, TracePropagation } from "./internal/telemetry.ts"
 
-export { metrics, TracePropagation } from "./internal/telemetry.ts"
+export { metrics, TokenCacheStats, TracePropagation } from "./internal/telemetry.ts"
 
 export interface TelemetryOptions {
   /** Export traces and metrics to an OpenTelemetry collector (OTLP over HTTP, JSON). */
@@ -62,8 +63,38 @@ export interface TelemetryOptions {
   readonly statusIntervalMs?: number | undefined
 }
 
+/** What the token-cache counter has been told so far, per cache (the counter takes increments). */
+const told = new WeakMap<object, { hits: number; misses: number }>()
+
+/**
+ * Bring `latchkey_token_cache_lookups_total` {result: hit | miss} up to the cache's own counts (the
+ * cache answers outside the Effect runtime, so it only counts; this records). The hit ratio is
+ * hit / (hit + miss).
+ */
+export const syncTokenCache: Effect.Effect<void> = Effect.gen(function* () {
+  const stats = yield* TokenCacheStats
+  if (stats === undefined) return
+  const { hits, misses } = stats()
+  let synced = told.get(stats)
+  if (synced === undefined) {
+    synced = { hits: 0, misses: 0 }
+    told.set(stats, synced)
+  }
+  const newHits = hits - synced.hits
+  const newMisses = misses - synced.misses
+  synced.hits = hits
+  synced.misses = misses
+  if (newHits > 0) yield* Metric.update(Metric.withAttributes(metrics.tokenCache, { result: "hit" }), newHits)
+  if (newMisses > 0) {
+    yield* Metric.update(Metric.withAttributes(metrics.tokenCache, { result: "miss" }), newMisses)
+  }
+})
+
 /** The metrics of this process in the Prometheus text format. */
-export const prometheusText: Effect.Effect<string> = PrometheusMetrics.format()
+export const prometheusText: Effect.Effect<string> = Effect.andThen(
+  syncTokenCache,
+  PrometheusMetrics.format()
+)
 
 const record = (event: LatchkeyEvent): Effect.Effect<void> =>
   Effect.gen(function* () {
@@ -209,6 +240,9 @@ export const layer = (options: TelemetryOptions): Layer.Layer<never, never, Even
         yield* Effect.forkScoped(
           Effect.forever(Effect.andThen(Effect.ignore(countStatuses), Effect.sleep(every)))
         )
+      }
+      if ((yield* TokenCacheStats) !== undefined) {
+        yield* Effect.forkScoped(Effect.forever(Effect.andThen(syncTokenCache, Effect.sleep("1 second"))))
       }
       const prometheus = options.prometheus
       if (typeof prometheus === "object") yield* serve(prometheus)

@@ -207,6 +207,32 @@ describe("telemetry (OTLP and Prometheus)", () => {
     ).toEqual([])
   }, 30_000)
 
+  it("the token cache's hit ratio: lookups by result in the metrics", async () => {
+    const latchkey = createLatchkey({
+      providers: [exampleProvider(server)],
+      vault: { plaintext: true },
+      telemetry: { prometheus: true }
+    })
+    try {
+      const connection = await link(latchkey, "carol")
+      const count = (text: string, result: string) =>
+        Number(
+          new RegExp(
+            `^latchkey_token_cache_lookups_total\\{[^}]*result="${result}"[^}]*\\} (\\d+)`,
+            "m"
+          ).exec(text)?.[1] ?? 0
+        )
+      const before = await latchkey.metrics()
+      const token = await latchkey.accessToken(connection.id) // through the engine: a miss, then cached
+      for (let i = 0; i < 5; i++) expect(await latchkey.accessToken(connection.id)).toBe(token)
+      const after = await latchkey.metrics()
+      expect(count(after, "miss") - count(before, "miss")).toBe(1)
+      expect(count(after, "hit") - count(before, "hit")).toBe(5)
+    } finally {
+      await latchkey.close()
+    }
+  })
+
   it("off by default: no traceparent in provider requests", async () => {
     const apiHeaders: Array<Headers> = []
     const latchkey = createLatchkey({

@@ -6,6 +6,14 @@
  */
 import { Cause, Clock, Context, Effect, Exit, Metric, Option } from "effect"
 
+/**
+ * The Promise API's token-cache counters (`createLatchkey` provides them; absent for Effect users,
+ * whose `TokenManager.accessToken` is not cached).
+ */
+export const TokenCacheStats = Context.Reference<
+  (() => { readonly hits: number; readonly misses: number }) | undefined
+>("@latchkey/core/TokenCacheStats", { defaultValue: () => undefined })
+
 /** True when telemetry is on: provider requests then carry `traceparent`. */
 export const TracePropagation = Context.Reference<boolean>("@latchkey/core/TracePropagation", {
   defaultValue: () => false
@@ -43,6 +51,11 @@ export const metrics = {
   }),
   webhookDeliveries: Metric.counter("latchkey_webhook_deliveries_total", {
     description: "Webhook delivery attempts, by outcome (delivered, retry, dead_letter) and event type",
+    incremental: true
+  }),
+  tokenCache: Metric.counter("latchkey_token_cache_lookups_total", {
+    description:
+      "Promise API token-cache lookups, by result (hit: answered from the cache; miss: through the engine)",
     incremental: true
   }),
   apiDuration: Metric.histogram("latchkey_api_request_duration_ms", {
