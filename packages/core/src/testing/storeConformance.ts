@@ -13,7 +13,7 @@ import { storeEvents } from "./storeEvents.ts"
 import { storeFaults } from "./storeFaults.ts"
 import { storeFleet } from "./storeFleet.ts"
 import type { ConformanceTokenServer, OpenedStore, StoreConformanceOptions } from "./storeKit.ts"
-import { startStoreWorker } from "./storeKit.ts"
+import { startStoreWorker, unreachableProvider, withStore } from "./storeKit.ts"
 
 export type { ConformanceProviderSettings, StoreOpener, WorkerSettings } from "./storeConformanceWorker.ts"
 export {
@@ -54,35 +54,6 @@ export const sampleRecord = (id: string, patch: Partial<ConnectionRecord> = {}):
   refreshDueAt: 50,
   ...patch
 })
-
-/** Open a store for one test and always close it. */
-const withStore = async (
-  options: StoreConformanceOptions,
-  f: (store: ConnectionStoreShape, opened: OpenedStore) => Promise<void>
-) => {
-  const opened = await options.open()
-  try {
-    await f(opened.store, opened)
-  } finally {
-    await opened.close()
-  }
-}
-
-const dummyProvider = () =>
-  Provider.make({
-    id: "p",
-    name: "Rotation test provider",
-    clientId: "client",
-    clientSecret: "unused-secret",
-    clientAuth: "client_secret_basic",
-    endpoints: {
-      issuer: "http://127.0.0.1:9",
-      authorization: "http://127.0.0.1:9/authorize",
-      token: "http://127.0.0.1:9/token"
-    },
-    redirectUri: "http://127.0.0.1:9/callback",
-    identify: async () => ({ accountId: "unused", label: "unused" })
-  })
 
 /** A decoded connection with a valid access token (so reading it never calls a provider). */
 const sampleConnection = (id: string, now: number): Connection => ({
@@ -494,7 +465,11 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
           }
 
           // A Latchkey instance holding only the new key serves every token.
-          const lk = createLatchkey({ providers: [dummyProvider()], store, vault: { keys: [keyB] } })
+          const lk = createLatchkey({
+            providers: [unreachableProvider("Rotation test provider")],
+            store,
+            vault: { keys: [keyB] }
+          })
           try {
             for (const c of connections) {
               expect(await lk.accessToken(c.id)).toBe(Redacted.value(c.tokens.accessToken))
@@ -504,7 +479,7 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
           }
           // Nothing left to do the second time (here through the Promise API's `run`).
           const again = createLatchkey({
-            providers: [dummyProvider()],
+            providers: [unreachableProvider("Rotation test provider")],
             store,
             vault: { keys: [keyA, keyB], writeKeyId: "key-b" }
           })
@@ -565,7 +540,11 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
             ["no key", { keys: [] }]
           ]
           for (const [label, vault] of readers) {
-            const lk = createLatchkey({ providers: [dummyProvider()], store, vault })
+            const lk = createLatchkey({
+              providers: [unreachableProvider("Rotation test provider")],
+              store,
+              vault
+            })
             try {
               const outcomes = await Promise.all(
                 [good, tampered, truncated].map((c) =>

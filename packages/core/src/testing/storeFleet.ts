@@ -11,42 +11,12 @@ import type { Connection, ConnectionRecord } from "../Connection.ts"
 import * as ConnectionModule from "../Connection.ts"
 import type { ConnectionStoreShape, StoreChange } from "../ConnectionStore.ts"
 import { createLatchkey, markRevoked } from "../Latchkey.ts"
-import * as Provider from "../Provider.ts"
 import * as Vault from "../Vault.ts"
 import { openWithOpener } from "./storeConformanceWorker.ts"
-import type { OpenedStore, StoreConformanceOptions } from "./storeKit.ts"
+import { type StoreConformanceOptions, unreachableProvider, withStore } from "./storeKit.ts"
 
 const run = <A, E>(effect: Effect.Effect<A, E>) => Effect.runPromise(effect)
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-
-const withStore = async (
-  options: StoreConformanceOptions,
-  f: (store: ConnectionStoreShape, opened: OpenedStore) => Promise<void>
-) => {
-  const opened = await options.open()
-  try {
-    await f(opened.store, opened)
-  } finally {
-    await opened.close()
-  }
-}
-
-/** A provider nobody answers for: a refresh through it fails fast (nothing listens on port 9). */
-const unreachableProvider = () =>
-  Provider.make({
-    id: "p",
-    name: "Token cache test provider",
-    clientId: "client",
-    clientSecret: "unused-secret",
-    clientAuth: "client_secret_basic",
-    endpoints: {
-      issuer: "http://127.0.0.1:9",
-      authorization: "http://127.0.0.1:9/authorize",
-      token: "http://127.0.0.1:9/token"
-    },
-    redirectUri: "http://127.0.0.1:9/callback",
-    identify: async () => ({ accountId: "unused", label: "unused" })
-  })
 
 const HOUR = 3_600_000
 
@@ -220,7 +190,7 @@ export const storeFleet = (
         const start = Date.now()
         let now = start
         const lk = createLatchkey({
-          providers: [unreachableProvider()],
+          providers: [unreachableProvider("Token cache test provider")],
           store,
           vault: vaultOptions,
           clock: () => now,
@@ -299,7 +269,7 @@ export const storeFleet = (
           const start = Date.now()
           // Trusted for an hour without a channel: only an announcement can make it see the change.
           const lk = createLatchkey({
-            providers: [unreachableProvider()],
+            providers: [unreachableProvider("Token cache test provider")],
             store,
             vault: vaultOptions,
             tokenCache: { maxStaleMs: HOUR }

@@ -6,7 +6,7 @@ import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process"
 import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
 import type { ConnectionStoreShape } from "../ConnectionStore.ts"
-import type * as Provider from "../Provider.ts"
+import * as Provider from "../Provider.ts"
 import type { ConformanceProviderSettings, StoreOpener, WorkerSettings } from "./storeConformanceWorker.ts"
 
 /** A store the suite opened: fresh and empty, with its own file, schema or key prefix. */
@@ -128,3 +128,33 @@ export const startStoreWorker = (settings: WorkerSettings): WorkerHandle => {
   result.catch(() => {})
   return { child, ready, result, exited, lines: printed }
 }
+
+/** Open a store for one test and always close it. */
+export const withStore = async (
+  options: StoreConformanceOptions,
+  f: (store: ConnectionStoreShape, opened: OpenedStore) => Promise<void>
+) => {
+  const opened = await options.open()
+  try {
+    await f(opened.store, opened)
+  } finally {
+    await opened.close()
+  }
+}
+
+/** A provider nobody answers for (nothing listens on port 9): a refresh through it fails fast. */
+export const unreachableProvider = (name = "Store suite provider") =>
+  Provider.make({
+    id: "p",
+    name,
+    clientId: "client",
+    clientSecret: "unused-secret",
+    clientAuth: "client_secret_basic",
+    endpoints: {
+      issuer: "http://127.0.0.1:9",
+      authorization: "http://127.0.0.1:9/authorize",
+      token: "http://127.0.0.1:9/token"
+    },
+    redirectUri: "http://127.0.0.1:9/callback",
+    identify: async () => ({ accountId: "unused", label: "unused" })
+  })
