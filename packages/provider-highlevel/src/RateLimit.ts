@@ -12,7 +12,7 @@
  * apart on the store's clock), and a spent window or a 429 seen by one holds the budget for all.
  */
 import { createHash } from "node:crypto"
-import type { ConnectionStore } from "@latchkey/core"
+import type { ConnectionStore } from "@latchkey/core/provider"
 import { Effect } from "effect"
 import { API_URL } from "./internal.ts"
 
