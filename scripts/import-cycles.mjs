@@ -2,6 +2,8 @@
 // The import graph of each package's src/ — type-only imports included — must have no cycle: a
 // module that depends on itself through others cannot be understood, tested or moved on its own.
 // Prints each cycle found (as a path) and exits 1; prints one line per package and exits 0 otherwise.
+// Also: a provider package (packages/provider-*, examples/provider-*) imports core only through its
+// provider-facing entry points (`@latchkey/core/provider`, `/sandbox`, `/testing`), never the engine.
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs"
 import { dirname, join, normalize, relative } from "node:path"
 
@@ -24,8 +26,24 @@ const filesOf = (dir) =>
     return /\.(ts|mts|tsx)$/.test(name) && !name.endsWith(".d.ts") ? [path] : []
   })
 
+const CORE = /(?:from|import)\s*\(?\s*["']@latchkey\/core(\/[^"']*)?["']/g
+const PROVIDER_ENTRIES = new Set(["/provider", "/sandbox", "/testing"])
+
 let failed = false
 for (const src of packages) {
+  const pkg = relative(root, dirname(src))
+  if (/(^|\/)provider-[^/]+$/.test(pkg)) {
+    for (const file of filesOf(src)) {
+      for (const match of readFileSync(file, "utf8").matchAll(CORE)) {
+        if (!PROVIDER_ENTRIES.has(match[1] ?? "")) {
+          failed = true
+          console.error(
+            `provider import   ${relative(root, file)}: "@latchkey/core${match[1] ?? ""}" (use @latchkey/core/provider)`
+          )
+        }
+      }
+    }
+  }
   const files = new Set(filesOf(src))
   const graph = new Map()
   for (const file of files) {
