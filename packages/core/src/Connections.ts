@@ -235,9 +235,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
       // Decoded connections by id, reused while the stored record is unchanged (the hot path).
       // Least recently used first out, so a process cycling over more connections than it keeps still
       // reuses the recent ones instead of starting over.
-      const cache = new Lru<string, { readonly record: ConnectionRecord; readonly connection: Connection }>(
-        config.decodedCacheSize ?? 10_000
-      )
+      const cache = new Lru<string, ConnectionModule.Stored>(config.decodedCacheSize ?? 10_000)
 
       const decode = (record: ConnectionRecord): Effect.Effect<Connection, VaultError> => {
         const hit = cache.get(record.id)
@@ -280,12 +278,20 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
         }
       }
 
-      const recordOf = (c: Connection): ConnectionRecord =>
-        ConnectionModule.toRecord(
+      /**
+       * The record to write for `c`. `from` is the copy `c` was derived from: when it is the decoded
+       * form of a record this process read or wrote (the cache holds both), the fields that did not
+       * change keep their ciphertext (see `Connection.toRecord`).
+       */
+      const recordOf = (c: Connection, from?: Connection): ConnectionRecord => {
+        const hit = from === undefined ? undefined : cache.peek(from.id)
+        return ConnectionModule.toRecord(
           vault,
           c,
-          refreshDueAt(c.tokens, c.status, config, c.kind, c.failures?.nextAttemptAt)
+          refreshDueAt(c.tokens, c.status, config, c.kind, c.failures?.nextAttemptAt),
+          hit !== undefined && hit.connection === from ? hit : undefined
         )
+      }
 
       const listOf = (attached: AttachedEvents, written: Connection): ReadonlyArray<LatchkeyEvent> =>
         typeof attached === "function" ? attached(written) : attached
@@ -379,7 +385,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           if (Result.isFailure(change)) return Result.fail(change.failure)
           if (change.success._tag === "Keep") return Result.succeed({ connection: current, written: false })
           const next = derive(change.success.next, current.version + 1, now, current.status === "active")
-          const record = recordOf(next)
+          const record = recordOf(next, current)
           tried = { record, connection: next, events: change.success.events }
           const wrote = yield* store
             .update(record, current.version, durable(listOf(change.success.events, next)))

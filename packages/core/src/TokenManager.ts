@@ -1247,7 +1247,12 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           inflight.set(id, flight)
           const leader = refreshWithLease(flight, id, need).pipe(
             Effect.onExit((exit) => Effect.annotateCurrentSpan(spanAttributes(flight.trace, exit))),
-            Effect.withSpan("TokenManager.refresh", { attributes: { "latchkey.connection_id": id } }),
+            Effect.withSpan(
+              "TokenManager.refresh",
+              { attributes: { "latchkey.connection_id": id } },
+              // No stack trace: an Error per refresh, for a span whose attributes say what it is.
+              { captureStackTrace: false }
+            ),
             Effect.exit,
             Effect.flatMap((exit) =>
               Effect.sync(() => {
