@@ -73,9 +73,13 @@ export interface ModifyOptions {
   /**
    * When to retry a conflict or a retryable store failure (the schedule's input is the `StoreError`).
    * Default `defaultRetry`. The refresh engine passes an unbounded one for the write of tokens a
-   * provider already rotated (they must not be dropped while the process lives).
+   * provider already rotated (they must not be dropped while the process lives). A function is
+   * called for the schedule only when the first attempt fails.
    */
-  readonly retry?: Schedule.Schedule<unknown, StoreError> | undefined
+  readonly retry?:
+    | Schedule.Schedule<unknown, StoreError>
+    | (() => Schedule.Schedule<unknown, StoreError>)
+    | undefined
   /**
    * Monotonic nanoseconds when the provider answered: `refreshed` events attached to the write get
    * `commitMs`, the time from that answer to the durable write.
@@ -213,10 +217,29 @@ export const resealWith =
         return Result.succeed(true)
       }
     )
-    return attempt.pipe(Effect.retry(options?.retry ?? defaultRetry), Effect.flatMap(Effect.fromResult))
+    return retrying(attempt, options?.retry ?? defaultRetry).pipe(Effect.flatMap(Effect.fromResult))
   }
 
 const notFound = (id: string) => new ConnectionNotFound({ connectionId: id, message: `No connection ${id}` })
+
+/**
+ * `Effect.retry(attempt, schedule)`, with the schedule set up only once the first attempt failed
+ * (most writes succeed at once, and a schedule's state costs more than the write of a memory store):
+ * the schedule sees the same failures in the same order and waits the same delays.
+ */
+const retrying = <A>(
+  attempt: Effect.Effect<A, StoreError>,
+  schedule: Schedule.Schedule<unknown, StoreError> | (() => Schedule.Schedule<unknown, StoreError>)
+): Effect.Effect<A, StoreError> =>
+  Effect.catch(attempt, (first) => {
+    let replayed = false
+    const again = Effect.suspend(() => {
+      if (replayed) return attempt
+      replayed = true
+      return Effect.fail(first)
+    })
+    return Effect.retry(again, typeof schedule === "function" ? schedule() : schedule)
+  })
 
 /** A store failure the schedule may retry (a conflict, or one the store says is retryable). */
 const retryable = (e: StoreError) => e.reason === "conflict" || e.isRetryable
@@ -398,7 +421,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           yield* publish(change.success.events, next, options?.answeredNs)
           return Result.succeed({ connection: next, written: true })
         })
-        return attempt.pipe(Effect.retry(options?.retry ?? defaultRetry), Effect.flatMap(Effect.fromResult))
+        return retrying(attempt, options?.retry ?? defaultRetry).pipe(Effect.flatMap(Effect.fromResult))
       }
 
       const replace = (
@@ -461,7 +484,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           yield* publish(attached(row), next, undefined)
           return Result.succeed(next)
         })
-        return attempt.pipe(Effect.retry(defaultRetry), Effect.flatMap(Effect.fromResult))
+        return retrying(attempt, defaultRetry).pipe(Effect.flatMap(Effect.fromResult))
       }
 
       const reseal = resealWith(store, vault)
