@@ -1174,7 +1174,6 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         return yield* sendAndCommit(flight, provider, journaled.success, refreshToken, keeper, false)
       })
 
-      /** Win the lease (or see someone else's refresh land), then refresh. */
       /**
        * The copy to refresh from, once the lease is won: the store's, read again (another process may
        * have refreshed while we waited) — or the record the caller read before the lease (`claimed`),
@@ -1205,6 +1204,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         )
       }
 
+      /** Win the lease (or see someone else's refresh land), then refresh. */
       const refreshWithLease = Effect.fnUntraced(function* (
         flight: Flight,
         id: string,
