@@ -7,6 +7,10 @@
  * `--quick`: CI-sized runs (fewer connections, trials and sizes; every figure still present, each
  * section says its sizes). Environment: BENCH_CONCURRENCY (a comma-separated list of background
  * refresh concurrencies, default 8,32,128).
+ *
+ * `--only <sections>`: run only these sections (comma-separated, e.g. `--only storm,background`),
+ * for profiling and quick comparisons; the figures go to bench/results.only.json (results.json
+ * always holds a complete run).
  */
 import { existsSync } from "node:fs"
 import { writeFile } from "node:fs/promises"
@@ -24,6 +28,27 @@ import { benchStorm, type StormResult } from "./storm.ts"
 
 const startedAt = performance.now()
 const quick = process.argv.includes("--quick")
+const SECTIONS = [
+  "hotPath",
+  "storm",
+  "naive",
+  "background",
+  "fleet",
+  "stores",
+  "staleness",
+  "scale",
+  "inDoubtWindow"
+] as const
+type Section = (typeof SECTIONS)[number]
+const onlyAt = process.argv.indexOf("--only")
+const only: ReadonlySet<string> | undefined =
+  onlyAt === -1 ? undefined : new Set((process.argv[onlyAt + 1] ?? "").split(",").filter((s) => s !== ""))
+if (only !== undefined) {
+  const unknown = [...only].filter((s) => !(SECTIONS as ReadonlyArray<string>).includes(s))
+  if (only.size === 0 || unknown.length > 0)
+    throw new Error(`--only takes a comma-separated list of sections among ${SECTIONS.join(", ")}`)
+}
+const want = (section: Section) => only === undefined || only.has(section)
 const concurrencies = (process.env.BENCH_CONCURRENCY ?? "8,32,128").split(",").map(Number)
 if (concurrencies.some((c) => !Number.isInteger(c) || c < 1)) {
   throw new Error("BENCH_CONCURRENCY must be a comma-separated list of positive integers")
@@ -32,16 +57,17 @@ const backgroundConnections = quick ? 1_000 : 5_000
 
 interface Results {
   readonly meta: Record<string, unknown>
-  readonly hotPath: HotPathResult & {
+  // Every section is present in a full run; `--only` leaves the others out.
+  readonly hotPath?: HotPathResult & {
     /** Per store: accessToken vs the raw driver read of the same row (from the `stores` section). */
     readonly perStore?: Record<
       string,
       { ratio: number; opsPerSec: number; rawReadOpsPerSec: number } | { error: string }
     >
   }
-  readonly storm: StormResult
-  readonly naive: { readonly openidClient: NaiveResult; readonly simpleOauth2: NaiveResult }
-  readonly background: {
+  readonly storm?: StormResult
+  readonly naive?: { readonly openidClient: NaiveResult; readonly simpleOauth2: NaiveResult }
+  readonly background?: {
     readonly connections: number
     readonly ratios: Record<string, number>
     readonly byConcurrency: Record<string, BackgroundResult>
@@ -53,53 +79,63 @@ interface Results {
   readonly inDoubtWindow?: InDoubtResult
 }
 
-const server = await startBenchServer(REDIRECT)
-let results: Results
-try {
-  progress("hotPath", "accessToken on a valid token vs a raw read of the same store")
-  const hotPath = await benchHotPath(server)
-  progress("storm", "1,000 concurrent callers on one expired connection")
-  const storm = await benchStorm(server)
-  progress("naive", "the same storm with openid-client alone and with simple-oauth2")
-  const openidClient = await benchNaiveOpenidClient(server)
-  const simpleOauth2 = await benchNaiveSimpleOauth2(server)
-  const byConcurrency: Record<string, BackgroundResult> = {}
-  for (const c of concurrencies) {
-    progress(
-      "background",
-      `the Refresher on ${backgroundConnections} due connections vs a raw refresh loop, concurrency ${c}`
-    )
-    byConcurrency[c] = await benchBackground(server, c, backgroundConnections)
+let results: Results = {
+  meta: {
+    date: new Date().toISOString(),
+    node: process.version,
+    cpus: availableParallelism(),
+    cpuModel: cpus()[0]?.model ?? "unknown",
+    server: "oidc-provider (rotateRefreshToken: true) in a worker thread, 127.0.0.1",
+    quick,
+    ...(only !== undefined ? { only: [...only] } : {})
   }
-  const background = {
-    connections: backgroundConnections,
-    ratios: Object.fromEntries(Object.entries(byConcurrency).map(([c, r]) => [c, r.throughputRatio])),
-    byConcurrency
+}
+if (want("hotPath") || want("storm") || want("naive") || want("background") || want("fleet")) {
+  const server = await startBenchServer(REDIRECT)
+  try {
+    if (want("hotPath")) {
+      progress("hotPath", "accessToken on a valid token vs a raw read of the same store")
+      results = { ...results, hotPath: await benchHotPath(server) }
+    }
+    if (want("storm")) {
+      progress("storm", "1,000 concurrent callers on one expired connection")
+      results = { ...results, storm: await benchStorm(server) }
+    }
+    if (want("naive")) {
+      progress("naive", "the same storm with openid-client alone and with simple-oauth2")
+      const openidClient = await benchNaiveOpenidClient(server)
+      const simpleOauth2 = await benchNaiveSimpleOauth2(server)
+      results = { ...results, naive: { openidClient, simpleOauth2 } }
+    }
+    if (want("background")) {
+      const byConcurrency: Record<string, BackgroundResult> = {}
+      for (const c of concurrencies) {
+        progress(
+          "background",
+          `the Refresher on ${backgroundConnections} due connections vs a raw refresh loop, concurrency ${c}`
+        )
+        byConcurrency[c] = await benchBackground(server, c, backgroundConnections)
+      }
+      const background = {
+        connections: backgroundConnections,
+        ratios: Object.fromEntries(Object.entries(byConcurrency).map(([c, r]) => [c, r.throughputRatio])),
+        byConcurrency
+      }
+      results = { ...results, background }
+    }
+    if (want("fleet")) {
+      progress("fleet", "1, 2 and 4 processes sweeping one PostgreSQL / Redis store")
+      results = { ...results, fleet: await benchFleet(server, quick, availableParallelism()) }
+    }
+  } finally {
+    await server.close()
   }
-  progress("fleet", "1, 2 and 4 processes sweeping one PostgreSQL / Redis store")
-  const fleet = await benchFleet(server, quick, availableParallelism())
-
-  results = {
-    meta: {
-      date: new Date().toISOString(),
-      node: process.version,
-      cpus: availableParallelism(),
-      cpuModel: cpus()[0]?.model ?? "unknown",
-      server: "oidc-provider (rotateRefreshToken: true) in a worker thread, 127.0.0.1",
-      quick
-    },
-    hotPath,
-    storm,
-    naive: { openidClient, simpleOauth2 },
-    background,
-    fleet
-  }
-} finally {
-  await server.close()
 }
 
 let stores: unknown
-if (existsSync(new URL("./stores.ts", import.meta.url))) {
+if (!want("stores")) {
+  // left out by --only
+} else if (existsSync(new URL("./stores.ts", import.meta.url))) {
   progress("stores", "running bench/stores.ts")
   try {
     const module = (await import("./stores.ts" as string)) as { benchStores: () => Promise<unknown> }
@@ -127,23 +163,34 @@ if (stores !== undefined) {
             rawReadOpsPerSec: Number(r.rawReadOpsPerSec)
           }
   }
-  results = { ...results, stores, hotPath: { ...results.hotPath, perStore } }
+  results =
+    results.hotPath === undefined
+      ? { ...results, stores }
+      : { ...results, stores, hotPath: { ...results.hotPath, perStore } }
 }
 
-progress("staleness", "another instance replaces / revokes a token: how long this one serves the old one")
-results = { ...results, staleness: await benchStaleness(quick) }
-progress("scale", quick ? "10k and 100k connections (quick)" : "10k, 100k and 1M connections")
-results = { ...results, scale: await benchScale(quick) }
-
-progress(
-  "inDoubtWindow",
-  "provider answer -> durable write, per store, 500 callers x 100 connections x 5 rounds"
-)
-results = { ...results, inDoubtWindow: await benchInDoubtWindow() }
+if (want("staleness")) {
+  progress("staleness", "another instance replaces / revokes a token: how long this one serves the old one")
+  results = { ...results, staleness: await benchStaleness(quick) }
+}
+if (want("scale")) {
+  progress("scale", quick ? "10k and 100k connections (quick)" : "10k, 100k and 1M connections")
+  results = { ...results, scale: await benchScale(quick) }
+}
+if (want("inDoubtWindow")) {
+  progress(
+    "inDoubtWindow",
+    "provider answer -> durable write, per store, 500 callers x 100 connections x 5 rounds"
+  )
+  results = { ...results, inDoubtWindow: await benchInDoubtWindow() }
+}
 
 const totalSeconds = round((performance.now() - startedAt) / 1000, 1)
 results = { ...results, meta: { ...results.meta, totalSeconds } }
-await writeFile(new URL("./results.json", import.meta.url), `${JSON.stringify(results, null, 2)}\n`)
+await writeFile(
+  new URL(only === undefined ? "./results.json" : "./results.only.json", import.meta.url),
+  `${JSON.stringify(results, null, 2)}\n`
+)
 
 // ---- the table ----
 const rows: Array<[string, string, string]> = []
@@ -151,42 +198,54 @@ const fmt = (v: unknown): string =>
   typeof v === "number" ? (Number.isInteger(v) ? v.toLocaleString("en-US") : String(v)) : String(v)
 const add = (section: string, metric: string, value: unknown) => rows.push([section, metric, fmt(value)])
 const { hotPath, storm, naive, background } = results
-add("hotPath", "accessToken ops/s", hotPath.opsPerSec)
-add("hotPath", "accessToken p50 / p99 (µs)", `${hotPath.p50Us} / ${hotPath.p99Us}`)
-add("hotPath", "raw store.get ops/s", hotPath.rawReadOpsPerSec)
-add("hotPath", "raw store.get p50 / p99 (µs)", `${hotPath.rawReadP50Us} / ${hotPath.rawReadP99Us}`)
-add("hotPath", "ratio (accessToken / raw read)", hotPath.ratio)
-add(
-  "hotPath",
-  "Effect level: ops/s vs raw (ratio)",
-  `${fmt(hotPath.effectLevel.opsPerSec)} vs ${fmt(hotPath.effectLevel.rawReadOpsPerSec)} (${hotPath.effectLevel.ratio})`
-)
-add("storm", "callers", storm.callers)
-add("storm", "refresh calls at the server", storm.refreshCalls)
-add("storm", "grant survived", storm.grantSurvived)
-add("storm", "wall (ms)", storm.wallMs)
-add("storm", "one raw refresh round trip (ms)", storm.oneRefreshMs)
-add("storm", "wall / one refresh", storm.wallRatio)
-add("storm", "callers failed / distinct tokens", `${storm.callersFailed} / ${storm.distinctTokens}`)
-for (const [name, r] of [
-  ["openid-client alone", naive.openidClient],
-  ["simple-oauth2", naive.simpleOauth2]
-] as const) {
-  add("naive", `${name}: refresh calls`, r.refreshCalls)
-  add("naive", `${name}: grant survived`, r.grantSurvived)
-  add("naive", `${name}: callers failed`, r.callersFailed)
-}
-add("background", "connections (all due)", background.connections)
-for (const [c, b] of Object.entries(background.byConcurrency)) {
+if (hotPath !== undefined) {
+  add("hotPath", "accessToken ops/s", hotPath.opsPerSec)
+  add("hotPath", "accessToken p50 / p99 (µs)", `${hotPath.p50Us} / ${hotPath.p99Us}`)
+  add("hotPath", "raw store.get ops/s", hotPath.rawReadOpsPerSec)
+  add("hotPath", "raw store.get p50 / p99 (µs)", `${hotPath.rawReadP50Us} / ${hotPath.rawReadP99Us}`)
+  add("hotPath", "ratio (accessToken / raw read)", hotPath.ratio)
   add(
-    "background",
-    `C=${c}: Refresher s (refreshes/s) vs raw s (refreshes/s)`,
-    `${b.seconds} (${fmt(b.refreshesPerSec)}) vs ${b.raw.seconds} (${fmt(b.raw.refreshesPerSec)})`
+    "hotPath",
+    "Effect level: ops/s vs raw (ratio)",
+    `${fmt(hotPath.effectLevel.opsPerSec)} vs ${fmt(hotPath.effectLevel.rawReadOpsPerSec)} (${hotPath.effectLevel.ratio})`
   )
-  add("background", `C=${c}: refreshed / failed / still due`, `${b.refreshed} / ${b.failed} / ${b.stillDue}`)
-  add("background", `C=${c}: throughput ratio (Refresher / raw)`, b.throughputRatio)
 }
-for (const [name, r] of Object.entries(results.hotPath.perStore ?? {})) {
+if (storm !== undefined) {
+  add("storm", "callers", storm.callers)
+  add("storm", "refresh calls at the server", storm.refreshCalls)
+  add("storm", "grant survived", storm.grantSurvived)
+  add("storm", "wall (ms)", storm.wallMs)
+  add("storm", "one raw refresh round trip (ms)", storm.oneRefreshMs)
+  add("storm", "wall / one refresh", storm.wallRatio)
+  add("storm", "callers failed / distinct tokens", `${storm.callersFailed} / ${storm.distinctTokens}`)
+}
+if (naive !== undefined) {
+  for (const [name, r] of [
+    ["openid-client alone", naive.openidClient],
+    ["simple-oauth2", naive.simpleOauth2]
+  ] as const) {
+    add("naive", `${name}: refresh calls`, r.refreshCalls)
+    add("naive", `${name}: grant survived`, r.grantSurvived)
+    add("naive", `${name}: callers failed`, r.callersFailed)
+  }
+}
+if (background !== undefined) {
+  add("background", "connections (all due)", background.connections)
+  for (const [c, b] of Object.entries(background.byConcurrency)) {
+    add(
+      "background",
+      `C=${c}: Refresher s (refreshes/s) vs raw s (refreshes/s)`,
+      `${b.seconds} (${fmt(b.refreshesPerSec)}) vs ${b.raw.seconds} (${fmt(b.raw.refreshesPerSec)})`
+    )
+    add(
+      "background",
+      `C=${c}: refreshed / failed / still due`,
+      `${b.refreshed} / ${b.failed} / ${b.stillDue}`
+    )
+    add("background", `C=${c}: throughput ratio (Refresher / raw)`, b.throughputRatio)
+  }
+}
+for (const [name, r] of Object.entries(results.hotPath?.perStore ?? {})) {
   add(
     "hotPath",
     `${name}: ratio (accessToken / raw driver read)`,
@@ -233,12 +292,14 @@ for (const r of rows) {
   out.push(line([r[0] === previous ? "" : r[0], r[1], r[2]]))
   previous = r[0]
 }
-process.stdout.write(`\n${out.join("\n")}\n\nresults written to bench/results.json\n`)
+process.stdout.write(
+  `\n${out.join("\n")}\n\nresults written to bench/${only === undefined ? "results.json" : "results.only.json"}\n`
+)
 
 const failures: Array<string> = []
-if (storm.refreshCalls !== 1)
+if (storm !== undefined && storm.refreshCalls !== 1)
   failures.push(`storm made ${storm.refreshCalls} refresh calls (expected exactly 1)`)
-if (!storm.grantSurvived) failures.push("the grant did not survive the storm")
+if (storm !== undefined && !storm.grantSurvived) failures.push("the grant did not survive the storm")
 for (const [store, w] of Object.entries(results.inDoubtWindow ?? {})) {
   if (!("error" in w) && w.sentTwice !== 0)
     failures.push(`inDoubtWindow ${store}: ${w.sentTwice} refresh tokens sent twice`)

@@ -330,8 +330,44 @@ export const summary = (c: Connection): ConnectionSummary => ({
   health: healthOf(c)
 })
 
-export const toRecord = (vault: VaultShape, c: Connection, refreshDueAt: number | null): ConnectionRecord => {
+/** A connection and the stored record it was read from (or written as). */
+export interface Stored {
+  readonly record: ConnectionRecord
+  readonly connection: Connection
+}
+
+/**
+ * The record of `c`, its token fields sealed by the vault. With `base` (the stored form of the copy
+ * `c` was derived from), a refresh token or extras that did not change keep their ciphertext when it
+ * is sealed with the vault's write key (the same value, sealed the same way: nothing to seal again);
+ * the access token is always sealed afresh, so that every record written has a ciphertext of its
+ * own (a write whose answer was lost is recognised by it).
+ */
+export const toRecord = (
+  vault: VaultShape,
+  c: Connection,
+  refreshDueAt: number | null,
+  base?: Stored | undefined
+): ConnectionRecord => {
   const ctx = (field: string) => ({ connectionId: c.id, field })
+  const prior =
+    base !== undefined && base.record.id === c.id && base.record.version === base.connection.version
+      ? base
+      : undefined
+  const current = (sealed: string | null): sealed is string =>
+    sealed !== null && vault.keyIdOf(sealed) === vault.writeKeyId
+  const refresh = c.tokens.refreshToken
+  const priorRefresh = prior?.connection.tokens.refreshToken
+  const sameRefresh =
+    refresh !== undefined &&
+    priorRefresh !== undefined &&
+    (refresh === priorRefresh || Redacted.value(refresh) === Redacted.value(priorRefresh)) &&
+    current(prior!.record.refreshToken)
+  const sameExtras =
+    prior !== undefined &&
+    c.tokens.extras === prior.connection.tokens.extras &&
+    c.tokens.dpopKey === prior.connection.tokens.dpopKey &&
+    current(prior.record.extras)
   return {
     id: c.id,
     ownerId: c.ownerId,
@@ -348,22 +384,26 @@ export const toRecord = (vault: VaultShape, c: Connection, refreshDueAt: number 
     profile: c.profile ? { ...c.profile } : null,
     accessToken: vault.seal(Redacted.value(c.tokens.accessToken), ctx("accessToken")),
     refreshToken:
-      c.tokens.refreshToken === undefined
+      refresh === undefined
         ? null
-        : vault.seal(Redacted.value(c.tokens.refreshToken), ctx("refreshToken")),
+        : sameRefresh
+          ? prior!.record.refreshToken
+          : vault.seal(Redacted.value(refresh), ctx("refreshToken")),
     tokenType: c.tokens.tokenType,
     obtainedAt: c.tokens.obtainedAt,
     expiresAt: c.tokens.expiresAt ?? null,
     refreshExpiresAt: c.tokens.refreshExpiresAt ?? null,
     scopes: [...c.tokens.scopes],
-    extras: vault.seal(
-      JSON.stringify(
-        c.tokens.dpopKey === undefined
-          ? c.tokens.extras
-          : { ...c.tokens.extras, [Dpop.EXTRAS_KEY]: c.tokens.dpopKey }
-      ),
-      ctx("extras")
-    ),
+    extras: sameExtras
+      ? prior.record.extras
+      : vault.seal(
+          JSON.stringify(
+            c.tokens.dpopKey === undefined
+              ? c.tokens.extras
+              : { ...c.tokens.extras, [Dpop.EXTRAS_KEY]: c.tokens.dpopKey }
+          ),
+          ctx("extras")
+        ),
     refreshDueAt,
     journal: c.journal ?? null,
     ...(c.parentId !== undefined ? { parentId: c.parentId } : {}),

@@ -73,9 +73,13 @@ export interface ModifyOptions {
   /**
    * When to retry a conflict or a retryable store failure (the schedule's input is the `StoreError`).
    * Default `defaultRetry`. The refresh engine passes an unbounded one for the write of tokens a
-   * provider already rotated (they must not be dropped while the process lives).
+   * provider already rotated (they must not be dropped while the process lives). A function is
+   * called for the schedule only when the first attempt fails.
    */
-  readonly retry?: Schedule.Schedule<unknown, StoreError> | undefined
+  readonly retry?:
+    | Schedule.Schedule<unknown, StoreError>
+    | (() => Schedule.Schedule<unknown, StoreError>)
+    | undefined
   /**
    * Monotonic nanoseconds when the provider answered: `refreshed` events attached to the write get
    * `commitMs`, the time from that answer to the durable write.
@@ -213,10 +217,29 @@ export const resealWith =
         return Result.succeed(true)
       }
     )
-    return attempt.pipe(Effect.retry(options?.retry ?? defaultRetry), Effect.flatMap(Effect.fromResult))
+    return retrying(attempt, options?.retry ?? defaultRetry).pipe(Effect.flatMap(Effect.fromResult))
   }
 
 const notFound = (id: string) => new ConnectionNotFound({ connectionId: id, message: `No connection ${id}` })
+
+/**
+ * `Effect.retry(attempt, schedule)`, with the schedule set up only once the first attempt failed
+ * (most writes succeed at once, and a schedule's state costs more than the write of a memory store):
+ * the schedule sees the same failures in the same order and waits the same delays.
+ */
+const retrying = <A>(
+  attempt: Effect.Effect<A, StoreError>,
+  schedule: Schedule.Schedule<unknown, StoreError> | (() => Schedule.Schedule<unknown, StoreError>)
+): Effect.Effect<A, StoreError> =>
+  Effect.catch(attempt, (first) => {
+    let replayed = false
+    const again = Effect.suspend(() => {
+      if (replayed) return attempt
+      replayed = true
+      return Effect.fail(first)
+    })
+    return Effect.retry(again, typeof schedule === "function" ? schedule() : schedule)
+  })
 
 /** A store failure the schedule may retry (a conflict, or one the store says is retryable). */
 const retryable = (e: StoreError) => e.reason === "conflict" || e.isRetryable
@@ -235,9 +258,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
       // Decoded connections by id, reused while the stored record is unchanged (the hot path).
       // Least recently used first out, so a process cycling over more connections than it keeps still
       // reuses the recent ones instead of starting over.
-      const cache = new Lru<string, { readonly record: ConnectionRecord; readonly connection: Connection }>(
-        config.decodedCacheSize ?? 10_000
-      )
+      const cache = new Lru<string, ConnectionModule.Stored>(config.decodedCacheSize ?? 10_000)
 
       const decode = (record: ConnectionRecord): Effect.Effect<Connection, VaultError> => {
         const hit = cache.get(record.id)
@@ -280,12 +301,20 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
         }
       }
 
-      const recordOf = (c: Connection): ConnectionRecord =>
-        ConnectionModule.toRecord(
+      /**
+       * The record to write for `c`. `from` is the copy `c` was derived from: when it is the decoded
+       * form of a record this process read or wrote (the cache holds both), the fields that did not
+       * change keep their ciphertext (see `Connection.toRecord`).
+       */
+      const recordOf = (c: Connection, from?: Connection): ConnectionRecord => {
+        const hit = from === undefined ? undefined : cache.peek(from.id)
+        return ConnectionModule.toRecord(
           vault,
           c,
-          refreshDueAt(c.tokens, c.status, config, c.kind, c.failures?.nextAttemptAt)
+          refreshDueAt(c.tokens, c.status, config, c.kind, c.failures?.nextAttemptAt),
+          hit !== undefined && hit.connection === from ? hit : undefined
         )
+      }
 
       const listOf = (attached: AttachedEvents, written: Connection): ReadonlyArray<LatchkeyEvent> =>
         typeof attached === "function" ? attached(written) : attached
@@ -379,7 +408,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           if (Result.isFailure(change)) return Result.fail(change.failure)
           if (change.success._tag === "Keep") return Result.succeed({ connection: current, written: false })
           const next = derive(change.success.next, current.version + 1, now, current.status === "active")
-          const record = recordOf(next)
+          const record = recordOf(next, current)
           tried = { record, connection: next, events: change.success.events }
           const wrote = yield* store
             .update(record, current.version, durable(listOf(change.success.events, next)))
@@ -392,7 +421,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           yield* publish(change.success.events, next, options?.answeredNs)
           return Result.succeed({ connection: next, written: true })
         })
-        return attempt.pipe(Effect.retry(options?.retry ?? defaultRetry), Effect.flatMap(Effect.fromResult))
+        return retrying(attempt, options?.retry ?? defaultRetry).pipe(Effect.flatMap(Effect.fromResult))
       }
 
       const replace = (
@@ -455,7 +484,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           yield* publish(attached(row), next, undefined)
           return Result.succeed(next)
         })
-        return attempt.pipe(Effect.retry(defaultRetry), Effect.flatMap(Effect.fromResult))
+        return retrying(attempt, defaultRetry).pipe(Effect.flatMap(Effect.fromResult))
       }
 
       const reseal = resealWith(store, vault)

@@ -7,6 +7,7 @@
  * can tell a real rejection (`invalid_grant`) from a transient failure (network, 5xx, 429, timeout).
  * Nothing here ever puts a token, code or secret into a message.
  */
+import { AsyncLocalStorage } from "node:async_hooks"
 import { Data, Effect, Redacted } from "effect"
 import * as oidc from "openid-client"
 import * as Dpop from "./internal/dpop.ts"
@@ -138,19 +139,51 @@ interface Capture {
   sent: boolean
   /** The server answered HTTP 200 with an `error` field and no `access_token` (GitHub does). */
   errorIn200: boolean
-  /** An `expires_in` taken out of the response before openid-client saw it (see `screenTokenResponse`). */
+  /** An `expires_in` taken out of the response before openid-client saw it (see `inspectAnswer`). */
   rawExpiresIn?: unknown
-  /** The answer was refused by `screenTokenResponse` (openid-client wraps what a fetch throws). */
+  /** The answer was refused by `inspectAnswer` (openid-client wraps what a fetch throws). */
   refused?: ProtocolFailure
 }
 
+const newCapture = (): Capture => ({ response: undefined, sent: false, errorIn200: false })
+
 /**
- * Screen a successful token response before openid-client parses it: a token that would break an
- * HTTP header is refused (the answer is not used at all), and an `expires_in` out of bounds (0,
- * negative, not a number, Infinity, beyond ten years) is taken out and remembered, so that the
- * token set falls back to the provider's default and keeps the raw value for diagnostics.
+ * The capture of the request being made: a configuration is shared by concurrent requests (see
+ * `configure`), so its fetch finds the request's own capture in the async context of the call.
  */
-const screenTokenResponse = async (
+const currentCapture = new AsyncLocalStorage<Capture>()
+
+/**
+ * A JSON answer whose body was already read and parsed here: openid-client gets the same text, and
+ * its `json()` the object parsed once (the body is read once, never cloned).
+ */
+class ParsedJsonResponse extends Response {
+  #parsed: unknown
+  #taken = false
+  constructor(text: string, init: ResponseInit, parsed: unknown) {
+    super(text, init)
+    this.#parsed = parsed
+  }
+  override json(): Promise<any> {
+    if (this.#taken) return super.json()
+    this.#taken = true
+    return Promise.resolve(this.#parsed)
+  }
+}
+
+/**
+ * Look at a 200 JSON answer once, before openid-client parses it (the body is read and parsed
+ * once; openid-client gets a response over the same text):
+ * - Some providers (GitHub) answer token-endpoint errors with HTTP 200 and an `error` field and no
+ *   `access_token`: such an answer is re-exposed as a 400 with the same body, so that it is read as
+ *   the RFC 6749 §5.2 error it is (and classified below) rather than as a malformed token response.
+ * - A token response with a token that would break an HTTP header is refused (the answer is not
+ *   used at all), and an `expires_in` out of bounds (0, negative, not a number, Infinity, beyond ten
+ *   years) is taken out and remembered, so that the token set falls back to the provider's default
+ *   and keeps the raw value for diagnostics.
+ * Other answers pass untouched.
+ */
+const inspectAnswer = async (
   response: Response,
   capture: Capture,
   endpoint: "token" | "refresh"
@@ -158,19 +191,29 @@ const screenTokenResponse = async (
   if (response.status !== 200 || !(response.headers.get("content-type") ?? "").includes("json")) {
     return response
   }
+  const text = await response.text()
+  const init: ResponseInit = {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers
+  }
   let body: unknown
   try {
-    body = JSON.parse(await response.clone().text())
+    body = JSON.parse(text)
   } catch {
-    return response
+    return new Response(text, init)
   }
-  if (typeof body !== "object" || body === null || Array.isArray(body) || !("access_token" in body)) {
-    return response
-  }
+  if (typeof body !== "object" || body === null || Array.isArray(body)) return new Response(text, init)
   const fields = body as Record<string, unknown>
+  if (!("access_token" in fields)) {
+    if (typeof fields.error === "string" && fields.error.length > 0) {
+      capture.errorIn200 = true
+      return new Response(text, { status: 400, headers: response.headers })
+    }
+    return new ParsedJsonResponse(text, init, fields)
+  }
   const problem = unsafeResponse(fields as TokenResponse)
   if (problem !== undefined) {
-    await response.body?.cancel()
     capture.refused = new ProtocolFailure(
       endpoint === "refresh" ? "invalid_response" : "unsafe_response",
       `${endpoint === "refresh" ? "refresh" : "code exchange"}: ${problem}`,
@@ -178,37 +221,12 @@ const screenTokenResponse = async (
     )
     throw capture.refused
   }
-  if (fields.expires_in === undefined || lifetimeInBounds(fields.expires_in)) return response
+  if (fields.expires_in === undefined || lifetimeInBounds(fields.expires_in)) {
+    return new ParsedJsonResponse(text, init, fields)
+  }
   capture.rawExpiresIn = fields.expires_in
   delete fields.expires_in
-  await response.body?.cancel()
-  return new Response(JSON.stringify(fields), { status: 200, headers: response.headers })
-}
-
-/**
- * Some providers (GitHub) answer token-endpoint errors with HTTP 200 and an `error` field. Such an
- * answer is re-exposed as a 400 with the same body, so that it is read as the RFC 6749 §5.2 error it
- * is (and classified below) rather than as a malformed token response. Other answers pass untouched.
- */
-const errorAnsweredWith200 = async (response: Response): Promise<Response | undefined> => {
-  if (response.status !== 200 || !(response.headers.get("content-type") ?? "").includes("json")) {
-    return undefined
-  }
-  let text: string
-  let body: unknown
-  try {
-    text = await response.clone().text()
-    body = JSON.parse(text)
-  } catch {
-    return undefined
-  }
-  if (typeof body !== "object" || body === null || Array.isArray(body)) return undefined
-  const fields = body as Record<string, unknown>
-  if (typeof fields.error !== "string" || fields.error.length === 0 || "access_token" in fields) {
-    return undefined
-  }
-  await response.body?.cancel()
-  return new Response(text, { status: 400, headers: response.headers })
+  return new ParsedJsonResponse(JSON.stringify(fields), init, fields)
 }
 
 const NOT_CONNECTED = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT"])
@@ -219,12 +237,52 @@ const neverReached = (error: unknown): boolean => {
   return typeof cause?.code === "string" && NOT_CONNECTED.has(cause.code)
 }
 
-const configure = async (
+/** A configuration shared by the requests of one provider and endpoint with the same options. */
+interface Configured {
+  readonly fetchImpl: typeof fetch
+  readonly timeoutMs: number
+  readonly config: Promise<oidc.Configuration>
+}
+
+const configured = new WeakMap<Provider, { token?: Configured; refresh?: Configured }>()
+
+/**
+ * The openid-client configuration of a provider's token (or refresh) endpoint. Built once per
+ * provider, endpoint, fetch and timeout, and shared by every request (openid-client's constructor
+ * deep-copies the metadata: it is not per-request work); each request's capture travels in its
+ * async context (`currentCapture`).
+ */
+const configure = (
   provider: Provider,
   options: ProtocolOptions,
   endpoint: "token" | "refresh"
-): Promise<{ config: oidc.Configuration; capture: Capture }> => {
+): Promise<oidc.Configuration> => {
   const fetchImpl = options.fetch ?? fetch
+  let byEndpoint = configured.get(provider)
+  const known = byEndpoint?.[endpoint]
+  if (known !== undefined && known.fetchImpl === fetchImpl && known.timeoutMs === options.timeoutMs) {
+    return known.config
+  }
+  const config = build(provider, options, endpoint, fetchImpl)
+  if (byEndpoint === undefined) {
+    byEndpoint = {}
+    configured.set(provider, byEndpoint)
+  }
+  const entry: Configured = { fetchImpl, timeoutMs: options.timeoutMs, config }
+  byEndpoint[endpoint] = entry
+  // A failed build (discovery) is not kept.
+  config.catch(() => {
+    if (byEndpoint[endpoint] === entry) delete byEndpoint[endpoint]
+  })
+  return config
+}
+
+const build = async (
+  provider: Provider,
+  options: ProtocolOptions,
+  endpoint: "token" | "refresh",
+  fetchImpl: typeof fetch
+): Promise<oidc.Configuration> => {
   const metadata = await serverMetadata(provider, fetchImpl)
   const tokenEndpoint =
     endpoint === "refresh" && provider.endpoints?.refresh
@@ -238,8 +296,9 @@ const configure = async (
   )
   if (usesLoopbackOnly(provider)) oidc.allowInsecureRequests(config)
   config.timeout = Math.max(1, Math.ceil(options.timeoutMs / 1000))
-  const capture: Capture = { response: undefined, sent: false, errorIn200: false }
   config[oidc.customFetch] = async (url, init) => {
+    // Outside a request's context (never expected): the answer is inspected all the same.
+    const capture = currentCapture.getStore() ?? newCapture()
     capture.sent = true
     let response: Response
     try {
@@ -253,15 +312,9 @@ const configure = async (
       throw error
     }
     capture.response = response
-    const error = await errorAnsweredWith200(response)
-    if (error === undefined)
-      return endpoint === "token" || endpoint === "refresh"
-        ? screenTokenResponse(response, capture, endpoint)
-        : response
-    capture.errorIn200 = true
-    return error
+    return inspectAnswer(response, capture, endpoint)
   }
-  return { config, capture }
+  return config
 }
 
 /** `now` (the Effect Clock's, read when the failure arrived) dates a `Retry-After` given as an HTTP date. */
@@ -357,27 +410,22 @@ const run = <A>(
 ): Effect.Effect<A, ProtocolFailure> =>
   Effect.clockWith((clock) =>
     Effect.tryPromise({
-      try: async () => {
-        let setup: Awaited<ReturnType<typeof configure>> | undefined
-        try {
-          setup = await configure(provider, options, endpoint)
-          const result = await f(setup.config)
-          if (setup.capture.rawExpiresIn !== undefined && typeof result === "object" && result !== null) {
-            // Back to the value as received: the token set replaces it by the default and records it.
-            ;(result as Record<string, unknown>).expires_in = setup.capture.rawExpiresIn
+      try: () => {
+        const capture = newCapture()
+        return currentCapture.run(capture, async () => {
+          try {
+            const result = await f(await configure(provider, options, endpoint))
+            if (capture.rawExpiresIn !== undefined && typeof result === "object" && result !== null) {
+              // Back to the value as received: the token set replaces it by the default and records it.
+              ;(result as Record<string, unknown>).expires_in = capture.rawExpiresIn
+            }
+            return result
+          } catch (cause) {
+            if (cause instanceof ProtocolFailure) throw cause
+            if (capture.refused !== undefined) throw capture.refused
+            throw classify(provider, cause, capture, what, clock.currentTimeMillisUnsafe())
           }
-          return result
-        } catch (cause) {
-          if (cause instanceof ProtocolFailure) throw cause
-          if (setup?.capture.refused !== undefined) throw setup.capture.refused
-          throw classify(
-            provider,
-            cause,
-            setup?.capture ?? { response: undefined, sent: false, errorIn200: false },
-            what,
-            clock.currentTimeMillisUnsafe()
-          )
-        }
+        })
       },
       catch: (e) =>
         e instanceof ProtocolFailure ? e : new ProtocolFailure("transient", `${what}: unexpected failure`, {})

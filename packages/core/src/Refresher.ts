@@ -136,7 +136,13 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
           const refreshOne = (record: ConnectionRecord) =>
             takeSlot(record.providerId, (e) => reportStoreError("taking the provider's rate budget", e)).pipe(
               Effect.andThen(
-                refreshSpan("refresher", record.id, record.providerId, tokens.refreshIfDue(record.id))
+                refreshSpan(
+                  "refresher",
+                  record.id,
+                  record.providerId,
+                  // The claimed (or listed) record stands in for the re-read where it is safe.
+                  tokens.refreshIfDue(record.id, record)
+                )
               ),
               Effect.tap(() =>
                 Effect.sync(() => {

@@ -43,7 +43,13 @@
 import { createHash } from "node:crypto"
 import { Clock, Context, Deferred, Effect, Exit, Fiber, Layer, Random, Redacted, Schedule } from "effect"
 import { LatchkeyConfig } from "./Config.ts"
-import type { Connection, DegradedReason, RefreshFailures, RefreshJournal } from "./Connection.ts"
+import type {
+  Connection,
+  ConnectionRecord,
+  DegradedReason,
+  RefreshFailures,
+  RefreshJournal
+} from "./Connection.ts"
 import { ConnectionStore, type Lease } from "./ConnectionStore.ts"
 import * as Connections from "./Connections.ts"
 import {
@@ -90,8 +96,15 @@ export interface TokenManagerShape {
   readonly refreshIf: (connectionId: string, need: RefreshNeed) => Effect.Effect<Connection, TokenError>
   /** Refresh now, unless another caller refreshed since this call started. */
   readonly refreshNow: (connectionId: string) => Effect.Effect<Connection, TokenError>
-  /** Refresh if the Refresher's schedule says it is due. */
-  readonly refreshIfDue: (connectionId: string) => Effect.Effect<Connection, TokenError>
+  /**
+   * Refresh if the Refresher's schedule says it is due. `claimed`: the record as the caller read it
+   * (the Refresher's claimed batch); after the lease is won it stands in for the re-read only when
+   * the journal's compare-and-set fences it (see `refreshWithLease`).
+   */
+  readonly refreshIfDue: (
+    connectionId: string,
+    claimed?: ConnectionRecord | undefined
+  ) => Effect.Effect<Connection, TokenError>
   /** The decoded connection. */
   readonly get: (
     connectionId: string
@@ -463,7 +476,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               keeper.deadline = before + ttl
             }
           })
-          const fiber = yield* Effect.forkDetach(Effect.interruptible(loop))
+          const fiber = yield* Effect.forkDetach(Effect.interruptible(loop), { startImmediately: true })
           return { keeper, stop: Fiber.interrupt(fiber) }
         })
 
@@ -579,29 +592,31 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       ): Effect.fn.Return<Connection, TokenError> {
         let notified = false
         // Unbounded while the process lives: exponential from 25 ms, capped at `writeMaxBackoffMs`.
-        const untilDurable = Schedule.min([
-          Schedule.exponential("25 millis"),
-          Schedule.spaced(Math.max(5, config.writeMaxBackoffMs))
-        ]).pipe(
-          Schedule.jittered,
-          Schedule.setInputType<StoreError>(),
-          Schedule.while(({ input }) => isConflict(input) || (input.isRetryable && !stopping)),
-          Schedule.tap(({ input }) =>
-            isConflict(input) || notified
-              ? Effect.void
-              : Effect.suspend(() => {
-                  notified = true
-                  return Deferred.fail(
-                    flight.waiters,
-                    new RefreshError({
-                      reason: "pending_write",
-                      connectionId: base.id,
-                      message: `Connection ${base.id} was refreshed; its new tokens are being written (${input.message}); try again shortly`
-                    })
-                  )
-                })
+        // Built only when the first write fails.
+        const untilDurable = () =>
+          Schedule.min([
+            Schedule.exponential("25 millis"),
+            Schedule.spaced(Math.max(5, config.writeMaxBackoffMs))
+          ]).pipe(
+            Schedule.jittered,
+            Schedule.setInputType<StoreError>(),
+            Schedule.while(({ input }) => isConflict(input) || (input.isRetryable && !stopping)),
+            Schedule.tap(({ input }) =>
+              isConflict(input) || notified
+                ? Effect.void
+                : Effect.suspend(() => {
+                    notified = true
+                    return Deferred.fail(
+                      flight.waiters,
+                      new RefreshError({
+                        reason: "pending_write",
+                        connectionId: base.id,
+                        message: `Connection ${base.id} was refreshed; its new tokens are being written (${input.message}); try again shortly`
+                      })
+                    )
+                  })
+            )
           )
-        )
         // A successful renewal ends a failed-refresh streak: `recovered` rides on the same write.
         const renewed = (current: Connection) =>
           Connections.write({ ...apply(current), failures: undefined }, (written) => {
@@ -1159,11 +1174,42 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         return yield* sendAndCommit(flight, provider, journaled.success, refreshToken, keeper, false)
       })
 
+      /**
+       * The copy to refresh from, once the lease is won: the store's, read again (another process may
+       * have refreshed while we waited) — or the record the caller read before the lease (`claimed`),
+       * when all it can lead to is the journal's compare-and-set over its version: an active
+       * refresh-token connection, due, with no journal, a refresh token that has not expired. If the
+       * row changed since it was read, that write fails and `refreshHolding` reads it again and
+       * decides on the fresh copy; if it did not, the claimed record IS the stored one. Either way no
+       * token of a stale copy is ever sent. Anything else (another kind, a journal, a status to
+       * check) is decided on a fresh read.
+       */
+      const afterLease = (id: string, need: RefreshNeed, claimed: ConnectionRecord | undefined) => {
+        if (claimed === undefined || claimed.id !== id) return load(id)
+        return connections.decode(claimed).pipe(
+          Effect.flatMap((c) =>
+            Effect.clockWith((clock) => {
+              const now = clock.currentTimeMillisUnsafe()
+              return c.kind === "oauth" &&
+                c.status === "active" &&
+                c.journal === undefined &&
+                c.tokens.refreshToken !== undefined &&
+                !TokenSet.refreshTokenExpired(c.tokens, now) &&
+                need(c, now)
+                ? Effect.succeed(c)
+                : load(id)
+            })
+          ),
+          Effect.catchTag("VaultError", () => load(id))
+        )
+      }
+
       /** Win the lease (or see someone else's refresh land), then refresh. */
       const refreshWithLease = Effect.fnUntraced(function* (
         flight: Flight,
         id: string,
-        need: RefreshNeed
+        need: RefreshNeed,
+        claimed: ConnectionRecord | undefined
       ): Effect.fn.Return<Connection, TokenError> {
         const startedAt = yield* Clock.currentTimeMillis
         const startedNs = yield* Clock.monotonicTimeNanos
@@ -1176,8 +1222,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             flight.trace.leaseWaitMs = yield* waited
             const { keeper, stop } = yield* keepLease(lease, askedAt)
             return yield* Effect.gen(function* () {
-              // Re-read after winning: another process may have refreshed while we waited.
-              const loaded = yield* load(id)
+              // Re-read after winning (or the claimed copy, fenced by the journal's compare-and-set).
+              const loaded = yield* afterLease(id, need, claimed)
               flight.trace.providerId = loaded.providerId
               flight.trace.kind = loaded.kind
               const c = yield* ensureActive(loaded)
@@ -1211,7 +1257,11 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         }
       })
 
-      const refreshIf = (id: string, need: RefreshNeed): Effect.Effect<Connection, TokenError> =>
+      const refreshIf = (
+        id: string,
+        need: RefreshNeed,
+        claimed?: ConnectionRecord | undefined
+      ): Effect.Effect<Connection, TokenError> =>
         Effect.suspend(() => {
           const running = inflight.get(id)
           if (running !== undefined) {
@@ -1245,9 +1295,14 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             }
           }
           inflight.set(id, flight)
-          const leader = refreshWithLease(flight, id, need).pipe(
+          const leader = refreshWithLease(flight, id, need, claimed).pipe(
             Effect.onExit((exit) => Effect.annotateCurrentSpan(spanAttributes(flight.trace, exit))),
-            Effect.withSpan("TokenManager.refresh", { attributes: { "latchkey.connection_id": id } }),
+            Effect.withSpan(
+              "TokenManager.refresh",
+              { attributes: { "latchkey.connection_id": id } },
+              // No stack trace: an Error per refresh, for a span whose attributes say what it is.
+              { captureStackTrace: false }
+            ),
             Effect.exit,
             Effect.flatMap((exit) =>
               Effect.sync(() => {
@@ -1259,7 +1314,11 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             ),
             Effect.uninterruptible
           )
-          return Effect.forkDetach(leader).pipe(Effect.andThen(Deferred.await(flight.waiters)))
+          // Started at once, in this tick (not on the scheduler's next turn): the leader runs up to its
+          // first wait (the store or the provider) before the caller waits for it.
+          return Effect.forkDetach(leader, { startImmediately: true }).pipe(
+            Effect.andThen(Deferred.await(flight.waiters))
+          )
         })
 
       const expired: RefreshNeed = (c, now) => !TokenSet.isFresh(c.tokens, now, config.skewMs)
@@ -1311,11 +1370,13 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           refreshIf(id, (c) => c.lastRefreshAt === undefined || c.lastRefreshAt < calledAt)
         )
 
-      const refreshIfDue = (id: string) =>
-        refreshIf(id, (c, now) => {
-          const due = refreshDueAt(c.tokens, c.status, config, c.kind, c.failures?.nextAttemptAt)
-          return due !== null && due <= now
-        })
+      const isDue: RefreshNeed = (c, now) => {
+        const due = refreshDueAt(c.tokens, c.status, config, c.kind, c.failures?.nextAttemptAt)
+        return due !== null && due <= now
+      }
+
+      const refreshIfDue = (id: string, claimed?: ConnectionRecord | undefined) =>
+        refreshIf(id, isDue, claimed)
 
       const drain = Effect.gen(function* () {
         closing = true

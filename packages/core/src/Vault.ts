@@ -16,7 +16,14 @@
  * from `keys` — after `pendingTtlMs` (pending authorizations keep their PKCE verifier sealed with the
  * key that was the write key when they started; they are not re-sealed).
  */
-import { createCipheriv, createDecipheriv, createSecretKey, type KeyObject, randomBytes } from "node:crypto"
+import {
+  createCipheriv,
+  createDecipheriv,
+  createSecretKey,
+  type KeyObject,
+  randomBytes,
+  randomFillSync
+} from "node:crypto"
 import { Context, Effect, Layer, Redacted } from "effect"
 import { VaultError } from "./Errors.ts"
 
@@ -161,9 +168,23 @@ export const make = (
 
   const aad = (context: SealContext) => Buffer.from(`${context.connectionId}\u0000${context.field}`)
 
+  // IVs: 96 random bits each (CSPRNG), taken from a pool refilled 256 at a time: one system call per
+  // 256 seals instead of one per seal. Every IV is still fresh randomness, used once.
+  const ivPool = Buffer.allocUnsafe(12 * 256)
+  let ivAt = ivPool.length
+  const nextIv = (): Buffer => {
+    if (ivAt + 12 > ivPool.length) {
+      randomFillSync(ivPool)
+      ivAt = 0
+    }
+    const iv = Buffer.from(ivPool.subarray(ivAt, ivAt + 12))
+    ivAt += 12
+    return iv
+  }
+
   const seal = (plaintext: string, context: SealContext): string => {
     if (writeKey === undefined) return `plain.${plaintext}`
-    const iv = randomBytes(12)
+    const iv = nextIv()
     const cipher = createCipheriv("aes-256-gcm", writeKey, iv)
     cipher.setAAD(aad(context))
     const body = Buffer.concat([cipher.update(plaintext, "utf8"), cipher.final(), cipher.getAuthTag()])

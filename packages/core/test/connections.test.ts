@@ -135,6 +135,42 @@ describe("Connections", () => {
     expect(h.updates()).toBe(2)
   })
 
+  it("a write keeps the ciphertext of an unchanged refresh token and extras, and always seals the access token afresh", async () => {
+    const h = harness()
+    const now = Date.now()
+    await h.run(
+      Effect.gen(function* () {
+        const c = yield* Connections.Connections
+        yield* c.insert(sample("c1", "oauth", now))
+        const first = (yield* h.inner.get("c1"))!
+        // A change that leaves the tokens alone (as the journal's write does).
+        yield* c.modify("c1", (cur) => Connections.write({ ...cur, label: "renamed" }))
+        const second = (yield* h.inner.get("c1"))!
+        expect(second.refreshToken).toBe(first.refreshToken)
+        expect(second.extras).toBe(first.extras)
+        expect(second.accessToken).not.toBe(first.accessToken)
+        // New tokens (as a refresh's commit writes): sealed anew, and they open to the new values.
+        yield* c.modify("c1", (cur) =>
+          Connections.write({
+            ...cur,
+            tokens: {
+              ...cur.tokens,
+              refreshToken: Redacted.make("refresh-rotated"),
+              extras: { id_token: "x" }
+            }
+          })
+        )
+        const third = (yield* h.inner.get("c1"))!
+        expect(third.refreshToken).not.toBe(second.refreshToken)
+        expect(third.extras).not.toBe(second.extras)
+        const opened = yield* c.decode(third)
+        expect(Redacted.value(opened.tokens.refreshToken!)).toBe("refresh-rotated")
+        expect(opened.tokens.extras).toEqual({ id_token: "x" })
+        expect(Redacted.value(opened.tokens.accessToken)).toBe("access-c1")
+      })
+    )
+  })
+
   it("a conflict re-reads and re-applies f to the fresh copy; events are published once, after the write", async () => {
     const h = harness({
       beforeUpdate: (inner, attempt) => (attempt < 3 ? bumpElsewhere(inner, "c1") : Effect.void)

@@ -113,6 +113,62 @@ describe("invariant 1: a refresh token is sent at most once", () => {
   })
 })
 
+describe("invariant 1: the Refresher's claimed record stands in for the re-read only where the journal fences it", () => {
+  it("a claimed record that went stale (another instance refreshed after the claim): its refresh token is never sent", async () => {
+    const store = memoryStore()
+    const winner = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(winner)
+    await expire(store, c.id)
+    // The loser's Refresher claimed the due row...
+    const claimed = await stored(store, c.id)
+    // ...and the winner refreshed it before the loser won the lease (the claimed refresh token is spent).
+    const winnerToken = await winner.accessToken(c.id)
+    let claims = 1
+    const loserStore: ConnectionStore.ConnectionStoreShape = {
+      ...store,
+      claimDue: () => Effect.succeed(claims-- > 0 ? [claimed] : [])
+    }
+    const loser = createLatchkey({ providers: [exampleProvider(server)], store: loserStore, config: fast })
+    const errorsBefore = server.grants.refreshErrors
+    const refreshesBefore = server.grants.refresh_token
+    const report = await loser.refresher.sweep()
+    // The journal's compare-and-set over the claimed version failed, the row was read again and
+    // found refreshed: nothing was sent.
+    expect(server.grants.refresh_token - refreshesBefore).toBe(0)
+    expect(server.grants.refreshErrors - errorsBefore).toBe(0)
+    expect(report).toMatchObject({ due: 1, refreshed: 1, failed: 0 })
+    const after = await stored(store, c.id)
+    expect(after.status).toBe("active")
+    expect(after.journal ?? undefined).toBeUndefined()
+    expect(await loser.accessToken(c.id)).toBe(winnerToken)
+    await Promise.all([winner.close(), loser.close()])
+  })
+
+  it("a claimed record that is still the stored one is refreshed without reading the row again", async () => {
+    const store = memoryStore()
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(lk)
+    const before = await lk.accessToken(c.id)
+    await expire(store, c.id)
+    let reads = 0
+    const counting: ConnectionStore.ConnectionStoreShape = {
+      ...store,
+      get: (id) => {
+        reads++
+        return store.get(id)
+      }
+    }
+    const refresher = createLatchkey({ providers: [exampleProvider(server)], store: counting, config: fast })
+    const refreshesBefore = server.grants.refresh_token
+    const report = await refresher.refresher.sweep()
+    expect(report).toMatchObject({ due: 1, refreshed: 1, failed: 0 })
+    expect(server.grants.refresh_token - refreshesBefore).toBe(1)
+    expect(reads).toBe(0)
+    expect(await lk.accessToken(c.id)).not.toBe(before)
+    await Promise.all([lk.close(), refresher.close()])
+  })
+})
+
 describe("invariant 2: new tokens are durable before any caller receives them", () => {
   it("the token a caller receives is the one the store holds, and a store hiccup is retried, not dropped", async () => {
     const memory = memoryStore()

@@ -102,9 +102,12 @@ export const refreshSpan = <A, E, R>(
     )
     return yield* exit
   }).pipe(
-    Effect.withSpan("latchkey.refresh", {
-      attributes: { "latchkey.connection_id": connectionId }
-    })
+    // No stack trace: this span wraps every refresh, and capturing one is an Error per refresh.
+    Effect.withSpan(
+      "latchkey.refresh",
+      { attributes: { "latchkey.connection_id": connectionId } },
+      { captureStackTrace: false }
+    )
   )
 
 /** The machine-readable reason of a Latchkey error (its `_tag` and `reason`), never its message. */
