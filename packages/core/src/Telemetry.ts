@@ -11,7 +11,8 @@
  *   `latchkey_refresh_commit_ms` {provider}, `latchkey_refresh_in_doubt_total` {provider, outcome},
  *   `latchkey_lifecycle_events_total` {type}, `latchkey_connections` {status},
  *   `latchkey_api_requests_total` {provider, status}, `latchkey_api_request_duration_ms` {provider},
- *   `latchkey_webhook_deliveries_total` {outcome, status}, `latchkey_token_cache_lookups_total` {result}
+ *   `latchkey_webhook_deliveries_total` {outcome, status}, `latchkey_lease_wait_ms` {provider, outcome},
+ *   `latchkey_token_cache_lookups_total` {result}
  *   (hit or miss: the Promise API's token cache).
  *
  * No attribute carries a token, a code, a secret or an account's e-mail: ids, statuses, reasons,

@@ -41,7 +41,19 @@
  * processes. API keys are never renewed.
  */
 import { createHash } from "node:crypto"
-import { Clock, Context, Deferred, Effect, Exit, Fiber, Layer, Random, Redacted, Schedule } from "effect"
+import {
+  Clock,
+  Context,
+  Deferred,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Metric,
+  Random,
+  Redacted,
+  Schedule
+} from "effect"
 import { LatchkeyConfig } from "./Config.ts"
 import type {
   Connection,
@@ -63,6 +75,7 @@ import {
 import type { LatchkeyEvent } from "./Events.ts"
 import { refreshDueAt } from "./internal/due.ts"
 import * as Mint from "./internal/mint.ts"
+import { metrics as telemetry } from "./internal/telemetry.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Credential, MintContext, Provider } from "./Provider.ts"
 import { Providers } from "./Providers.ts"
@@ -1296,7 +1309,20 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           }
           inflight.set(id, flight)
           const leader = refreshWithLease(flight, id, need, claimed).pipe(
-            Effect.onExit((exit) => Effect.annotateCurrentSpan(spanAttributes(flight.trace, exit))),
+            Effect.onExit((exit) =>
+              Effect.andThen(
+                Effect.annotateCurrentSpan(spanAttributes(flight.trace, exit)),
+                flight.trace.leaseWaitMs === undefined
+                  ? Effect.void
+                  : Metric.update(
+                      Metric.withAttributes(telemetry.leaseWait, {
+                        provider: flight.trace.providerId ?? "unknown",
+                        outcome: Exit.isSuccess(exit) ? (flight.trace.outcome ?? "shared") : "failed"
+                      }),
+                      flight.trace.leaseWaitMs
+                    )
+              )
+            ),
             Effect.withSpan(
               "TokenManager.refresh",
               { attributes: { "latchkey.connection_id": id } },

@@ -141,7 +141,10 @@ describe("telemetry (OTLP and Prometheus)", () => {
       const scrape = await fetch(prometheusUrl)
       expect(scrape.headers.get("content-type")).toContain("text/plain")
       scraped = await scrape.text()
-      expect(await latchkey.metrics()).toContain("latchkey_refreshes_total")
+      const text = await latchkey.metrics()
+      expect(text).toContain("latchkey_refreshes_total")
+      // The engine's lease wait of each refresh, by provider and outcome.
+      expect(text).toMatch(/^latchkey_lease_wait_ms_count\{provider="example",outcome="refreshed"\} [1-9]/m)
     } finally {
       await latchkey.close() // flushes the exporters
     }

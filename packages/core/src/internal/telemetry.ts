@@ -53,6 +53,11 @@ export const metrics = {
     description: "Webhook delivery attempts, by outcome (delivered, retry, dead_letter) and event type",
     incremental: true
   }),
+  leaseWait: Metric.histogram("latchkey_lease_wait_ms", {
+    description:
+      "From the start of a refresh to winning the store's lease, or to finding another process's result (ms), by provider and outcome",
+    boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 16 })
+  }),
   tokenCache: Metric.counter("latchkey_token_cache_lookups_total", {
     description:
       "Promise API token-cache lookups, by result (hit: answered from the cache; miss: through the engine)",
