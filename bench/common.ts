@@ -52,8 +52,12 @@ export const storedRefreshToken = async (lk: LatchkeyClient, id: string): Promis
 export const runEffect = Effect.runPromise
 
 /** Progress lines go to stderr; the table goes to stdout. */
+const benchStarted = performance.now()
+
+/** A progress line on stderr, with the seconds since the bench started (to see where the time goes). */
 export const progress = (section: string, message: string) => {
-  process.stderr.write(`[bench ${section}] ${message}\n`)
+  const elapsed = ((performance.now() - benchStarted) / 1000).toFixed(1)
+  process.stderr.write(`[bench ${section} +${elapsed}s] ${message}\n`)
 }
 
 /** The q-quantile (0..1) of a sample, nearest-rank. */

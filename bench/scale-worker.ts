@@ -1,6 +1,7 @@
 /**
- * One fresh process for bench/scale.ts: a Latchkey instance on the store, `accessToken` of `count`
- * distinct connections (64 at a time), then its RSS. Prints one JSON line.
+ * One fresh process for bench/scale.ts: a Latchkey instance on the store, `accessToken` of distinct
+ * connections (`concurrency` at a time) up to each of `counts` in turn (cumulative: 100k, then on to
+ * 1M), and its RSS and heap after a GC at each. Prints one JSON line per count.
  */
 import { createLatchkey, Provider, SqliteStore } from "@latchkey/core"
 import { PostgresStore } from "@latchkey/store-postgres"
@@ -9,11 +10,13 @@ import { pool } from "./common.ts"
 const {
   store: kind,
   settings,
-  count
+  counts,
+  concurrency
 } = JSON.parse(process.env.LK_SCALE_WORKER ?? "{}") as {
   store: "sqlite" | "postgres"
   settings: Record<string, unknown>
-  count: number
+  counts: ReadonlyArray<number>
+  concurrency: number
 }
 
 const provider = Provider.make({
@@ -42,20 +45,26 @@ await lk.accessToken("c0000000")
 globalThis.gc?.()
 const rssBeforeMb = mb()
 const heapBeforeMb = heapMb()
-const ids = Array.from({ length: count }, (_, i) => `c${String(i).padStart(7, "0")}`)
-const start = performance.now()
+const idOf = (i: number) => `c${String(i).padStart(7, "0")}`
+let done = 0
 let failed = 0
-await pool(ids, 64, async (id) => {
-  await lk.accessToken(id).catch(() => {
-    failed++
+let seconds = 0
+for (const count of counts) {
+  const ids = Array.from({ length: count - done }, (_, i) => idOf(done + i))
+  const start = performance.now()
+  await pool(ids, concurrency, async (id) => {
+    await lk.accessToken(id).catch(() => {
+      failed++
+    })
   })
-})
-const seconds = (performance.now() - start) / 1000
-globalThis.gc?.()
-const rssAfterMb = mb()
-const heapAfterMb = heapMb()
-process.stdout.write(
-  `${JSON.stringify({ count, failed, rssBeforeMb, rssAfterMb, heapBeforeMb, heapAfterMb, touchesPerSec: Math.round(count / seconds) })}\n`
-)
+  seconds += (performance.now() - start) / 1000
+  done = count
+  globalThis.gc?.()
+  const rssAfterMb = mb()
+  const heapAfterMb = heapMb()
+  process.stdout.write(
+    `${JSON.stringify({ count, failed, rssBeforeMb, rssAfterMb, heapBeforeMb, heapAfterMb, touchesPerSec: Math.round(count / seconds) })}\n`
+  )
+}
 await lk.close()
 process.exit(0)

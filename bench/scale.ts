@@ -8,10 +8,10 @@
  * - Latency at each size, through the store (`Effect.runPromise`), awaited one at a time: `listDue`
  *   (limit 100; median of 20), `get` of a random id and `listByOwner` of a random owner (median of 500
  *   each), in µs.
- * - Memory: a FRESH process (`scale-worker.ts`) calls `accessToken` on N distinct connections (64 at
- *   a time) and reports its RSS before and after (with `--expose-gc`, after a GC): the decoded-
- *   connection cache and the token cache are bounded (LRU / cleared), so RSS must not grow with N.
- *   Touched: 100k and 1M (`--quick`: 10k and 100k).
+ * - Memory: a FRESH process (`scale-worker.ts`) calls `accessToken` on distinct connections (64 at
+ *   a time on SQLite, 256 on PostgreSQL) and reports its RSS and heap (with `--expose-gc`, after a
+ *   GC) before, after the first 100k and after 1M (`--quick`: 10k and 100k), in one process: the
+ *   decoded-connection cache and the token cache are LRUs, so the heap must not grow with N.
  */
 import { spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
@@ -99,10 +99,19 @@ const measure = async (store: ConnectionStore.ConnectionStoreShape, size: number
   }
 }
 
-const touch = (store: "sqlite" | "postgres", settings: Record<string, unknown>, count: number) =>
-  new Promise<ScaleMemory>((resolve, reject) => {
+/**
+ * A fresh process touching connections up to each of `counts` (cumulative, one process: its RSS after
+ * 100k and after 1M), `concurrency` at a time.
+ */
+const touch = (
+  store: "sqlite" | "postgres",
+  settings: Record<string, unknown>,
+  counts: ReadonlyArray<number>,
+  concurrency: number
+) =>
+  new Promise<ReadonlyArray<ScaleMemory>>((resolve, reject) => {
     const child = spawn(process.execPath, ["--expose-gc", workerFile], {
-      env: { ...process.env, LK_SCALE_WORKER: JSON.stringify({ store, settings, count }) },
+      env: { ...process.env, LK_SCALE_WORKER: JSON.stringify({ store, settings, counts, concurrency }) },
       stdio: ["ignore", "pipe", "pipe"]
     })
     let out = ""
@@ -114,28 +123,32 @@ const touch = (store: "sqlite" | "postgres", settings: Record<string, unknown>, 
       err += d
     })
     child.on("exit", (code) => {
-      const line = out.split("\n").find((l) => l.startsWith("{"))
-      if (code !== 0 || line === undefined)
+      const lines = out.split("\n").filter((l) => l.startsWith("{"))
+      if (code !== 0 || lines.length !== counts.length)
         reject(new Error(`scale worker exited ${code}: ${err.slice(-400)}`))
       else {
-        const r = JSON.parse(line) as {
-          count: number
-          failed: number
-          rssBeforeMb: number
-          rssAfterMb: number
-          heapBeforeMb: number
-          heapAfterMb: number
-          touchesPerSec: number
-        }
-        resolve({
-          touched: r.count,
-          rssBeforeMb: r.rssBeforeMb,
-          rssAfterMb: r.rssAfterMb,
-          heapBeforeMb: r.heapBeforeMb,
-          heapAfterMb: r.heapAfterMb,
-          touchesPerSec: r.touchesPerSec,
-          failed: r.failed
-        })
+        resolve(
+          lines.map((line) => {
+            const r = JSON.parse(line) as {
+              count: number
+              failed: number
+              rssBeforeMb: number
+              rssAfterMb: number
+              heapBeforeMb: number
+              heapAfterMb: number
+              touchesPerSec: number
+            }
+            return {
+              touched: r.count,
+              rssBeforeMb: r.rssBeforeMb,
+              rssAfterMb: r.rssAfterMb,
+              heapBeforeMb: r.heapBeforeMb,
+              heapAfterMb: r.heapAfterMb,
+              touchesPerSec: r.touchesPerSec,
+              failed: r.failed
+            }
+          })
+        )
       }
     })
   })
@@ -176,9 +189,9 @@ const scaleSqlite = async (sizes: ReadonlyArray<number>, touched: ReadonlyArray<
       progress("scale", `sqlite ${size}: ${JSON.stringify(latency.at(-1))}`)
     }
     const memory: Array<ScaleMemory> = []
-    for (const n of touched) {
-      memory.push(await touch("sqlite", { path }, n))
-      progress("scale", `sqlite touched ${n}: ${JSON.stringify(memory.at(-1))}`)
+    for (const m of await touch("sqlite", { path }, touched, 64)) {
+      memory.push(m)
+      progress("scale", `sqlite touched ${m.touched}: ${JSON.stringify(m)}`)
     }
     return { latency, memory }
   } finally {
@@ -219,9 +232,10 @@ const scalePostgres = async (sizes: ReadonlyArray<number>, touched: ReadonlyArra
       progress("scale", `postgres ${size}: ${JSON.stringify(latency.at(-1))}`)
     }
     const memory: Array<ScaleMemory> = []
-    for (const n of touched) {
-      memory.push(await touch("postgres", settings, n))
-      progress("scale", `postgres touched ${n}: ${JSON.stringify(memory.at(-1))}`)
+    // Many requests in flight (and a larger pool): each touch is a network round trip.
+    for (const m of await touch("postgres", { ...settings, maxConnections: 32 }, touched, 256)) {
+      memory.push(m)
+      progress("scale", `postgres touched ${m.touched}: ${JSON.stringify(m)}`)
     }
     return { latency, memory }
   } finally {
