@@ -178,11 +178,8 @@ export const resealWith =
     const fields = ["accessToken", "refreshToken", "extras"] as const
     const attempt: Effect.Effect<Result.Result<boolean, StoreError | VaultError>, StoreError> = Effect.gen(
       function* () {
-        const read = yield* store.get(id).pipe(Effect.result)
-        if (Result.isFailure(read)) {
-          if (retryable(read.failure)) return yield* read.failure
-          return Result.fail(read.failure)
-        }
+        const read = yield* inAttempt(store.get(id))
+        if (Result.isFailure(read)) return Result.fail(read.failure)
         const r = read.success
         if (r === undefined || !stale(r)) return Result.succeed(false)
         const sealed: Partial<Record<(typeof fields)[number], string | null>> = {}
@@ -209,11 +206,8 @@ export const resealWith =
           extras: sealed.extras ?? r.extras,
           version: r.version + 1
         }
-        const wrote = yield* store.update(next, r.version).pipe(Effect.result)
-        if (Result.isFailure(wrote)) {
-          if (retryable(wrote.failure)) return yield* wrote.failure
-          return Result.fail(wrote.failure)
-        }
+        const wrote = yield* inAttempt(store.update(next, r.version))
+        if (Result.isFailure(wrote)) return Result.fail(wrote.failure)
         return Result.succeed(true)
       }
     )
@@ -243,6 +237,24 @@ const retrying = <A>(
 
 /** A store failure the schedule may retry (a conflict, or one the store says is retryable). */
 const retryable = (e: StoreError) => e.reason === "conflict" || e.isRetryable
+
+/**
+ * A store call inside one attempt of a write: a failure the schedule may retry fails the attempt (so
+ * that it is retried); any other failure is the attempt's result.
+ */
+const inAttempt = <A>(
+  effect: Effect.Effect<A, StoreError>
+): Effect.Effect<Result.Result<A, StoreError>, StoreError> =>
+  Effect.flatMap(Effect.result(effect), (r) =>
+    Result.isFailure(r) && retryable(r.failure) ? Effect.fail(r.failure) : Effect.succeed(r)
+  )
+
+/** The stored row is the very record an earlier attempt wrote: that write landed, its answer was lost. */
+const landed = <T extends { readonly record: ConnectionRecord }>(
+  row: ConnectionRecord,
+  tried: T | undefined
+): tried is T =>
+  tried !== undefined && row.version === tried.record.version && row.accessToken === tried.record.accessToken
 
 export class Connections extends Context.Service<Connections, ConnectionsShape>()(
   "@latchkey/core/Connections"
@@ -379,18 +391,11 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
             current = first
             first = undefined
           } else {
-            const read = yield* store.get(id).pipe(Effect.result)
-            if (Result.isFailure(read)) {
-              if (retryable(read.failure)) return yield* read.failure
-              return Result.fail(read.failure)
-            }
+            const read = yield* inAttempt(store.get(id))
+            if (Result.isFailure(read)) return Result.fail(read.failure)
             const row = read.success
             if (row === undefined) return Result.fail(notFound(id))
-            if (
-              tried !== undefined &&
-              row.version === tried.record.version &&
-              row.accessToken === tried.record.accessToken
-            ) {
+            if (landed(row, tried)) {
               // The last attempt's write landed after all: its answer was lost.
               remember(row, tried.connection)
               yield* publish(tried.events, tried.connection, options?.answeredNs)
@@ -410,13 +415,10 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           const next = derive(change.success.next, current.version + 1, now, current.status === "active")
           const record = recordOf(next, current)
           tried = { record, connection: next, events: change.success.events }
-          const wrote = yield* store
-            .update(record, current.version, durable(listOf(change.success.events, next)))
-            .pipe(Effect.result)
-          if (Result.isFailure(wrote)) {
-            if (retryable(wrote.failure)) return yield* wrote.failure
-            return Result.fail(wrote.failure)
-          }
+          const wrote = yield* inAttempt(
+            store.update(record, current.version, durable(listOf(change.success.events, next)))
+          )
+          if (Result.isFailure(wrote)) return Result.fail(wrote.failure)
           remember(record, next)
           yield* publish(change.success.events, next, options?.answeredNs)
           return Result.succeed({ connection: next, written: true })
@@ -447,18 +449,11 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           Result.Result<Connection | undefined, StoreError | ConnectionNotFound>,
           StoreError
         > = Effect.gen(function* () {
-          const read = yield* store.get(id).pipe(Effect.result)
-          if (Result.isFailure(read)) {
-            if (retryable(read.failure)) return yield* read.failure
-            return Result.fail(read.failure)
-          }
+          const read = yield* inAttempt(store.get(id))
+          if (Result.isFailure(read)) return Result.fail(read.failure)
           const row = read.success
           if (row === undefined) return Result.fail(notFound(id))
-          if (
-            tried !== undefined &&
-            row.version === tried.record.version &&
-            row.accessToken === tried.record.accessToken
-          ) {
+          if (landed(row, tried)) {
             remember(row, tried.connection)
             yield* publish(attached(tried.replaced), tried.connection, undefined)
             return Result.succeed(tried.connection)
@@ -473,13 +468,10 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           )
           const record = recordOf(next)
           tried = { record, connection: next, replaced: row }
-          const wrote = yield* store
-            .update(record, row.version, durable(listOf(attached(row), next)))
-            .pipe(Effect.result)
-          if (Result.isFailure(wrote)) {
-            if (retryable(wrote.failure)) return yield* wrote.failure
-            return Result.fail(wrote.failure)
-          }
+          const wrote = yield* inAttempt(
+            store.update(record, row.version, durable(listOf(attached(row), next)))
+          )
+          if (Result.isFailure(wrote)) return Result.fail(wrote.failure)
           remember(record, next)
           yield* publish(attached(row), next, undefined)
           return Result.succeed(next)

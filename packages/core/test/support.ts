@@ -1,16 +1,8 @@
 /** Shared helpers for core tests: a real oidc-provider, a provider definition for it, linking. */
 import { consent, type OidcServer, startOidcServer } from "@latchkey/testkit-oidc"
-import { Effect, Layer } from "effect"
-import {
-  Config,
-  type Connection,
-  ConnectionStore,
-  Connections,
-  Events,
-  type LatchkeyClient,
-  Provider,
-  Vault
-} from "../src/index.ts"
+import { Effect } from "effect"
+import { ConnectionStore, type LatchkeyClient, Provider, type Vault } from "../src/index.ts"
+import { modifyStored } from "../src/testing/modifyStored.ts"
 
 export const REDIRECT = "http://127.0.0.1:9/callback"
 
@@ -45,33 +37,6 @@ export const link = async (lk: LatchkeyClient, login = "alice", ownerId = "user-
   const { connection } = await lk.completeAuthorization({ callback })
   return connection
 }
-
-/**
- * Change a stored connection through `Connections` (the one write path), e.g. to make its access
- * token expired; `vault` must open what the store holds (default: plain values).
- */
-export const modifyStored = (
-  store: ConnectionStore.ConnectionStoreShape,
-  id: string,
-  f: (c: Connection.Connection) => Connection.Connection,
-  vault: Vault.VaultOptions = { plaintext: true }
-) =>
-  Effect.runPromise(
-    Connections.Connections.use((c) => c.modify(id, (current) => Connections.write(f(current)))).pipe(
-      Effect.provide(
-        Connections.Connections.layer.pipe(
-          Layer.provide(
-            Layer.mergeAll(
-              Layer.succeed(ConnectionStore.ConnectionStore, store),
-              Layer.succeed(Vault.Vault, Vault.make(vault)),
-              Events.Events.layer,
-              Layer.succeed(Config.LatchkeyConfig, Config.defaults())
-            )
-          )
-        )
-      )
-    )
-  )
 
 /** Make the stored access token expired an hour after it was issued (so the connection is due). */
 export const expire = (
@@ -135,3 +100,5 @@ export const faultyFetch = (
 }
 
 export const memoryStore = () => ConnectionStore.makeMemory()
+
+export { modifyStored }

@@ -1,17 +1,15 @@
 /** Shared helpers: a Latchkey wired to a HighLevel sandbox, linking through the chooselocation page. */
 import {
-  Config,
   type Connection,
-  ConnectionStore,
-  Connections,
+  type ConnectionStore,
   createLatchkey,
-  Events,
   type LatchkeyClient,
   type LatchkeyOptions,
   type Provider,
-  Vault
+  type Vault
 } from "@latchkey/core"
-import { Effect, Layer } from "effect"
+import { modifyStored } from "@latchkey/core/testing"
+import { Effect } from "effect"
 import { HighLevel } from "../src/index.ts"
 import type { HighLevelSandbox } from "../src/sandbox.ts"
 
@@ -57,33 +55,6 @@ export const stored = (
   id: string
 ): Promise<Connection.ConnectionRecord> => Effect.runPromise(store.get(id)).then((r) => r!)
 
-/**
- * Change a stored connection through `Connections` (the one write path), e.g. to make its access
- * token look expired; `vault` must open what the store holds (default: plain values).
- */
-export const modifyStored = (
-  store: ConnectionStore.ConnectionStoreShape,
-  id: string,
-  f: (c: Connection.Connection) => Connection.Connection,
-  vault: Vault.VaultOptions = { plaintext: true }
-) =>
-  Effect.runPromise(
-    Connections.Connections.use((c) => c.modify(id, (current) => Connections.write(f(current)))).pipe(
-      Effect.provide(
-        Connections.Connections.layer.pipe(
-          Layer.provide(
-            Layer.mergeAll(
-              Layer.succeed(ConnectionStore.ConnectionStore, store),
-              Layer.succeed(Vault.Vault, Vault.make(vault)),
-              Events.Events.layer,
-              Layer.succeed(Config.LatchkeyConfig, Config.defaults())
-            )
-          )
-        )
-      )
-    )
-  )
-
 /** Make the stored access token expired a day after it was issued (so the connection is due). */
 export const expireAccess = (
   store: ConnectionStore.ConnectionStoreShape,
@@ -103,3 +74,5 @@ export const plain = (sealed: string | null) => (sealed ?? "").replace(/^plain\.
 
 export const refreshCalls = (sandbox: HighLevelSandbox) =>
   sandbox.countCalls({ endpoint: "token", grantType: "refresh_token" })
+
+export { modifyStored }
