@@ -166,10 +166,23 @@ describe("the refresh fleet", () => {
     const text = (await toast.textContent()) ?? ""
     expect(text).toMatch(/It drained in \d+ ms: its refresh of .+ finished its write first/)
     const restarted = /(worker-\d) restarted/.exec(text)![1]!
-    // The fleet starts it again: a new process in the same slot.
-    await expect.poll(() => worker(restarted).getAttribute("data-state"), { timeout: 15_000 }).toBe("running")
+    // The fleet starts it again (RESPAWN_MS after the exit): a new process in the same slot. The panel
+    // may still show the old process as running until it next renders, so wait for the new pid.
+    const oldPid = String(before.find((w) => w.name === restarted)!.pid)
+    await expect
+      .poll(
+        async () => {
+          const [state, pid] = await Promise.all([
+            worker(restarted).getAttribute("data-state"),
+            worker(restarted).getAttribute("data-pid")
+          ])
+          return pid !== oldPid && state === "running"
+        },
+        { timeout: 15_000 }
+      )
+      .toBe(true)
     const after = started.demo.fleet!.workers().find((w) => w.name === restarted)!
-    expect(after.pid).not.toBe(before.find((w) => w.name === restarted)!.pid)
+    expect(String(after.pid)).not.toBe(oldPid)
     expect(after.lastExit).toMatch(/exited with code 0 after draining/)
 
     // Nothing in doubt, nothing lost: every account stays active, refreshed once per expiry.
