@@ -14,6 +14,8 @@ import { Effect } from "effect"
 export interface FleetWorkerSettings {
   readonly store: "postgres" | "redis"
   readonly storeSettings: Record<string, unknown>
+  /** Another namespace of the same server with due connections to sweep before "ready" (warm-up). */
+  readonly warmStoreSettings?: Record<string, unknown> | undefined
   readonly provider: {
     readonly id: string
     readonly clientId: string
@@ -30,13 +32,13 @@ export interface FleetWorkerSettings {
 
 const settings = JSON.parse(process.env.LK_FLEET_WORKER ?? "{}") as FleetWorkerSettings
 
-const open = async (): Promise<ConnectionStore.ConnectionStoreShape> =>
+const open = async (storeSettings: Record<string, unknown>): Promise<ConnectionStore.ConnectionStoreShape> =>
   settings.store === "postgres"
-    ? await PostgresStore.make(settings.storeSettings as unknown as PostgresStore.PostgresStoreOptions)
-    : RedisStore.make(settings.storeSettings as unknown as RedisStore.RedisStoreOptions)
+    ? await PostgresStore.make(storeSettings as unknown as PostgresStore.PostgresStoreOptions)
+    : RedisStore.make(storeSettings as unknown as RedisStore.RedisStoreOptions)
 
 const main = async () => {
-  const inner = await open()
+  const inner = await open(settings.storeSettings)
   let denials = 0
   let claimed = 0
   const store: ConnectionStore.ConnectionStoreShape = {
@@ -72,23 +74,38 @@ const main = async () => {
     endpoints: settings.provider.endpoints as never,
     scopes: [...settings.provider.scopes]
   })
-  const lk = createLatchkey({
-    providers: [provider],
-    store,
-    vault: { keys: [{ id: settings.vaultKeyId, key: settings.vaultKey }] },
-    refresher: {
-      concurrency: settings.concurrency,
-      ratePerSecond: settings.ratePerSecond ?? Number.POSITIVE_INFINITY,
-      batchSize: 100_000
+  const instance = (on: ConnectionStore.ConnectionStoreShape) =>
+    createLatchkey({
+      providers: [provider],
+      store: on,
+      vault: { keys: [{ id: settings.vaultKeyId, key: settings.vaultKey }] },
+      refresher: {
+        concurrency: settings.concurrency,
+        ratePerSecond: settings.ratePerSecond ?? Number.POSITIVE_INFINITY,
+        batchSize: 100_000
+      }
+    })
+  // Warm before "go", as a long-running instance is: the refresh path compiled (sweeps of due
+  // connections in another namespace of the same server, through the same code), the runtime
+  // built, the store's pool connected.
+  if (settings.warmStoreSettings !== undefined) {
+    const warmStore = await open(settings.warmStoreSettings)
+    const warm = instance(warmStore)
+    for (let i = 0; i < 10; i++) {
+      const report = await warm.refresher.sweep()
+      if (report.due === 0) break
     }
-  })
-  // Warm before "go": the runtime built, the store's pool connected (what a long-running instance has).
+    await warm.close()
+    await Effect.runPromise(warmStore.close?.() ?? Effect.void)
+  }
+  const lk = instance(store)
   await lk.refresher.isRunning()
   await Effect.runPromise(Effect.ignore(inner.get("warm-up")))
   process.stdout.write("ready\n")
   const lines = createInterface({ input: process.stdin })
   await new Promise<void>((resolve) => lines.once("line", () => resolve()))
   const start = performance.now()
+  const cpuStart = process.cpuUsage()
   let refreshed = 0
   let failed = 0
   let storeErrors = 0
@@ -102,8 +119,9 @@ const main = async () => {
     if (report.due === 0) break
   }
   const ms = performance.now() - start
+  const cpu = process.cpuUsage(cpuStart)
   process.stdout.write(
-    `${JSON.stringify({ refreshed, failed, storeErrors, denials, claimed, sweeps, ms: Math.round(ms) })}\n`
+    `${JSON.stringify({ refreshed, failed, storeErrors, denials, claimed, sweeps, ms: Math.round(ms), cpuMs: Math.round((cpu.user + cpu.system) / 1000) })}\n`
   )
   await lk.close()
   await Effect.runPromise(inner.close?.() ?? Effect.void)

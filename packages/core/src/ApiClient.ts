@@ -14,7 +14,7 @@ import { LatchkeyConfig } from "./Config.ts"
 import { ConnectionStore } from "./ConnectionStore.ts"
 import { ApiError } from "./Errors.ts"
 import { allowsCredentials, proofsFor, sendScoped } from "./internal/credentialScope.ts"
-import { metrics, refreshSpan, traceparent } from "./internal/telemetry.ts"
+import { metrics, refreshSpan, tagged, traceparent } from "./internal/telemetry.ts"
 import { parseRetryAfter } from "./OAuth.ts"
 import type { ApiResponseInfo, Credential, Provider } from "./Provider.ts"
 import { Providers } from "./Providers.ts"
@@ -150,21 +150,18 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
           const started = yield* Clock.currentTimeMillis
           const response = yield* sendOnce(connectionId, url, init, credential, provider, parent).pipe(
             Effect.tapError(() =>
-              Metric.update(
-                Metric.withAttributes(metrics.apiRequests, { provider: provider.id, status: "error" }),
-                1
-              )
+              Metric.update(tagged(metrics.apiRequests, { provider: provider.id, status: "error" }), 1)
             )
           )
           const elapsed = (yield* Clock.currentTimeMillis) - started
           yield* Metric.update(
-            Metric.withAttributes(metrics.apiRequests, {
+            tagged(metrics.apiRequests, {
               provider: provider.id,
               status: String(response.status)
             }),
             1
           )
-          yield* Metric.update(Metric.withAttributes(metrics.apiDuration, { provider: provider.id }), elapsed)
+          yield* Metric.update(tagged(metrics.apiDuration, { provider: provider.id }), elapsed)
           yield* Effect.annotateCurrentSpan({ "http.response.status_code": response.status })
           return response
         })

@@ -264,6 +264,19 @@ export const conflict = (message: string) => new StoreError({ reason: "conflict"
 
 const CONSUMED_TOMBSTONE_MS = 60 * 60 * 1000
 
+/**
+ * A copy of a stored event (plain data: objects, arrays, strings, numbers, booleans, null), so that
+ * neither the writer nor a reader can change what the memory store holds. What `structuredClone`
+ * did, at a fraction of its cost for these small records.
+ */
+const plainCopy = (value: unknown): unknown => {
+  if (typeof value !== "object" || value === null) return value
+  if (Array.isArray(value)) return value.map(plainCopy)
+  const out: Record<string, unknown> = {}
+  for (const key in value) out[key] = plainCopy((value as Record<string, unknown>)[key])
+  return out
+}
+
 /** An in-memory store. Leases work between fibers of one process. */
 export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreShape => {
   const clock = options.clock ?? Date.now
@@ -283,7 +296,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
     if (list === undefined) return
     for (const event of list) {
       seq += 1
-      events.push(structuredClone({ ...event, seq }) as StoredLifecycleEvent)
+      events.push(plainCopy({ ...event, seq }) as StoredLifecycleEvent)
     }
   }
   /** `claimDue`'s claims: connection id → expiry on the store's clock and the version claimed. */
@@ -354,10 +367,28 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
             (claim === undefined || claim.until <= at || claim.version !== r.version)
           )
         }
-        const picked = [...rows.values()]
-          .filter((r) => r.status === "active" && r.refreshDueAt !== null && r.refreshDueAt <= now && free(r))
-          .sort((a, b) => (a.refreshDueAt ?? 0) - (b.refreshDueAt ?? 0) || (a.id < b.id ? -1 : 1))
-          .slice(0, Math.max(0, Math.floor(limit)))
+        // The `limit` earliest due rows in one pass (kept sorted by due time, then id): no copy and
+        // no sort of every row on each claim, which made a sweep of n rows O(n² / chunk).
+        const k = Math.max(0, Math.floor(limit))
+        const picked: Array<ConnectionRecord> = []
+        const before = (a: ConnectionRecord, b: ConnectionRecord) =>
+          a.refreshDueAt! < b.refreshDueAt! || (a.refreshDueAt === b.refreshDueAt && a.id < b.id)
+        if (k > 0) {
+          for (const r of rows.values()) {
+            if (r.status !== "active" || r.refreshDueAt === null || r.refreshDueAt > now) continue
+            if (picked.length === k && !before(r, picked[k - 1]!)) continue
+            if (!free(r)) continue
+            let lo = 0
+            let hi = picked.length
+            while (lo < hi) {
+              const mid = (lo + hi) >>> 1
+              if (before(picked[mid]!, r)) lo = mid + 1
+              else hi = mid
+            }
+            picked.splice(lo, 0, r)
+            if (picked.length > k) picked.pop()
+          }
+        }
         for (const r of picked) dueClaims.set(r.id, { until: at + Math.max(1, ttlMs), version: r.version })
         for (const [id, claim] of dueClaims) if (claim.until <= at) dueClaims.delete(id)
         return picked
@@ -410,7 +441,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
       Effect.sync(() => {
         const page = events.filter((e) => e.seq > after).slice(0, Math.max(0, Math.floor(limit)))
         return {
-          events: page.map((e) => structuredClone(e)),
+          events: page.map((e) => plainCopy(e) as StoredLifecycleEvent),
           next: page.length === 0 ? after : page[page.length - 1]!.seq
         }
       }),

@@ -27,7 +27,7 @@ import * as OtlpTracer from "effect/observability/OtlpTracer"
 import * as PrometheusMetrics from "effect/observability/PrometheusMetrics"
 import { ConnectionStore } from "./ConnectionStore.ts"
 import { Events, type LatchkeyEvent } from "./Events.ts"
-import { metrics, TokenCacheStats, TracePropagation } from "./internal/telemetry.ts"
+import { metrics, TokenCacheStats, TracePropagation, tagged } from "./internal/telemetry.ts"
 
 export { metrics, TokenCacheStats, TracePropagation } from "./internal/telemetry.ts"
 
@@ -85,9 +85,9 @@ export const syncTokenCache: Effect.Effect<void> = Effect.gen(function* () {
   const newMisses = misses - synced.misses
   synced.hits = hits
   synced.misses = misses
-  if (newHits > 0) yield* Metric.update(Metric.withAttributes(metrics.tokenCache, { result: "hit" }), newHits)
+  if (newHits > 0) yield* Metric.update(tagged(metrics.tokenCache, { result: "hit" }), newHits)
   if (newMisses > 0) {
-    yield* Metric.update(Metric.withAttributes(metrics.tokenCache, { result: "miss" }), newMisses)
+    yield* Metric.update(tagged(metrics.tokenCache, { result: "miss" }), newMisses)
   }
 })
 
@@ -100,26 +100,26 @@ export const prometheusText: Effect.Effect<string> = Effect.andThen(
 const record = (event: LatchkeyEvent): Effect.Effect<void> =>
   Effect.gen(function* () {
     const provider = event.providerId
-    yield* Metric.update(Metric.withAttributes(metrics.events, { type: event.type }), 1)
+    yield* Metric.update(tagged(metrics.events, { type: event.type }), 1)
     switch (event.type) {
       case "refreshed": {
-        yield* Metric.update(Metric.withAttributes(metrics.refreshes, { provider, outcome: "success" }), 1)
+        yield* Metric.update(tagged(metrics.refreshes, { provider, outcome: "success" }), 1)
         if (event.commitMs !== undefined) {
-          yield* Metric.update(Metric.withAttributes(metrics.refreshCommit, { provider }), event.commitMs)
+          yield* Metric.update(tagged(metrics.refreshCommit, { provider }), event.commitMs)
         }
         if (event.recovered === true) {
-          yield* Metric.update(Metric.withAttributes(metrics.inDoubt, { provider, outcome: "recovered" }), 1)
+          yield* Metric.update(tagged(metrics.inDoubt, { provider, outcome: "recovered" }), 1)
         }
         return
       }
       case "refresh_failed":
         return yield* Metric.update(
-          Metric.withAttributes(metrics.refreshes, { provider, outcome: "failed", reason: event.reason }),
+          tagged(metrics.refreshes, { provider, outcome: "failed", reason: event.reason }),
           1
         )
       case "needs_reauth": {
         yield* Metric.update(
-          Metric.withAttributes(metrics.refreshes, {
+          tagged(metrics.refreshes, {
             provider,
             outcome: "needs_reauth",
             reason: event.reason
@@ -127,10 +127,7 @@ const record = (event: LatchkeyEvent): Effect.Effect<void> =>
           1
         )
         if (event.reason === "refresh_interrupted") {
-          yield* Metric.update(
-            Metric.withAttributes(metrics.inDoubt, { provider, outcome: "interrupted" }),
-            1
-          )
+          yield* Metric.update(tagged(metrics.inDoubt, { provider, outcome: "interrupted" }), 1)
         }
         return
       }
@@ -156,7 +153,7 @@ const countStatuses = Effect.gen(function* () {
     after = page.next
   }
   for (const [status, n] of counts) {
-    yield* Metric.update(Metric.withAttributes(metrics.connections, { status }), n)
+    yield* Metric.update(tagged(metrics.connections, { status }), n)
   }
 })
 

@@ -75,7 +75,7 @@ import {
 import type { LatchkeyEvent } from "./Events.ts"
 import { refreshDueAt } from "./internal/due.ts"
 import * as Mint from "./internal/mint.ts"
-import { metrics as telemetry } from "./internal/telemetry.ts"
+import { tagged, metrics as telemetry } from "./internal/telemetry.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Credential, MintContext, Provider } from "./Provider.ts"
 import { Providers } from "./Providers.ts"
@@ -1315,7 +1315,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
                 flight.trace.leaseWaitMs === undefined
                   ? Effect.void
                   : Metric.update(
-                      Metric.withAttributes(telemetry.leaseWait, {
+                      tagged(telemetry.leaseWait, {
                         provider: flight.trace.providerId ?? "unknown",
                         outcome: Exit.isSuccess(exit) ? (flight.trace.outcome ?? "shared") : "failed"
                       }),

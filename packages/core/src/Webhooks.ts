@@ -31,7 +31,7 @@ import {
 } from "effect"
 import { ConnectionStore, type ConnectionStoreShape, type Lease } from "./ConnectionStore.ts"
 import { StoreError } from "./Errors.ts"
-import { metrics } from "./internal/telemetry.ts"
+import { metrics, tagged } from "./internal/telemetry.ts"
 import type { LifecycleEventType, StoredLifecycleEvent } from "./LifecycleEvents.ts"
 
 export const SIGNATURE_HEADER = "Latchkey-Signature"
@@ -325,7 +325,7 @@ export const run = (options: WebhookOptions): Effect.Effect<never, StoreError, C
     const report = (attempt: DeliveryAttempt) =>
       Effect.andThen(
         Metric.update(
-          Metric.withAttributes(metrics.webhookDeliveries, {
+          tagged(metrics.webhookDeliveries, {
             outcome: attempt.outcome,
             status: attempt.status === null ? "error" : String(attempt.status)
           }),

@@ -73,8 +73,10 @@ export const storeFleet = (
         if (store.claimDue === undefined) return
         const claim = claimerOf(store)
         const due = Array.from({ length: 60 }, (_, i) => `due-${String(i).padStart(2, "0")}`)
-        for (const [i, id] of due.entries()) {
-          await run(store.insert(sampleRecord(id, { refreshDueAt: 1_000 + i })))
+        // Inserted out of order (a fixed permutation), so that "soonest first" is the store's doing.
+        for (let n = 0; n < due.length; n++) {
+          const i = (n * 37) % due.length
+          await run(store.insert(sampleRecord(due[i]!, { refreshDueAt: 1_000 + i })))
         }
         await run(store.insert(sampleRecord("later", { refreshDueAt: 9_999_999 })))
         await run(store.insert(sampleRecord("never", { refreshDueAt: null })))
