@@ -139,6 +139,12 @@ export type TakePendingResult =
   /** The state was issued to another owner than the one given; it was left unconsumed. */
   | { readonly _tag: "Foreign" }
 
+/** How a connection write may be announced (see `ConnectionStoreShape.update`). */
+export interface UpdateOptions {
+  /** Nothing a cache of access tokens holds changed: other processes need not be told. */
+  readonly quiet?: boolean | undefined
+}
+
 export interface ConnectionStoreShape {
   readonly get: (id: string) => Effect.Effect<ConnectionRecord | undefined, StoreError>
   readonly findByAccount: (
@@ -154,11 +160,18 @@ export interface ConnectionStoreShape {
     record: ConnectionRecord,
     events?: ReadonlyArray<LifecycleEvent> | undefined
   ) => Effect.Effect<void, StoreError>
-  /** `events` are appended in the same write, and only when the compare-and-set succeeds. */
+  /**
+   * `events` are appended in the same write, and only when the compare-and-set succeeds. With
+   * `options.quiet` the write changes nothing a cache of access tokens holds (the access token, its
+   * type and expiry, the status: e.g. a refresh journal, a failure streak), so a store may leave it
+   * out of what it sends to OTHER processes through its channel (`watch`); listeners on this store
+   * object are told as always.
+   */
   readonly update: (
     record: ConnectionRecord,
     expectedVersion: number,
-    events?: ReadonlyArray<LifecycleEvent> | undefined
+    events?: ReadonlyArray<LifecycleEvent> | undefined,
+    options?: UpdateOptions | undefined
   ) => Effect.Effect<void, StoreError>
   /** `events` are appended in the same write, and only when a connection was removed. */
   readonly remove: (

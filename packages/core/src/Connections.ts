@@ -24,7 +24,7 @@
  * - `note(events)` is for events that go with no change of the row (a refresh that failed and will be
  *   retried): appended to the log on their own, then published.
  */
-import { Clock, Context, Effect, Layer, Result, Schedule } from "effect"
+import { Clock, Context, Effect, Layer, Redacted, Result, Schedule } from "effect"
 import { LatchkeyConfig } from "./Config.ts"
 import type { Connection, ConnectionRecord } from "./Connection.ts"
 import * as ConnectionModule from "./Connection.ts"
@@ -328,6 +328,17 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
         )
       }
 
+      /**
+       * Writing `next` over `current` changes nothing a token cache holds: the same access token,
+       * type, expiry and status (a refresh journal, a failure streak). The store may then leave the
+       * write out of what it tells other processes (`UpdateOptions.quiet`).
+       */
+      const quiet = (next: Connection, current: Connection): boolean =>
+        next.status === current.status &&
+        next.tokens.tokenType === current.tokens.tokenType &&
+        next.tokens.expiresAt === current.tokens.expiresAt &&
+        Redacted.value(next.tokens.accessToken) === Redacted.value(current.tokens.accessToken)
+
       const listOf = (attached: AttachedEvents, written: Connection): ReadonlyArray<LatchkeyEvent> =>
         typeof attached === "function" ? attached(written) : attached
 
@@ -416,7 +427,9 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           const record = recordOf(next, current)
           tried = { record, connection: next, events: change.success.events }
           const wrote = yield* inAttempt(
-            store.update(record, current.version, durable(listOf(change.success.events, next)))
+            store.update(record, current.version, durable(listOf(change.success.events, next)), {
+              quiet: quiet(next, current)
+            })
           )
           if (Result.isFailure(wrote)) return Result.fail(wrote.failure)
           remember(record, next)

@@ -171,6 +171,60 @@ describe("Connections", () => {
     )
   })
 
+  it("marks a write quiet when nothing a token cache holds changes (a journal, a streak), and only then", async () => {
+    const h = harness()
+    const quiet: Array<boolean | undefined> = []
+    const recording: ConnectionStore.ConnectionStoreShape = {
+      ...h.store,
+      update: (record, expected, events, options) => {
+        quiet.push(options?.quiet)
+        return h.inner.update(record, expected, events, options)
+      }
+    }
+    const layer = Connections.Connections.layer.pipe(
+      Layer.provideMerge(
+        Layer.mergeAll(
+          Layer.succeed(ConnectionStore.ConnectionStore, recording),
+          Layer.succeed(Vault.Vault, Vault.make({ keys: [{ id: "k1", key: Vault.generateKey() }] })),
+          Events.layer,
+          Layer.succeed(LatchkeyConfig, defaults())
+        )
+      )
+    )
+    const now = Date.now()
+    await Effect.runPromise(
+      Effect.gen(function* () {
+        const c = yield* Connections.Connections
+        yield* c.insert(sample("q1", "oauth", now))
+        const write = (f: (cur: Connection) => Connection) =>
+          c.modify("q1", (cur) => Connections.write(f(cur)))
+        // The refresh journal, a failure streak, a label: quiet.
+        yield* write((cur) => ({
+          ...cur,
+          journal: { holder: "h", fence: 1, startedAt: now, fingerprint: "f" }
+        }))
+        yield* write((cur) => ({
+          ...cur,
+          failures: {
+            count: 1,
+            since: now,
+            reason: "transient",
+            message: "m",
+            at: now,
+            nextAttemptAt: now + 1_000
+          }
+        }))
+        yield* write((cur) => ({ ...cur, label: "renamed" }))
+        // A new access token, a new expiry, another token type, another status: announced.
+        yield* write((cur) => ({ ...cur, tokens: { ...cur.tokens, accessToken: Redacted.make("access-2") } }))
+        yield* write((cur) => ({ ...cur, tokens: { ...cur.tokens, expiresAt: now + 2 * HOUR } }))
+        yield* write((cur) => ({ ...cur, tokens: { ...cur.tokens, tokenType: "DPoP" } }))
+        yield* write((cur) => ({ ...cur, status: "needs_reauth" }))
+      }).pipe(Effect.provide(layer))
+    )
+    expect(quiet).toEqual([true, true, true, false, false, false, false])
+  })
+
   it("a conflict re-reads and re-applies f to the fresh copy; events are published once, after the write", async () => {
     const h = harness({
       beforeUpdate: (inner, attempt) => (attempt < 3 ? bumpElsewhere(inner, "c1") : Effect.void)

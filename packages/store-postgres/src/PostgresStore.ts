@@ -584,7 +584,8 @@ const build = (
   const updateInOneTrip = async (
     record: ConnectionRecord,
     expectedVersion: number,
-    events: ReadonlyArray<LifecycleEvent>
+    events: ReadonlyArray<LifecycleEvent>,
+    quiet: boolean
   ): Promise<void> => {
     const client = await pool.connect()
     let broken = false
@@ -598,7 +599,8 @@ const build = (
       // With events: one statement, so that they are appended only when the compare-and-set wrote
       // (the lock, and so the seq, are taken after the row was updated).
       // The NOTIFY of the change (`watch`) is sent by the same transaction: delivered at its commit.
-      const notify = `SELECT pg_notify(${text(channel)}, u.id) FROM u`
+      // A quiet write (nothing a token cache holds changed) is not announced to other processes.
+      const notify = quiet ? "SELECT u.id FROM u" : `SELECT pg_notify(${text(channel)}, u.id) FROM u`
       const statement =
         events.length === 0
           ? `WITH u AS (${update} RETURNING id) ${notify}`
@@ -637,6 +639,57 @@ COMMIT`
       client.release(broken)
     }
   }
+
+  /**
+   * One statement in its own transaction with the local timeouts, in ONE round trip: `BEGIN; SET
+   * LOCAL ...; <statement>; COMMIT` as one simple-protocol batch, the parameters ($1, $2, ...) written
+   * as escaped literals (strings, finite numbers, null). The same transaction as `transaction` with
+   * one statement, without its three round trips (BEGIN, the statement, COMMIT): the lease and the
+   * rate budget are on every refresh's path.
+   */
+  const statementInOneTrip = <R extends pg.QueryResultRow>(
+    what: string,
+    statement: string,
+    values: ReadonlyArray<string | number | null>
+  ): Effect.Effect<pg.QueryResult<R>, StoreError> =>
+    Effect.tryPromise({
+      try: async () => {
+        const client = await pool.connect()
+        let broken = false
+        try {
+          const literal = (v: string | number | null | undefined): string => {
+            if (v === null) return "NULL"
+            if (typeof v === "number") {
+              if (!Number.isFinite(v)) throw new TypeError(`${what}: a parameter is not a finite number`)
+              return String(v)
+            }
+            if (typeof v === "string") return client.escapeLiteral(v)
+            throw new TypeError(`${what}: a parameter is missing`)
+          }
+          const text = statement.replace(/\$(\d+)/g, (_, n: string) => literal(values[Number(n) - 1]))
+          const batch = `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs};
+${text};
+COMMIT`
+          try {
+            const results = (await client.query({
+              text: batch,
+              query_timeout: statementTimeoutMs + 2_000
+            } as pg.QueryConfig)) as unknown as Array<pg.QueryResult<R>>
+            return results[3]!
+          } catch (error) {
+            try {
+              await client.query("ROLLBACK")
+            } catch {
+              broken = true
+            }
+            throw error
+          }
+        } finally {
+          client.release(broken)
+        }
+      },
+      catch: storeError(what)
+    })
 
   let closed = false
 
@@ -703,17 +756,17 @@ COMMIT`
       ),
     ...(watch === undefined ? {} : { watch: watch.add }),
     takeRateBudget: (key, limit, windowMs, cost = 1) =>
-      transaction("takeRateBudget", async (client) => {
+      Effect.suspend(() => {
         // One statement on the server's clock: the slot is max(stored next slot, now).
         const step = (windowMs / Math.max(1e-9, limit)) * Math.max(1, cost)
-        const result = await client.query<{ wait: number }>(
+        return statementInOneTrip<{ wait: number }>(
+          "takeRateBudget",
           `WITH t AS (SELECT extract(epoch FROM clock_timestamp()) * 1000 AS now)
            INSERT INTO ${R} AS r (key, next_slot) SELECT $1, t.now + $2::float8 FROM t
            ON CONFLICT (key) DO UPDATE SET next_slot = GREATEST(r.next_slot, EXCLUDED.next_slot - $2::float8) + $2::float8
            RETURNING (next_slot - $2::float8 - (SELECT now FROM t))::float8 AS wait`,
           [key, step]
-        )
-        return Math.max(0, Number(result.rows[0]?.wait ?? 0))
+        ).pipe(Effect.map((result) => Math.max(0, Number(result.rows[0]?.wait ?? 0))))
       }),
     claimDue: (now, limit, holder, ttlMs) =>
       Math.floor(limit) <= 0
@@ -792,11 +845,11 @@ COMMIT`
           await client.query(insertEventsFrom("", 1), eventArrays(events))
         }
       }).pipe(Effect.tap(() => Effect.sync(() => hub.changed(record.id)))),
-    update: (record, expectedVersion, events) =>
+    update: (record, expectedVersion, events, options) =>
       record.version !== expectedVersion + 1
         ? Effect.fail(conflict(`connection ${record.id}: a write must advance the version by one`))
         : Effect.tryPromise({
-            try: () => updateInOneTrip(record, expectedVersion, events ?? []),
+            try: () => updateInOneTrip(record, expectedVersion, events ?? [], options?.quiet === true),
             catch: storeError("update")
           }).pipe(Effect.tap(() => Effect.sync(() => hub.changed(record.id)))),
     remove: (id, events) =>
@@ -861,50 +914,53 @@ COMMIT`
         )
       }),
     acquireLease: (connectionId, holder, ttlMs) =>
-      transaction("acquireLease", async (client): Promise<Lease | undefined> => {
-        // One statement, judged by the server's clock: insert the first lease, or take over an
-        // expired one; the fence only grows. clock_timestamp(), not now(): the time of the statement.
-        const result = await client.query<{ fence: string; granted_at: string; expires_at: string }>(
-          `WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now)
-           INSERT INTO ${L} AS l (connection_id, holder, fence, expires_at)
-           SELECT $1, $2, 1, t.now + $3::bigint FROM t
-           ON CONFLICT (connection_id) DO UPDATE
-             SET holder = EXCLUDED.holder, fence = l.fence + 1, expires_at = EXCLUDED.expires_at
-             WHERE l.expires_at <= EXCLUDED.expires_at - $3::bigint
-           RETURNING fence, expires_at - $3::bigint AS granted_at, expires_at`,
-          [connectionId, holder, Math.max(1, Math.floor(ttlMs))]
-        )
-        const row = result.rows[0]
-        return row === undefined
-          ? undefined
-          : {
-              connectionId,
-              holder,
-              fence: Number(row.fence),
-              grantedAt: Number(row.granted_at),
-              expiresAt: Number(row.expires_at)
-            }
-      }),
+      // One statement, judged by the server's clock: insert the first lease, or take over an
+      // expired one; the fence only grows. clock_timestamp(), not now(): the time of the statement.
+      statementInOneTrip<{ fence: string; granted_at: string; expires_at: string }>(
+        "acquireLease",
+        `WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now)
+         INSERT INTO ${L} AS l (connection_id, holder, fence, expires_at)
+         SELECT $1, $2, 1, t.now + $3::bigint FROM t
+         ON CONFLICT (connection_id) DO UPDATE
+           SET holder = EXCLUDED.holder, fence = l.fence + 1, expires_at = EXCLUDED.expires_at
+           WHERE l.expires_at <= EXCLUDED.expires_at - $3::bigint
+         RETURNING fence, expires_at - $3::bigint AS granted_at, expires_at`,
+        [connectionId, holder, Math.max(1, Math.floor(ttlMs))]
+      ).pipe(
+        Effect.map((result): Lease | undefined => {
+          const row = result.rows[0]
+          return row === undefined
+            ? undefined
+            : {
+                connectionId,
+                holder,
+                fence: Number(row.fence),
+                grantedAt: Number(row.granted_at),
+                expiresAt: Number(row.expires_at)
+              }
+        })
+      ),
     renewLease: (lease, ttlMs) =>
-      transaction("renewLease", async (client): Promise<Lease | undefined> => {
-        const result = await client.query<{ granted_at: string; expires_at: string }>(
-          `UPDATE ${L} SET expires_at = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $4::bigint
-           WHERE connection_id = $1 AND holder = $2 AND fence = $3
-           RETURNING expires_at - $4::bigint AS granted_at, expires_at`,
-          [lease.connectionId, lease.holder, lease.fence, Math.max(1, Math.floor(ttlMs))]
-        )
-        const row = result.rows[0]
-        return row === undefined
-          ? undefined
-          : { ...lease, grantedAt: Number(row.granted_at), expiresAt: Number(row.expires_at) }
-      }),
+      statementInOneTrip<{ granted_at: string; expires_at: string }>(
+        "renewLease",
+        `UPDATE ${L} SET expires_at = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $4::bigint
+         WHERE connection_id = $1 AND holder = $2 AND fence = $3
+         RETURNING expires_at - $4::bigint AS granted_at, expires_at`,
+        [lease.connectionId, lease.holder, lease.fence, Math.max(1, Math.floor(ttlMs))]
+      ).pipe(
+        Effect.map((result): Lease | undefined => {
+          const row = result.rows[0]
+          return row === undefined
+            ? undefined
+            : { ...lease, grantedAt: Number(row.granted_at), expiresAt: Number(row.expires_at) }
+        })
+      ),
     releaseLease: (lease) =>
-      transaction("releaseLease", async (client) => {
-        await client.query(
-          `UPDATE ${L} SET holder = NULL, expires_at = 0 WHERE connection_id = $1 AND holder = $2 AND fence = $3`,
-          [lease.connectionId, lease.holder, lease.fence]
-        )
-      }),
+      statementInOneTrip(
+        "releaseLease",
+        `UPDATE ${L} SET holder = NULL, expires_at = 0 WHERE connection_id = $1 AND holder = $2 AND fence = $3`,
+        [lease.connectionId, lease.holder, lease.fence]
+      ).pipe(Effect.asVoid),
     // Claims share the pending table (no migration): a row born consumed, so that no callback can
     // take it, kept until `until` (and swept with the pending rows).
     claimOnce: (key, until, now) =>

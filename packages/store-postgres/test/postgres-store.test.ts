@@ -82,6 +82,7 @@ storeConformance({
     }
   },
   crossProcess: {
+    quietWrites: true,
     opener: { module: new URL("../src/index.ts", import.meta.url).href, export: "PostgresStore.make" },
     tokenServer: oidcTokenServer
   }

@@ -132,7 +132,10 @@ redis.call('PUBLISH', P .. 'changes', id)
 return 'ok'`
 )
 
-/** ARGV: prefix, id, expected version, new version, record, owner, account key, createdAt, due, events... */
+/**
+ * ARGV: prefix, id, expected version, new version, record, owner, account key, createdAt, due, quiet
+ * ('1': nothing a token cache holds changed, so no PUBLISH), events...
+ */
 const UPDATE = script(
   "update",
   `${SET_DUE}${APPEND_EVENTS}
@@ -151,8 +154,8 @@ if cur[2] ~= ARGV[6] then redis.call('ZREM', P .. 'o:' .. cur[2], id) end
 redis.call('ZADD', P .. 'o:' .. ARGV[6], ARGV[8], id)
 redis.call('HSET', ck, 'v', ARGV[4], 'r', ARGV[5], 'o', ARGV[6], 'a', ARGV[7])
 setDue(P, id, ARGV[9])
-appendEvents(P, 10)
-redis.call('PUBLISH', P .. 'changes', id)
+appendEvents(P, 11)
+if ARGV[10] ~= '1' then redis.call('PUBLISH', P .. 'changes', id) end
 return 'ok'`
 )
 
@@ -725,7 +728,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
               )
         )
       ),
-    update: (record, expectedVersion, events) =>
+    update: (record, expectedVersion, events, options) =>
       record.version !== expectedVersion + 1
         ? Effect.fail(conflict(`connection ${record.id}: a write must advance the version by one`))
         : run(UPDATE, [
@@ -737,6 +740,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
             accountKey(record),
             record.createdAt,
             dueScore(record),
+            options?.quiet === true ? "1" : "0",
             ...eventArgs(events)
           ]).pipe(
             Effect.flatMap((answer) =>

@@ -81,6 +81,7 @@ storeConformance({
     await admin.hset(`${keyPrefix}c:${connectionId}`, "r", text)
   },
   crossProcess: {
+    quietWrites: true,
     opener: { module: new URL("../src/index.ts", import.meta.url).href, export: "RedisStore.make" },
     tokenServer: oidcTokenServer
   }

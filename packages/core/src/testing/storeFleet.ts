@@ -264,6 +264,56 @@ export const storeFleet = (
 
     const cross = options.crossProcess
     if (cross !== undefined) {
+      if (cross.quietWrites === true) {
+        it("leaves a quiet write (a journal: nothing a token cache holds) out of its channel, and sends every other one", async () => {
+          await withStore(options, async (store, opened) => {
+            if (store.watch === undefined) throw new Error(`${options.name} has no watch`)
+            const other = await openWithOpener(cross.opener, opened.settings)
+            const seen: Array<string> = []
+            let live = false
+            const stop = other.watch!((change) => {
+              if (change._tag === "Live") live = true
+              else if (change._tag === "Changed") seen.push(change.id)
+            })
+            try {
+              expect(await eventually(async () => live)).toBe(true)
+              const c = connectionAt("quiet", Date.now(), "token-A")
+              await put(store, c)
+              expect(await eventually(async () => seen.includes("quiet"))).toBe(true)
+              seen.length = 0
+              // The journal's write: the same tokens, status and expiry, marked quiet.
+              const row = (await run(store.get("quiet")))!
+              await run(
+                store.update(
+                  {
+                    ...row,
+                    journal: { holder: "h", fence: 1, startedAt: 1, fingerprint: "f" },
+                    version: row.version + 1
+                  },
+                  row.version,
+                  [],
+                  { quiet: true }
+                )
+              )
+              // A write of another connection after it: once that one is seen, the quiet one would have been.
+              await put(store, connectionAt("barrier", Date.now(), "token-X"))
+              expect(await eventually(async () => seen.includes("barrier"))).toBe(true)
+              expect(seen).not.toContain("quiet")
+              // Not quiet (new tokens): sent.
+              await put(store, {
+                ...c,
+                version: 3,
+                tokens: { ...c.tokens, accessToken: Redacted.make("token-B") }
+              })
+              expect(await eventually(async () => seen.includes("quiet"))).toBe(true)
+            } finally {
+              stop()
+              await run(other.close?.() ?? Effect.void)
+            }
+          })
+        })
+      }
+
       it("sees a write made through another store object (another process's view) through the store's channel", async () => {
         await withStore(options, async (store, opened) => {
           if (store.watch === undefined) throw new Error(`${options.name} has no watch`)

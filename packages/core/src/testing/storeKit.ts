@@ -66,6 +66,11 @@ export interface StoreConformanceOptions {
         readonly processes?: number | undefined
         /** Concurrent callers per process (default 50). */
         readonly callers?: number | undefined
+        /**
+         * The store's channel leaves quiet writes out (`UpdateOptions.quiet`): PostgreSQL's NOTIFY,
+         * Redis pub/sub. SQLite's `data_version` moves on every write and cannot.
+         */
+        readonly quietWrites?: boolean | undefined
       }
     | undefined
 }
