@@ -4,7 +4,14 @@
  * as in production), linking through the real consent forms, reading a connection's stored refresh
  * token, timing helpers and progress output.
  */
-import { type Connection, type LatchkeyClient, type Provider, TokenManager, Vault } from "@latchkey/core"
+import {
+  type Connection,
+  type ConnectionStore,
+  type LatchkeyClient,
+  type Provider,
+  TokenManager,
+  Vault
+} from "@latchkey/core"
 import { Generic } from "@latchkey/provider-generic"
 import { consent } from "@latchkey/testkit-oidc"
 import { Effect, Redacted } from "effect"
@@ -50,6 +57,26 @@ export const storedRefreshToken = async (lk: LatchkeyClient, id: string): Promis
 }
 
 export const runEffect = Effect.runPromise
+
+/** Move a stored access token an hour into the past, through the store's compare-and-set. */
+export const expireStored = async (store: ConnectionStore.ConnectionStoreShape, id: string) => {
+  const record = await runEffect(store.get(id))
+  if (record === undefined) throw new Error(`connection ${id} is not in the store`)
+  const now = Date.now()
+  await runEffect(
+    store.update(
+      {
+        ...record,
+        obtainedAt: now - 2 * 3600_000,
+        expiresAt: now - 3600_000,
+        refreshDueAt: now - 3600_000,
+        updatedAt: now,
+        version: record.version + 1
+      },
+      record.version
+    )
+  )
+}
 
 /** Progress lines go to stderr; the table goes to stdout. */
 const benchStarted = performance.now()

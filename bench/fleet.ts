@@ -202,10 +202,14 @@ interface WorkerResult {
 }
 
 const startWorker = (settings: FleetWorkerSettings) => {
-  const child = spawn(process.execPath, [...(process.env.BENCH_WORKER_ARGS ?? "").split(" ").filter(Boolean), workerFile], {
-    env: { ...process.env, LK_FLEET_WORKER: JSON.stringify(settings) },
-    stdio: ["pipe", "pipe", "pipe"]
-  })
+  const child = spawn(
+    process.execPath,
+    [...(process.env.BENCH_WORKER_ARGS ?? "").split(" ").filter(Boolean), workerFile],
+    {
+      env: { ...process.env, LK_FLEET_WORKER: JSON.stringify(settings) },
+      stdio: ["pipe", "pipe", "pipe"]
+    }
+  )
   let stderr = ""
   child.stderr.on("data", (d) => {
     stderr += d
@@ -365,7 +369,9 @@ export const benchFleet = async (server: BenchServer, quick: boolean, cpus: numb
     cpus,
     note: `${cpus} cores shared by the token server (a worker thread), the store server and the N processes: wall near 1/N needs N free cores`
   }
-  for (const kind of (process.env.BENCH_FLEET_STORES ?? "postgres,redis").split(",") as Array<"postgres" | "redis">) {
+  for (const kind of (process.env.BENCH_FLEET_STORES ?? "postgres,redis").split(",") as Array<
+    "postgres" | "redis"
+  >) {
     try {
       out[kind] = await benchFleetStore(server, kind, connections, rateConnections, rate)
     } catch (error) {

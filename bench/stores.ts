@@ -31,7 +31,16 @@ import { startStoreWorker } from "@latchkey/core/testing"
 import { PostgresStore } from "@latchkey/store-postgres"
 import { RedisStore } from "@latchkey/store-redis"
 import { Effect } from "effect"
-import { link, makeProvider, PROVIDER_ID, progress, REDIRECT, round, storedRefreshToken } from "./common.ts"
+import {
+  expireStored,
+  link,
+  makeProvider,
+  PROVIDER_ID,
+  progress,
+  REDIRECT,
+  round,
+  storedRefreshToken
+} from "./common.ts"
 import { type BenchServer, CLIENT_ID, SCOPES, startBenchServer } from "./server.ts"
 
 export interface StoreBenchResult {
@@ -222,29 +231,9 @@ const measureReads = async (
   return { iterations: total, readOpsPerSec: total / (lkMs / 1000), rawReadOpsPerSec: total / (rawMs / 1000) }
 }
 
-/** Move the stored access token an hour into the past, through the store's compare-and-set. */
-const expire = async (store: ConnectionStore.ConnectionStoreShape, id: string) => {
-  const record = await Effect.runPromise(store.get(id))
-  if (record === undefined) throw new Error("the linked connection is not in the store")
-  const now = Date.now()
-  await Effect.runPromise(
-    store.update(
-      {
-        ...record,
-        obtainedAt: now - 2 * 3600_000,
-        expiresAt: now - 3600_000,
-        refreshDueAt: now - 3600_000,
-        updatedAt: now,
-        version: record.version + 1
-      },
-      record.version
-    )
-  )
-}
-
 const storm = async (server: BenchServer, opened: Opened, lk: LatchkeyClient) => {
   const { id } = await link(lk, `stores-storm-${opened.name}`)
-  await expire(opened.store, id)
+  await expireStored(opened.store, id)
   const before = (await server.grants()).refresh_token
   let results: Array<{ readonly tokens: Array<string>; readonly failures: Array<string> }>
   let processes: number

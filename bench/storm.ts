@@ -24,12 +24,12 @@
 import { ConnectionStore, createLatchkey } from "@latchkey/core"
 import * as oidc from "openid-client"
 import {
+  expireStored,
   link,
   makeProvider,
   median,
   progress,
   round,
-  runEffect,
   storedRefreshToken,
   vaultOptions
 } from "./common.ts"
@@ -85,40 +85,15 @@ export const measureOneRefresh = async (
   samples = 15,
   warmup = 5,
   startWith?: string | undefined
-) => {
-  const config = server.openidConfig()
-  let refreshToken = startWith ?? (await server.mint(1, "one-refresh"))[0]!.refreshToken
-  const times: Array<number> = []
-  for (let i = 0; i < warmup + samples; i++) {
-    const start = performance.now()
-    const response = await oidc.refreshTokenGrant(config, refreshToken)
-    const ms = performance.now() - start
-    if (response.refresh_token === undefined) throw new Error("the server did not rotate the refresh token")
-    refreshToken = response.refresh_token
-    if (i >= warmup) times.push(ms)
-  }
-  return median(times)
-}
-
-/** Move a connection's stored access token an hour into the past (the store's compare-and-set). */
-const expire = async (store: ConnectionStore.ConnectionStoreShape, id: string) => {
-  const record = await runEffect(store.get(id))
-  if (record === undefined) throw new Error("storm: the linked connection is not in the store")
-  const now = Date.now()
-  await runEffect(
-    store.update(
-      {
-        ...record,
-        obtainedAt: now - 2 * 3600_000,
-        expiresAt: now - 3600_000,
-        refreshDueAt: now - 3600_000,
-        updatedAt: now,
-        version: record.version + 1
-      },
-      record.version
+) =>
+  (
+    await measureRaw(
+      server,
+      startWith ?? (await server.mint(1, "one-refresh"))[0]!.refreshToken,
+      samples,
+      warmup
     )
-  )
-}
+  ).ms
 
 export const benchStorm = async (server: BenchServer, storms = 5): Promise<StormResult> => {
   const store = ConnectionStore.makeMemory()
@@ -128,7 +103,7 @@ export const benchStorm = async (server: BenchServer, storms = 5): Promise<Storm
     // instance run a few times on another linked account before the storms.
     const warm = await link(lk, "storm-warm-up")
     for (let i = 0; i < WARM_UP; i++) {
-      await expire(store, warm.id)
+      await expireStored(store, warm.id)
       await Promise.all(Array.from({ length: i < 5 ? CALLERS : 10 }, () => lk.accessToken(warm.id)))
     }
 
@@ -153,7 +128,7 @@ export const benchStorm = async (server: BenchServer, storms = 5): Promise<Storm
       const { id } = await link(lk, `storm-${k}`)
       const oldAccess = await lk.accessToken(id)
       const oldRefresh = await storedRefreshToken(lk, id)
-      await expire(store, id)
+      await expireStored(store, id)
 
       // The raw round trip just before this storm: the median of 7 after 2 warm-up ones.
       const raw = await measureRaw(server, baselineToken, 7, 2)

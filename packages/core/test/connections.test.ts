@@ -57,13 +57,16 @@ const harness = (
 ) => {
   const inner = ConnectionStore.makeMemory()
   let updates = 0
+  /** `options.quiet` of each update, in order. */
+  const quiet: Array<boolean | undefined> = []
   const store: ConnectionStore.ConnectionStoreShape = {
     ...inner,
-    update: (record, expected) =>
+    update: (record, expected, appended, options) =>
       Effect.gen(function* () {
         const attempt = updates++
+        quiet.push(options?.quiet)
         if (hooks.beforeUpdate) yield* hooks.beforeUpdate(inner, attempt)
-        yield* inner.update(record, expected)
+        yield* inner.update(record, expected, appended, options)
         const lost = hooks.afterUpdate?.(attempt)
         if (lost) return yield* lost
       })
@@ -89,7 +92,7 @@ const harness = (
         return yield* effect
       }).pipe(Effect.provide(layer))
     )
-  return { inner, store, events, run, updates: () => updates }
+  return { inner, store, events, run, quiet, updates: () => updates }
 }
 
 const bumpElsewhere = (inner: ConnectionStore.ConnectionStoreShape, id: string) =>
@@ -173,26 +176,8 @@ describe("Connections", () => {
 
   it("marks a write quiet when nothing a token cache holds changes (a journal, a streak), and only then", async () => {
     const h = harness()
-    const quiet: Array<boolean | undefined> = []
-    const recording: ConnectionStore.ConnectionStoreShape = {
-      ...h.store,
-      update: (record, expected, events, options) => {
-        quiet.push(options?.quiet)
-        return h.inner.update(record, expected, events, options)
-      }
-    }
-    const layer = Connections.Connections.layer.pipe(
-      Layer.provideMerge(
-        Layer.mergeAll(
-          Layer.succeed(ConnectionStore.ConnectionStore, recording),
-          Layer.succeed(Vault.Vault, Vault.make({ keys: [{ id: "k1", key: Vault.generateKey() }] })),
-          Events.layer,
-          Layer.succeed(LatchkeyConfig, defaults())
-        )
-      )
-    )
     const now = Date.now()
-    await Effect.runPromise(
+    await h.run(
       Effect.gen(function* () {
         const c = yield* Connections.Connections
         yield* c.insert(sample("q1", "oauth", now))
@@ -220,9 +205,9 @@ describe("Connections", () => {
         yield* write((cur) => ({ ...cur, tokens: { ...cur.tokens, expiresAt: now + 2 * HOUR } }))
         yield* write((cur) => ({ ...cur, tokens: { ...cur.tokens, tokenType: "DPoP" } }))
         yield* write((cur) => ({ ...cur, status: "needs_reauth" }))
-      }).pipe(Effect.provide(layer))
+      })
     )
-    expect(quiet).toEqual([true, true, true, false, false, false, false])
+    expect(h.quiet).toEqual([true, true, true, false, false, false, false])
   })
 
   it("a conflict re-reads and re-applies f to the fresh copy; events are published once, after the write", async () => {

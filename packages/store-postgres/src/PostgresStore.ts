@@ -319,6 +319,41 @@ export const layer = (
 
 const quote = (identifier: string) => `"${identifier}"`
 
+/**
+ * One statement in its own transaction with local lock and statement timeouts, in ONE round trip:
+ * `BEGIN; SET LOCAL ...; <statement>; COMMIT` as one simple-protocol batch (the same transaction as
+ * `inTransaction` with one statement, without its three round trips). `statement` writes its values
+ * as literals through the client's escaping. Rolls back on any failure; answers the statement's result.
+ */
+const oneTrip = async <R extends pg.QueryResultRow>(
+  pool: pg.Pool,
+  lockTimeoutMs: number,
+  statementTimeoutMs: number,
+  statement: (client: pg.PoolClient) => string
+): Promise<pg.QueryResult<R>> => {
+  const client = await pool.connect()
+  let broken = false
+  try {
+    const batch = `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs};
+${statement(client)};
+COMMIT`
+    const results = (await client.query({
+      text: batch,
+      query_timeout: statementTimeoutMs + 2_000
+    } as pg.QueryConfig)) as unknown as Array<pg.QueryResult<R>>
+    return results[3]!
+  } catch (error) {
+    try {
+      await client.query("ROLLBACK")
+    } catch {
+      broken = true
+    }
+    throw error
+  } finally {
+    client.release(broken)
+  }
+}
+
 /** Run `f` in one transaction with local lock and statement timeouts; roll back on any failure. */
 const inTransaction = async <A>(
   pool: pg.Pool,
@@ -587,22 +622,21 @@ const build = (
     events: ReadonlyArray<LifecycleEvent>,
     quiet: boolean
   ): Promise<void> => {
-    const client = await pool.connect()
-    let broken = false
+    let result: pg.QueryResult
     try {
-      const text = (v: string) => client.escapeLiteral(v)
-      const int = (v: number | null) => (v === null ? "NULL" : Number.isFinite(v) ? String(v) : "NULL")
-      const update = `UPDATE ${C} SET owner_id = ${text(record.ownerId)}, provider_id = ${text(record.providerId)},
+      result = await oneTrip(pool, lockTimeoutMs, statementTimeoutMs, (client) => {
+        const text = (v: string) => client.escapeLiteral(v)
+        const int = (v: number | null) => (v === null ? "NULL" : Number.isFinite(v) ? String(v) : "NULL")
+        const update = `UPDATE ${C} SET owner_id = ${text(record.ownerId)}, provider_id = ${text(record.providerId)},
   account_id = ${text(record.accountId)}, version = ${int(record.version)}, status = ${text(record.status)},
   refresh_due_at = ${int(record.refreshDueAt)}, record = ${text(JSON.stringify(record))}
   WHERE id = ${text(record.id)} AND version = ${int(expectedVersion)}`
-      // With events: one statement, so that they are appended only when the compare-and-set wrote
-      // (the lock, and so the seq, are taken after the row was updated).
-      // The NOTIFY of the change (`watch`) is sent by the same transaction: delivered at its commit.
-      // A quiet write (nothing a token cache holds changed) is not announced to other processes.
-      const notify = quiet ? "SELECT u.id FROM u" : `SELECT pg_notify(${text(channel)}, u.id) FROM u`
-      const statement =
-        events.length === 0
+        // With events: one statement, so that they are appended only when the compare-and-set wrote
+        // (the lock, and so the seq, are taken after the row was updated).
+        // The NOTIFY of the change (`watch`) is sent by the same transaction: delivered at its commit.
+        // A quiet write (nothing a token cache holds changed) is not announced to other processes.
+        const notify = quiet ? "SELECT u.id FROM u" : `SELECT pg_notify(${text(channel)}, u.id) FROM u`
+        return events.length === 0
           ? `WITH u AS (${update} RETURNING id) ${notify}`
           : `WITH u AS (${update} RETURNING id),
   l AS (SELECT ${eventsLock} FROM u),
@@ -613,39 +647,19 @@ const build = (
       )
       .join(", ")}) AS v(n, at, connection_id, event) ORDER BY v.n)
 ${notify}`
-      const batch = `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs};
-${statement};
-COMMIT`
-      let results: Array<pg.QueryResult>
-      try {
-        results = (await client.query({
-          text: batch,
-          query_timeout: statementTimeoutMs + 2_000
-        } as pg.QueryConfig)) as unknown as Array<pg.QueryResult>
-      } catch (error) {
-        try {
-          await client.query("ROLLBACK")
-        } catch {
-          broken = true
-        }
-        if (errorCode(error) === "23505") throw conflict(`connection ${record.id}: account already linked`)
-        throw error
-      }
-      const written = results[3]?.rowCount ?? 0
-      if (written !== 1) {
-        throw conflict(`connection ${record.id} is missing or not at version ${expectedVersion}`)
-      }
-    } finally {
-      client.release(broken)
+      })
+    } catch (error) {
+      if (errorCode(error) === "23505") throw conflict(`connection ${record.id}: account already linked`)
+      throw error
+    }
+    if ((result.rowCount ?? 0) !== 1) {
+      throw conflict(`connection ${record.id} is missing or not at version ${expectedVersion}`)
     }
   }
 
   /**
-   * One statement in its own transaction with the local timeouts, in ONE round trip: `BEGIN; SET
-   * LOCAL ...; <statement>; COMMIT` as one simple-protocol batch, the parameters ($1, $2, ...) written
-   * as escaped literals (strings, finite numbers, null). The same transaction as `transaction` with
-   * one statement, without its three round trips (BEGIN, the statement, COMMIT): the lease and the
-   * rate budget are on every refresh's path.
+   * `oneTrip` for a statement with parameters ($1, $2, ...), written as escaped literals (strings,
+   * finite numbers, null): the lease and the rate budget are on every refresh's path.
    */
   const statementInOneTrip = <R extends pg.QueryResultRow>(
     what: string,
@@ -653,41 +667,16 @@ COMMIT`
     values: ReadonlyArray<string | number | null>
   ): Effect.Effect<pg.QueryResult<R>, StoreError> =>
     Effect.tryPromise({
-      try: async () => {
-        const client = await pool.connect()
-        let broken = false
-        try {
-          const literal = (v: string | number | null | undefined): string => {
+      try: () =>
+        oneTrip<R>(pool, lockTimeoutMs, statementTimeoutMs, (client) =>
+          statement.replace(/\$(\d+)/g, (_, n: string) => {
+            const v = values[Number(n) - 1]
             if (v === null) return "NULL"
-            if (typeof v === "number") {
-              if (!Number.isFinite(v)) throw new TypeError(`${what}: a parameter is not a finite number`)
-              return String(v)
-            }
             if (typeof v === "string") return client.escapeLiteral(v)
-            throw new TypeError(`${what}: a parameter is missing`)
-          }
-          const text = statement.replace(/\$(\d+)/g, (_, n: string) => literal(values[Number(n) - 1]))
-          const batch = `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs};
-${text};
-COMMIT`
-          try {
-            const results = (await client.query({
-              text: batch,
-              query_timeout: statementTimeoutMs + 2_000
-            } as pg.QueryConfig)) as unknown as Array<pg.QueryResult<R>>
-            return results[3]!
-          } catch (error) {
-            try {
-              await client.query("ROLLBACK")
-            } catch {
-              broken = true
-            }
-            throw error
-          }
-        } finally {
-          client.release(broken)
-        }
-      },
+            if (typeof v === "number" && Number.isFinite(v)) return String(v)
+            throw new TypeError(`${what}: parameter $${n} is not a string, a finite number or null`)
+          })
+        ),
       catch: storeError(what)
     })
 
