@@ -1,0 +1,104 @@
+/**
+ * A storm through the Promise API, against the sandbox token server on 127.0.0.1: callers of one id
+ * that arrive while its lookup (here: its refresh) is under way share that one lookup, without a
+ * fiber and a store read each (issue "Performance at fleet scale", target 2).
+ */
+import { Effect, Redacted } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import * as Connection from "../src/Connection.ts"
+import * as ConnectionStore from "../src/ConnectionStore.ts"
+import { createLatchkey } from "../src/Latchkey.ts"
+import * as Provider from "../src/Provider.ts"
+import { startOAuthSandbox } from "../src/sandbox/index.ts"
+import * as Vault from "../src/Vault.ts"
+
+let sandbox: Awaited<ReturnType<typeof startOAuthSandbox>>
+beforeAll(async () => {
+  sandbox = await startOAuthSandbox({
+    name: "Storm",
+    accounts: [{ id: "acct", label: "Account" }],
+    clients: [
+      {
+        clientId: "storm",
+        clientSecret: "storm-secret",
+        redirectUris: ["http://127.0.0.1:9/callback"],
+        auth: "client_secret_basic"
+      }
+    ],
+    paths: { authorize: "/authorize", token: "/token" },
+    refreshTokens: { rotate: true, reuseRevokesGrant: true }
+  })
+})
+afterAll(() => sandbox.close())
+
+describe("a storm through the Promise API", () => {
+  it("1,000 callers during one refresh: one refresh, one engine lookup, a handful of store reads", async () => {
+    const inner = ConnectionStore.makeMemory()
+    let reads = 0
+    const store: ConnectionStore.ConnectionStoreShape = {
+      ...inner,
+      get: (id) =>
+        Effect.suspend(() => {
+          reads++
+          return inner.get(id)
+        })
+    }
+    const vaultOptions = { keys: [{ id: "k1", key: Vault.generateKey() }] }
+    const provider = Provider.make({
+      id: "storm",
+      name: "Storm",
+      clientId: "storm",
+      clientSecret: "storm-secret",
+      clientAuth: "client_secret_basic",
+      endpoints: {
+        issuer: sandbox.endpoints.issuer,
+        authorization: sandbox.endpoints.authorization,
+        token: sandbox.endpoints.token
+      },
+      redirectUri: "http://127.0.0.1:9/callback",
+      identify: async () => ({ accountId: "unused", label: "unused" })
+    })
+    const lk = createLatchkey({ providers: [provider], store, vault: vaultOptions })
+    try {
+      const { tokenResponse } = sandbox.issueGrant({ account: "acct", clientId: "storm" })
+      const now = Date.now()
+      const c: Connection.Connection = {
+        id: "conn_storm",
+        ownerId: "owner",
+        providerId: "storm",
+        accountId: "acct",
+        label: "acct",
+        kind: "oauth",
+        status: "active",
+        version: 1,
+        createdAt: now,
+        updatedAt: now,
+        lastRefreshAt: undefined,
+        lastError: undefined,
+        profile: undefined,
+        tokens: {
+          accessToken: Redacted.make(String(tokenResponse.access_token)),
+          refreshToken: Redacted.make(String(tokenResponse.refresh_token)),
+          tokenType: "Bearer",
+          obtainedAt: now - 7_200_000,
+          expiresAt: now - 1_000,
+          refreshExpiresAt: undefined,
+          scopes: [],
+          extras: {}
+        }
+      }
+      await Effect.runPromise(inner.insert(Connection.toRecord(Vault.make(vaultOptions), c, null)))
+      const before = sandbox.countCalls({ endpoint: "token", grantType: "refresh_token" })
+      reads = 0
+      const tokens = await Promise.all(Array.from({ length: 1_000 }, () => lk.accessToken("conn_storm")))
+      expect(sandbox.countCalls({ endpoint: "token", grantType: "refresh_token" }) - before).toBe(1)
+      expect(new Set(tokens).size).toBe(1)
+      expect(tokens[0]).not.toBe(String(tokenResponse.access_token))
+      // The first caller's lookup reads the row, the refresh reads it again under its lease and
+      // re-reads around its writes: a few reads, not one per caller.
+      expect(reads).toBeLessThanOrEqual(5)
+    } finally {
+      await lk.close()
+    }
+  })
+})
