@@ -320,28 +320,14 @@ export const layer = (
 const quote = (identifier: string) => `"${identifier}"`
 
 /**
- * One statement in its own transaction with local lock and statement timeouts, in ONE round trip:
- * `BEGIN; SET LOCAL ...; <statement>; COMMIT` as one simple-protocol batch (the same transaction as
- * `inTransaction` with one statement, without its three round trips). `statement` writes its values
- * as literals through the client's escaping. Rolls back on any failure; answers the statement's result.
+ * Run `f` on a client of the pool; on any failure roll back (a transaction may be open), and discard
+ * the client when even that fails.
  */
-const oneTrip = async <R extends pg.QueryResultRow>(
-  pool: pg.Pool,
-  lockTimeoutMs: number,
-  statementTimeoutMs: number,
-  statement: (client: pg.PoolClient) => string
-): Promise<pg.QueryResult<R>> => {
+const onClient = async <A>(pool: pg.Pool, f: (client: pg.PoolClient) => Promise<A>): Promise<A> => {
   const client = await pool.connect()
   let broken = false
   try {
-    const batch = `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs};
-${statement(client)};
-COMMIT`
-    const results = (await client.query({
-      text: batch,
-      query_timeout: statementTimeoutMs + 2_000
-    } as pg.QueryConfig)) as unknown as Array<pg.QueryResult<R>>
-    return results[3]!
+    return await f(client)
   } catch (error) {
     try {
       await client.query("ROLLBACK")
@@ -354,16 +340,37 @@ COMMIT`
   }
 }
 
+/**
+ * One statement in its own transaction with local lock and statement timeouts, in ONE round trip:
+ * `BEGIN; SET LOCAL ...; <statement>; COMMIT` as one simple-protocol batch (the same transaction as
+ * `inTransaction` with one statement, without its three round trips). `statement` writes its values
+ * as literals through the client's escaping. Rolls back on any failure; answers the statement's result.
+ */
+const oneTrip = <R extends pg.QueryResultRow>(
+  pool: pg.Pool,
+  lockTimeoutMs: number,
+  statementTimeoutMs: number,
+  statement: (client: pg.PoolClient) => string
+): Promise<pg.QueryResult<R>> =>
+  onClient(pool, async (client) => {
+    const batch = `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs};
+${statement(client)};
+COMMIT`
+    const results = (await client.query({
+      text: batch,
+      query_timeout: statementTimeoutMs + 2_000
+    } as pg.QueryConfig)) as unknown as Array<pg.QueryResult<R>>
+    return results[3]!
+  })
+
 /** Run `f` in one transaction with local lock and statement timeouts; roll back on any failure. */
-const inTransaction = async <A>(
+const inTransaction = <A>(
   pool: pg.Pool,
   lockTimeoutMs: number,
   statementTimeoutMs: number,
   f: (client: pg.PoolClient) => Promise<A>
-): Promise<A> => {
-  const client = await pool.connect()
-  let broken = false
-  try {
+): Promise<A> =>
+  onClient(pool, async (client) => {
     // One round trip; the values are validated integers.
     await client.query(
       `BEGIN; SET LOCAL lock_timeout = ${lockTimeoutMs}; SET LOCAL statement_timeout = ${statementTimeoutMs}`
@@ -371,17 +378,7 @@ const inTransaction = async <A>(
     const result = await f(client)
     await client.query("COMMIT")
     return result
-  } catch (error) {
-    try {
-      await client.query("ROLLBACK")
-    } catch {
-      broken = true
-    }
-    throw error
-  } finally {
-    client.release(broken)
-  }
-}
+  })
 
 /** Client-side bound of one migration statement (the server's own limits are set in the transaction). */
 const MIGRATION_QUERY_TIMEOUT_MS = 120_000
