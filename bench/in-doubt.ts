@@ -15,9 +15,10 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Connection, ConnectionStore, createLatchkey, Provider, SqliteStore, Vault } from "@latchkey/core"
 import { startOAuthSandbox } from "@latchkey/core/sandbox"
+import { oauthConnection } from "@latchkey/core/testing"
 import { PostgresStore } from "@latchkey/store-postgres"
 import { RedisStore } from "@latchkey/store-redis"
-import { Effect, Redacted } from "effect"
+import { Effect } from "effect"
 import { progress, quantile, round } from "./common.ts"
 
 const CONNECTIONS = 100
@@ -87,31 +88,17 @@ const measure = async (name: string, store: ConnectionStore.ConnectionStoreShape
     for (let i = 0; i < CONNECTIONS; i++) {
       const { tokenResponse } = sandbox.issueGrant({ account: "acct", clientId: "bench" })
       const now = Date.now()
-      const c: Connection.Connection = {
-        id: `conn_${randomUUID()}`,
+      const c = oauthConnection({
         ownerId: "bench",
         providerId: "indoubt",
         accountId: `acct-${i}-${randomUUID()}`,
         label: `acct ${i}`,
-        kind: "oauth",
-        status: "active",
-        version: 1,
-        createdAt: now,
-        updatedAt: now,
-        lastRefreshAt: undefined,
-        lastError: undefined,
-        profile: undefined,
-        tokens: {
-          accessToken: Redacted.make(String(tokenResponse.access_token)),
-          refreshToken: Redacted.make(String(tokenResponse.refresh_token)),
-          tokenType: "Bearer",
-          obtainedAt: now - 7_200_000,
-          expiresAt: now - 1_000,
-          refreshExpiresAt: undefined,
-          scopes: [],
-          extras: {}
-        }
-      }
+        accessToken: String(tokenResponse.access_token),
+        refreshToken: String(tokenResponse.refresh_token),
+        obtainedAt: now - 7_200_000,
+        expiresAt: now - 1_000,
+        now
+      })
       await run(store.insert(Connection.toRecord(vault, c, null)))
       ids.push(c.id)
     }

@@ -3,13 +3,14 @@
  * that arrive while its lookup (here: its refresh) is under way share that one lookup, without a
  * fiber and a store read each (issue "Performance at fleet scale", target 2).
  */
-import { Effect, Redacted } from "effect"
+import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Connection from "../src/Connection.ts"
 import * as ConnectionStore from "../src/ConnectionStore.ts"
 import { createLatchkey } from "../src/Latchkey.ts"
 import * as Provider from "../src/Provider.ts"
 import { startOAuthSandbox } from "../src/sandbox/index.ts"
+import { oauthConnection } from "../src/testing/oauthConnection.ts"
 import * as Vault from "../src/Vault.ts"
 
 let sandbox: Awaited<ReturnType<typeof startOAuthSandbox>>
@@ -61,32 +62,13 @@ describe("a storm through the Promise API", () => {
     const lk = createLatchkey({ providers: [provider], store, vault: vaultOptions })
     try {
       const { tokenResponse } = sandbox.issueGrant({ account: "acct", clientId: "storm" })
-      const now = Date.now()
-      const c: Connection.Connection = {
+      const c = oauthConnection({
         id: "conn_storm",
-        ownerId: "owner",
         providerId: "storm",
-        accountId: "acct",
-        label: "acct",
-        kind: "oauth",
-        status: "active",
-        version: 1,
-        createdAt: now,
-        updatedAt: now,
-        lastRefreshAt: undefined,
-        lastError: undefined,
-        profile: undefined,
-        tokens: {
-          accessToken: Redacted.make(String(tokenResponse.access_token)),
-          refreshToken: Redacted.make(String(tokenResponse.refresh_token)),
-          tokenType: "Bearer",
-          obtainedAt: now - 7_200_000,
-          expiresAt: now - 1_000,
-          refreshExpiresAt: undefined,
-          scopes: [],
-          extras: {}
-        }
-      }
+        accessToken: String(tokenResponse.access_token),
+        refreshToken: String(tokenResponse.refresh_token),
+        expiresAt: Date.now() - 1_000
+      })
       await Effect.runPromise(inner.insert(Connection.toRecord(Vault.make(vaultOptions), c, null)))
       const before = sandbox.countCalls({ endpoint: "token", grantType: "refresh_token" })
       reads = 0

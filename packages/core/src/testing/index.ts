@@ -4,6 +4,7 @@
 
 export * as Hostile from "./hostile.ts"
 export * from "./modifyStored.ts"
+export * from "./oauthConnection.ts"
 export * from "./otlpReceiver.ts"
 export * from "./providerConformance.ts"
 export * from "./securityConformance.ts"

@@ -14,7 +14,6 @@
 import { randomUUID } from "node:crypto"
 import { Effect, Redacted } from "effect"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
-import type { Connection } from "../Connection.ts"
 import * as ConnectionModule from "../Connection.ts"
 import type { ConnectionStoreShape } from "../ConnectionStore.ts"
 import { StoreError } from "../Errors.ts"
@@ -22,6 +21,7 @@ import { createLatchkey, type LatchkeyClient } from "../Latchkey.ts"
 import * as Provider from "../Provider.ts"
 import { type OAuthSandbox, type SandboxAccount, startOAuthSandbox } from "../sandbox/oauth.ts"
 import * as Vault from "../VaultNamespace.ts"
+import { oauthConnection } from "./oauthConnection.ts"
 import type { WorkerSettings } from "./storeConformanceWorker.ts"
 import { openWithOpener } from "./storeConformanceWorker.ts"
 import {
@@ -173,31 +173,16 @@ export const storeFaults = (options: StoreConformanceOptions): void => {
     const seed = async (store: ConnectionStoreShape, account = "acct-1") => {
       const { tokenResponse } = sandbox.issueGrant({ account, clientId: "faults-client" })
       const now = Date.now()
-      const c: Connection = {
-        id: `conn_${randomUUID()}`,
-        ownerId: "owner",
+      const c = oauthConnection({
         providerId: PROVIDER_ID,
         accountId: `${account}-${randomUUID()}`,
         label: account,
-        kind: "oauth",
-        status: "active",
-        version: 1,
-        createdAt: now,
-        updatedAt: now,
-        lastRefreshAt: undefined,
-        lastError: undefined,
-        profile: undefined,
-        tokens: {
-          accessToken: Redacted.make(String(tokenResponse.access_token)),
-          refreshToken: Redacted.make(String(tokenResponse.refresh_token)),
-          tokenType: "Bearer",
-          obtainedAt: now - 3_600_000,
-          expiresAt: now - 1_000,
-          refreshExpiresAt: undefined,
-          scopes: [],
-          extras: {}
-        }
-      }
+        accessToken: String(tokenResponse.access_token),
+        refreshToken: String(tokenResponse.refresh_token),
+        obtainedAt: now - 3_600_000,
+        expiresAt: now - 1_000,
+        now
+      })
       await run(store.insert(ConnectionModule.toRecord(vault, c, now - 1_000)))
       return c.id
     }
