@@ -32,9 +32,10 @@ import {
   SqliteStore,
   Vault
 } from "@latchkey/core"
+import { oauthConnection } from "@latchkey/core/testing"
 import { PostgresStore } from "@latchkey/store-postgres"
 import { RedisStore } from "@latchkey/store-redis"
-import { Effect, Redacted } from "effect"
+import { Effect } from "effect"
 import { median, progress, round } from "./common.ts"
 
 const POSTGRES_URL = process.env.LATCHKEY_BENCH_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/test"
@@ -79,31 +80,19 @@ const provider = () =>
 
 const connection = (id: string, token: string, version: number): Connection.Connection => {
   const now = Date.now()
-  return {
+  return oauthConnection({
     id,
     ownerId: "staleness",
     providerId: "p",
     accountId: `acct-${id}`,
     label: id,
-    kind: "oauth",
-    status: "active",
+    accessToken: token,
+    refreshToken: `refresh-${randomUUID()}`,
+    obtainedAt: now,
+    expiresAt: now + HOUR,
     version,
-    createdAt: now,
-    updatedAt: now,
-    lastRefreshAt: undefined,
-    lastError: undefined,
-    profile: undefined,
-    tokens: {
-      accessToken: Redacted.make(token),
-      refreshToken: Redacted.make(`refresh-${randomUUID()}`),
-      tokenType: "Bearer",
-      obtainedAt: now,
-      expiresAt: now + HOUR,
-      refreshExpiresAt: undefined,
-      scopes: [],
-      extras: {}
-    }
-  }
+    now
+  })
 }
 
 interface Pair {

@@ -6,10 +6,11 @@
  */
 import { createServer, type Server } from "node:http"
 import type { AddressInfo } from "node:net"
-import { Effect, Redacted } from "effect"
+import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { rateLimitResetMs } from "../src/ApiClient.ts"
 import { Connection, ConnectionStore, createLatchkey, Provider, Vault } from "../src/index.ts"
+import { oauthConnection } from "../src/testing/oauthConnection.ts"
 
 let server: Server
 let base: string
@@ -49,31 +50,17 @@ const vaultOptions = { keys: [{ id: "k", key: Vault.generateKey() }] }
 
 const insertConnection = async (store: ConnectionStore.ConnectionStoreShape, id: string) => {
   const now = Date.now()
-  const c: Connection.Connection = {
+  const c = oauthConnection({
     id,
     ownerId: "o",
     providerId: "api",
     accountId: `acct-${id}`,
     label: id,
-    kind: "oauth",
-    status: "active",
-    version: 1,
-    createdAt: now,
-    updatedAt: now,
-    lastRefreshAt: undefined,
-    lastError: undefined,
-    profile: undefined,
-    tokens: {
-      accessToken: Redacted.make(`token-${id}`),
-      refreshToken: undefined,
-      tokenType: "Bearer",
-      obtainedAt: now,
-      expiresAt: now + 3_600_000,
-      refreshExpiresAt: undefined,
-      scopes: [],
-      extras: {}
-    }
-  }
+    accessToken: `token-${id}`,
+    obtainedAt: now,
+    expiresAt: now + 3_600_000,
+    now
+  })
   await Effect.runPromise(store.insert(Connection.toRecord(Vault.make(vaultOptions), c, null)))
 }
 

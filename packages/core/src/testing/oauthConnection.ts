@@ -23,6 +23,10 @@ export interface OAuthConnectionOptions {
   /** When the tokens were obtained (default an hour before `expiresAt`). */
   readonly obtainedAt?: number | undefined
   readonly scopes?: ReadonlyArray<string> | undefined
+  /** The provider's other token fields (default none). */
+  readonly extras?: Readonly<Record<string, unknown>> | undefined
+  /** Default 1 (a new connection). */
+  readonly version?: number | undefined
   /** Created and updated at (default now). */
   readonly now?: number | undefined
 }
@@ -38,7 +42,7 @@ export const oauthConnection = (options: OAuthConnectionOptions): Connection => 
     label: options.label ?? accountId,
     kind: "oauth",
     status: "active",
-    version: 1,
+    version: options.version ?? 1,
     createdAt: now,
     updatedAt: now,
     lastRefreshAt: undefined,
@@ -52,7 +56,7 @@ export const oauthConnection = (options: OAuthConnectionOptions): Connection => 
       expiresAt: options.expiresAt,
       refreshExpiresAt: undefined,
       scopes: [...(options.scopes ?? [])],
-      extras: {}
+      extras: { ...options.extras }
     }
   }
 }

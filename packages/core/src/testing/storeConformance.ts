@@ -8,6 +8,7 @@ import type { StoreError } from "../Errors.ts"
 import { createLatchkey, type LatchkeyClient } from "../Latchkey.ts"
 import * as Provider from "../Provider.ts"
 import * as Vault from "../VaultNamespace.ts"
+import { oauthConnection } from "./oauthConnection.ts"
 import { openWithOpener, type WorkerSettings } from "./storeConformanceWorker.ts"
 import { storeEvents } from "./storeEvents.ts"
 import { storeFaults } from "./storeFaults.ts"
@@ -56,31 +57,21 @@ export const sampleRecord = (id: string, patch: Partial<ConnectionRecord> = {}):
 })
 
 /** A decoded connection with a valid access token (so reading it never calls a provider). */
-const sampleConnection = (id: string, now: number): Connection => ({
-  id,
-  ownerId: "rotation-owner",
-  providerId: "p",
-  accountId: `acct-${id}`,
-  label: id,
-  kind: "oauth",
-  status: "active",
-  version: 1,
-  createdAt: now,
-  updatedAt: now,
-  lastRefreshAt: undefined,
-  lastError: undefined,
-  profile: undefined,
-  tokens: {
-    accessToken: Redacted.make(`access-${id}-${randomUUID()}`),
-    refreshToken: Redacted.make(`refresh-${id}-${randomUUID()}`),
-    tokenType: "Bearer",
+const sampleConnection = (id: string, now: number): Connection =>
+  oauthConnection({
+    id,
+    ownerId: "rotation-owner",
+    providerId: "p",
+    accountId: `acct-${id}`,
+    label: id,
+    accessToken: `access-${id}-${randomUUID()}`,
+    refreshToken: `refresh-${id}-${randomUUID()}`,
     obtainedAt: now,
     expiresAt: now + 3_600_000,
-    refreshExpiresAt: undefined,
     scopes: ["read"],
-    extras: { tenant: `t-${id}`, secretish: randomUUID() }
-  }
-})
+    extras: { tenant: `t-${id}`, secretish: randomUUID() },
+    now
+  })
 
 const rotateOn = (store: ConnectionStoreShape, vault: Vault.VaultShape, options: Vault.RotateOptions = {}) =>
   run(

@@ -12,6 +12,7 @@ import * as ConnectionModule from "../Connection.ts"
 import type { ConnectionStoreShape, StoreChange } from "../ConnectionStore.ts"
 import { createLatchkey, markRevoked } from "../Latchkey.ts"
 import * as Vault from "../Vault.ts"
+import { oauthConnection } from "./oauthConnection.ts"
 import { openWithOpener } from "./storeConformanceWorker.ts"
 import { type StoreConformanceOptions, unreachableProvider, withStore } from "./storeKit.ts"
 
@@ -20,31 +21,21 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 const HOUR = 3_600_000
 
-const connectionAt = (id: string, now: number, accessToken: string, version = 1): Connection => ({
-  id,
-  ownerId: "cache-owner",
-  providerId: "p",
-  accountId: `acct-${id}`,
-  label: id,
-  kind: "oauth",
-  status: "active",
-  version,
-  createdAt: now,
-  updatedAt: now,
-  lastRefreshAt: undefined,
-  lastError: undefined,
-  profile: undefined,
-  tokens: {
-    accessToken: Redacted.make(accessToken),
-    refreshToken: Redacted.make(`refresh-${randomUUID()}`),
-    tokenType: "Bearer",
+const connectionAt = (id: string, now: number, accessToken: string, version = 1): Connection =>
+  oauthConnection({
+    id,
+    ownerId: "cache-owner",
+    providerId: "p",
+    accountId: `acct-${id}`,
+    label: id,
+    accessToken,
+    refreshToken: `refresh-${randomUUID()}`,
     obtainedAt: now,
     expiresAt: now + HOUR,
-    refreshExpiresAt: undefined,
     scopes: ["read"],
-    extras: {}
-  }
-})
+    version,
+    now
+  })
 
 /** Call `f` until it says yes (a change announced by another process arrives when it arrives). */
 const eventually = async (f: () => Promise<boolean>, ms = 5_000) => {
