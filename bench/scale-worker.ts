@@ -3,7 +3,8 @@
  * connections (`concurrency` at a time) up to each of `counts` in turn (cumulative: 100k, then on to
  * 1M), and its RSS and heap after a GC at each. Prints one JSON line per count.
  */
-import { createLatchkey, Provider, SqliteStore } from "@latchkey/core"
+import { createLatchkey, SqliteStore } from "@latchkey/core"
+import { unreachableProvider } from "@latchkey/core/testing"
 import { PostgresStore } from "@latchkey/store-postgres"
 import { pool } from "./common.ts"
 
@@ -19,20 +20,7 @@ const {
   concurrency: number
 }
 
-const provider = Provider.make({
-  id: "p",
-  name: "Scale bench provider",
-  clientId: "client",
-  clientSecret: "unused",
-  clientAuth: "client_secret_basic",
-  endpoints: {
-    issuer: "http://127.0.0.1:9",
-    authorization: "http://127.0.0.1:9/authorize",
-    token: "http://127.0.0.1:9/token"
-  },
-  redirectUri: "http://127.0.0.1:9/callback",
-  identify: async () => ({ accountId: "unused", label: "unused" })
-})
+const provider = unreachableProvider("Scale bench provider")
 
 const store =
   kind === "sqlite"

@@ -28,11 +28,10 @@ import {
   createLatchkey,
   Latchkey,
   type LatchkeyClient,
-  Provider,
   SqliteStore,
   Vault
 } from "@latchkey/core"
-import { oauthConnection } from "@latchkey/core/testing"
+import { oauthConnection, unreachableProvider } from "@latchkey/core/testing"
 import { PostgresStore } from "@latchkey/store-postgres"
 import { RedisStore } from "@latchkey/store-redis"
 import { Effect } from "effect"
@@ -62,21 +61,7 @@ export type StalenessResult = Record<
 const vaultOptions = { keys: [{ id: "staleness", key: Vault.generateKey() }] }
 const vault = Vault.make(vaultOptions)
 
-const provider = () =>
-  Provider.make({
-    id: "p",
-    name: "Staleness bench provider",
-    clientId: "client",
-    clientSecret: "unused",
-    clientAuth: "client_secret_basic",
-    endpoints: {
-      issuer: "http://127.0.0.1:9",
-      authorization: "http://127.0.0.1:9/authorize",
-      token: "http://127.0.0.1:9/token"
-    },
-    redirectUri: "http://127.0.0.1:9/callback",
-    identify: async () => ({ accountId: "unused", label: "unused" })
-  })
+const provider = () => unreachableProvider("Staleness bench provider")
 
 const connection = (id: string, token: string, version: number): Connection.Connection => {
   const now = Date.now()

@@ -297,6 +297,18 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
             r === undefined ? Effect.fail(notFound(id)) : decode(r)
         )
 
+      /** The stored row, read inside one attempt of a write (a missing one is that attempt's result). */
+      const readRow = (
+        id: string
+      ): Effect.Effect<Result.Result<ConnectionRecord, StoreError | ConnectionNotFound>, StoreError> =>
+        Effect.map(inAttempt(store.get(id)), (read) =>
+          Result.isFailure(read)
+            ? Result.fail(read.failure)
+            : read.success === undefined
+              ? Result.fail(notFound(id))
+              : Result.succeed(read.success)
+        )
+
       /** The derived fields of a connection about to be written. */
       const derive = (next: Connection, version: number, now: number, wasActive: boolean): Connection => {
         const { failures, statusReason, ...rest } = next
@@ -402,10 +414,9 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
             current = first
             first = undefined
           } else {
-            const read = yield* inAttempt(store.get(id))
+            const read = yield* readRow(id)
             if (Result.isFailure(read)) return Result.fail(read.failure)
             const row = read.success
-            if (row === undefined) return Result.fail(notFound(id))
             if (landed(row, tried)) {
               // The last attempt's write landed after all: its answer was lost.
               remember(row, tried.connection)
@@ -462,10 +473,9 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           Result.Result<Connection | undefined, StoreError | ConnectionNotFound>,
           StoreError
         > = Effect.gen(function* () {
-          const read = yield* inAttempt(store.get(id))
+          const read = yield* readRow(id)
           if (Result.isFailure(read)) return Result.fail(read.failure)
           const row = read.success
-          if (row === undefined) return Result.fail(notFound(id))
           if (landed(row, tried)) {
             remember(row, tried.connection)
             yield* publish(attached(tried.replaced), tried.connection, undefined)

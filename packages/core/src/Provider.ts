@@ -315,6 +315,13 @@ const fn = () =>
   })
 
 const lifetime = z.number().int().positive().nullable().optional()
+/** Scope names: no empty one, no whitespace inside (they are joined with the separator). */
+const scopeList = z.array(
+  z
+    .string()
+    .min(1)
+    .regex(/^[^\s]+$/, "a scope has no whitespace")
+)
 
 const DefinitionSchema = z
   .object({
@@ -347,14 +354,7 @@ const DefinitionSchema = z
     }),
     requireIss: z.boolean().optional(),
     dpop: z.boolean().optional(),
-    scopes: z
-      .array(
-        z
-          .string()
-          .min(1)
-          .regex(/^[^\s]+$/, "a scope has no whitespace")
-      )
-      .optional(),
+    scopes: scopeList.optional(),
     scopeSeparator: z.string().min(1).optional(),
     authorizationParams: z
       .record(z.string(), z.string())
@@ -388,14 +388,7 @@ const DefinitionSchema = z
         z.boolean(),
         z
           .object({
-            scopes: z
-              .array(
-                z
-                  .string()
-                  .min(1)
-                  .regex(/^[^\s]+$/, "a scope has no whitespace")
-              )
-              .optional(),
+            scopes: scopeList.optional(),
             params: z.record(z.string(), z.string()).optional()
           })
           .strict()

@@ -502,6 +502,27 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       const setJournal = (c: Connection, journal: RefreshJournal | undefined) =>
         writeOver(c, (current) => ({ ...current, journal }))
 
+      /** A provider failure that will be retried after `wait` ms: recorded (no row change) before the wait. */
+      const noteRetry = (
+        c: Connection,
+        failure: OAuth.ProtocolFailure,
+        now: number,
+        wait: number,
+        message: string
+      ) =>
+        connections.note([
+          {
+            type: "refresh_failed",
+            at: now,
+            connectionId: c.id,
+            ownerId: c.ownerId,
+            providerId: c.providerId,
+            reason: failure.kind,
+            message: `${message}; retrying in ${wait} ms`,
+            retryable: true
+          }
+        ])
+
       // ---- the provider call -------------------------------------------------------------------
 
       /**
@@ -554,18 +575,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           if (now + wait + minRequest >= keeper.deadline - margin) {
             return { _tag: "Refused", failure }
           }
-          yield* connections.note([
-            {
-              type: "refresh_failed",
-              at: now,
-              connectionId: c.id,
-              ownerId: c.ownerId,
-              providerId: c.providerId,
-              reason: failure.kind,
-              message: `${failure.message}; retrying in ${wait} ms`,
-              retryable: true
-            }
-          ])
+          yield* noteRetry(c, failure, now, wait, failure.message)
           yield* Effect.sleep(wait)
         }
       })
@@ -1077,18 +1087,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           if (retryable && attempt + 1 < config.maxAttempts) {
             const wait = yield* backoff(attempt, failure.details.retryAfterMs)
             if (now + wait + minRequest < keeper.deadline - margin) {
-              yield* connections.note([
-                {
-                  type: "refresh_failed",
-                  at: now,
-                  connectionId: c.id,
-                  ownerId: c.ownerId,
-                  providerId: c.providerId,
-                  reason: failure.kind,
-                  message: `${provider.name}: ${failure.message}; retrying in ${wait} ms`,
-                  retryable: true
-                }
-              ])
+              yield* noteRetry(c, failure, now, wait, `${provider.name}: ${failure.message}`)
               yield* Effect.sleep(wait)
               continue
             }

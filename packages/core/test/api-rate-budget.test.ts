@@ -9,8 +9,9 @@ import type { AddressInfo } from "node:net"
 import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { rateLimitResetMs } from "../src/ApiClient.ts"
-import { Connection, ConnectionStore, createLatchkey, Provider, Vault } from "../src/index.ts"
+import { Connection, ConnectionStore, createLatchkey, Vault } from "../src/index.ts"
 import { oauthConnection } from "../src/testing/oauthConnection.ts"
+import { unreachableProvider } from "../src/testing/storeKit.ts"
 
 let server: Server
 let base: string
@@ -29,22 +30,7 @@ beforeAll(async () => {
 })
 afterAll(() => new Promise<void>((r) => server.close(() => r())))
 
-const provider = () =>
-  Provider.make({
-    id: "api",
-    name: "Budget test API",
-    clientId: "client",
-    clientSecret: "unused",
-    clientAuth: "client_secret_basic",
-    endpoints: {
-      issuer: "http://127.0.0.1:9",
-      authorization: "http://127.0.0.1:9/authorize",
-      token: "http://127.0.0.1:9/token"
-    },
-    redirectUri: "http://127.0.0.1:9/callback",
-    apiBaseUrl: base,
-    identify: async () => ({ accountId: "unused", label: "unused" })
-  })
+const provider = () => unreachableProvider({ id: "api", name: "Budget test API", apiBaseUrl: base })
 
 const vaultOptions = { keys: [{ id: "k", key: Vault.generateKey() }] }
 

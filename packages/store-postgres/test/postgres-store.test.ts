@@ -9,7 +9,7 @@
  */
 import { randomUUID } from "node:crypto"
 import { createLatchkey, LifecycleEvents, StoreError } from "@latchkey/core"
-import { sampleRecord, storeConformance } from "@latchkey/core/testing"
+import { sampleRecord, storeConformance, watchRecorder } from "@latchkey/core/testing"
 import { conformanceTokenServer as oidcTokenServer } from "@latchkey/testkit-oidc"
 import { Effect } from "effect"
 import pg from "pg"
@@ -103,15 +103,7 @@ describe("PostgreSQL specifics", () => {
     const s = schema()
     const store = await PostgresStore.make({ connectionString: URL_, schema: s })
     const writer = await PostgresStore.make({ connectionString: URL_, schema: s })
-    const seen: Array<string> = []
-    const stop = store.watch!((change) =>
-      seen.push(change._tag === "Changed" ? `Changed:${change.id}` : change._tag)
-    )
-    const waitFor = async (what: string, from = 0) => {
-      for (let i = 0; i < 250 && !seen.slice(from).includes(what); i++)
-        await new Promise((r) => setTimeout(r, 20))
-      return seen.slice(from).includes(what)
-    }
+    const { seen, waitFor, stop } = watchRecorder(store)
     try {
       expect(await waitFor("Live")).toBe(true)
       await run(writer.insert(sampleRecord("w1")))

@@ -9,7 +9,7 @@
  * Every test uses its own key prefix and deletes its keys afterwards.
  */
 import { type ConnectionStore, createLatchkey, StoreError } from "@latchkey/core"
-import { sampleRecord, storeConformance } from "@latchkey/core/testing"
+import { sampleRecord, storeConformance, watchRecorder } from "@latchkey/core/testing"
 import { conformanceTokenServer as oidcTokenServer } from "@latchkey/testkit-oidc"
 import { Effect } from "effect"
 import { Redis } from "ioredis"
@@ -103,15 +103,7 @@ describe("Redis specifics", () => {
     const p = prefix()
     const store = RedisStore.make({ url: URL_, keyPrefix: p })
     const writer = RedisStore.make({ url: URL_, keyPrefix: p })
-    const seen: Array<string> = []
-    const stop = store.watch!((change) =>
-      seen.push(change._tag === "Changed" ? `Changed:${change.id}` : change._tag)
-    )
-    const waitFor = async (what: string, from = 0) => {
-      for (let i = 0; i < 250 && !seen.slice(from).includes(what); i++)
-        await new Promise((r) => setTimeout(r, 20))
-      return seen.slice(from).includes(what)
-    }
+    const { seen, waitFor, stop } = watchRecorder(store)
     try {
       expect(await waitFor("Live")).toBe(true)
       await run(writer.insert(sampleRecord("w1")))

@@ -147,11 +147,17 @@ export const withStore = async (
   }
 }
 
-/** A provider nobody answers for (nothing listens on port 9): a refresh through it fails fast. */
-export const unreachableProvider = (name = "Store suite provider") =>
-  Provider.make({
-    id: "p",
-    name,
+/**
+ * A provider nobody answers for (nothing listens on port 9): a refresh through it fails fast. `name`
+ * (or `options.name`), `options.id` (default "p") and `options.apiBaseUrl` (for the ApiClient) as given.
+ */
+export const unreachableProvider = (
+  nameOrOptions: string | { readonly id?: string; readonly name?: string; readonly apiBaseUrl?: string } = {}
+) => {
+  const options = typeof nameOrOptions === "string" ? { name: nameOrOptions } : nameOrOptions
+  return Provider.make({
+    id: options.id ?? "p",
+    name: options.name ?? "Store suite provider",
     clientId: "client",
     clientSecret: "unused-secret",
     clientAuth: "client_secret_basic",
@@ -161,5 +167,25 @@ export const unreachableProvider = (name = "Store suite provider") =>
       token: "http://127.0.0.1:9/token"
     },
     redirectUri: "http://127.0.0.1:9/callback",
+    ...(options.apiBaseUrl === undefined ? {} : { apiBaseUrl: options.apiBaseUrl }),
     identify: async () => ({ accountId: "unused", label: "unused" })
   })
+}
+
+/**
+ * What a store's `watch` announces, recorded as strings (`Live`, `Lost`, `Changed:<id>`), and
+ * `waitFor(what, from)`: whether it was announced (at or after index `from`) within 5 s.
+ */
+export const watchRecorder = (store: ConnectionStoreShape) => {
+  if (store.watch === undefined) throw new Error("this store has no watch")
+  const seen: Array<string> = []
+  const stop = store.watch((change) =>
+    seen.push(change._tag === "Changed" ? `Changed:${change.id}` : change._tag)
+  )
+  const waitFor = async (what: string, from = 0) => {
+    for (let i = 0; i < 250 && !seen.slice(from).includes(what); i++)
+      await new Promise((r) => setTimeout(r, 20))
+    return seen.slice(from).includes(what)
+  }
+  return { seen, waitFor, stop }
+}
