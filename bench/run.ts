@@ -243,6 +243,11 @@ if (background !== undefined) {
       `C=${c}: refreshed / failed / still due`,
       `${b.refreshed} / ${b.failed} / ${b.stillDue}`
     )
+    add(
+      "background",
+      `C=${c}: main-thread CPU per refresh, µs (Refresher / raw)`,
+      `${b.cpuUsPerRefresh} / ${b.raw.cpuUsPerRefresh}`
+    )
     add("background", `C=${c}: throughput ratio (Refresher / raw)`, b.throughputRatio)
   }
 }

@@ -72,6 +72,13 @@ export interface LatchkeyConfigShape {
   readonly fetch: typeof fetch
 }
 
+/**
+ * The default `fetch`: the global one, looked up at each call. Token-endpoint requests made with it
+ * go over Latchkey's lean HTTP/1.1 transport instead when nothing is installed around the global
+ * `fetch` (see the core README, "Transport"); any other `fetch` given in the config is used as is.
+ */
+export const defaultFetch: typeof fetch = (input, init) => fetch(input, init)
+
 export const defaults = (): LatchkeyConfigShape => ({
   skewMs: 5 * 60_000,
   leaseTtlMs: 30_000,
@@ -89,7 +96,7 @@ export const defaults = (): LatchkeyConfigShape => ({
   refreshTokenAheadMs: 30 * 24 * 3600_000,
   apiMaxRetryAfterMs: 30_000,
   holderId: `${process.pid}-${crypto.randomUUID()}`,
-  fetch: (input, init) => fetch(input, init)
+  fetch: defaultFetch
 })
 
 export class LatchkeyConfig extends Context.Service<LatchkeyConfig, LatchkeyConfigShape>()(

@@ -10,7 +10,9 @@
 import { AsyncLocalStorage } from "node:async_hooks"
 import { Data, Effect, Redacted } from "effect"
 import * as oidc from "openid-client"
+import { defaultFetch } from "./Config.ts"
 import * as Dpop from "./internal/dpop.ts"
+import * as Transport from "./internal/transport.ts"
 import type { Provider } from "./Provider.ts"
 import { usesLoopbackOnly } from "./Provider.ts"
 import { lifetimeInBounds, type TokenResponse, type TokenSet, unsafeResponse } from "./TokenSet.ts"
@@ -172,6 +174,89 @@ class ParsedJsonResponse extends Response {
 }
 
 /**
+ * The lean transport's 200 JSON answer, already read and parsed, as openid-client reads it: what a
+ * `Response` offers for reading (status, headers, `json`, `text`, `clone`...) over the text in
+ * memory, without building the stream, body and header objects of a `Response` it never uses.
+ * openid-client (oauth4webapi) accepts it as a Response by its `Symbol.toStringTag`, the check it
+ * makes for responses from another realm. Its headers are built on first use; `body` and `clone`
+ * fall back to a real Response.
+ */
+class LeanJsonResponse {
+  readonly status: number
+  readonly statusText: string
+  readonly ok: boolean
+  readonly redirected = false
+  readonly type = "basic"
+  readonly url = ""
+  #text: string
+  #parsed: unknown
+  #pairs: HeadersInit
+  #headers: Headers | undefined
+  #used = false
+  constructor(
+    text: string,
+    init: { status: number; statusText: string; headers: HeadersInit },
+    parsed: unknown
+  ) {
+    this.status = init.status
+    this.statusText = init.statusText
+    this.ok = init.status >= 200 && init.status < 300
+    this.#text = text
+    this.#parsed = parsed
+    this.#pairs = init.headers
+  }
+  get [Symbol.toStringTag]() {
+    return "Response"
+  }
+  get headers(): Headers {
+    this.#headers ??= new Headers(this.#pairs)
+    return this.#headers
+  }
+  get bodyUsed(): boolean {
+    return this.#used
+  }
+  get body(): ReadableStream<Uint8Array> | null {
+    return this.#used ? null : this.#take(() => this.#real().body)
+  }
+  #real(): Response {
+    return new Response(this.#text, {
+      status: this.status,
+      statusText: this.statusText,
+      headers: this.#pairs
+    })
+  }
+  #take<A>(read: () => A): A {
+    if (this.#used) throw new TypeError("Body is unusable: Body has already been read")
+    this.#used = true
+    return read()
+  }
+  json(): Promise<any> {
+    try {
+      return Promise.resolve(this.#take(() => this.#parsed))
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+  text(): Promise<string> {
+    try {
+      return Promise.resolve(this.#take(() => this.#text))
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+  arrayBuffer(): Promise<ArrayBuffer> {
+    return this.text().then((text) => new TextEncoder().encode(text).buffer as ArrayBuffer)
+  }
+  bytes(): Promise<Uint8Array> {
+    return this.text().then((text) => new TextEncoder().encode(text))
+  }
+  clone(): Response {
+    if (this.#used) throw new TypeError("Response.clone: Body has already been consumed.")
+    return this.#real()
+  }
+}
+
+/**
  * Look at a 200 JSON answer once, before openid-client parses it (the body is read and parsed
  * once; openid-client gets a response over the same text):
  * - Some providers (GitHub) answer token-endpoint errors with HTTP 200 and an `error` field and no
@@ -192,11 +277,26 @@ const inspectAnswer = async (
     return response
   }
   const text = await response.text()
-  const init: ResponseInit = {
-    status: response.status,
-    statusText: response.statusText,
-    headers: response.headers
-  }
+  return inspectJson(
+    text,
+    { status: response.status, statusText: response.statusText, headers: response.headers },
+    capture,
+    endpoint
+  )
+}
+
+/** `inspectAnswer` on the text of a 200 JSON answer (read by fetch or by the lean transport). */
+const inspectJson = (
+  text: string,
+  init: { status: number; statusText: string; headers: HeadersInit },
+  capture: Capture,
+  endpoint: "token" | "refresh",
+  parsedAnswer: (
+    text: string,
+    init: { status: number; statusText: string; headers: HeadersInit },
+    parsed: unknown
+  ) => Response = (t, i, p) => new ParsedJsonResponse(t, i, p)
+): Response => {
   let body: unknown
   try {
     body = JSON.parse(text)
@@ -208,9 +308,9 @@ const inspectAnswer = async (
   if (!("access_token" in fields)) {
     if (typeof fields.error === "string" && fields.error.length > 0) {
       capture.errorIn200 = true
-      return new Response(text, { status: 400, headers: response.headers })
+      return new Response(text, { status: 400, headers: init.headers })
     }
-    return new ParsedJsonResponse(text, init, fields)
+    return parsedAnswer(text, init, fields)
   }
   const problem = unsafeResponse(fields as TokenResponse)
   if (problem !== undefined) {
@@ -222,11 +322,42 @@ const inspectAnswer = async (
     throw capture.refused
   }
   if (fields.expires_in === undefined || lifetimeInBounds(fields.expires_in)) {
-    return new ParsedJsonResponse(text, init, fields)
+    return parsedAnswer(text, init, fields)
   }
   capture.rawExpiresIn = fields.expires_in
   delete fields.expires_in
-  return new ParsedJsonResponse(JSON.stringify(fields), init, fields)
+  return parsedAnswer(JSON.stringify(fields), init, fields)
+}
+
+/** Statuses whose response has no body (the Response constructor refuses one). */
+const NULL_BODY = new Set([101, 103, 204, 205, 304])
+
+/**
+ * The answer of the lean transport as the Response openid-client reads: a 200 JSON answer goes
+ * through `inspectJson` (one parse), any other as it came.
+ */
+const leanAnswer = (answer: Transport.Answer, capture: Capture, endpoint: "token" | "refresh"): Response => {
+  const { status, statusText, headers, text } = answer
+  if (status < 200 || status > 599) {
+    throw new TypeError("fetch failed", { cause: new Error(`the server answered with status ${status}`) })
+  }
+  if (status === 200) {
+    const type = headers.find(([name]) => name.toLowerCase() === "content-type")?.[1] ?? ""
+    if (type.includes("json")) {
+      const response = inspectJson(
+        text,
+        { status, statusText, headers },
+        capture,
+        endpoint,
+        (t, i, p) => new LeanJsonResponse(t, i, p) as unknown as Response
+      )
+      capture.response = response
+      return response
+    }
+  }
+  const response = new Response(NULL_BODY.has(status) ? null : text, { status, statusText, headers })
+  capture.response = response
+  return response
 }
 
 const NOT_CONNECTED = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT"])
@@ -257,7 +388,7 @@ const configure = (
   options: ProtocolOptions,
   endpoint: "token" | "refresh"
 ): Promise<oidc.Configuration> => {
-  const fetchImpl = options.fetch ?? fetch
+  const fetchImpl = options.fetch ?? defaultFetch
   let byEndpoint = configured.get(provider)
   const known = byEndpoint?.[endpoint]
   if (known !== undefined && known.fetchImpl === fetchImpl && known.timeoutMs === options.timeoutMs) {
@@ -300,6 +431,16 @@ const build = async (
     // Outside a request's context (never expected): the answer is inspected all the same.
     const capture = currentCapture.getStore() ?? newCapture()
     capture.sent = true
+    if (fetchImpl === defaultFetch && Transport.available()) {
+      let answer: Transport.Answer
+      try {
+        answer = await Transport.post(url, init as unknown as Transport.PostInit, options.timeoutMs)
+      } catch (error) {
+        if (neverReached(error)) capture.sent = false
+        throw error
+      }
+      return leanAnswer(answer, capture, endpoint)
+    }
     let response: Response
     try {
       response = await fetchImpl(url, {
