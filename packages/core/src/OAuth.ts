@@ -436,7 +436,7 @@ const build = async (
       try {
         answer = await Transport.post(url, init as unknown as Transport.PostInit, options.timeoutMs)
       } catch (error) {
-        if (neverReached(error)) capture.sent = false
+        if (neverReached(error) || Transport.notSent(error)) capture.sent = false
         throw error
       }
       return leanAnswer(answer, capture, endpoint)

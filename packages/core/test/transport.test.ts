@@ -6,7 +6,7 @@
  * test sees which path a request took.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
-import type { AddressInfo, Socket } from "node:net"
+import { type AddressInfo, createServer as createTcpServer, type Socket } from "node:net"
 import { gzipSync } from "node:zlib"
 import { Effect, Result } from "effect"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
@@ -153,6 +153,29 @@ describe("the lean transport", () => {
     const failed = await failure(undefined, provider(`http://127.0.0.1:${port}`))
     expect(failed.kind).toBe("transient")
     expect(failed.details.maybeProcessed).toBe(false)
+  })
+
+  it("a TLS handshake that fails or never ends: nothing reached the server, the token was not spent", async () => {
+    // A TCP listener that speaks no TLS: one that cuts every connection, one that stays silent.
+    const held = new Set<Socket>()
+    const cutting = createTcpServer((socket) => socket.destroy())
+    const silent = createTcpServer((socket) => {
+      held.add(socket)
+    })
+    const listen = async (tcp: typeof cutting) => {
+      await new Promise<void>((resolve) => tcp.listen(0, "127.0.0.1", resolve))
+      return `https://127.0.0.1:${(tcp.address() as AddressInfo).port}`
+    }
+    try {
+      const cut = await failure(undefined, provider(await listen(cutting)))
+      expect([cut.kind, cut.details.maybeProcessed]).toEqual(["transient", false])
+      const stalled = await failure({ timeoutMs: 150 }, provider(await listen(silent)))
+      expect(stalled.message).toContain("timed out")
+      expect([stalled.kind, stalled.details.maybeProcessed]).toEqual(["transient", false])
+    } finally {
+      for (const socket of held) socket.destroy()
+      await Promise.all([cutting, silent].map((tcp) => new Promise((resolve) => tcp.close(resolve))))
+    }
   })
 
   it("no answer within the timeout: transient, and the token may have been spent", async () => {

@@ -6,9 +6,12 @@
  * background bench prints the main thread's CPU per refresh).
  *
  * It keeps what the protocol layer relies on from `fetch`:
- * - a failure before the request reached the server rejects with `TypeError("fetch failed")` whose
- *   `cause` carries the socket's code (`ECONNREFUSED`, `ENOTFOUND`, ...), so "nothing was sent" is
- *   still told apart from "the server may have processed it";
+ * - a failure rejects with `TypeError("fetch failed")` whose `cause` carries the socket's code
+ *   (`ECONNREFUSED`, `ENOTFOUND`, ...), as fetch's does; it is marked `requestSent: false` when it
+ *   came before the whole request was handed to the operating system (a refused or unresolvable
+ *   connection, a TLS handshake that failed or never ended, a timeout while connecting): the server
+ *   cannot have processed a request it never received whole, so "nothing was sent" is told apart
+ *   from "the server may have processed it" more often than fetch allows;
  * - the timeout rejects with a `DOMException` named `TimeoutError`, an aborted signal with its reason;
  * - redirects are not followed (token endpoints are called with `redirect: "manual"`);
  * - a compressed body (gzip, deflate, br) is decoded, a UTF-8 byte order mark is dropped.
@@ -72,6 +75,10 @@ const timeoutError = () => new DOMException("The operation was aborted due to ti
 
 const fetchFailed = (cause: unknown) => new TypeError("fetch failed", { cause })
 
+/** A failure of a request the server never received whole (see `post`). */
+export const notSent = (error: unknown): boolean =>
+  typeof error === "object" && error !== null && (error as { requestSent?: unknown }).requestSent === false
+
 const decode = (body: Buffer, encoding: string | undefined): Buffer => {
   switch (encoding?.trim().toLowerCase()) {
     case undefined:
@@ -122,9 +129,15 @@ export const post = (url: string, init: PostInit, timeoutMs: number): Promise<An
       "content-length": Buffer.byteLength(body)
     }
     let settled = false
+    // The whole request is in the operating system's hands ("finish"): before that, no server can
+    // have processed it.
+    let flushed = false
     const done = (error: unknown, answer?: Answer) => {
       if (settled) return
       settled = true
+      if (!flushed && error !== null && typeof error === "object") {
+        ;(error as { requestSent?: boolean }).requestSent = false
+      }
       clearTimeout(timer)
       signal?.removeEventListener("abort", onAbort)
       if (answer !== undefined) resolve(answer)
@@ -146,6 +159,9 @@ export const post = (url: string, init: PostInit, timeoutMs: number): Promise<An
       done(error)
     }, timeoutMs)
     signal?.addEventListener("abort", onAbort, { once: true })
+    request.on("finish", () => {
+      flushed = true
+    })
     request.on("error", (error) => done(fetchFailed(error)))
     request.on("response", (response) => {
       const chunks: Array<Buffer> = []
