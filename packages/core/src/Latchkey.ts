@@ -80,7 +80,8 @@ export interface LatchkeyOptions {
    * other processes' through PostgreSQL LISTEN/NOTIFY, Redis pub/sub or SQLite's data_version), on a
    * 401 seen by `fetch`, and everything when the store's channel (re)connects. While the channel is
    * not live (a store without `watch`, or its channel down) an entry is trusted only `maxStaleMs`
-   * (default 1 s). `false` turns it off. Default on.
+   * (default 1 s). It subscribes to the store on the first `accessToken` call: an instance that never makes
+   * one holds no LISTEN connection. `false` turns it off. Default on.
    */
   readonly tokenCache?: false | TokenCacheOptions | undefined
 }
@@ -309,13 +310,20 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
   let unwatch: (() => void) | undefined
   /** Until the store is subscribed to, nothing is cached (a change could go unseen). */
   let cacheReady = false
-  if (cache !== undefined) {
-    const subscribed = run(ConnectionStore.use((s) => Effect.succeed(s))).then((store) => {
+  /**
+   * The store is subscribed to on the first `accessToken` call, not before: an instance that never
+   * serves one (a Refresher worker, an app on the Effect API) holds no LISTEN connection and hears
+   * no other instance's writes. Until then the cache is empty, so there is nothing to keep true.
+   * (`subscribing` rejects only if the runtime cannot be built; callers then read uncached.)
+   */
+  let subscribing: Promise<void> | undefined
+  const subscribe = (tokens: TokenCache) => {
+    subscribing = run(ConnectionStore.use((s) => Effect.succeed(s))).then((store) => {
       if (closing !== undefined) return
-      if (store.watch !== undefined) unwatch = store.watch(cache.onChange)
+      if (store.watch !== undefined) unwatch = store.watch(tokens.onChange)
       cacheReady = true
     })
-    subscribed.catch(() => {})
+    subscribing.catch(() => {})
   }
   const expiredNeed = (c: ConnectionModule.Connection, at: number) => !TokenSet.isFresh(c.tokens, at, skewMs)
   /** One lookup through the engine: the token, and until when it may be cached. */
@@ -344,12 +352,18 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
         })
       )
     )
-  const accessToken = (id: string): Promise<string> =>
-    cache === undefined
-      ? run(TokenManager.use((t) => Effect.map(t.accessToken(id), Redacted.value)))
-      : cacheReady
-        ? cache.accessToken(id, () => lookup(id))
-        : lookup(id).then((found) => found.token)
+  const accessToken = (id: string): Promise<string> => {
+    if (cache === undefined)
+      return run(TokenManager.use((t) => Effect.map(t.accessToken(id), Redacted.value)))
+    if (cacheReady) return cache.accessToken(id, () => lookup(id))
+    if (subscribing === undefined) subscribe(cache)
+    // The first callers wait for the subscription (no store round trip: `watch` registers at once),
+    // then share one lookup like every later caller.
+    return (subscribing as Promise<void>).then(
+      () => (cacheReady ? cache.accessToken(id, () => lookup(id)) : lookup(id).then((found) => found.token)),
+      () => lookup(id).then((found) => found.token)
+    )
+  }
 
   const flow = <A>(f: (flow: AuthorizationFlowShape) => Effect.Effect<A, unknown>) =>
     run(AuthorizationFlow.use(f))

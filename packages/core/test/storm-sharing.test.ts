@@ -83,4 +83,60 @@ describe("a storm through the Promise API", () => {
       await lk.close()
     }
   })
+
+  it("an instance subscribes to the store's changes on its first accessToken, not before; local writes are seen from then on", async () => {
+    const inner = ConnectionStore.makeMemory()
+    let watches = 0
+    const store: ConnectionStore.ConnectionStoreShape = {
+      ...inner,
+      watch: (listener) => {
+        watches++
+        return inner.watch!(listener)
+      }
+    }
+    const vaultOptions = { keys: [{ id: "k1", key: Vault.generateKey() }] }
+    const provider = Provider.make({
+      id: "storm",
+      name: "Storm",
+      clientId: "storm",
+      clientSecret: "storm-secret",
+      clientAuth: "client_secret_basic",
+      endpoints: {
+        issuer: sandbox.endpoints.issuer,
+        authorization: sandbox.endpoints.authorization,
+        token: sandbox.endpoints.token
+      },
+      redirectUri: "http://127.0.0.1:9/callback",
+      identify: async () => ({ accountId: "unused", label: "unused" })
+    })
+    const lk = createLatchkey({ providers: [provider], store, vault: vaultOptions })
+    try {
+      const { tokenResponse } = sandbox.issueGrant({ account: "acct", clientId: "storm" })
+      const c = oauthConnection({
+        id: "conn_lazy",
+        providerId: "storm",
+        accessToken: String(tokenResponse.access_token),
+        refreshToken: String(tokenResponse.refresh_token),
+        expiresAt: Date.now() - 1_000
+      })
+      await Effect.runPromise(
+        inner.insert(Connection.toRecord(Vault.make(vaultOptions), c, Date.now() - 1_000))
+      )
+      // A worker's day: sweeps and reads, no accessToken. Nothing listens to the store.
+      expect((await lk.refresher.sweep()).refreshed).toBe(1)
+      expect(await lk.connections(c.ownerId)).toHaveLength(1)
+      expect(watches).toBe(0)
+
+      const first = await lk.accessToken("conn_lazy")
+      expect(watches).toBe(1)
+      expect(await lk.accessToken("conn_lazy")).toBe(first)
+      // A local write (a forced refresh) is seen at once: the next answer is the new token.
+      await lk.refresh("conn_lazy")
+      const next = await lk.accessToken("conn_lazy")
+      expect(next).not.toBe(first)
+      expect(watches).toBe(1)
+    } finally {
+      await lk.close()
+    }
+  })
 })
