@@ -13,7 +13,9 @@
  *   returns `undefined` while someone else holds it. `renewLease` extends the caller's own lease
  *   (same holder and fence, granted again from the store's now) and returns `undefined` once another
  *   holder has taken it; `releaseLease` releases only the caller's own lease. A fence only grows,
- *   also across releases, so "same holder and fence" means nobody else held it in between.
+ *   also across releases, so "same holder and fence" means nobody else held it in between. A store
+ *   with `releasesLeaseOnUpdate` also releases a lease given to `update` (`UpdateOptions.releaseLease`)
+ *   in the same atomic write, under the same rule, and only when the compare-and-set wrote.
  * - `takePending` is single-use: exactly one caller gets `Found` for a state; later callers get
  *   `Consumed` until the record's expiry, then `Missing`. With an `ownerId`, a pending record issued
  *   to another owner answers `Foreign` and stays unconsumed (checked and taken in one atomic step).
@@ -143,6 +145,14 @@ export type TakePendingResult =
 export interface UpdateOptions {
   /** Nothing a cache of access tokens holds changed: other processes need not be told. */
   readonly quiet?: boolean | undefined
+  /**
+   * Release this lease in the same atomic write, exactly as `releaseLease` would (only while it is
+   * still the caller's: same holder and fence), and only when the compare-and-set wrote; a write
+   * that fails leaves the lease as it was. Honoured by stores that say `releasesLeaseOnUpdate`
+   * (the refresh engine then makes no separate `releaseLease` call after its final write); others
+   * ignore it.
+   */
+  readonly releaseLease?: Lease | undefined
 }
 
 export interface ConnectionStoreShape {
@@ -190,6 +200,8 @@ export interface ConnectionStoreShape {
    */
   readonly renewLease: (lease: Lease, ttlMs: number) => Effect.Effect<Lease | undefined, StoreError>
   readonly releaseLease: (lease: Lease) => Effect.Effect<void, StoreError>
+  /** `update` honours `UpdateOptions.releaseLease` (one round trip fewer per refresh). */
+  readonly releasesLeaseOnUpdate?: boolean | undefined
   readonly putPending: (pending: PendingAuthorization) => Effect.Effect<void, StoreError>
   readonly takePending: (
     state: string,
@@ -312,6 +324,13 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
       events.push(plainCopy({ ...event, seq }) as StoredLifecycleEvent)
     }
   }
+  /** The caller's own lease released (same holder and fence); another holder's is left alone. */
+  const release = (lease: Lease) => {
+    const held = leases.get(lease.connectionId)
+    if (held !== undefined && held.holder === lease.holder && held.fence === lease.fence) {
+      leases.delete(lease.connectionId)
+    }
+  }
   /** `claimDue`'s claims: connection id → expiry on the store's clock and the version claimed. */
   const dueClaims = new Map<string, { readonly until: number; readonly version: number }>()
   const hub = makeChangeHub()
@@ -421,7 +440,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         hub.changed(record.id)
         return Effect.void
       }),
-    update: (record, expectedVersion, appended) =>
+    update: (record, expectedVersion, appended, options) =>
       Effect.suspend(() => {
         const current = rows.get(record.id)
         if (current === undefined) return Effect.fail(conflict(`connection ${record.id} does not exist`))
@@ -433,6 +452,7 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         byAccount.delete(accountKey(current))
         rows.set(record.id, record)
         byAccount.set(accountKey(record), record.id)
+        if (options?.releaseLease !== undefined) release(options.releaseLease)
         append(appended)
         hub.changed(record.id)
         return Effect.void
@@ -493,13 +513,8 @@ export const makeMemory = (options: MemoryStoreOptions = {}): ConnectionStoreSha
         leases.set(lease.connectionId, renewed)
         return renewed
       }),
-    releaseLease: (lease) =>
-      Effect.sync(() => {
-        const held = leases.get(lease.connectionId)
-        if (held !== undefined && held.holder === lease.holder && held.fence === lease.fence) {
-          leases.delete(lease.connectionId)
-        }
-      }),
+    releaseLease: (lease) => Effect.sync(() => release(lease)),
+    releasesLeaseOnUpdate: true,
     putPending: (p) =>
       Effect.sync(() => {
         for (const [state, entry] of pending) {

@@ -28,7 +28,7 @@ import { Clock, Context, Effect, Layer, Redacted, Result, Schedule } from "effec
 import { LatchkeyConfig } from "./Config.ts"
 import type { Connection, ConnectionRecord } from "./Connection.ts"
 import * as ConnectionModule from "./Connection.ts"
-import { ConnectionStore, type ConnectionStoreShape } from "./ConnectionStore.ts"
+import { ConnectionStore, type ConnectionStoreShape, type Lease } from "./ConnectionStore.ts"
 import { ConnectionNotFound, type StoreError, type VaultError } from "./Errors.ts"
 import { Events, type LatchkeyEvent } from "./Events.ts"
 import { refreshDueAt } from "./internal/due.ts"
@@ -85,6 +85,11 @@ export interface ModifyOptions {
    * `commitMs`, the time from that answer to the durable write.
    */
   readonly answeredNs?: bigint | undefined
+  /**
+   * A lease of the caller's to release with the write (`UpdateOptions.releaseLease`), when the store
+   * can (`releasesLeaseOnUpdate`); each attempt asks, only the one that writes releases.
+   */
+  readonly releaseLease?: Lease | undefined
 }
 
 export interface Modified {
@@ -439,7 +444,8 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           tried = { record, connection: next, events: change.success.events }
           const wrote = yield* inAttempt(
             store.update(record, current.version, durable(listOf(change.success.events, next)), {
-              quiet: quiet(next, current)
+              quiet: quiet(next, current),
+              ...(options?.releaseLease !== undefined ? { releaseLease: options.releaseLease } : {})
             })
           )
           if (Result.isFailure(wrote)) return Result.fail(wrote.failure)

@@ -249,6 +249,13 @@ export const make = (
     )
   }
 
+  /** The caller's own lease released (same holder and fence); another holder's is left alone. */
+  const releaseRow = (lease: Lease) => {
+    sql(
+      "UPDATE latchkey_leases SET holder = NULL, expires_at = 0 WHERE connection_id = ? AND holder = ? AND fence = ?"
+    ).run(lease.connectionId, lease.holder, lease.fence)
+  }
+
   const updateRow = (record: ConnectionRecord, expectedVersion: number): number =>
     Number(
       sql(
@@ -456,19 +463,23 @@ export const make = (
             : error
         }
       }),
-    update: (record, expectedVersion, events) =>
+    update: (record, expectedVersion, events, options) =>
       Effect.suspend(() => {
         if (record.version !== expectedVersion + 1) {
           return Effect.fail(conflict(`connection ${record.id}: a write must advance the version by one`))
         }
+        const lease = options?.releaseLease
         return Effect.try({
           try: () =>
-            events === undefined || events.length === 0
+            (events === undefined || events.length === 0) && lease === undefined
               ? updateRow(record, expectedVersion)
               : transaction(() => {
                   const changes = updateRow(record, expectedVersion)
-                  // A failed compare-and-set appends nothing.
-                  if (changes === 1) appendEvents(events)
+                  // A failed compare-and-set appends nothing and keeps the lease.
+                  if (changes === 1) {
+                    if (events !== undefined && events.length > 0) appendEvents(events)
+                    if (lease !== undefined) releaseRow(lease)
+                  }
                   return changes
                 }),
           catch: (e) => {
@@ -556,12 +567,8 @@ export const make = (
         ).run(now + ttlMs, lease.connectionId, lease.holder, lease.fence).changes
         return Number(changes) === 1 ? { ...lease, grantedAt: now, expiresAt: now + ttlMs } : undefined
       }),
-    releaseLease: (lease) =>
-      attempt("releaseLease", () => {
-        sql(
-          "UPDATE latchkey_leases SET holder = NULL, expires_at = 0 WHERE connection_id = ? AND holder = ? AND fence = ?"
-        ).run(lease.connectionId, lease.holder, lease.fence)
-      }),
+    releaseLease: (lease) => attempt("releaseLease", () => releaseRow(lease)),
+    releasesLeaseOnUpdate: true,
     // Claims share the pending table (no migration): a row born consumed, so that no callback can
     // take it, kept until `until` (and swept with the pending rows).
     claimOnce: (key, until, now) =>

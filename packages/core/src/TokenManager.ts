@@ -167,6 +167,8 @@ interface Keeper {
   deadline: number
   /** Another holder took the lease (ours lapsed unrenewed). */
   lost: boolean
+  /** The final write released the lease with it (`UpdateOptions.releaseLease`): nothing left to release. */
+  released: boolean
 }
 
 /** What the `TokenManager.refresh` span says of one refresh (no token, code, secret or e-mail). */
@@ -474,7 +476,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       /** Renew the lease every third of its length until stopped; a failed renewal leaves the deadline. */
       const keepLease = (first: Lease, askedAt: number) =>
         Effect.gen(function* () {
-          const keeper: Keeper = { lease: first, deadline: askedAt + ttl, lost: false }
+          const keeper: Keeper = { lease: first, deadline: askedAt + ttl, lost: false, released: false }
           const loop = Effect.gen(function* () {
             for (;;) {
               yield* Effect.sleep(Math.max(10, Math.floor(ttl / 3)))
@@ -611,9 +613,12 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         still: (fresh: Connection) => boolean,
         apply: (current: Connection) => Connection,
         events: Connections.AttachedEvents,
-        answeredNs: bigint
+        answeredNs: bigint,
+        keeper: Keeper
       ): Effect.fn.Return<Connection, TokenError> {
         let notified = false
+        // The lease goes with the write where the store can release it there (one round trip fewer).
+        const releasing = store.releasesLeaseOnUpdate === true
         // Unbounded while the process lives: exponential from 25 ms, capped at `writeMaxBackoffMs`.
         // Built only when the first write fails.
         const untilDurable = () =>
@@ -670,7 +675,12 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               if (!still(current)) return Connections.keep
               return renewed(current)
             },
-            { current: base, retry: untilDurable, answeredNs }
+            {
+              current: base,
+              retry: untilDurable,
+              answeredNs,
+              ...(releasing ? { releaseLease: keeper.lease } : {})
+            }
           )
           .pipe(
             Effect.tapError((error) =>
@@ -687,6 +697,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             )
           )
         flight.trace.outcome = written.written ? "refreshed" : "shared"
+        if (written.written && releasing) keeper.released = true
         return written.written ? written.connection : yield* ensureActive(written.connection)
       })
 
@@ -737,7 +748,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
                 lastError: undefined
               }),
               (written) => [refreshedEvent(written, resend)],
-              outcome.answeredNs
+              outcome.answeredNs,
+              keeper
             )
           }
           case "Lost": {
@@ -1077,7 +1089,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
                 lastError: undefined
               }),
               (written) => [refreshedEvent(written, false)],
-              outcome.answeredNs
+              outcome.answeredNs,
+              keeper
             )
           }
           const failure = outcome.failure
@@ -1242,7 +1255,14 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               const provider = yield* providers.get(c.providerId)
               return yield* refreshHolding(flight, c, provider, keeper, need)
             }).pipe(
-              Effect.ensuring(stop.pipe(Effect.andThen(store.releaseLease(keeper.lease)), Effect.ignore))
+              Effect.ensuring(
+                stop.pipe(
+                  Effect.andThen(
+                    Effect.suspend(() => (keeper.released ? Effect.void : store.releaseLease(keeper.lease)))
+                  ),
+                  Effect.ignore
+                )
+              )
             )
           }
           // Another process holds the lease: wait for its result to land, or for the lease to lapse.

@@ -139,4 +139,73 @@ describe("a storm through the Promise API", () => {
       await lk.close()
     }
   })
+
+  it.each([
+    [true, 0],
+    [false, 1]
+  ])(
+    "the final write of a refresh releases its lease when the store can (releasesLeaseOnUpdate: %s): %i separate releaseLease calls",
+    async (capable, separate) => {
+      const inner = ConnectionStore.makeMemory()
+      let releases = 0
+      const withLease: Array<string> = []
+      const store: ConnectionStore.ConnectionStoreShape = {
+        ...inner,
+        releasesLeaseOnUpdate: capable,
+        releaseLease: (lease) =>
+          Effect.suspend(() => {
+            releases++
+            return inner.releaseLease(lease)
+          }),
+        update: (record, expected, events, options) =>
+          Effect.suspend(() => {
+            if (options?.releaseLease !== undefined) withLease.push(record.id)
+            return inner.update(
+              record,
+              expected,
+              events,
+              capable ? options : { ...options, releaseLease: undefined }
+            )
+          })
+      }
+      const vaultOptions = { keys: [{ id: "k1", key: Vault.generateKey() }] }
+      const provider = Provider.make({
+        id: "storm",
+        name: "Storm",
+        clientId: "storm",
+        clientSecret: "storm-secret",
+        clientAuth: "client_secret_basic",
+        endpoints: {
+          issuer: sandbox.endpoints.issuer,
+          authorization: sandbox.endpoints.authorization,
+          token: sandbox.endpoints.token
+        },
+        redirectUri: "http://127.0.0.1:9/callback",
+        identify: async () => ({ accountId: "unused", label: "unused" })
+      })
+      const lk = createLatchkey({ providers: [provider], store, vault: vaultOptions })
+      try {
+        const { tokenResponse } = sandbox.issueGrant({ account: "acct", clientId: "storm" })
+        const c = oauthConnection({
+          id: "conn_release",
+          providerId: "storm",
+          accessToken: String(tokenResponse.access_token),
+          refreshToken: String(tokenResponse.refresh_token),
+          expiresAt: Date.now() - 1_000
+        })
+        await Effect.runPromise(inner.insert(Connection.toRecord(Vault.make(vaultOptions), c, null)))
+        const before = await lk.accessToken("conn_release")
+        expect(before).not.toBe(String(tokenResponse.access_token))
+        // Two writes under the lease (the journal, then the tokens): only the last carries the lease.
+        expect(withLease).toEqual(capable ? ["conn_release"] : [])
+        expect(releases).toBe(separate)
+        // Either way the lease is free: another holder takes it at once.
+        expect(
+          await Effect.runPromise(inner.acquireLease("conn_release", "someone-else", 1_000))
+        ).toBeDefined()
+      } finally {
+        await lk.close()
+      }
+    }
+  )
 })

@@ -617,7 +617,8 @@ const build = (
     record: ConnectionRecord,
     expectedVersion: number,
     events: ReadonlyArray<LifecycleEvent>,
-    quiet: boolean
+    quiet: boolean,
+    lease: Lease | undefined
   ): Promise<void> => {
     let result: pg.QueryResult
     try {
@@ -633,9 +634,17 @@ const build = (
         // The NOTIFY of the change (`watch`) is sent by the same transaction: delivered at its commit.
         // A quiet write (nothing a token cache holds changed) is not announced to other processes.
         const notify = quiet ? "SELECT u.id FROM u" : `SELECT pg_notify(${text(channel)}, u.id) FROM u`
+        // The lease released by the same statement, only when the compare-and-set wrote (joined to u).
+        const release =
+          lease === undefined
+            ? ""
+            : `,
+  r AS (UPDATE ${L} SET holder = NULL, expires_at = 0 FROM u
+    WHERE ${L}.connection_id = ${text(lease.connectionId)} AND ${L}.holder = ${text(lease.holder)}
+      AND ${L}.fence = ${int(lease.fence)})`
         return events.length === 0
-          ? `WITH u AS (${update} RETURNING id) ${notify}`
-          : `WITH u AS (${update} RETURNING id),
+          ? `WITH u AS (${update} RETURNING id)${release} ${notify}`
+          : `WITH u AS (${update} RETURNING id)${release},
   l AS (SELECT ${eventsLock} FROM u),
   e AS (INSERT INTO ${E} (at, connection_id, event)
     SELECT v.at, v.connection_id, v.event FROM l, (VALUES ${events
@@ -835,7 +844,14 @@ ${notify}`
       record.version !== expectedVersion + 1
         ? Effect.fail(conflict(`connection ${record.id}: a write must advance the version by one`))
         : Effect.tryPromise({
-            try: () => updateInOneTrip(record, expectedVersion, events ?? [], options?.quiet === true),
+            try: () =>
+              updateInOneTrip(
+                record,
+                expectedVersion,
+                events ?? [],
+                options?.quiet === true,
+                options?.releaseLease
+              ),
             catch: storeError("update")
           }).pipe(Effect.tap(() => Effect.sync(() => hub.changed(record.id)))),
     remove: (id, events) =>
@@ -941,6 +957,7 @@ ${notify}`
             : { ...lease, grantedAt: Number(row.granted_at), expiresAt: Number(row.expires_at) }
         })
       ),
+    releasesLeaseOnUpdate: true,
     releaseLease: (lease) =>
       statementInOneTrip(
         "releaseLease",

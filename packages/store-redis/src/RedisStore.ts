@@ -133,12 +133,29 @@ return 'ok'`
 )
 
 /**
+ * The caller's own lease released (same holder and fence; another holder's is left alone), and its
+ * fence marked released so that it cannot be renewed. Returns 1 when released.
+ */
+const RELEASE_LEASE = `
+local function releaseLease(P, id, holder, fence)
+  local lk = P .. 'l:' .. id
+  local cur = redis.call('HMGET', lk, 'h', 'f')
+  if cur[1] == holder and cur[2] == fence then
+    redis.call('SET', P .. 'r:' .. id, fence, 'PX', 86400000)
+    return redis.call('DEL', lk)
+  end
+  return 0
+end
+`
+
+/**
  * ARGV: prefix, id, expected version, new version, record, owner, account key, createdAt, due, quiet
- * ('1': nothing a token cache holds changed, so no PUBLISH), events...
+ * ('1': nothing a token cache holds changed, so no PUBLISH), the holder and fence of a lease to
+ * release with the write ('' and '' for none), events...
  */
 const UPDATE = script(
   "update",
-  `${SET_DUE}${APPEND_EVENTS}
+  `${SET_DUE}${APPEND_EVENTS}${RELEASE_LEASE}
 local P, id = ARGV[1], ARGV[2]
 local ck = P .. 'c:' .. id
 local cur = redis.call('HMGET', ck, 'v', 'o', 'a')
@@ -154,7 +171,8 @@ if cur[2] ~= ARGV[6] then redis.call('ZREM', P .. 'o:' .. cur[2], id) end
 redis.call('ZADD', P .. 'o:' .. ARGV[6], ARGV[8], id)
 redis.call('HSET', ck, 'v', ARGV[4], 'r', ARGV[5], 'o', ARGV[6], 'a', ARGV[7])
 setDue(P, id, ARGV[9])
-appendEvents(P, 11)
+if ARGV[12] ~= '' then releaseLease(P, id, ARGV[11], ARGV[12]) end
+appendEvents(P, 13)
 if ARGV[10] ~= '1' then redis.call('PUBLISH', P .. 'changes', id) end
 return 'ok'`
 )
@@ -315,14 +333,8 @@ return { string.format('%.0f', now), string.format('%.0f', expires) }`
 /** ARGV: prefix, connection id, holder, fence. Compare-and-delete; marks the fence released. */
 const RELEASE = script(
   "releaseLease",
-  `
-local lk = ARGV[1] .. 'l:' .. ARGV[2]
-local cur = redis.call('HMGET', lk, 'h', 'f')
-if cur[1] == ARGV[3] and cur[2] == ARGV[4] then
-  redis.call('SET', ARGV[1] .. 'r:' .. ARGV[2], ARGV[4], 'PX', 86400000)
-  return redis.call('DEL', lk)
-end
-return 0`
+  `${RELEASE_LEASE}
+return releaseLease(ARGV[1], ARGV[2], ARGV[3], ARGV[4])`
 )
 
 /**
@@ -741,6 +753,8 @@ export const make = (options: RedisStoreOptions): RedisStore => {
             record.createdAt,
             dueScore(record),
             options?.quiet === true ? "1" : "0",
+            options?.releaseLease?.holder ?? "",
+            options?.releaseLease === undefined ? "" : String(options.releaseLease.fence),
             ...eventArgs(events)
           ]).pipe(
             Effect.flatMap((answer) =>
@@ -823,6 +837,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
             : undefined
         )
       ),
+    releasesLeaseOnUpdate: true,
     releaseLease: (lease) =>
       run(RELEASE, [lease.connectionId, lease.holder, String(lease.fence)]).pipe(Effect.asVoid),
     claimOnce: (key, until, now) =>

@@ -266,6 +266,56 @@ export const storeConformance = (options: StoreConformanceOptions): void => {
         })
       })
 
+      it("releases the caller's lease with a compare-and-set write that writes, and only then (releasesLeaseOnUpdate)", async () => {
+        await withStore(options, async (store) => {
+          await run(store.insert(record("w1")))
+          const lease = (await run(store.acquireLease("w1", "A", 60_000)))!
+          if (store.releasesLeaseOnUpdate !== true) {
+            // A store that does not release with a write still writes (the engine releases after).
+            await run(store.update({ ...record("w1"), version: 2 }, 1, undefined, { releaseLease: lease }))
+            expect((await run(store.get("w1")))?.version).toBe(2)
+            return
+          }
+          // A compare-and-set that does not write keeps the lease.
+          await expect(
+            run(
+              store.update({ ...record("w1"), version: 3, label: "stale" }, 2, undefined, {
+                releaseLease: lease
+              })
+            )
+          ).rejects.toMatchObject({ reason: "conflict" })
+          expect(await run(store.acquireLease("w1", "B", 60_000))).toBeUndefined()
+          // Another holder's lease, or another fence, is not released by the write.
+          await run(
+            store.update({ ...record("w1"), version: 2, label: "second" }, 1, undefined, {
+              releaseLease: { ...lease, holder: "B" }
+            })
+          )
+          await run(
+            store.update({ ...record("w1"), version: 3, label: "third" }, 2, undefined, {
+              releaseLease: { ...lease, fence: lease.fence + 7 }
+            })
+          )
+          expect(await run(store.acquireLease("w1", "B", 60_000))).toBeUndefined()
+          // The holder's own: written and released in one write, never renewed after.
+          await run(
+            store.update({ ...record("w1"), version: 4, label: "fourth" }, 3, undefined, {
+              releaseLease: lease
+            })
+          )
+          expect((await run(store.get("w1")))?.label).toBe("fourth")
+          expect(await run(store.renewLease(lease, 60_000))).toBeUndefined()
+          expect((await run(store.acquireLease("w1", "B", 60_000)))?.fence).toBe(lease.fence + 1)
+          // With events and quiet, the same.
+          await run(store.insert(record("w2")))
+          const second = (await run(store.acquireLease("w2", "A", 60_000)))!
+          await run(
+            store.update({ ...record("w2"), version: 2 }, 1, [], { quiet: true, releaseLease: second })
+          )
+          expect((await run(store.acquireLease("w2", "B", 60_000)))?.fence).toBe(second.fence + 1)
+        })
+      })
+
       it("renews only the holder's own lease, from the store's now, also after it lapsed unclaimed", async () => {
         await withStore(options, async (store) => {
           const lease = (await run(store.acquireLease("r1", "A", 200)))!
