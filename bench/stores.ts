@@ -9,8 +9,10 @@
  *   a `node:sqlite` prepared `SELECT record ... WHERE id = ?` on its own handle to the same file;
  *   `pg` `SELECT record ... WHERE id = $1` on its own one-connection pool; ioredis `HGET <key> r` on
  *   its own client — each followed by `JSON.parse` of the stored record, as any hand-written read
- *   that wants a field of it does (the stores parse it too). Both loops await one call at a time; they alternate in rounds so drift hits both
- *   alike. `ratio = readOpsPerSec / rawReadOpsPerSec`.
+ *   that wants a field of it does (the stores parse it too). Both loops await one call at a time; they alternate in 5 rounds so drift hits both
+ *   alike, and each side's figure is its median round rate (a round of the cached path lasts a few
+ *   milliseconds, so one GC pause in it would otherwise decide the figure).
+ *   `ratio = readOpsPerSec / rawReadOpsPerSec`.
  * - Storm: one expired connection, `stormProcesses` OS processes (4; memory: 1, it lives in one
  *   process) x 50 callers of `accessToken` at once, each process a Latchkey instance on the same
  *   store (the store conformance suite's worker). `stormRefreshCalls`: refresh grants the server saw;
@@ -35,6 +37,7 @@ import {
   expireStored,
   link,
   makeProvider,
+  median,
   PROVIDER_ID,
   progress,
   REDIRECT,
@@ -199,7 +202,10 @@ const openRedis = async (): Promise<Opened> => {
   }
 }
 
-/** Awaited calls in alternating rounds; returns ops/s of each side. */
+/**
+ * Awaited calls in alternating rounds; returns each side's median round rate (ops/s), so that one
+ * pause of the process (a major GC) in a round of a few milliseconds does not decide the figure.
+ */
 const measureReads = async (
   latchkey: () => Promise<unknown>,
   raw: () => Promise<unknown>,
@@ -211,24 +217,23 @@ const measureReads = async (
     await latchkey()
     await raw()
   }
-  let lkMs = 0
-  let rawMs = 0
-  const timeLoop = async (f: () => Promise<unknown>) => {
+  const lkRates: Array<number> = []
+  const rawRates: Array<number> = []
+  const timeLoop = async (f: () => Promise<unknown>, into: Array<number>) => {
     const start = performance.now()
     for (let i = 0; i < perRound; i++) await f()
-    return performance.now() - start
+    into.push(perRound / ((performance.now() - start) / 1000))
   }
   for (let r = 0; r < rounds; r++) {
     if (r % 2 === 0) {
-      lkMs += await timeLoop(latchkey)
-      rawMs += await timeLoop(raw)
+      await timeLoop(latchkey, lkRates)
+      await timeLoop(raw, rawRates)
     } else {
-      rawMs += await timeLoop(raw)
-      lkMs += await timeLoop(latchkey)
+      await timeLoop(raw, rawRates)
+      await timeLoop(latchkey, lkRates)
     }
   }
-  const total = rounds * perRound
-  return { iterations: total, readOpsPerSec: total / (lkMs / 1000), rawReadOpsPerSec: total / (rawMs / 1000) }
+  return { iterations: rounds * perRound, readOpsPerSec: median(lkRates), rawReadOpsPerSec: median(rawRates) }
 }
 
 const storm = async (server: BenchServer, opened: Opened, lk: LatchkeyClient) => {
@@ -306,7 +311,7 @@ const benchOne = async (server: BenchServer, opened: Opened): Promise<StoreBench
     const reads = await measureReads(
       () => lk.accessToken(id),
       () => opened.rawRead(id),
-      4,
+      5,
       network ? 1_000 : 4_000,
       network ? 300 : 1_000
     )
