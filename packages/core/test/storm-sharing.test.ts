@@ -32,6 +32,45 @@ beforeAll(async () => {
 })
 afterAll(() => sandbox.close())
 
+const vaultOptions = { keys: [{ id: "k1", key: Vault.generateKey() }] }
+
+/** A Latchkey on `store` with the sandbox as its provider. */
+const instance = (store: ConnectionStore.ConnectionStoreShape) =>
+  createLatchkey({
+    providers: [
+      Provider.make({
+        id: "storm",
+        name: "Storm",
+        clientId: "storm",
+        clientSecret: "storm-secret",
+        clientAuth: "client_secret_basic",
+        endpoints: {
+          issuer: sandbox.endpoints.issuer,
+          authorization: sandbox.endpoints.authorization,
+          token: sandbox.endpoints.token
+        },
+        redirectUri: "http://127.0.0.1:9/callback",
+        identify: async () => ({ accountId: "unused", label: "unused" })
+      })
+    ],
+    store,
+    vault: vaultOptions
+  })
+
+/** A connection with a fresh sandbox grant whose access token expired, written straight into `store`. */
+const seedExpired = async (store: ConnectionStore.ConnectionStoreShape, id: string, due: number | null) => {
+  const { tokenResponse } = sandbox.issueGrant({ account: "acct", clientId: "storm" })
+  const c = oauthConnection({
+    id,
+    providerId: "storm",
+    accessToken: String(tokenResponse.access_token),
+    refreshToken: String(tokenResponse.refresh_token),
+    expiresAt: Date.now() - 1_000
+  })
+  await Effect.runPromise(store.insert(Connection.toRecord(Vault.make(vaultOptions), c, due)))
+  return { connection: c, issuedAccessToken: String(tokenResponse.access_token) }
+}
+
 describe("a storm through the Promise API", () => {
   it("1,000 callers during one refresh: one refresh, one engine lookup, a handful of store reads", async () => {
     const inner = ConnectionStore.makeMemory()
@@ -44,38 +83,15 @@ describe("a storm through the Promise API", () => {
           return inner.get(id)
         })
     }
-    const vaultOptions = { keys: [{ id: "k1", key: Vault.generateKey() }] }
-    const provider = Provider.make({
-      id: "storm",
-      name: "Storm",
-      clientId: "storm",
-      clientSecret: "storm-secret",
-      clientAuth: "client_secret_basic",
-      endpoints: {
-        issuer: sandbox.endpoints.issuer,
-        authorization: sandbox.endpoints.authorization,
-        token: sandbox.endpoints.token
-      },
-      redirectUri: "http://127.0.0.1:9/callback",
-      identify: async () => ({ accountId: "unused", label: "unused" })
-    })
-    const lk = createLatchkey({ providers: [provider], store, vault: vaultOptions })
+    const lk = instance(store)
     try {
-      const { tokenResponse } = sandbox.issueGrant({ account: "acct", clientId: "storm" })
-      const c = oauthConnection({
-        id: "conn_storm",
-        providerId: "storm",
-        accessToken: String(tokenResponse.access_token),
-        refreshToken: String(tokenResponse.refresh_token),
-        expiresAt: Date.now() - 1_000
-      })
-      await Effect.runPromise(inner.insert(Connection.toRecord(Vault.make(vaultOptions), c, null)))
+      const { issuedAccessToken } = await seedExpired(inner, "conn_storm", null)
       const before = sandbox.countCalls({ endpoint: "token", grantType: "refresh_token" })
       reads = 0
       const tokens = await Promise.all(Array.from({ length: 1_000 }, () => lk.accessToken("conn_storm")))
       expect(sandbox.countCalls({ endpoint: "token", grantType: "refresh_token" }) - before).toBe(1)
       expect(new Set(tokens).size).toBe(1)
-      expect(tokens[0]).not.toBe(String(tokenResponse.access_token))
+      expect(tokens[0]).not.toBe(issuedAccessToken)
       // The first caller's lookup reads the row, the refresh reads it again under its lease and
       // re-reads around its writes: a few reads, not one per caller.
       expect(reads).toBeLessThanOrEqual(5)
@@ -94,34 +110,9 @@ describe("a storm through the Promise API", () => {
         return inner.watch!(listener)
       }
     }
-    const vaultOptions = { keys: [{ id: "k1", key: Vault.generateKey() }] }
-    const provider = Provider.make({
-      id: "storm",
-      name: "Storm",
-      clientId: "storm",
-      clientSecret: "storm-secret",
-      clientAuth: "client_secret_basic",
-      endpoints: {
-        issuer: sandbox.endpoints.issuer,
-        authorization: sandbox.endpoints.authorization,
-        token: sandbox.endpoints.token
-      },
-      redirectUri: "http://127.0.0.1:9/callback",
-      identify: async () => ({ accountId: "unused", label: "unused" })
-    })
-    const lk = createLatchkey({ providers: [provider], store, vault: vaultOptions })
+    const lk = instance(store)
     try {
-      const { tokenResponse } = sandbox.issueGrant({ account: "acct", clientId: "storm" })
-      const c = oauthConnection({
-        id: "conn_lazy",
-        providerId: "storm",
-        accessToken: String(tokenResponse.access_token),
-        refreshToken: String(tokenResponse.refresh_token),
-        expiresAt: Date.now() - 1_000
-      })
-      await Effect.runPromise(
-        inner.insert(Connection.toRecord(Vault.make(vaultOptions), c, Date.now() - 1_000))
-      )
+      const { connection: c } = await seedExpired(inner, "conn_lazy", Date.now() - 1_000)
       // A worker's day: sweeps and reads, no accessToken. Nothing listens to the store.
       expect((await lk.refresher.sweep()).refreshed).toBe(1)
       expect(await lk.connections(c.ownerId)).toHaveLength(1)
@@ -168,34 +159,10 @@ describe("a storm through the Promise API", () => {
             )
           })
       }
-      const vaultOptions = { keys: [{ id: "k1", key: Vault.generateKey() }] }
-      const provider = Provider.make({
-        id: "storm",
-        name: "Storm",
-        clientId: "storm",
-        clientSecret: "storm-secret",
-        clientAuth: "client_secret_basic",
-        endpoints: {
-          issuer: sandbox.endpoints.issuer,
-          authorization: sandbox.endpoints.authorization,
-          token: sandbox.endpoints.token
-        },
-        redirectUri: "http://127.0.0.1:9/callback",
-        identify: async () => ({ accountId: "unused", label: "unused" })
-      })
-      const lk = createLatchkey({ providers: [provider], store, vault: vaultOptions })
+      const lk = instance(store)
       try {
-        const { tokenResponse } = sandbox.issueGrant({ account: "acct", clientId: "storm" })
-        const c = oauthConnection({
-          id: "conn_release",
-          providerId: "storm",
-          accessToken: String(tokenResponse.access_token),
-          refreshToken: String(tokenResponse.refresh_token),
-          expiresAt: Date.now() - 1_000
-        })
-        await Effect.runPromise(inner.insert(Connection.toRecord(Vault.make(vaultOptions), c, null)))
-        const before = await lk.accessToken("conn_release")
-        expect(before).not.toBe(String(tokenResponse.access_token))
+        const { issuedAccessToken } = await seedExpired(inner, "conn_release", null)
+        expect(await lk.accessToken("conn_release")).not.toBe(issuedAccessToken)
         // Two writes under the lease (the journal, then the tokens): only the last carries the lease.
         expect(withLease).toEqual(capable ? ["conn_release"] : [])
         expect(releases).toBe(separate)
