@@ -86,6 +86,18 @@ const startReceiver = async (): Promise<Receiver> => {
   return receiver
 }
 
+/** One request through the global fetch to a throwaway server on 127.0.0.1. */
+const warmFetch = async () => {
+  const server = createServer((_req, res) => res.end())
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  try {
+    await (await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`)).text()
+  } finally {
+    server.closeAllConnections()
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+  }
+}
+
 const realPause = (ms: number) => Effect.promise(() => new Promise((r) => setTimeout(r, ms)))
 
 /** Let real I/O happen, move the test clock, until `done` (bounded). */
@@ -106,6 +118,9 @@ const runTest = <A, E>(effect: Effect.Effect<A, E>) =>
 
 describe("webhooks", () => {
   it("delivers in order through failures, timeouts and recovery, with backoff and jitter; dead-letters after N attempts", async () => {
+    // The first fetch of a process loads and compiles undici: on a loaded machine that took longer
+    // than the request timeout below, and the first attempt read as a timeout instead of a 500.
+    await warmFetch()
     const receiver = await startReceiver()
     const store = ConnectionStore.makeMemory()
     const r = sampleRecord("c1")
@@ -135,7 +150,7 @@ describe("webhooks", () => {
             maxAttempts: 4,
             baseDelayMs: 1_000,
             maxDelayMs: 3_000,
-            timeoutMs: 300,
+            timeoutMs: 1_000,
             pollIntervalMs: 500,
             onAttempt: (a) => attempts.push(a)
           }).pipe(Effect.provideService(ConnectionStore.ConnectionStore, store))
