@@ -156,32 +156,15 @@ const newCapture = (): Capture => ({ response: undefined, sent: false, errorIn20
 const currentCapture = new AsyncLocalStorage<Capture>()
 
 /**
- * A JSON answer whose body was already read and parsed here: openid-client gets the same text, and
- * its `json()` the object parsed once (the body is read once, never cloned).
- */
-class ParsedJsonResponse extends Response {
-  #parsed: unknown
-  #taken = false
-  constructor(text: string, init: ResponseInit, parsed: unknown) {
-    super(text, init)
-    this.#parsed = parsed
-  }
-  override json(): Promise<any> {
-    if (this.#taken) return super.json()
-    this.#taken = true
-    return Promise.resolve(this.#parsed)
-  }
-}
-
-/**
- * The lean transport's 200 JSON answer, already read and parsed, as openid-client reads it: what a
- * `Response` offers for reading (status, headers, `json`, `text`, `clone`...) over the text in
- * memory, without building the stream, body and header objects of a `Response` it never uses.
+ * A 200 JSON answer already read and parsed here (by fetch or by the lean transport), as
+ * openid-client reads it: what a `Response` offers for reading (status, headers, `json`, `text`,
+ * `clone`...) over the text in memory, the parsed object for `json()` (the body is parsed once),
+ * without building the stream, body and header objects of a `Response` it never uses.
  * openid-client (oauth4webapi) accepts it as a Response by its `Symbol.toStringTag`, the check it
  * makes for responses from another realm. Its headers are built on first use; `body` and `clone`
  * fall back to a real Response.
  */
-class LeanJsonResponse {
+class ParsedJsonResponse {
   readonly status: number
   readonly statusText: string
   readonly ok: boolean
@@ -290,13 +273,10 @@ const inspectJson = (
   text: string,
   init: { status: number; statusText: string; headers: HeadersInit },
   capture: Capture,
-  endpoint: "token" | "refresh",
-  parsedAnswer: (
-    text: string,
-    init: { status: number; statusText: string; headers: HeadersInit },
-    parsed: unknown
-  ) => Response = (t, i, p) => new ParsedJsonResponse(t, i, p)
+  endpoint: "token" | "refresh"
 ): Response => {
+  const parsedAnswer = (answer: string, parsed: unknown) =>
+    new ParsedJsonResponse(answer, init, parsed) as unknown as Response
   let body: unknown
   try {
     body = JSON.parse(text)
@@ -310,7 +290,7 @@ const inspectJson = (
       capture.errorIn200 = true
       return new Response(text, { status: 400, headers: init.headers })
     }
-    return parsedAnswer(text, init, fields)
+    return parsedAnswer(text, fields)
   }
   const problem = unsafeResponse(fields as TokenResponse)
   if (problem !== undefined) {
@@ -322,11 +302,11 @@ const inspectJson = (
     throw capture.refused
   }
   if (fields.expires_in === undefined || lifetimeInBounds(fields.expires_in)) {
-    return parsedAnswer(text, init, fields)
+    return parsedAnswer(text, fields)
   }
   capture.rawExpiresIn = fields.expires_in
   delete fields.expires_in
-  return parsedAnswer(JSON.stringify(fields), init, fields)
+  return parsedAnswer(JSON.stringify(fields), fields)
 }
 
 /** Statuses whose response has no body (the Response constructor refuses one). */
@@ -344,13 +324,7 @@ const leanAnswer = (answer: Transport.Answer, capture: Capture, endpoint: "token
   if (status === 200) {
     const type = headers.find(([name]) => name.toLowerCase() === "content-type")?.[1] ?? ""
     if (type.includes("json")) {
-      const response = inspectJson(
-        text,
-        { status, statusText, headers },
-        capture,
-        endpoint,
-        (t, i, p) => new LeanJsonResponse(t, i, p) as unknown as Response
-      )
+      const response = inspectJson(text, { status, statusText, headers }, capture, endpoint)
       capture.response = response
       return response
     }
