@@ -258,11 +258,14 @@ for (const [name, r] of Object.entries(results.hotPath?.perStore ?? {})) {
     "error" in r ? `error: ${r.error}` : r.ratio
   )
 }
+/** Nested figures as one row each (`fleet.postgres.runs[2].wallMs`); arrays of plain values on one row. */
 const flatten = (section: string, value: unknown, path: string) => {
-  if (value !== null && typeof value === "object" && !Array.isArray(value)) {
+  if (Array.isArray(value) && value.some((v) => v !== null && typeof v === "object")) {
+    for (const [i, v] of value.entries()) flatten(section, v, `${path}[${i}]`)
+  } else if (value !== null && typeof value === "object" && !Array.isArray(value)) {
     for (const [k, v] of Object.entries(value)) flatten(section, v, path === "" ? k : `${path}.${k}`)
   } else {
-    add(section, path, Array.isArray(value) ? JSON.stringify(value) : value)
+    add(section, path, Array.isArray(value) ? value.map(fmt).join(" / ") : value)
   }
 }
 if (results.stores !== undefined) flatten("stores", results.stores, "")
@@ -291,7 +294,8 @@ add("total", "bench seconds", totalSeconds)
 const widths = [0, 1, 2].map((i) =>
   Math.max(...rows.map((r) => r[i]!.length), ["section", "metric", "value"][i]!.length)
 )
-const line = (cells: ReadonlyArray<string>) => cells.map((c, i) => c.padEnd(widths[i]!)).join("  ")
+const line = (cells: ReadonlyArray<string>) =>
+  cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join("  ")
 const out = [line(["section", "metric", "value"]), widths.map((w) => "-".repeat(w)).join("  ")]
 let previous = ""
 for (const r of rows) {

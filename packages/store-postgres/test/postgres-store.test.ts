@@ -237,12 +237,18 @@ describe("PostgreSQL specifics", () => {
     await run(store.close())
   })
 
-  it("leaves no session state behind (safe behind PgBouncer transaction pooling)", async () => {
+  it("with preparedStatements: false, leaves no session state behind (safe behind PgBouncer transaction pooling)", async () => {
     const s = schema()
     // One connection: every operation of the store runs on it, and so do the checks.
     const pool = new pg.Pool({ connectionString: URL_, max: 1 })
     pool.on("error", () => {})
-    const store = await PostgresStore.make({ pool, schema: s, statementTimeoutMs: 1_234, lockTimeoutMs: 567 })
+    const store = await PostgresStore.make({
+      pool,
+      schema: s,
+      statementTimeoutMs: 1_234,
+      lockTimeoutMs: 567,
+      preparedStatements: false
+    })
     await run(store.insert(sampleRecord("a")))
     await run(store.update(sampleRecord("a", { version: 2 }), 1))
     expect((await run(store.get("a")))?.version).toBe(2)
@@ -261,6 +267,68 @@ describe("PostgreSQL specifics", () => {
     // The store never ends a pool it was given.
     await run(store.close())
     expect((await pool.query("SELECT 1 AS one")).rows).toEqual([{ one: 1 }])
+    await pool.end()
+  })
+
+  it("concurrent gets share statements: each caller gets its own row, a corrupt one fails only its own get", async () => {
+    const s = schema()
+    const pool = new pg.Pool({ connectionString: URL_, max: 2 })
+    pool.on("error", () => {})
+    const store = await PostgresStore.make({ pool, schema: s })
+    for (let i = 0; i < 300; i++) await run(store.insert(sampleRecord(`c${i}`, { ownerId: `o${i}` })))
+    await pool.query(`UPDATE "${s}".latchkey_connections SET record = 'not json' WHERE id = 'c7'`)
+    let statements = 0
+    const query = pool.query.bind(pool)
+    pool.query = ((...args: Parameters<typeof query>) => {
+      statements++
+      return query(...args)
+    }) as typeof pool.query
+    // 300 distinct ids, one of them asked for twice, one that does not exist, one corrupt row.
+    const ids = [...Array.from({ length: 300 }, (_, i) => `c${i}`), "c3", "missing"]
+    const results = await Promise.all(ids.map((id) => run(Effect.result(store.get(id)))))
+    // One turn of the event loop: 302 gets in two statements (at most 256 ids each), not 302.
+    expect(statements).toBe(2)
+    results.forEach((result, i) => {
+      const id = ids[i]!
+      if (id === "c7")
+        expect(result).toMatchObject({ _tag: "Failure", failure: { _tag: "StoreError", reason: "corrupt" } })
+      else if (id === "missing") expect(result).toMatchObject({ _tag: "Success", success: undefined })
+      else expect(result).toMatchObject({ _tag: "Success", success: { id, ownerId: `o${id.slice(1)}` } })
+    })
+    // A statement that fails fails the gets it carried, as typed errors.
+    await pool.query(`ALTER TABLE "${s}".latchkey_connections RENAME TO gone`)
+    const failed = await Promise.all(["c1", "c2"].map((id) => run(Effect.flip(store.get(id)))))
+    for (const error of failed) expect(error).toMatchObject({ _tag: "StoreError" })
+    await pool.query(`ALTER TABLE "${s}".gone RENAME TO latchkey_connections`)
+    expect((await run(store.get("c1")))?.id).toBe("c1")
+    await run(store.close())
+    await pool.end()
+  })
+
+  it("prepares its reads once per connection, and stores of two schemas share one pool", async () => {
+    const [s1, s2] = [schema(), schema()]
+    // One connection: both stores' statements are prepared in the same session.
+    const pool = new pg.Pool({ connectionString: URL_, max: 1 })
+    pool.on("error", () => {})
+    const one = await PostgresStore.make({ pool, schema: s1 })
+    const two = await PostgresStore.make({ pool, schema: s2 })
+    await run(one.insert(sampleRecord("a", { ownerId: "o1" })))
+    await run(two.insert(sampleRecord("a", { ownerId: "o2" })))
+    for (let i = 0; i < 3; i++) {
+      // The same statement text but for the schema: each store reads its own row.
+      expect((await run(one.get("a")))?.ownerId).toBe("o1")
+      expect((await run(two.get("a")))?.ownerId).toBe("o2")
+      expect((await run(one.listByOwner("o1"))).map((r) => r.id)).toEqual(["a"])
+      expect(await run(two.listByOwner("o1"))).toEqual([])
+    }
+    const prepared = await pool.query<{ statement: string }>("SELECT statement FROM pg_prepared_statements")
+    const texts = prepared.rows.map((r) => r.statement)
+    // get and listByOwner of each schema: four statements, each prepared once.
+    expect(texts.filter((t) => t.includes(`"${s1}".latchkey_connections WHERE id = ANY($1`))).toHaveLength(1)
+    expect(texts.filter((t) => t.includes(`"${s2}".latchkey_connections WHERE id = ANY($1`))).toHaveLength(1)
+    expect(texts.filter((t) => t.includes("WHERE owner_id = $1 ORDER BY"))).toHaveLength(2)
+    await run(one.close())
+    await run(two.close())
     await pool.end()
   })
 
