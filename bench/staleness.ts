@@ -82,6 +82,12 @@ const connection = (id: string, token: string, version: number): Connection.Conn
 
 interface Pair {
   readonly channel: string
+  /**
+   * How long the insert's own announcement may take to reach the reader (a trial waits that long
+   * before it starts reading, so the insert's notice does not end the loop): one poll for SQLite,
+   * a notification round trip for the others.
+   */
+  readonly settleMs: number
   readonly reader: ConnectionStore.ConnectionStoreShape
   readonly writer: ConnectionStore.ConnectionStoreShape
   readonly close: () => Promise<void>
@@ -91,7 +97,13 @@ const pairs: Record<keyof StalenessResult, () => Promise<Pair>> = {
   memory: async () => {
     const { ConnectionStore } = await import("@latchkey/core")
     const store = ConnectionStore.makeMemory()
-    return { channel: "same store object (synchronous)", reader: store, writer: store, close: async () => {} }
+    return {
+      channel: "same store object (synchronous)",
+      settleMs: 5,
+      reader: store,
+      writer: store,
+      close: async () => {}
+    }
   },
   sqlite: async () => {
     const dir = mkdtempSync(join(tmpdir(), "latchkey-bench-staleness-"))
@@ -100,6 +112,7 @@ const pairs: Record<keyof StalenessResult, () => Promise<Pair>> = {
     const writer = SqliteStore.make({ path })
     return {
       channel: "PRAGMA data_version polled every 100 ms",
+      settleMs: 120,
       reader,
       writer,
       close: async () => {
@@ -115,6 +128,7 @@ const pairs: Record<keyof StalenessResult, () => Promise<Pair>> = {
     const writer = await PostgresStore.make({ connectionString: POSTGRES_URL, schema, maxConnections: 2 })
     return {
       channel: "LISTEN/NOTIFY (NOTIFY in the writing transaction)",
+      settleMs: 30,
       reader,
       writer,
       close: async () => {
@@ -136,6 +150,7 @@ const pairs: Record<keyof StalenessResult, () => Promise<Pair>> = {
     await Effect.runPromise(reader.ready)
     return {
       channel: "pub/sub (PUBLISH in the write script)",
+      settleMs: 30,
       reader,
       writer,
       close: async () => {
@@ -182,7 +197,7 @@ const trial = async (
   )
   // Warm: the reader caches the old token.
   for (let i = 0; i < 50; i++) await reader.accessToken(id)
-  await new Promise((r) => setTimeout(r, 120))
+  await new Promise((r) => setTimeout(r, pair.settleMs))
   const loop = readLoop(reader, id, `old-${id}`)
   await new Promise((r) => setTimeout(r, 20))
   if (kind === "replace") {

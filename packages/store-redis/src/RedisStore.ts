@@ -518,6 +518,9 @@ export const make = (options: RedisStoreOptions): RedisStore => {
     maxRetriesPerRequest: 2,
     connectTimeout: commandTimeoutMs,
     retryStrategy: (times: number) => Math.min(50 * 2 ** times, 2_000),
+    // Commands issued in one turn of the event loop (many refreshes at once) leave in one socket
+    // write: on a loopback socket the write cost more than Redis running the script.
+    enableAutoPipelining: true,
     ...options.redisOptions
   }
   const url = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
@@ -588,6 +591,7 @@ export const make = (options: RedisStoreOptions): RedisStore => {
     if (subscriber === undefined) {
       const sub = client.duplicate({
         lazyConnect: false,
+        enableAutoPipelining: false,
         enableOfflineQueue: true,
         maxRetriesPerRequest: null,
         connectionName: `latchkey-watch:${channel}`.replace(/[^A-Za-z0-9:_-]/g, "_")
