@@ -518,9 +518,6 @@ export const make = (options: RedisStoreOptions): RedisStore => {
     maxRetriesPerRequest: 2,
     connectTimeout: commandTimeoutMs,
     retryStrategy: (times: number) => Math.min(50 * 2 ** times, 2_000),
-    // Commands issued in one turn of the event loop (many refreshes at once) leave in one socket
-    // write: on a loopback socket the write cost more than Redis running the script.
-    enableAutoPipelining: true,
     ...options.redisOptions
   }
   const url = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
