@@ -588,7 +588,6 @@ export const make = (options: RedisStoreOptions): RedisStore => {
     if (subscriber === undefined) {
       const sub = client.duplicate({
         lazyConnect: false,
-        enableAutoPipelining: false,
         enableOfflineQueue: true,
         maxRetriesPerRequest: null,
         connectionName: `latchkey-watch:${channel}`.replace(/[^A-Za-z0-9:_-]/g, "_")

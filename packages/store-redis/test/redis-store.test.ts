@@ -130,6 +130,26 @@ describe("Redis specifics", () => {
     }
   })
 
+  it("with auto-pipelining turned on for its client, the store works and watch still delivers changes", async () => {
+    const p = prefix()
+    const store = RedisStore.make({ url: URL_, keyPrefix: p, redisOptions: { enableAutoPipelining: true } })
+    const writer = RedisStore.make({ url: URL_, keyPrefix: p })
+    const { waitFor, stop } = watchRecorder(store)
+    try {
+      expect(await waitFor("Live")).toBe(true)
+      // Commands of one turn of the event loop, pipelined: each keeps its own reply.
+      await Promise.all(["a1", "a2", "a3"].map((id) => run(store.insert(sampleRecord(id)))))
+      const got = await Promise.all(["a1", "a2", "a3", "none"].map((id) => run(store.get(id))))
+      expect(got.map((r) => r?.id)).toEqual(["a1", "a2", "a3", undefined])
+      await run(writer.update(sampleRecord("a2", { version: 2 }), 1))
+      expect(await waitFor("Changed:a2")).toBe(true)
+    } finally {
+      stop()
+      await run(store.close())
+      await run(writer.close())
+    }
+  })
+
   it("the lease is a key with a PX TTL, released only by compare-and-delete; the fence survives", async () => {
     const p = prefix()
     const store = RedisStore.make({ url: URL_, keyPrefix: p })
