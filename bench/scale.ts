@@ -8,8 +8,9 @@
  * - Latency at each size, through the store (`Effect.runPromise`), awaited one at a time: `listDue`
  *   (limit 100; median of 20), `get` of a random id and `listByOwner` of a random owner (median of 500
  *   each), in µs.
- * - Memory: a FRESH process (`scale-worker.ts`) calls `accessToken` on distinct connections (64 at
- *   a time) and reports its RSS and heap (with `--expose-gc`, after a
+ * - Memory: a FRESH process per store (`scale-worker.ts`; the two stores' processes run side by side,
+ *   after every latency figure was taken) calls `accessToken` on distinct connections (64 at a time)
+ *   and reports its RSS and heap (with `--expose-gc`, after a
  *   GC) before, after the first 100k and after 1M (`--quick`: 10k and 100k), in one process: the
  *   decoded-connection cache and the token cache are LRUs, so the heap must not grow with N.
  */
@@ -153,11 +154,30 @@ const touch = (
     })
   })
 
-const scaleSqlite = async (sizes: ReadonlyArray<number>, touched: ReadonlyArray<number>) => {
+/**
+ * One store's part: `latency` (seeded and measured at once), then `touch` (its fresh process) and
+ * `close`. benchScale measures every store's latency first, alone on the machine, then runs the
+ * stores' touch processes side by side.
+ */
+interface ScaleStore {
+  readonly latency: ReadonlyArray<ScaleLatency>
+  readonly touch: () => Promise<ReadonlyArray<ScaleMemory>>
+  readonly close: () => Promise<void>
+}
+
+const scaleSqlite = async (
+  sizes: ReadonlyArray<number>,
+  touched: ReadonlyArray<number>
+): Promise<ScaleStore> => {
   const dir = mkdtempSync(join(tmpdir(), "latchkey-bench-scale-"))
   const path = join(dir, "scale.db")
   const store = SqliteStore.make({ path })
   const db = new DatabaseSync(path)
+  const close = async () => {
+    db.close()
+    await Effect.runPromise(store.close())
+    rmSync(dir, { recursive: true, force: true })
+  }
   try {
     const insert = db.prepare(
       `INSERT INTO latchkey_connections (id, owner_id, provider_id, account_id, version, status, refresh_due_at, created_at, record)
@@ -188,20 +208,17 @@ const scaleSqlite = async (sizes: ReadonlyArray<number>, touched: ReadonlyArray<
       latency.push(await measure(store, size))
       progress("scale", `sqlite ${size}: ${JSON.stringify(latency.at(-1))}`)
     }
-    const memory: Array<ScaleMemory> = []
-    for (const m of await touch("sqlite", { path }, touched, 64)) {
-      memory.push(m)
-      progress("scale", `sqlite touched ${m.touched}: ${JSON.stringify(m)}`)
-    }
-    return { latency, memory }
-  } finally {
-    db.close()
-    await Effect.runPromise(store.close())
-    rmSync(dir, { recursive: true, force: true })
+    return { latency, touch: () => touch("sqlite", { path }, touched, 64), close }
+  } catch (error) {
+    await close()
+    throw error
   }
 }
 
-const scalePostgres = async (sizes: ReadonlyArray<number>, touched: ReadonlyArray<number>) => {
+const scalePostgres = async (
+  sizes: ReadonlyArray<number>,
+  touched: ReadonlyArray<number>
+): Promise<ScaleStore> => {
   const schema = `lk_scale_${randomUUID().replaceAll("-", "").slice(0, 16)}`
   const settings = { connectionString: POSTGRES_URL, schema, maxConnections: 8 }
   const store = await PostgresStore.make(settings)
@@ -209,6 +226,11 @@ const scalePostgres = async (sizes: ReadonlyArray<number>, touched: ReadonlyArra
     Pool: new (c: object) => { query(t: string, v?: Array<unknown>): Promise<unknown>; end(): Promise<void> }
   }
   const admin = new Pg.Pool({ connectionString: POSTGRES_URL, max: 1 })
+  const close = async () => {
+    await Effect.runPromise(store.close())
+    await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {})
+    await admin.end()
+  }
   try {
     const now = Date.now()
     let have = 0
@@ -231,17 +253,11 @@ const scalePostgres = async (sizes: ReadonlyArray<number>, touched: ReadonlyArra
       latency.push(await measure(store, size))
       progress("scale", `postgres ${size}: ${JSON.stringify(latency.at(-1))}`)
     }
-    const memory: Array<ScaleMemory> = []
     // 64 in flight on the store's pool of 8: more (256 on 32) was slower here, CPU-bound on 2 cores.
-    for (const m of await touch("postgres", settings, touched, 64)) {
-      memory.push(m)
-      progress("scale", `postgres touched ${m.touched}: ${JSON.stringify(m)}`)
-    }
-    return { latency, memory }
-  } finally {
-    await Effect.runPromise(store.close())
-    await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {})
-    await admin.end()
+    return { latency, touch: () => touch("postgres", settings, touched, 64), close }
+  } catch (error) {
+    await close()
+    throw error
   }
 }
 
@@ -249,17 +265,41 @@ export const benchScale = async (quick: boolean): Promise<ScaleResult> => {
   const sizes = quick ? [10_000, 100_000] : [10_000, 100_000, 1_000_000]
   const touched = quick ? [10_000, 100_000] : [100_000, 1_000_000]
   const out: Record<string, unknown> = { sizes, touched, quick }
+  const failed = (name: string, error: unknown) => {
+    const message = error instanceof Error ? error.message : String(error)
+    progress("scale", `${name}: failed: ${message}`)
+    out[name] = { error: message }
+  }
+  // Latency first, one store at a time, alone on the machine.
+  const opened: Array<readonly ["sqlite" | "postgres", ScaleStore]> = []
   for (const [name, f] of [
     ["sqlite", scaleSqlite],
     ["postgres", scalePostgres]
   ] as const) {
     try {
-      out[name] = await f(sizes, touched)
+      opened.push([name, await f(sizes, touched)])
     } catch (error) {
-      const message = error instanceof Error ? error.message : String(error)
-      progress("scale", `${name}: failed: ${message}`)
-      out[name] = { error: message }
+      failed(name, error)
     }
   }
+  // Then the touch processes side by side: each reports its own RSS and heap, which the other does
+  // not change; their touchesPerSec are those of a shared machine.
+  progress(
+    "scale",
+    `touching ${touched.join(", then ")} connections: ${opened.map(([n]) => n).join(" and ")} at once`
+  )
+  await Promise.all(
+    opened.map(async ([name, s]) => {
+      try {
+        const memory = await s.touch()
+        for (const m of memory) progress("scale", `${name} touched ${m.touched}: ${JSON.stringify(m)}`)
+        out[name] = { latency: s.latency, memory }
+      } catch (error) {
+        failed(name, error)
+      } finally {
+        await s.close().catch(() => {})
+      }
+    })
+  )
   return out as ScaleResult
 }
