@@ -253,6 +253,9 @@ const validate = (options: PostgresStoreOptions): Settings => {
     throw invalidOption("connectionString", "is required when no pool is given")
   }
   if (options.maxConnections !== undefined) positive("maxConnections", options.maxConnections)
+  if (options.preparedStatements !== undefined && typeof options.preparedStatements !== "boolean") {
+    throw invalidOption("preparedStatements", "must be true or false")
+  }
   return {
     schemaName,
     lockTimeoutMs: positive("lockTimeoutMs", options.lockTimeoutMs ?? 5_000),

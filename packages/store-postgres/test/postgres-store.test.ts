@@ -350,6 +350,8 @@ describe("PostgreSQL specifics", () => {
       [{ connectionString: URL_, schema: 'x"; DROP TABLE y; --' }, "schema"],
       [{ connectionString: URL_, lockTimeoutMs: 0 }, "lockTimeoutMs"],
       [{ connectionString: URL_, statementTimeoutMs: 1.5 }, "statementTimeoutMs"],
+      // A string from the environment ("false") must not read as true.
+      [{ connectionString: URL_, preparedStatements: "false" as unknown as boolean }, "preparedStatements"],
       [{ schema: "ok" }, "connectionString"]
     ] as const
     for (const [options, field] of bad) {
