@@ -53,8 +53,9 @@ export interface PostgresStoreOptions {
   /** Where the `LISTEN` connection goes (default: `connectionString`, or the given pool's settings). */
   readonly listenConnectionString?: string | Redacted.Redacted<string> | undefined
   /**
-   * Reads and claims run as named prepared statements, parsed and planned once per pooled connection
-   * (default true; about 1.5 to 2 times the reads per second of unnamed statements). Prepared
+   * Reads by key run as named prepared statements, parsed and planned once per pooled connection
+   * (default true; about 1.5 to 2 times the reads per second of unnamed statements; the due-connection
+   * queries are planned each time). Prepared
    * statements live in a server session: behind PgBouncer in transaction pooling mode, set
    * `preparedStatements: false` unless it is PgBouncer 1.21 or later with `max_prepared_statements`
    * above 0.
