@@ -1,23 +1,36 @@
 /**
- * Background: the Refresher refreshing 10,000 connections that are all due, against a raw
- * openid-client refresh loop over 10,000 other grants at the same concurrency, same server, same run.
+ * Background: the Refresher refreshing N connections that are all due (the run's size: 5,000, quick
+ * 1,000), against a raw openid-client refresh loop over N other grants at the same concurrency, same
+ * server, same run, in alternating rounds.
  *
  * - Grants are minted straight into oidc-provider's models (the consent forms would take minutes
  *   for 20,000 grants); each has a real unused refresh token and a real access token.
- * - Latchkey side: 10,000 connections inserted into a memory store (tokens sealed with the run's
- *   vault key, as in production) with the access token expired an hour ago, so all are due. Timed:
- *   Refresher sweeps (concurrency C, no rate limit, batch 10,000) until nothing is due. Each refresh
+ * - Latchkey side, per round: N / rounds connections inserted into a memory store (tokens sealed with
+ *   the run's vault key, as in production) with the access token expired an hour ago, so all are due.
+ *   Timed: Refresher sweeps (concurrency C, no rate limit) until nothing is due. Each refresh
  *   is the full engine path: lease, re-read, openid-client refresh, seal, compare-and-set write,
  *   event.
  * - Raw side: a pool of C workers calling `refreshTokenGrant` with one shared openid-client
  *   configuration and keeping the new tokens in a Map: the least a refresh loop can do.
- * - `throughputRatio` = Latchkey refreshes/s ÷ raw refreshes/s. The raw loop runs first, after a
- *   short warm-up of both paths on separate grants.
+ * - Rounds alternate (raw, Refresher, Refresher, raw, raw, ...; see ROUNDS) after a short warm-up of
+ *   both paths on separate grants; `throughputRatio` = Refresher refreshes/s ÷ raw refreshes/s over
+ *   all rounds, `roundRatios` the same of each pair of rounds next to each other. Run one after the
+ *   other, the side measured last paid for the token server's growing grant store and any drift of
+ *   the machine.
  */
 import { Connection, ConnectionStore, createLatchkey, Vault } from "@latchkey/core"
 import { Effect, Redacted } from "effect"
 import * as oidc from "openid-client"
-import { makeProvider, PROVIDER_ID, pool, progress, round, runEffect, vaultOptions } from "./common.ts"
+import {
+  makeProvider,
+  median,
+  PROVIDER_ID,
+  pool,
+  progress,
+  round,
+  runEffect,
+  vaultOptions
+} from "./common.ts"
 import { type BenchServer, type Minted, SCOPES } from "./server.ts"
 
 export const DEFAULT_CONNECTIONS = 10_000
@@ -26,6 +39,7 @@ const WARMUP = 200
 export interface BackgroundResult {
   readonly connections: number
   readonly concurrency: number
+  readonly rounds: number
   readonly seconds: number
   readonly refreshesPerSec: number
   readonly sweeps: number
@@ -41,6 +55,9 @@ export interface BackgroundResult {
     readonly failed: number
     readonly cpuUsPerRefresh: number
   }
+  /** Refresher refreshes/s ÷ raw refreshes/s of each round (a Refresher round and the raw round next to it). */
+  readonly roundRatios: ReadonlyArray<number>
+  /** Refresher refreshes/s ÷ raw refreshes/s over all rounds. */
   readonly throughputRatio: number
 }
 
@@ -151,58 +168,101 @@ const latchkeySweeps = async (
   }
 }
 
+/**
+ * Rounds of each side (even), in the order raw, Refresher, Refresher, raw, raw, ...: each side runs
+ * as many rounds right after the other side as right after itself (switching sides costs the next
+ * round about 15 % more CPU, whichever side it is), and a drift of the machine or of the token
+ * server (its grant store grows with every refresh) lands on both sides alike.
+ */
+export const ROUNDS = 4
+
 export const benchBackground = async (
   server: BenchServer,
   concurrency: number,
-  CONNECTIONS = DEFAULT_CONNECTIONS
+  CONNECTIONS = DEFAULT_CONNECTIONS,
+  ROUNDS_RUN = ROUNDS
 ): Promise<BackgroundResult> => {
-  progress("background", `minting ${2 * (CONNECTIONS + WARMUP)} grants`)
+  const ROUNDS = Math.max(2, 2 * Math.round(ROUNDS_RUN / 2))
+  const perRound = Math.ceil(CONNECTIONS / ROUNDS)
+  progress("background", `minting ${2 * (perRound * ROUNDS + WARMUP)} grants`)
   const [warmLk, warmRaw, lkGrants, rawGrants] = await Promise.all([
     server.mint(WARMUP, `bg-warm-latchkey-${concurrency}`),
     server.mint(WARMUP, `bg-warm-raw-${concurrency}`),
-    server.mint(CONNECTIONS, `bg-latchkey-${concurrency}`),
-    server.mint(CONNECTIONS, `bg-raw-${concurrency}`)
+    server.mint(perRound * ROUNDS, `bg-latchkey-${concurrency}`),
+    server.mint(perRound * ROUNDS, `bg-raw-${concurrency}`)
   ])
 
-  progress("background", `warm-up: ${WARMUP} raw refreshes and ${WARMUP} Refresher refreshes`)
+  progress("background", `warm-up: ${WARMUP} Refresher refreshes and ${WARMUP} raw refreshes`)
+  // The raw loop warms last: the first round (raw) then follows its own side, as the order needs.
+  await latchkeySweeps(server, await seedStore(warmLk, perRound * ROUNDS), concurrency, WARMUP)
   await rawLoop(server, warmRaw, concurrency)
-  await latchkeySweeps(server, await seedStore(warmLk, CONNECTIONS), concurrency, WARMUP)
 
-  progress("background", `raw openid-client loop: ${CONNECTIONS} refreshes at concurrency ${concurrency}`)
-  const raw = await rawLoop(server, rawGrants, concurrency)
-  const rawPerSec = CONNECTIONS / raw.seconds
+  const raws: Array<Awaited<ReturnType<typeof rawLoop>>> = []
+  const lks: Array<Awaited<ReturnType<typeof latchkeySweeps>>> = []
+  const pairRatios: Array<number> = []
+  for (let r = 0; r < ROUNDS; r++) {
+    const rawSet = rawGrants.slice(r * perRound, (r + 1) * perRound)
+    const lkSet = lkGrants.slice(r * perRound, (r + 1) * perRound)
+    const runRaw = async () => {
+      const raw = await rawLoop(server, rawSet, concurrency)
+      raws.push(raw)
+      progress(
+        "background",
+        `round ${r + 1}/${ROUNDS} raw: ${perRound} refreshes in ${round(raw.seconds)} s (${Math.round(perRound / raw.seconds)}/s), ${raw.failed} failed, main thread ${raw.cpuUsPerRefresh} µs CPU per refresh`
+      )
+      return raw
+    }
+    const runLk = async () => {
+      const store = await seedStore(lkSet, r * perRound)
+      const lk = await latchkeySweeps(server, store, concurrency, perRound)
+      lks.push(lk)
+      progress(
+        "background",
+        `round ${r + 1}/${ROUNDS} Refresher: ${lk.refreshed} refreshed in ${round(lk.seconds)} s (${Math.round(lk.refreshed / lk.seconds)}/s), ${lk.failed} failed, ${lk.stillDue} still due, main thread ${lk.cpuUsPerRefresh} µs CPU per refresh`
+      )
+      return lk
+    }
+    const [raw, lk] =
+      r % 2 === 0
+        ? [await runRaw(), await runLk()]
+        : await runLk().then(async (l) => [await runRaw(), l] as const)
+    pairRatios.push(lk.refreshed / lk.seconds / (rawSet.length / raw.seconds))
+  }
+  const sum = <T>(list: ReadonlyArray<T>, f: (t: T) => number) => list.reduce((n, t) => n + f(t), 0)
+  const lkSeconds = sum(lks, (l) => l.seconds)
+  const lkRefreshed = sum(lks, (l) => l.refreshed)
+  const rawSeconds = sum(raws, (r) => r.seconds)
+  const rawCount = perRound * ROUNDS
+  const lkPerSec = lkRefreshed / lkSeconds
+  const rawPerSec = rawCount / rawSeconds
+  const cpu = (list: ReadonlyArray<{ readonly cpuUsPerRefresh: number }>) =>
+    Math.round(median(list.map((x) => x.cpuUsPerRefresh)))
+  // Every round has the same size, so the total rates weigh each round alike.
+  const ratio = lkPerSec / rawPerSec
   progress(
     "background",
-    `raw: ${round(raw.seconds)} s (${Math.round(rawPerSec)}/s), ${raw.failed} failed, main thread ${raw.cpuUsPerRefresh} µs CPU per refresh`
-  )
-
-  const store = await seedStore(lkGrants, 0)
-  const due = (await runEffect(store.listDue(Date.now(), CONNECTIONS))).length
-  progress("background", `Refresher: ${due} connections due, concurrency ${concurrency}`)
-  const lk = await latchkeySweeps(server, store, concurrency, CONNECTIONS)
-  const lkPerSec = lk.refreshed / lk.seconds
-  progress(
-    "background",
-    `Refresher: ${lk.refreshed} refreshed in ${round(lk.seconds)} s (${Math.round(lkPerSec)}/s), ${lk.failed} failed, ${lk.stillDue} still due, main thread ${lk.cpuUsPerRefresh} µs CPU per refresh`
+    `C=${concurrency}: Refresher ${Math.round(lkPerSec)}/s vs raw ${Math.round(rawPerSec)}/s (${round(ratio, 3)}); round pairs ${pairRatios.map((x) => round(x, 3)).join(", ")}`
   )
 
   return {
-    connections: CONNECTIONS,
+    connections: rawCount,
     concurrency,
-    seconds: round(lk.seconds),
+    rounds: ROUNDS,
+    seconds: round(lkSeconds),
     refreshesPerSec: Math.round(lkPerSec),
-    sweeps: lk.sweeps,
-    refreshed: lk.refreshed,
-    failed: lk.failed,
-    refreshCalls: lk.refreshCalls,
-    stillDue: lk.stillDue,
-    cpuUsPerRefresh: lk.cpuUsPerRefresh,
+    sweeps: sum(lks, (l) => l.sweeps),
+    refreshed: lkRefreshed,
+    failed: sum(lks, (l) => l.failed),
+    refreshCalls: sum(lks, (l) => l.refreshCalls),
+    stillDue: sum(lks, (l) => l.stillDue),
+    cpuUsPerRefresh: cpu(lks),
     raw: {
-      seconds: round(raw.seconds),
+      seconds: round(rawSeconds),
       refreshesPerSec: Math.round(rawPerSec),
-      failed: raw.failed,
-      cpuUsPerRefresh: raw.cpuUsPerRefresh
+      failed: sum(raws, (r) => r.failed),
+      cpuUsPerRefresh: cpu(raws)
     },
-    throughputRatio: round(lkPerSec / rawPerSec, 3)
+    roundRatios: pairRatios.map((x) => round(x, 3)),
+    throughputRatio: round(ratio, 3)
   }
 }

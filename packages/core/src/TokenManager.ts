@@ -1253,7 +1253,11 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               flight.trace.kind = loaded.kind
               const c = yield* ensureActive(loaded)
               const provider = yield* providers.get(c.providerId)
-              return yield* refreshHolding(flight, c, provider, keeper, need)
+              const refreshed = yield* refreshHolding(flight, c, provider, keeper, need)
+              // The outcome is durable: the callers sharing this flight get it now, before the lease
+              // is let go and the span and metrics are closed (none of which they wait for).
+              yield* Deferred.succeed(flight.waiters, refreshed)
+              return refreshed
             }).pipe(
               Effect.ensuring(
                 stop.pipe(

@@ -3,7 +3,7 @@
  * single-use refresh tokens and reuse detection). One describe block per invariant 1-4 of docs/architecture.md.
  */
 import type { OidcServer } from "@latchkey/testkit-oidc"
-import { Effect, Stream } from "effect"
+import { Deferred, Effect, Stream } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { ApiClient as ApiClientService } from "../src/ApiClient.ts"
 import { StoreError } from "../src/Errors.ts"
@@ -110,6 +110,41 @@ describe("invariant 1: a refresh token is sent at most once", () => {
     // The grant survived: the connection refreshes again.
     expect((await lk.refresh(c.id)).status).toBe("active")
     await Promise.all([lk.close(), a.close(), b.close()])
+  })
+})
+
+describe("the callers of a refresh are answered once its tokens are durable", () => {
+  it("a lease release that does not answer holds up none of the callers sharing the refresh", async () => {
+    const base = memoryStore()
+    // A store that releases the lease in a statement of its own, which does not answer until the
+    // test lets it (a slow or unreachable store, after the tokens were written).
+    const gate = Effect.runSync(Deferred.make<void>())
+    let releases = 0
+    const store: ConnectionStore.ConnectionStoreShape = {
+      ...base,
+      releasesLeaseOnUpdate: false,
+      releaseLease: (lease) =>
+        Effect.suspend(() => {
+          releases++
+          return Effect.andThen(Deferred.await(gate), base.releaseLease(lease))
+        })
+    }
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(lk)
+    await expire(base, c.id)
+    const before = server.grants.refresh_token
+    const tokens = await Promise.all(Array.from({ length: 50 }, () => lk.accessToken(c.id)))
+    // All 50 answered with the new token while the release is still waiting.
+    expect(new Set(tokens).size).toBe(1)
+    expect(releases).toBe(1)
+    expect(server.grants.refresh_token - before).toBe(1)
+    const record = await stored(base, c.id)
+    expect(plain(record.accessToken)).toBe(tokens[0])
+    expect(record.journal ?? null).toBeNull()
+    // Let the release through: the lease is let go, and the instance closes with nothing in flight.
+    Effect.runSync(Deferred.succeed(gate, undefined))
+    await lk.close()
+    expect(await Effect.runPromise(base.acquireLease(c.id, "someone-else", 1_000))).toBeDefined()
   })
 })
 
