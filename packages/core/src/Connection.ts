@@ -338,8 +338,9 @@ export interface Stored {
 
 /**
  * The record of `c`, its token fields sealed by the vault. With `base` (the stored form of the copy
- * `c` was derived from), a refresh token or extras that did not change keep their ciphertext when it
- * is sealed with the vault's write key (the same value, sealed the same way: nothing to seal again);
+ * `c` was derived from), a refresh token or extras that did not change (extras: the same JSON) keep
+ * their ciphertext when it is sealed with the vault's write key (the same value, sealed the same way:
+ * nothing to seal again);
  * the access token is always sealed afresh, so that every record written has a ciphertext of its
  * own (a write whose answer was lost is recognised by it).
  */
@@ -363,11 +364,14 @@ export const toRecord = (
     priorRefresh !== undefined &&
     (refresh === priorRefresh || Redacted.value(refresh) === Redacted.value(priorRefresh)) &&
     current(prior!.record.refreshToken)
+  // Extras are the same value when they are the same object or serialize alike (a refresh's answer
+  // builds a new object, usually with the same fields: none at all for most providers).
   const sameExtras =
     prior !== undefined &&
-    c.tokens.extras === prior.connection.tokens.extras &&
     c.tokens.dpopKey === prior.connection.tokens.dpopKey &&
-    current(prior.record.extras)
+    current(prior.record.extras) &&
+    (c.tokens.extras === prior.connection.tokens.extras ||
+      JSON.stringify(c.tokens.extras) === JSON.stringify(prior.connection.tokens.extras))
   return {
     id: c.id,
     ownerId: c.ownerId,

@@ -152,6 +152,13 @@ describe("Connections", () => {
         expect(second.refreshToken).toBe(first.refreshToken)
         expect(second.extras).toBe(first.extras)
         expect(second.accessToken).not.toBe(first.accessToken)
+        // A refresh's answer builds new extras; when they hold the same values, their ciphertext stays.
+        yield* c.modify("c1", (cur) =>
+          Connections.write({ ...cur, tokens: { ...cur.tokens, extras: { ...cur.tokens.extras } } })
+        )
+        const same = (yield* h.inner.get("c1"))!
+        expect(same.extras).toBe(second.extras)
+        expect((yield* c.decode(same)).tokens.extras).toEqual((yield* c.decode(second)).tokens.extras)
         // New tokens (as a refresh's commit writes): sealed anew, and they open to the new values.
         yield* c.modify("c1", (cur) =>
           Connections.write({
@@ -166,6 +173,13 @@ describe("Connections", () => {
         const third = (yield* h.inner.get("c1"))!
         expect(third.refreshToken).not.toBe(second.refreshToken)
         expect(third.extras).not.toBe(second.extras)
+        // Different extras (a field more, or the same fields with another value) are sealed anew.
+        yield* c.modify("c1", (cur) =>
+          Connections.write({ ...cur, tokens: { ...cur.tokens, extras: { id_token: "y" } } })
+        )
+        const fourth = (yield* h.inner.get("c1"))!
+        expect(fourth.extras).not.toBe(third.extras)
+        expect((yield* c.decode(fourth)).tokens.extras).toEqual({ id_token: "y" })
         const opened = yield* c.decode(third)
         expect(Redacted.value(opened.tokens.refreshToken!)).toBe("refresh-rotated")
         expect(opened.tokens.extras).toEqual({ id_token: "x" })

@@ -24,6 +24,7 @@
  */
 import * as http from "node:http"
 import * as https from "node:https"
+import { urlToHttpOptions } from "node:url"
 import { brotliDecompressSync, gunzipSync, inflateSync } from "node:zlib"
 
 /** What came back: the status line, the headers as pairs, the body as text. */
@@ -97,6 +98,24 @@ const decode = (body: Buffer, encoding: string | undefined): Buffer => {
   }
 }
 
+type Target = ReturnType<typeof urlToHttpOptions>
+
+/**
+ * The request options of a URL (what `http.request(url)` derives from it: host, port, path, auth),
+ * kept per URL: a process calls the token endpoints of a few providers, over and over.
+ */
+const targets = new Map<string, Target>()
+const MAX_TARGETS = 256
+const targetOf = (url: string): Target => {
+  let target = targets.get(url)
+  if (target === undefined) {
+    target = urlToHttpOptions(new URL(url))
+    if (targets.size >= MAX_TARGETS) targets.clear()
+    targets.set(url, target)
+  }
+  return target
+}
+
 /** POST `init.body` to `url`; resolves with the whole answer, whatever its status. */
 export const post = (url: string, init: PostInit, timeoutMs: number): Promise<Answer> =>
   new Promise<Answer>((resolve, reject) => {
@@ -105,9 +124,9 @@ export const post = (url: string, init: PostInit, timeoutMs: number): Promise<An
       reject(signal.reason)
       return
     }
-    let target: URL
+    let target: Target
     try {
-      target = new URL(url)
+      target = targetOf(url)
     } catch (error) {
       reject(fetchFailed(error))
       return
@@ -143,7 +162,8 @@ export const post = (url: string, init: PostInit, timeoutMs: number): Promise<An
       if (answer !== undefined) resolve(answer)
       else reject(error)
     }
-    const request = (target.protocol === "https:" ? https : http).request(target, {
+    const request = (target.protocol === "https:" ? https : http).request({
+      ...target,
       method: "POST",
       agent,
       headers
