@@ -47,7 +47,7 @@ import {
   Deferred,
   Effect,
   Exit,
-  Fiber,
+  type Fiber,
   Layer,
   Metric,
   Random,
@@ -75,7 +75,7 @@ import {
 import type { LatchkeyEvent } from "./Events.ts"
 import { refreshDueAt } from "./internal/due.ts"
 import * as Mint from "./internal/mint.ts"
-import { tagged, metrics as telemetry } from "./internal/telemetry.ts"
+import { spanned, tagged, metrics as telemetry, tracing } from "./internal/telemetry.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Credential, MintContext, Provider } from "./Provider.ts"
 import { Providers } from "./Providers.ts"
@@ -169,6 +169,10 @@ interface Keeper {
   lost: boolean
   /** The final write released the lease with it (`UpdateOptions.releaseLease`): nothing left to release. */
   released: boolean
+  /** On this instance's clock: when the lease keeper renews it next. */
+  renewAt: number
+  /** A renewal of it is under way. */
+  renewing: boolean
 }
 
 /** What the `TokenManager.refresh` span says of one refresh (no token, code, secret or e-mail). */
@@ -473,26 +477,107 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
 
       // ---- the lease --------------------------------------------------------------------------
 
-      /** Renew the lease every third of its length until stopped; a failed renewal leaves the deadline. */
-      const keepLease = (first: Lease, askedAt: number) =>
+      /**
+       * The lease keeper: ONE fiber renews every lease this instance holds, each a third of its
+       * length after it was granted or last renewed (a failed renewal leaves the deadline and is
+       * tried again a third later; a lease found taken by another holder is `lost`). It runs while
+       * leases are held and stops with the last one, so no timer outlives the refreshes: a fiber of
+       * its own per refresh (forked, sleeping, interrupted) cost every refresh, though almost none
+       * lasts long enough to renew. Renewals run on fibers of their own: a slow one delays no other.
+       */
+      const period = Math.max(10, Math.floor(ttl / 3))
+      const held = new Set<Keeper>()
+      let keeping: Ticking | undefined
+
+      const renewOne = (keeper: Keeper) =>
         Effect.gen(function* () {
-          const keeper: Keeper = { lease: first, deadline: askedAt + ttl, lost: false, released: false }
-          const loop = Effect.gen(function* () {
-            for (;;) {
-              yield* Effect.sleep(Math.max(10, Math.floor(ttl / 3)))
-              const before = yield* Clock.currentTimeMillis
-              const renewed = yield* store.renewLease(keeper.lease, ttl).pipe(Effect.result)
-              if (renewed._tag === "Failure") continue
-              if (renewed.success === undefined) {
-                keeper.lost = true
-                return
-              }
-              keeper.lease = renewed.success
-              keeper.deadline = before + ttl
+          const before = yield* Clock.currentTimeMillis
+          const renewed = yield* store.renewLease(keeper.lease, ttl).pipe(Effect.result)
+          if (renewed._tag === "Failure") {
+            keeper.renewAt = before + period
+          } else if (renewed.success === undefined) {
+            keeper.lost = true
+            held.delete(keeper)
+          } else {
+            keeper.lease = renewed.success
+            keeper.deadline = before + ttl
+            keeper.renewAt = before + period
+          }
+        }).pipe(
+          Effect.ensuring(
+            Effect.suspend(() => {
+              keeper.renewing = false
+              return arm(keeper)
+            })
+          )
+        )
+
+      interface Ticking {
+        fiber: Fiber.Fiber<void> | undefined
+        wakeAt: number
+      }
+
+      /** Renew what is due, then sleep until the next renewal; ends when nothing is left to wait for. */
+      const tick = (self: Ticking): Effect.Effect<void> =>
+        Effect.gen(function* () {
+          for (;;) {
+            const now = yield* Clock.currentTimeMillis
+            for (const keeper of held) {
+              if (keeper.renewing || keeper.renewAt > now) continue
+              keeper.renewing = true
+              yield* Effect.forkDetach(renewOne(keeper), { startImmediately: true })
+            }
+            // After the renewals started (one may have ended at once, with its next time set).
+            let next = Number.POSITIVE_INFINITY
+            for (const keeper of held) if (!keeper.renewing && keeper.renewAt < next) next = keeper.renewAt
+            if (keeping !== self) return
+            if (next === Number.POSITIVE_INFINITY) {
+              // Nothing to wait for: the renewals under way arm the keeper again when they end.
+              keeping = undefined
+              return
+            }
+            self.wakeAt = next
+            yield* Effect.sleep(Math.max(0, next - now))
+          }
+        })
+
+      /** Make sure the keeper wakes up in time for `keeper` (started, or woken earlier). */
+      const arm = (keeper: Keeper): Effect.Effect<void> =>
+        Effect.suspend(() => {
+          if (!held.has(keeper) || keeper.renewing) return Effect.void
+          if (keeping !== undefined && keeping.wakeAt <= keeper.renewAt) return Effect.void
+          keeping?.fiber?.interruptUnsafe()
+          const self: Ticking = { fiber: undefined, wakeAt: keeper.renewAt }
+          keeping = self
+          return Effect.map(
+            Effect.forkDetach(Effect.interruptible(tick(self)), { startImmediately: true }),
+            (fiber) => {
+              self.fiber = fiber
+            }
+          )
+        })
+
+      /** Keep `first` renewed until `stop`; a failed renewal leaves the deadline. */
+      const keepLease = (first: Lease, askedAt: number) =>
+        Effect.suspend(() => {
+          const keeper: Keeper = {
+            lease: first,
+            deadline: askedAt + ttl,
+            lost: false,
+            released: false,
+            renewAt: askedAt + period,
+            renewing: false
+          }
+          held.add(keeper)
+          const stop = Effect.sync(() => {
+            held.delete(keeper)
+            if (held.size === 0 && keeping !== undefined) {
+              const { fiber } = keeping
+              keeping = undefined
+              fiber?.interruptUnsafe()
             }
           })
-          const fiber = yield* Effect.forkDetach(Effect.interruptible(loop), { startImmediately: true })
-          return { keeper, stop: Fiber.interrupt(fiber) }
+          return Effect.as(arm(keeper), { keeper, stop })
         })
 
       /** Time left on the lease for one more request, on this instance's clock. */
@@ -1334,7 +1419,10 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           const leader = refreshWithLease(flight, id, need, claimed).pipe(
             Effect.onExit((exit) =>
               Effect.andThen(
-                Effect.annotateCurrentSpan(spanAttributes(flight.trace, exit)),
+                // Read by the span of `spanned` below (nothing to annotate without a tracing backend).
+                Effect.flatMap(tracing, (on) =>
+                  on ? Effect.annotateCurrentSpan(spanAttributes(flight.trace, exit)) : Effect.void
+                ),
                 flight.trace.leaseWaitMs === undefined
                   ? Effect.void
                   : Metric.update(
@@ -1346,12 +1434,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
                     )
               )
             ),
-            Effect.withSpan(
-              "TokenManager.refresh",
-              { attributes: { "latchkey.connection_id": id } },
-              // No stack trace: an Error per refresh, for a span whose attributes say what it is.
-              { captureStackTrace: false }
-            ),
+            spanned("TokenManager.refresh", { "latchkey.connection_id": id }),
             Effect.exit,
             Effect.flatMap((exit) =>
               Effect.sync(() => {

@@ -148,6 +148,57 @@ describe("the callers of a refresh are answered once its tokens are durable", ()
   })
 })
 
+describe("the lease keeper", () => {
+  it("renews every lease of refreshes slower than the lease, started at different times, and stops with the last one", async () => {
+    const base = memoryStore()
+    let renewals = 0
+    const store: ConnectionStore.ConnectionStoreShape = {
+      ...base,
+      renewLease: (lease, ttl) =>
+        Effect.suspend(() => {
+          renewals++
+          return base.renewLease(lease, ttl)
+        })
+    }
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const ids: Array<string> = []
+    for (const login of ["keeper-1", "keeper-2", "keeper-3"]) ids.push((await link(lk, login)).id)
+    for (const id of ids) await expire(base, id)
+    // Instance A's token requests take 1.5 s; its leases last 600 ms (renewed every 200 ms).
+    const slow: typeof fetch = (input, init) =>
+      String(input).endsWith("/token")
+        ? new Promise<Response>((resolve) => setTimeout(() => resolve(fetch(input, init)), 1_500))
+        : fetch(input, init)
+    const config = { ...fast, leaseTtlMs: 600 }
+    const a = createLatchkey({
+      providers: [exampleProvider(server)],
+      store,
+      config: { ...config, fetch: slow }
+    })
+    const b = createLatchkey({ providers: [exampleProvider(server)], store, config })
+    const before = { calls: server.grants.refresh_token, errors: server.grants.refreshErrors }
+    // A starts the three refreshes 150 ms apart: their leases fall due for renewal at different times.
+    const fromA: Array<Promise<string>> = []
+    for (const id of ids) {
+      fromA.push(a.accessToken(id))
+      await new Promise((r) => setTimeout(r, 150))
+    }
+    // Past every first lease's length: without renewals B would win them and send the same tokens.
+    await new Promise((r) => setTimeout(r, 500))
+    const fromB = await Promise.all(ids.map((id) => b.accessToken(id)))
+    expect(await Promise.all(fromA)).toEqual(fromB)
+    expect(server.grants.refresh_token - before.calls).toBe(3)
+    expect(server.grants.refreshErrors - before.errors).toBe(0)
+    // Each lease was renewed, several times over the 1.5 s.
+    expect(renewals).toBeGreaterThanOrEqual(6)
+    // Nothing is held any more: the keeper renews nothing after the last refresh.
+    const after = renewals
+    await new Promise((r) => setTimeout(r, 700))
+    expect(renewals).toBe(after)
+    await Promise.all([lk.close(), a.close(), b.close()])
+  })
+})
+
 describe("invariant 1: the Refresher's claimed record stands in for the re-read only where the journal fences it", () => {
   it("a claimed record that went stale (another instance refreshed after the claim): its refresh token is never sent", async () => {
     const store = memoryStore()

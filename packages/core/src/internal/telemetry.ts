@@ -4,7 +4,7 @@
  * and the refresh span of the call sites (Refresher, `latchkey.refresh`). Attributes are ids,
  * statuses, counts and durations only: never a token, a code, a secret or an account's e-mail.
  */
-import { Cause, Clock, Context, Effect, Exit, Metric, Option } from "effect"
+import { Cause, Clock, Context, Effect, Exit, Metric, Option, Tracer } from "effect"
 
 /**
  * The Promise API's token-cache counters (`createLatchkey` provides them; absent for Effect users,
@@ -18,6 +18,30 @@ export const TokenCacheStats = Context.Reference<
 export const TracePropagation = Context.Reference<boolean>("@latchkey/core/TracePropagation", {
   defaultValue: () => false
 })
+
+/**
+ * Whether a tracing backend is installed. Under Effect's default tracer (`Tracer.nativeTracer`) a span
+ * is recorded nowhere and nothing can export it, yet entering one changes the fiber's context twice
+ * and allocates the span: on the Refresher's path the two spans of a refresh were about 12 % of its
+ * CPU. The engine's per-refresh spans are opened only when this is true (the telemetry option's OTLP
+ * tracer, or any tracer an Effect user provides); comparing against `nativeTracer` is Effect's
+ * documented way to tell.
+ */
+export const tracing: Effect.Effect<boolean> = Effect.map(
+  Effect.service(Tracer.Tracer),
+  (tracer) => tracer !== Tracer.nativeTracer
+)
+
+/**
+ * `self` in a span (no stack trace: an Error per call, for a span whose attributes say what it is),
+ * where a tracing backend is installed (`tracing`); `self` as it is otherwise.
+ */
+export const spanned =
+  (name: string, attributes: Record<string, unknown>) =>
+  <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    Effect.flatMap(tracing, (on) =>
+      on ? self.pipe(Effect.withSpan(name, { attributes }, { captureStackTrace: false })) : self
+    )
 
 const latencyBoundaries = Metric.exponentialBoundaries({ start: 5, factor: 2, count: 14 })
 
@@ -153,28 +177,41 @@ export const refreshSpan = <A, E, R>(
   effect: Effect.Effect<A, E, R>,
   providerOf?: (a: A) => string
 ): Effect.Effect<A, E, R> =>
-  Effect.gen(function* () {
-    const started = yield* Clock.currentTimeMillis
-    const exit = yield* Effect.exit(effect)
-    const elapsed = (yield* Clock.currentTimeMillis) - started
-    const provider = providerId ?? (Exit.isSuccess(exit) && providerOf ? providerOf(exit.value) : "unknown")
-    const outcome = Exit.isSuccess(exit) ? "success" : "failure"
-    const reason = Exit.isFailure(exit) ? failureReason(exit.cause) : undefined
-    yield* Effect.annotateCurrentSpan({
-      "latchkey.provider": provider,
-      "latchkey.refresh.source": source,
-      "latchkey.refresh.outcome": outcome,
-      ...(reason !== undefined ? { "latchkey.refresh.reason": reason } : {})
+  Effect.flatMap(tracing, (traced) =>
+    Effect.clockWith((clock) => {
+      const started = clock.currentTimeMillisUnsafe()
+      const measured = Effect.onExit(effect, (exit) => {
+        const elapsed = clock.currentTimeMillisUnsafe() - started
+        const provider =
+          providerId ?? (Exit.isSuccess(exit) && providerOf ? providerOf(exit.value) : "unknown")
+        const outcome = Exit.isSuccess(exit) ? "success" : "failure"
+        const recorded = Metric.update(
+          tagged(metrics.refreshDuration, { provider, source, outcome }),
+          elapsed
+        )
+        if (!traced) return recorded
+        const reason = Exit.isFailure(exit) ? failureReason(exit.cause) : undefined
+        return Effect.andThen(
+          Effect.annotateCurrentSpan({
+            "latchkey.provider": provider,
+            "latchkey.refresh.source": source,
+            "latchkey.refresh.outcome": outcome,
+            ...(reason !== undefined ? { "latchkey.refresh.reason": reason } : {})
+          }),
+          recorded
+        )
+      })
+      // No stack trace: this span wraps every refresh, and capturing one is an Error per refresh.
+      return traced
+        ? measured.pipe(
+            Effect.withSpan(
+              "latchkey.refresh",
+              { attributes: { "latchkey.connection_id": connectionId } },
+              { captureStackTrace: false }
+            )
+          )
+        : measured
     })
-    yield* Metric.update(tagged(metrics.refreshDuration, { provider, source, outcome }), elapsed)
-    return yield* exit
-  }).pipe(
-    // No stack trace: this span wraps every refresh, and capturing one is an Error per refresh.
-    Effect.withSpan(
-      "latchkey.refresh",
-      { attributes: { "latchkey.connection_id": connectionId } },
-      { captureStackTrace: false }
-    )
   )
 
 /** The machine-readable reason of a Latchkey error (its `_tag` and `reason`), never its message. */
