@@ -4,7 +4,7 @@
  * and the refresh span of the call sites (Refresher, `latchkey.refresh`). Attributes are ids,
  * statuses, counts and durations only: never a token, a code, a secret or an account's e-mail.
  */
-import { Cause, Clock, Context, Effect, Exit, Metric, Option, Tracer } from "effect"
+import { Cause, Context, Effect, Exit, Metric, Option, Tracer } from "effect"
 
 /**
  * The Promise API's token-cache counters (`createLatchkey` provides them; absent for Effect users,
