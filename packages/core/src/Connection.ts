@@ -337,12 +337,37 @@ export interface Stored {
 }
 
 /**
+ * The same refresh journal (as stored: absent and null are no journal). Compared field by field: a
+ * store may give the fields back in another order.
+ */
+export const sameJournal = (
+  a: RefreshJournal | null | undefined,
+  b: RefreshJournal | null | undefined
+): boolean => {
+  if (a === b) return true
+  if (a == null || b == null) return a == null && b == null
+  return (
+    a.holder === b.holder &&
+    a.fence === b.fence &&
+    a.startedAt === b.startedAt &&
+    a.fingerprint === b.fingerprint &&
+    a.suspectedAt === b.suspectedAt &&
+    a.resend?.holder === b.resend?.holder &&
+    a.resend?.fence === b.resend?.fence &&
+    a.resend?.at === b.resend?.at
+  )
+}
+
+/**
  * The record of `c`, its token fields sealed by the vault. With `base` (the stored form of the copy
  * `c` was derived from), a refresh token or extras that did not change (extras: the same JSON) keep
  * their ciphertext when it is sealed with the vault's write key (the same value, sealed the same way:
  * nothing to seal again);
- * the access token is always sealed afresh, so that every record written has a ciphertext of its
- * own (a write whose answer was lost is recognised by it).
+ * the access token is sealed afresh, so that every record written has a ciphertext of its own (a write
+ * whose answer was lost is recognised by it) — except by the write that opens a refresh journal of
+ * its own (a holder and fence the base copy does not carry, which no other write can carry at that
+ * version): that record is recognised by its journal (`sameJournal`), and the unchanged access token
+ * keeps its ciphertext (one seal fewer per refresh).
  */
 export const toRecord = (
   vault: VaultShape,
@@ -357,6 +382,19 @@ export const toRecord = (
       : undefined
   const current = (sealed: string | null): sealed is string =>
     sealed !== null && vault.keyIdOf(sealed) === vault.writeKeyId
+  const opensJournal =
+    prior !== undefined &&
+    c.journal != null &&
+    (prior.connection.journal == null ||
+      prior.connection.journal.holder !== c.journal.holder ||
+      prior.connection.journal.fence !== c.journal.fence)
+  const access = c.tokens.accessToken
+  const priorAccess = prior?.connection.tokens.accessToken
+  const sameAccess =
+    opensJournal &&
+    priorAccess !== undefined &&
+    (access === priorAccess || Redacted.value(access) === Redacted.value(priorAccess)) &&
+    current(prior!.record.accessToken)
   const refresh = c.tokens.refreshToken
   const priorRefresh = prior?.connection.tokens.refreshToken
   const sameRefresh =
@@ -386,7 +424,9 @@ export const toRecord = (
     lastRefreshAt: c.lastRefreshAt ?? null,
     lastError: c.lastError ?? null,
     profile: c.profile ? { ...c.profile } : null,
-    accessToken: vault.seal(Redacted.value(c.tokens.accessToken), ctx("accessToken")),
+    accessToken: sameAccess
+      ? prior!.record.accessToken
+      : vault.seal(Redacted.value(access), ctx("accessToken")),
     refreshToken:
       refresh === undefined
         ? null

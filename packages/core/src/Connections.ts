@@ -259,7 +259,11 @@ const landed = <T extends { readonly record: ConnectionRecord }>(
   row: ConnectionRecord,
   tried: T | undefined
 ): tried is T =>
-  tried !== undefined && row.version === tried.record.version && row.accessToken === tried.record.accessToken
+  tried !== undefined &&
+  row.version === tried.record.version &&
+  row.accessToken === tried.record.accessToken &&
+  // The write that opens a journal keeps the access token's ciphertext: its journal tells it apart.
+  ConnectionModule.sameJournal(row.journal, tried.record.journal)
 
 export class Connections extends Context.Service<Connections, ConnectionsShape>()(
   "@latchkey/core/Connections"
@@ -282,7 +286,8 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
         if (
           hit !== undefined &&
           hit.record.version === record.version &&
-          hit.record.accessToken === record.accessToken
+          hit.record.accessToken === record.accessToken &&
+          ConnectionModule.sameJournal(hit.record.journal, record.journal)
         ) {
           return Effect.succeed(hit.connection)
         }

@@ -152,6 +152,27 @@ describe("Connections", () => {
         expect(second.refreshToken).toBe(first.refreshToken)
         expect(second.extras).toBe(first.extras)
         expect(second.accessToken).not.toBe(first.accessToken)
+        // The write that opens a refresh journal of its own keeps the access token's ciphertext (its
+        // journal tells it apart); any other write seals it afresh, the one that ends the journal too.
+        const journal = { holder: "h1", fence: 7, startedAt: now, fingerprint: "f" }
+        yield* c.modify("c1", (cur) => Connections.write({ ...cur, journal }))
+        const opened1 = (yield* h.inner.get("c1"))!
+        expect(opened1.accessToken).toBe(second.accessToken)
+        expect(opened1.journal).toEqual(journal)
+        yield* c.modify("c1", (cur) =>
+          Connections.write({ ...cur, journal: { ...journal, suspectedAt: now } })
+        )
+        const suspected = (yield* h.inner.get("c1"))!
+        expect(suspected.accessToken).not.toBe(opened1.accessToken)
+        yield* c.modify("c1", (cur) =>
+          Connections.write({ ...cur, journal: { ...journal, holder: "h2", fence: 8 } })
+        )
+        const opened2 = (yield* h.inner.get("c1"))!
+        expect(opened2.accessToken).toBe(suspected.accessToken)
+        yield* c.modify("c1", (cur) => Connections.write({ ...cur, journal: undefined }))
+        const ended = (yield* h.inner.get("c1"))!
+        expect(ended.accessToken).not.toBe(opened2.accessToken)
+        expect(Redacted.value((yield* c.decode(ended)).tokens.accessToken)).toBe("access-c1")
         // A refresh's answer builds new extras; when they hold the same values, their ciphertext stays.
         yield* c.modify("c1", (cur) =>
           Connections.write({ ...cur, tokens: { ...cur.tokens, extras: { ...cur.tokens.extras } } })
@@ -321,6 +342,65 @@ describe("Connections", () => {
     expect(applied).toBe(1)
     expect(h.updates()).toBe(1)
     expect(result).toMatchObject({ written: true, connection: { version: 2, label: "renamed" } })
+  })
+
+  it("the write that opens a journal, whose answer was lost, is recognised by its journal; another holder's journal written over the same copy is not taken for it", async () => {
+    const ours = { holder: "us", fence: 3, startedAt: 1, fingerprint: "f" }
+    // The answer of the first write is lost: it landed.
+    const lost = harness({
+      afterUpdate: (attempt) =>
+        attempt === 0
+          ? new StoreError({ reason: "unavailable", message: "test: the answer was lost" })
+          : undefined
+    })
+    let applied = 0
+    const landed = await lost.run(
+      Effect.gen(function* () {
+        const c = yield* Connections.Connections
+        yield* c.insert(sample("j1", "oauth", Date.now()))
+        return yield* c.modify("j1", (cur) => {
+          applied++
+          return Connections.write({ ...cur, journal: ours })
+        })
+      })
+    )
+    expect(applied).toBe(1)
+    expect(lost.updates()).toBe(1)
+    expect(landed).toMatchObject({ written: true, connection: { version: 2, journal: ours } })
+
+    // Another process opened ITS journal over the same copy first (the same access token ciphertext,
+    // the same version): our write lost the race and is applied again on the new copy, never taken
+    // for landed.
+    const raced = harness({
+      beforeUpdate: (inner, attempt) =>
+        attempt === 0
+          ? Effect.flatMap(inner.get("j2"), (r) =>
+              inner.update(
+                {
+                  ...r!,
+                  version: r!.version + 1,
+                  journal: { holder: "them", fence: 4, startedAt: 2, fingerprint: "f" }
+                },
+                r!.version
+              )
+            )
+          : Effect.void
+    })
+    applied = 0
+    const result = await raced.run(
+      Effect.gen(function* () {
+        const c = yield* Connections.Connections
+        yield* c.insert(sample("j2", "oauth", Date.now()))
+        const written = yield* c.modify("j2", (cur) => {
+          applied++
+          return Connections.write({ ...cur, journal: ours })
+        })
+        return { written, row: (yield* raced.inner.get("j2"))! }
+      })
+    )
+    expect(applied).toBe(2)
+    expect(result.written).toMatchObject({ written: true, connection: { version: 3, journal: ours } })
+    expect(result.row).toMatchObject({ version: 3, journal: ours })
   })
 
   it("a failure of f is not retried", async () => {
