@@ -252,8 +252,8 @@ if (background !== undefined) {
       `C=${c}: main-thread CPU per refresh, µs (Refresher / raw)`,
       `${b.cpuUsPerRefresh} / ${b.raw.cpuUsPerRefresh}`
     )
-    add("background", `C=${c}: throughput ratio per round (Refresher / raw)`, b.roundRatios.join(" / "))
-    add("background", `C=${c}: throughput ratio, median round (Refresher / raw)`, b.throughputRatio)
+    add("background", `C=${c}: throughput ratio per pair of rounds (Refresher / raw)`, b.roundRatios.join(" / "))
+    add("background", `C=${c}: throughput ratio, all rounds (Refresher / raw)`, b.throughputRatio)
   }
 }
 for (const [name, r] of Object.entries(results.hotPath?.perStore ?? {})) {
