@@ -252,7 +252,11 @@ if (background !== undefined) {
       `C=${c}: main-thread CPU per refresh, µs (Refresher / raw)`,
       `${b.cpuUsPerRefresh} / ${b.raw.cpuUsPerRefresh}`
     )
-    add("background", `C=${c}: throughput ratio per pair of rounds (Refresher / raw)`, b.roundRatios.join(" / "))
+    add(
+      "background",
+      `C=${c}: throughput ratio per pair of rounds (Refresher / raw)`,
+      b.roundRatios.join(" / ")
+    )
     add("background", `C=${c}: throughput ratio, all rounds (Refresher / raw)`, b.throughputRatio)
   }
 }

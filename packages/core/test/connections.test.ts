@@ -103,6 +103,28 @@ const bumpElsewhere = (inner: ConnectionStore.ConnectionStoreShape, id: string) 
 
 const conflict = new StoreError({ reason: "conflict", message: "test: lost a race" })
 
+/** `change` written over a new connection `id` by `modify`, the answer of its first write lost (it landed). */
+const modifyLosingFirstAnswer = async (id: string, change: (current: Connection) => Connection) => {
+  const h = harness({
+    afterUpdate: (attempt) =>
+      attempt === 0
+        ? new StoreError({ reason: "unavailable", message: "test: the answer was lost" })
+        : undefined
+  })
+  let applied = 0
+  const result = await h.run(
+    Effect.gen(function* () {
+      const c = yield* Connections.Connections
+      yield* c.insert(sample(id, "oauth", Date.now()))
+      return yield* c.modify(id, (cur) => {
+        applied++
+        return Connections.write(change(cur))
+      })
+    })
+  )
+  return { applied, updates: h.updates(), result }
+}
+
 describe("Connections", () => {
   it("insert derives version 1, createdAt/updatedAt and refreshDueAt by kind; modify bumps version and updatedAt", async () => {
     const h = harness()
@@ -322,51 +344,22 @@ describe("Connections", () => {
   })
 
   it("a write whose answer was lost is recognised on the next attempt: written once, f not applied twice", async () => {
-    const h = harness({
-      afterUpdate: (attempt) =>
-        attempt === 0
-          ? new StoreError({ reason: "unavailable", message: "test: the answer was lost" })
-          : undefined
-    })
-    let applied = 0
-    const result = await h.run(
-      Effect.gen(function* () {
-        const c = yield* Connections.Connections
-        yield* c.insert(sample("c1", "oauth", Date.now()))
-        return yield* c.modify("c1", (cur) => {
-          applied++
-          return Connections.write({ ...cur, label: "renamed" })
-        })
-      })
-    )
+    const { applied, updates, result } = await modifyLosingFirstAnswer("c1", (cur) => ({
+      ...cur,
+      label: "renamed"
+    }))
     expect(applied).toBe(1)
-    expect(h.updates()).toBe(1)
+    expect(updates).toBe(1)
     expect(result).toMatchObject({ written: true, connection: { version: 2, label: "renamed" } })
   })
 
   it("the write that opens a journal, whose answer was lost, is recognised by its journal; another holder's journal written over the same copy is not taken for it", async () => {
     const ours = { holder: "us", fence: 3, startedAt: 1, fingerprint: "f" }
     // The answer of the first write is lost: it landed.
-    const lost = harness({
-      afterUpdate: (attempt) =>
-        attempt === 0
-          ? new StoreError({ reason: "unavailable", message: "test: the answer was lost" })
-          : undefined
-    })
-    let applied = 0
-    const landed = await lost.run(
-      Effect.gen(function* () {
-        const c = yield* Connections.Connections
-        yield* c.insert(sample("j1", "oauth", Date.now()))
-        return yield* c.modify("j1", (cur) => {
-          applied++
-          return Connections.write({ ...cur, journal: ours })
-        })
-      })
-    )
-    expect(applied).toBe(1)
-    expect(lost.updates()).toBe(1)
-    expect(landed).toMatchObject({ written: true, connection: { version: 2, journal: ours } })
+    const lost = await modifyLosingFirstAnswer("j1", (cur) => ({ ...cur, journal: ours }))
+    expect(lost.applied).toBe(1)
+    expect(lost.updates).toBe(1)
+    expect(lost.result).toMatchObject({ written: true, connection: { version: 2, journal: ours } })
 
     // Another process opened ITS journal over the same copy first (the same access token ciphertext,
     // the same version): our write lost the race and is applied again on the new copy, never taken
@@ -386,7 +379,7 @@ describe("Connections", () => {
             )
           : Effect.void
     })
-    applied = 0
+    let applied = 0
     const result = await raced.run(
       Effect.gen(function* () {
         const c = yield* Connections.Connections

@@ -42,6 +42,31 @@ const refreshTokenWorks = async (refreshToken: string) => {
   return res.status === 200
 }
 
+/**
+ * Two instances on `store` with leases of `leaseTtlMs`: A, whose token requests take `delayMs` to reach
+ * the server (a slow network), and B, whose requests go at once.
+ */
+const slowAndPrompt = (
+  store: ConnectionStore.ConnectionStoreShape,
+  { delayMs, leaseTtlMs }: { readonly delayMs: number; readonly leaseTtlMs: number }
+) => {
+  const slow: typeof fetch = (input, init) =>
+    String(input).endsWith("/token")
+      ? new Promise<Response>((resolve, reject) => {
+          const timer = setTimeout(() => resolve(fetch(input, init)), delayMs)
+          init?.signal?.addEventListener("abort", () => {
+            clearTimeout(timer)
+            reject(init.signal?.reason)
+          })
+        })
+      : fetch(input, init)
+  const config = { ...fast, leaseTtlMs }
+  return {
+    a: createLatchkey({ providers: [exampleProvider(server)], store, config: { ...config, fetch: slow } }),
+    b: createLatchkey({ providers: [exampleProvider(server)], store, config })
+  }
+}
+
 describe("invariant 1: a refresh token is sent at most once", () => {
   it("2,000 concurrent callers on one expired connection cause exactly one refresh", async () => {
     const store = memoryStore()
@@ -82,23 +107,7 @@ describe("invariant 1: a refresh token is sent at most once", () => {
     const c = await link(lk)
     await expire(store, c.id)
     // Instance A's token requests take 2.5 s to reach the server (a slow network); its lease lasts 1.5 s.
-    const slow: typeof fetch = (input, init) =>
-      String(input).endsWith("/token")
-        ? new Promise<Response>((resolve, reject) => {
-            const timer = setTimeout(() => resolve(fetch(input, init)), 2_500)
-            init?.signal?.addEventListener("abort", () => {
-              clearTimeout(timer)
-              reject(init.signal?.reason)
-            })
-          })
-        : fetch(input, init)
-    const config = { ...fast, leaseTtlMs: 1_500 }
-    const a = createLatchkey({
-      providers: [exampleProvider(server)],
-      store,
-      config: { ...config, fetch: slow }
-    })
-    const b = createLatchkey({ providers: [exampleProvider(server)], store, config })
+    const { a, b } = slowAndPrompt(store, { delayMs: 2_500, leaseTtlMs: 1_500 })
     const before = { calls: server.grants.refresh_token, errors: server.grants.refreshErrors }
     const fromA = a.accessToken(c.id)
     await new Promise((r) => setTimeout(r, 100)) // A holds the lease now
@@ -165,17 +174,7 @@ describe("the lease keeper", () => {
     for (const login of ["keeper-1", "keeper-2", "keeper-3"]) ids.push((await link(lk, login)).id)
     for (const id of ids) await expire(base, id)
     // Instance A's token requests take 1.5 s; its leases last 600 ms (renewed every 200 ms).
-    const slow: typeof fetch = (input, init) =>
-      String(input).endsWith("/token")
-        ? new Promise<Response>((resolve) => setTimeout(() => resolve(fetch(input, init)), 1_500))
-        : fetch(input, init)
-    const config = { ...fast, leaseTtlMs: 600 }
-    const a = createLatchkey({
-      providers: [exampleProvider(server)],
-      store,
-      config: { ...config, fetch: slow }
-    })
-    const b = createLatchkey({ providers: [exampleProvider(server)], store, config })
+    const { a, b } = slowAndPrompt(store, { delayMs: 1_500, leaseTtlMs: 600 })
     const before = { calls: server.grants.refresh_token, errors: server.grants.refreshErrors }
     // A starts the three refreshes 150 ms apart: their leases fall due for renewal at different times.
     const fromA: Array<Promise<string>> = []
