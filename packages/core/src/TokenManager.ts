@@ -75,7 +75,7 @@ import {
 import type { LatchkeyEvent } from "./Events.ts"
 import { refreshDueAt } from "./internal/due.ts"
 import * as Mint from "./internal/mint.ts"
-import { spanned, tagged, metrics as telemetry, tracing } from "./internal/telemetry.ts"
+import { refreshSpanOf, tagged, metrics as telemetry, tracing } from "./internal/telemetry.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Credential, MintContext, Provider } from "./Provider.ts"
 import { Providers } from "./Providers.ts"
@@ -1416,25 +1416,28 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             }
           }
           inflight.set(id, flight)
-          const leader = refreshWithLease(flight, id, need, claimed).pipe(
-            Effect.onExit((exit) =>
-              Effect.andThen(
-                // Read by the span of `spanned` below (nothing to annotate without a tracing backend).
-                Effect.flatMap(tracing, (on) =>
-                  on ? Effect.annotateCurrentSpan(spanAttributes(flight.trace, exit)) : Effect.void
-                ),
-                flight.trace.leaseWaitMs === undefined
-                  ? Effect.void
-                  : Metric.update(
-                      tagged(telemetry.leaseWait, {
-                        provider: flight.trace.providerId ?? "unknown",
-                        outcome: Exit.isSuccess(exit) ? (flight.trace.outcome ?? "shared") : "failed"
-                      }),
-                      flight.trace.leaseWaitMs
-                    )
+          // One look at the tracer: the span and its attributes only where a tracing backend is installed.
+          const leader = Effect.flatMap(tracing, (traced) => {
+            const refresh = refreshWithLease(flight, id, need, claimed).pipe(
+              Effect.onExit((exit) =>
+                Effect.andThen(
+                  traced ? Effect.annotateCurrentSpan(spanAttributes(flight.trace, exit)) : Effect.void,
+                  flight.trace.leaseWaitMs === undefined
+                    ? Effect.void
+                    : Metric.update(
+                        tagged(telemetry.leaseWait, {
+                          provider: flight.trace.providerId ?? "unknown",
+                          outcome: Exit.isSuccess(exit) ? (flight.trace.outcome ?? "shared") : "failed"
+                        }),
+                        flight.trace.leaseWaitMs
+                      )
+                )
               )
-            ),
-            spanned("TokenManager.refresh", { "latchkey.connection_id": id }),
+            )
+            return traced
+              ? refresh.pipe(refreshSpanOf("TokenManager.refresh", { "latchkey.connection_id": id }))
+              : refresh
+          }).pipe(
             Effect.exit,
             Effect.flatMap((exit) =>
               Effect.sync(() => {

@@ -33,15 +33,11 @@ export const tracing: Effect.Effect<boolean> = Effect.map(
 )
 
 /**
- * `self` in a span (no stack trace: an Error per call, for a span whose attributes say what it is),
- * where a tracing backend is installed (`tracing`); `self` as it is otherwise.
+ * A per-refresh span, opened by callers that found `tracing` true. No stack trace: it would be an
+ * Error per refresh, for a span whose attributes say what it is.
  */
-export const spanned =
-  (name: string, attributes: Record<string, unknown>) =>
-  <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-    Effect.flatMap(tracing, (on) =>
-      on ? self.pipe(Effect.withSpan(name, { attributes }, { captureStackTrace: false })) : self
-    )
+export const refreshSpanOf = (name: string, attributes: Record<string, unknown>) =>
+  Effect.withSpan(name, { attributes }, { captureStackTrace: false })
 
 const latencyBoundaries = Metric.exponentialBoundaries({ start: 5, factor: 2, count: 14 })
 
@@ -201,15 +197,8 @@ export const refreshSpan = <A, E, R>(
           recorded
         )
       })
-      // No stack trace: this span wraps every refresh, and capturing one is an Error per refresh.
       return traced
-        ? measured.pipe(
-            Effect.withSpan(
-              "latchkey.refresh",
-              { attributes: { "latchkey.connection_id": connectionId } },
-              { captureStackTrace: false }
-            )
-          )
+        ? measured.pipe(refreshSpanOf("latchkey.refresh", { "latchkey.connection_id": connectionId }))
         : measured
     })
   )
