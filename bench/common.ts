@@ -4,6 +4,8 @@
  * as in production), linking through the real consent forms, reading a connection's stored refresh
  * token, timing helpers and progress output.
  */
+
+import { readFileSync } from "node:fs"
 import {
   type Connection,
   type ConnectionStore,
@@ -121,4 +123,51 @@ export const pool = async <A>(
       }
     })
   )
+}
+
+/** The machine's CPU counters (all cores, /proc/stat): not-idle and total ticks; undefined off Linux. */
+const machineTicks = (): { readonly busy: number; readonly total: number } | undefined => {
+  try {
+    const fields = readFileSync("/proc/stat", "utf8")
+      .split("\n", 1)[0]!
+      .trim()
+      .split(/\s+/)
+      .slice(1, 9)
+      .map(Number)
+    if (fields.length < 5 || fields.some((n) => !Number.isFinite(n))) return undefined
+    const total = fields.reduce((a, b) => a + b, 0)
+    // idle and iowait are the time no core had work; steal (time the host gave elsewhere) counts as busy.
+    return { busy: total - fields[3]! - fields[4]!, total }
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * What a stretch of work cost in CPU: `stop()` gives this thread's CPU time, the whole process's (so
+ * the rest of it: the token server's worker thread, V8's helper threads) and the share of the
+ * machine's cores that were busy meanwhile (every process: the store servers too), which says
+ * whether the machine had any CPU left to give.
+ */
+export const cpuMeter = () => {
+  const thread = process.threadCpuUsage()
+  const whole = process.cpuUsage()
+  const ticks = machineTicks()
+  return () => {
+    const t = process.threadCpuUsage(thread)
+    const w = process.cpuUsage(whole)
+    const end = machineTicks()
+    const threadUs = t.user + t.system
+    return {
+      /** This thread's CPU time, µs. */
+      threadUs,
+      /** The process's other threads' CPU time, µs. */
+      otherThreadsUs: Math.max(0, w.user + w.system - threadUs),
+      /** Share of all cores busy (0..1), or undefined where /proc/stat is not there. */
+      machineBusy:
+        ticks === undefined || end === undefined || end.total === ticks.total
+          ? undefined
+          : round((end.busy - ticks.busy) / (end.total - ticks.total), 3)
+    }
+  }
 }

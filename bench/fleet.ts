@@ -9,9 +9,11 @@
  * `WARM_PER_PROCESS` due connections in another namespace of the same store server (another schema,
  * another key prefix), so its code is compiled and its pool connected. Without it each process pays
  * its own JIT warm-up inside the measured wall (about twice the CPU per refresh with 4 processes of
- * 250 refreshes each), which is a cost of starting processes, not of splitting the work.
+ * 250 refreshes each), which is a cost of starting processes, not of splitting the work; after 150
+ * warm-up refreshes the processes still spent about a tenth more CPU per refresh than after 800.
  *
  * Runs with 1, 2, 4 and again 1 process. Per run: `wallMs` (from "go" to the last process done),
+ * `machineBusy` (the share of the machine's cores busy meanwhile: what the machine had left to give),
  * `wallVsOne` (wall / the mean of the two 1-process walls, so that a drift during the section does not
  * land on the runs measured last),
  * `refreshesPerProcess`, `leaseDenials` (a process asked for the lease of a connection another one was
@@ -33,7 +35,7 @@ import { PostgresStore } from "@latchkey/store-postgres"
 import { RedisStore } from "@latchkey/store-redis"
 import { Effect } from "effect"
 import { connectionOf } from "./background.ts"
-import { PROVIDER_ID, progress, REDIRECT, round } from "./common.ts"
+import { cpuMeter, PROVIDER_ID, progress, REDIRECT, round } from "./common.ts"
 import type { FleetWorkerSettings } from "./fleet-worker.ts"
 import { type BenchServer, CLIENT_ID, SCOPES } from "./server.ts"
 
@@ -43,7 +45,7 @@ const VAULT_KEY_ID = "bench-fleet"
 const vaultKey = Vault.generateKey()
 const vault = Vault.make({ keys: [{ id: VAULT_KEY_ID, key: vaultKey }] })
 /** Due connections each process refreshes before "go" (in the warm-up namespace). */
-export const WARM_PER_PROCESS = 150
+export const WARM_PER_PROCESS = 400
 const workerFile = fileURLToPath(new URL("./fleet-worker.ts", import.meta.url))
 
 export interface FleetRun {
@@ -58,6 +60,12 @@ export interface FleetRun {
   readonly cpuMsPerProcess: ReadonlyArray<number>
   /** All the processes' CPU time per refresh, µs: what splitting the work costs in CPU. */
   readonly cpuUsPerRefresh: number
+  /**
+   * Share of the machine's cores busy from "go" to the last process done (every process: the
+   * instances, the store server, the token server): near 1, the machine had no CPU left to give
+   * more processes.
+   */
+  readonly machineBusy: number | undefined
   readonly refreshCalls: number
   readonly stillDue: number
   readonly failed: number
@@ -265,12 +273,14 @@ const runFleet = async (
     await Promise.all(workers.map((w) => w.ready))
     const before = (await server.grants()).refresh_token
     const start = performance.now()
+    const meter = cpuMeter()
     for (const w of workers) w.child.stdin.write("go\n")
     const results = await Promise.all(workers.map((w) => w.result))
     const wallMs = performance.now() - start
+    const { machineBusy } = meter()
     const refreshCalls = (await server.grants()).refresh_token - before
     const stillDue = (await Effect.runPromise(opened.store.listDue(Date.now(), 100_000))).length
-    return { wallMs, results, refreshCalls, stillDue }
+    return { wallMs, results, refreshCalls, stillDue, machineBusy }
   } finally {
     for (const w of workers) w.child.kill("SIGKILL")
   }
@@ -321,6 +331,7 @@ const benchFleetStore = async (
               r.results.reduce((n, x) => n + x.refreshed, 0)
             )
         ),
+        machineBusy: r.machineBusy,
         refreshCalls: r.refreshCalls,
         stillDue: r.stillDue,
         failed: r.results.reduce((n, x) => n + x.failed, 0),
@@ -328,7 +339,7 @@ const benchFleetStore = async (
       }
       progress(
         "fleet",
-        `${kind}: ${processes} process(es): ${run.wallMs} ms, refreshes ${run.refreshesPerProcess.join("/")} (claimed ${run.claimedPerProcess.join("/")}, sweeps ${run.sweepsPerProcess.join("/")}), denials ${run.leaseDenials}, CPU ${run.cpuUsPerRefresh} µs/refresh (${run.cpuMsPerProcess.join("/")} ms), server calls ${run.refreshCalls}, still due ${run.stillDue}`
+        `${kind}: ${processes} process(es): ${run.wallMs} ms, refreshes ${run.refreshesPerProcess.join("/")} (claimed ${run.claimedPerProcess.join("/")}, sweeps ${run.sweepsPerProcess.join("/")}), denials ${run.leaseDenials}, CPU ${run.cpuUsPerRefresh} µs/refresh (${run.cpuMsPerProcess.join("/")} ms), cores busy ${run.machineBusy === undefined ? "unknown" : `${Math.round(run.machineBusy * 100)} %`}, server calls ${run.refreshCalls}, still due ${run.stillDue}`
       )
       runs.push(run)
     }

@@ -17,6 +17,7 @@ import { writeFile } from "node:fs/promises"
 import { availableParallelism, cpus } from "node:os"
 import { type BackgroundResult, benchBackground } from "./background.ts"
 import { progress, REDIRECT, round } from "./common.ts"
+import { benchEngine, type EngineResult } from "./engine.ts"
 import { benchFleet, type FleetResult } from "./fleet.ts"
 import { benchHotPath, type HotPathResult } from "./hot-path.ts"
 import { benchInDoubtWindow, type InDoubtResult } from "./in-doubt.ts"
@@ -74,6 +75,8 @@ interface Results {
     readonly rounds: number
     readonly ratios: Record<string, number>
     readonly byConcurrency: Record<string, BackgroundResult>
+    /** The engine's own CPU per refresh, without a token server (bench/engine.ts). */
+    readonly engine: EngineResult
   }
   readonly stores?: unknown
   readonly staleness?: StalenessResult
@@ -119,11 +122,22 @@ if (want("hotPath") || want("storm") || want("naive") || want("background") || w
         )
         byConcurrency[c] = await benchBackground(server, c, backgroundConnections, backgroundRounds)
       }
+      const engineConcurrency = Math.max(...concurrencies)
+      progress(
+        "background",
+        `the engine alone: the Refresher vs raw openid-client on an in-process answer, concurrency ${engineConcurrency}`
+      )
+      const engine = await benchEngine(engineConcurrency, backgroundConnections, backgroundRounds)
+      progress(
+        "background",
+        `engine: ${engine.refresherUsPerRefresh} µs vs ${engine.rawUsPerRefresh} µs CPU per refresh: the engine adds ${engine.overheadUsPerRefresh} µs (of which the vault's floor, 1 open and 2 seals: ${engine.vaultFloorUsPerRefresh} µs)`
+      )
       const background = {
         connections: backgroundConnections,
         rounds: backgroundRounds,
         ratios: Object.fromEntries(Object.entries(byConcurrency).map(([c, r]) => [c, r.throughputRatio])),
-        byConcurrency
+        byConcurrency,
+        engine
       }
       results = { ...results, background }
     }
@@ -256,11 +270,30 @@ if (background !== undefined) {
     )
     add(
       "background",
+      `C=${c}: other threads' CPU per refresh, µs (Refresher / raw)`,
+      `${b.otherUsPerRefresh} / ${b.raw.otherUsPerRefresh}`
+    )
+    add(
+      "background",
+      `C=${c}: cores busy (Refresher / raw rounds)`,
+      `${fmt(b.machineBusy)} / ${fmt(b.raw.machineBusy)}`
+    )
+    add(
+      "background",
       `C=${c}: throughput ratio per pair of rounds (Refresher / raw)`,
       b.roundRatios.join(" / ")
     )
     add("background", `C=${c}: throughput ratio, all rounds (Refresher / raw)`, b.throughputRatio)
+    add("background", `C=${c}: CPU ratio, all threads (raw / Refresher)`, b.cpuRatio)
   }
+  const e = background.engine
+  add(
+    "background",
+    `engine alone, C=${e.concurrency}: CPU per refresh, µs (Refresher / raw)`,
+    `${e.refresherUsPerRefresh} / ${e.rawUsPerRefresh}`
+  )
+  add("background", `engine alone, C=${e.concurrency}: what the engine adds, µs`, e.overheadUsPerRefresh)
+  add("background", "vault work a refresh cannot skip (1 open, 2 seals), µs", e.vaultFloorUsPerRefresh)
 }
 for (const [name, r] of Object.entries(results.hotPath?.perStore ?? {})) {
   add(
