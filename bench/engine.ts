@@ -18,9 +18,11 @@
  */
 import { Connection, ConnectionStore, createLatchkey, Vault } from "@latchkey/core"
 import { Generic } from "@latchkey/provider-generic"
-import { Effect, Redacted } from "effect"
+import { Effect } from "effect"
 import * as oidc from "openid-client"
+import { connectionOf } from "./background.ts"
 import { cpuMeter, median, PROVIDER_ID, pool, progress, round, runEffect, vaultOptions } from "./common.ts"
+import { SCOPES } from "./server.ts"
 
 export interface EngineResult {
   readonly concurrency: number
@@ -63,38 +65,20 @@ const answering = () => {
         refresh_token: `engine-rt-${n}`,
         token_type: "Bearer",
         expires_in: 3600,
-        scope: "read"
+        scope: SCOPES.join(" ")
       }),
       { status: 200, headers: { "content-type": "application/json", "cache-control": "no-store" } }
     )
   }) as unknown as typeof fetch
 }
 
-const dueConnection = (i: number, now: number): Connection.Connection => ({
-  id: `conn_engine_${i}`,
-  ownerId: `engine-owner-${i}`,
-  providerId: PROVIDER_ID,
-  accountId: `engine-${i}`,
-  label: `engine-${i}@example.com`,
-  kind: "oauth",
-  tokens: {
-    accessToken: Redacted.make(`engine-old-at-${i}`),
-    refreshToken: Redacted.make(`engine-old-rt-${i}`),
-    tokenType: "Bearer",
-    obtainedAt: now - 2 * 3600_000,
-    expiresAt: now - 3600_000,
-    refreshExpiresAt: undefined,
-    scopes: ["read"],
-    extras: {}
-  },
-  status: "active",
-  version: 1,
-  createdAt: now - 2 * 3600_000,
-  updatedAt: now - 2 * 3600_000,
-  lastRefreshAt: undefined,
-  lastError: undefined,
-  profile: undefined
-})
+/** A due connection of the engine's rounds (the background section's shape, the engine's own tokens). */
+const dueConnection = (i: number, now: number): Connection.Connection =>
+  connectionOf(
+    { accountId: `engine-${i}`, accessToken: `engine-old-at-${i}`, refreshToken: `engine-old-rt-${i}` },
+    i,
+    now
+  )
 
 const refresherRound = async (concurrency: number, connections: number) => {
   const store = ConnectionStore.makeMemory()
@@ -117,7 +101,7 @@ const refresherRound = async (concurrency: number, connections: number) => {
         auth: "client_secret_basic",
         redirectUri: `${ORIGIN}/callback`,
         endpoints,
-        scopes: ["read"]
+        scopes: [...SCOPES]
       })
     ],
     store,
