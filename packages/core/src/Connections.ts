@@ -106,6 +106,13 @@ export interface ConnectionsShape {
   readonly get: (id: string) => Effect.Effect<Connection, ConnectionNotFound | StoreError | VaultError>
   /** Open a record read from the store (reused while the stored record is unchanged). */
   readonly decode: (record: ConnectionRecord) => Effect.Effect<Connection, VaultError>
+  /**
+   * The record of `id` this process last read or wrote (kept with its decoded form), without a store
+   * read: another process may have written a newer one since. For a caller that fences its use with a
+   * compare-and-set over the record's version (the refresh journal's write), where a stale copy costs
+   * a failed write and a fresh read, and a current one saves the read.
+   */
+  readonly known: (id: string) => ConnectionRecord | undefined
   /** Insert a new connection (version 1); fails with `StoreError("conflict")` on a duplicate id or account. */
   readonly insert: (
     connection: NewConnection,
@@ -299,6 +306,8 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
       const remember = (record: ConnectionRecord, connection: Connection) => {
         cache.set(record.id, { record, connection })
       }
+
+      const known = (id: string): ConnectionRecord | undefined => cache.peek(id)?.record
 
       const get = (id: string): Effect.Effect<Connection, ConnectionNotFound | StoreError | VaultError> =>
         Effect.flatMap(
@@ -540,7 +549,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
           for (const event of list) yield* events.publish(event)
         })
 
-      return Connections.of({ get, decode, insert, modify, replace, reseal, remove, note })
+      return Connections.of({ get, decode, known, insert, modify, replace, reseal, remove, note })
     })
   )
 }

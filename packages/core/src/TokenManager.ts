@@ -1286,17 +1286,21 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
 
       /**
        * The copy to refresh from, once the lease is won: the store's, read again (another process may
-       * have refreshed while we waited) — or the record the caller read before the lease (`claimed`),
-       * when all it can lead to is the journal's compare-and-set over its version: an active
-       * refresh-token connection, due, with no journal, a refresh token that has not expired. If the
-       * row changed since it was read, that write fails and `refreshHolding` reads it again and
-       * decides on the fresh copy; if it did not, the claimed record IS the stored one. Either way no
-       * token of a stale copy is ever sent. Anything else (another kind, a journal, a status to
-       * check) is decided on a fresh read.
+       * have refreshed while we waited) — or a record read before the lease, when all it can lead to
+       * is the journal's compare-and-set over its version: an active refresh-token connection, due,
+       * with no journal, a refresh token that has not expired. That record is the one the Refresher
+       * claimed (`claimed`), or else the one this process last read or wrote (`Connections.known`: an
+       * on-demand caller has just read it, a waiter for another's lease has just read it again). If
+       * the row changed since it was read, that write fails and `refreshHolding` reads it again and
+       * decides on the fresh copy; if it did not, the record IS the stored one, and the read is
+       * saved (a store round trip per on-demand refresh on PostgreSQL and Redis). Either way no token
+       * of a stale copy is ever sent. Anything else (another kind, a journal, a status to check) is
+       * decided on a fresh read.
        */
       const afterLease = (id: string, need: RefreshNeed, claimed: ConnectionRecord | undefined) => {
-        if (claimed === undefined || claimed.id !== id) return load(id)
-        return connections.decode(claimed).pipe(
+        const read = claimed !== undefined && claimed.id === id ? claimed : connections.known(id)
+        if (read === undefined) return load(id)
+        return connections.decode(read).pipe(
           Effect.flatMap((c) =>
             Effect.clockWith((clock) => {
               const now = clock.currentTimeMillisUnsafe()

@@ -3,12 +3,12 @@
  * single-use refresh tokens and reuse detection). One describe block per invariant 1-4 of docs/architecture.md.
  */
 import type { OidcServer } from "@latchkey/testkit-oidc"
-import { Deferred, Effect, Stream } from "effect"
+import { Deferred, Effect, Redacted, Stream } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { ApiClient as ApiClientService } from "../src/ApiClient.ts"
 import { StoreError } from "../src/Errors.ts"
 import { Events as EventsService, type LatchkeyEvent } from "../src/Events.ts"
-import { type ConnectionStore, createLatchkey, type Events } from "../src/index.ts"
+import { type ConnectionStore, createLatchkey, type Events, TokenManager } from "../src/index.ts"
 import {
   exampleProvider,
   expire,
@@ -251,6 +251,56 @@ describe("invariant 1: the Refresher's claimed record stands in for the re-read 
     expect(reads).toBe(0)
     expect(await lk.accessToken(c.id)).not.toBe(before)
     await Promise.all([lk.close(), refresher.close()])
+  })
+})
+
+describe("invariant 1: an on-demand refresh reads the row once; the copy it read stands in only where the journal fences it", () => {
+  it("accessToken on an expired connection reads the stored row once: the record just read stands in for a second read after the lease", async () => {
+    const store = memoryStore()
+    let reads = 0
+    const counting: ConnectionStore.ConnectionStoreShape = {
+      ...store,
+      get: (id) => {
+        reads++
+        return store.get(id)
+      }
+    }
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store: counting, config: fast })
+    const c = await link(lk)
+    const old = await lk.accessToken(c.id)
+    await expire(store, c.id)
+    const refreshesBefore = server.grants.refresh_token
+    reads = 0
+    const fresh = await lk.accessToken(c.id)
+    expect(fresh).not.toBe(old)
+    expect(server.grants.refresh_token - refreshesBefore).toBe(1)
+    expect(reads).toBe(1)
+    await lk.close()
+  })
+
+  it("a copy this instance read that went stale (another instance refreshed since): its refresh token is never sent", async () => {
+    const store = memoryStore()
+    const winner = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const loser = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(winner)
+    await expire(store, c.id)
+    // The loser reads the due connection (its copy: the refresh token about to be spent)...
+    const stale = await loser.run(TokenManager.TokenManager.use((t) => t.get(c.id)))
+    // ...and the winner refreshes it (that refresh token is spent; the server rotates).
+    await winner.accessToken(c.id)
+    const rotated = plain((await stored(store, c.id)).refreshToken)
+    expect(rotated).not.toBe(Redacted.value(stale.tokens.refreshToken!))
+    const before = { calls: server.grants.refresh_token, errors: server.grants.refreshErrors }
+    // A refresh asked of the loser starts from the copy it knows: the journal's compare-and-set over
+    // that version fails, the row is read again, and the refresh goes on from the stored tokens.
+    const refreshed = await loser.refresh(c.id)
+    expect(refreshed.status).toBe("active")
+    expect(server.grants.refreshErrors - before.errors).toBe(0)
+    expect(server.grants.refresh_token - before.calls).toBe(1)
+    // The grant survived: the winner refreshes it again.
+    expect((await winner.refresh(c.id)).status).toBe("active")
+    expect(server.grants.refreshErrors - before.errors).toBe(0)
+    await Promise.all([winner.close(), loser.close()])
   })
 })
 
