@@ -137,6 +137,8 @@ export const operationFailure = (error: unknown, providerName: string, what: str
       }
     case "ConnectionNotFound":
       return { title, text: "This account is no longer linked." }
+    case "InstanceClosed":
+      return { title, text: "The demo is restarting. Try again in a moment." }
     case "StoreError":
       return { title, text: "The demo’s token store is unavailable right now. Try again in a moment." }
     case "VaultError":

@@ -188,6 +188,22 @@ export class ConnectionNotFound extends Schema.TaggedError<ConnectionNotFound>()
   }
 }
 
+/**
+ * The Promise API's instance was closed (`close()`): a call made after it, or one still running when
+ * the instance was disposed, fails with this. Nothing was left half done (refreshes in flight finish
+ * their write before the disposal); the call can be made again on another instance.
+ */
+export class InstanceClosed extends Schema.TaggedError<InstanceClosed>()("InstanceClosed", {
+  message: Schema.String
+}) {
+  get reason(): "closed" {
+    return "closed"
+  }
+  get isRetryable(): boolean {
+    return false
+  }
+}
+
 export const StoreErrorReason = Schema.Literals([
   /** A duplicate id or account on insert, or a compare-and-set that found another version. */
   "conflict",
@@ -306,6 +322,7 @@ export type LatchkeyError =
   | RefreshError
   | ReauthorizationRequired
   | ConnectionNotFound
+  | InstanceClosed
   | StoreError
   | VaultError
   | ApiError

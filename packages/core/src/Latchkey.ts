@@ -22,7 +22,7 @@ import type { ConnectionSummary, RevokedReason } from "./Connection.ts"
 import * as ConnectionModule from "./Connection.ts"
 import { ConnectionStore, type ConnectionStoreShape } from "./ConnectionStore.ts"
 import { Connections, keep, write } from "./Connections.ts"
-import { ConnectionNotFound } from "./Errors.ts"
+import { ConnectionNotFound, InstanceClosed } from "./Errors.ts"
 import {
   EventLog,
   type EventLogOptions,
@@ -211,8 +211,9 @@ export interface LatchkeyClient {
   /**
    * Shut down gracefully: the Refresher takes no new work, refreshes in flight finish their write
    * (at most `config.drainTimeoutMs`) and release their leases, then everything is released. New
-   * refreshes meanwhile fail with `RefreshError("draining")`. On SIGTERM:
-   * `process.once("SIGTERM", () => latchkey.close().finally(() => process.exit(0)))`.
+   * refreshes meanwhile fail with `RefreshError("draining")`; once it has drained, every call (and one
+   * still running, such as a store read, when the runtime is disposed) fails with `InstanceClosed`.
+   * On SIGTERM: `process.once("SIGTERM", () => latchkey.close().finally(() => process.exit(0)))`.
    */
   close(): Promise<void>
 }
@@ -296,12 +297,28 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
     misses: cache?.misses ?? 0
   })) as Layer.Layer<never>
   const runtime = ManagedRuntime.make(build(options, Layer.succeed(Vault, vault), cacheStats))
+  let closing: Promise<void> | undefined
+  /** Set once `close()` has drained: from then on the runtime is being disposed, or is. */
+  let disposing = false
+  const closed = () =>
+    new InstanceClosed({
+      message: "This Latchkey instance was closed (close()); make the call on another instance"
+    })
   const run = async <A, E>(effect: Effect.Effect<A, E, LatchkeyServices>): Promise<A> => {
-    const exit = await runtime.runPromiseExit(effect)
+    if (disposing) throw closed()
+    let exit: Exit.Exit<A, unknown>
+    try {
+      exit = await runtime.runPromiseExit(effect)
+    } catch (error) {
+      // The runtime refuses work once it is disposed.
+      if (disposing) throw closed()
+      throw error
+    }
     if (Exit.isSuccess(exit)) return exit.value
+    // A call still running when the runtime was disposed is interrupted: say why, with a typed error.
+    if (disposing && Cause.hasInterruptsOnly(exit.cause)) throw closed()
     throw Cause.squash(exit.cause)
   }
-  let closing: Promise<void> | undefined
 
   // ---- the token cache of the Promise API (see `LatchkeyOptions.tokenCache`) ----
   const now = options.clock ?? Date.now
@@ -457,7 +474,10 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
         })
       )
         .catch(() => undefined)
-        .then(() => runtime.dispose())
+        .then(() => {
+          disposing = true
+          return runtime.dispose()
+        })
       return closing
     }
   }

@@ -10,6 +10,7 @@ export {
   ApiError,
   AuthorizationError,
   ConnectionNotFound,
+  InstanceClosed,
   type LatchkeyError,
   ProviderDefinitionError,
   ReauthorizationRequired,

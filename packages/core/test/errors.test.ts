@@ -422,6 +422,40 @@ describe("every reason of every error is produced by Latchkey's code", () => {
     }
   }
 
+  vit(
+    "InstanceClosed(closed): a call after close(), and one still reading the store when the instance is disposed",
+    async () => {
+      // A store whose reads of "c1" do not answer until the test lets them (a slow store).
+      const memory = makeMemory()
+      let release: () => void = () => {}
+      const gate = new Promise<void>((resolve) => {
+        release = resolve
+      })
+      const store: ConnectionStoreShape = {
+        ...memory,
+        get: (id) =>
+          id === "c1"
+            ? Effect.andThen(
+                Effect.promise(() => gate),
+                memory.get(id)
+              )
+            : memory.get(id)
+      }
+      const lk = await instance([sampleRecord("c1", { providerId: "p" })], { store })
+      // The read is under way (the instance is used, so its store is subscribed to first).
+      const reading = failure(lk.connection("c1"))
+      await new Promise((r) => setTimeout(r, 20))
+      await lk.close()
+      release()
+      const interrupted = (await reading) as Errors.InstanceClosed
+      expect(interrupted).toMatchObject({ _tag: "InstanceClosed", reason: "closed", isRetryable: false })
+      const after = (await failure(lk.accessToken("c1"))) as Errors.InstanceClosed
+      expect(after).toMatchObject({ _tag: "InstanceClosed", reason: "closed", isRetryable: false })
+      expect(after.message).toContain("close()")
+      expect(await failure(lk.connections("alice"))).toMatchObject({ _tag: "InstanceClosed" })
+    }
+  )
+
   vit("ConnectionNotFound(not_found) and ProviderDefinitionError(invalid_definition)", async () => {
     const lk = await instance()
     const missing = (await using(lk, () => failure(lk.accessToken("nope")))) as Errors.ConnectionNotFound

@@ -244,6 +244,9 @@ export const classify = (error: unknown): { code: FailureCode; providerId: strin
       return { code: isFailureCode(e.reason) ? e.reason : "internal", providerId }
     case "ConnectionNotFound":
       return { code: "not_found", providerId }
+    case "InstanceClosed":
+      // The instance is shutting down (a restart): another one, or this server once restarted, answers.
+      return { code: "unavailable", providerId }
     case "StoreError":
       // Try again later only when it can help (not for corrupt data or invalid store options).
       return { code: e.isRetryable === true ? "unavailable" : "internal", providerId }

@@ -2,7 +2,13 @@
  * The handlers called with Web Requests against the HeyGen sandbox: return paths (no open redirect),
  * each failure as a page, as JSON and as a redirect to the app's error page, and nothing leaked.
  */
-import { ConnectionStore, createLatchkey, type LatchkeyClient, StoreError } from "@latchkey/core"
+import {
+  ConnectionStore,
+  createLatchkey,
+  InstanceClosed,
+  type LatchkeyClient,
+  StoreError
+} from "@latchkey/core"
 import { HeyGen } from "@latchkey/provider-heygen"
 import { type HeyGenSandbox, startHeyGenSandbox } from "@latchkey/provider-heygen/sandbox"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -205,5 +211,9 @@ describe("a store failure as a page", () => {
       corrupt: "internal",
       invalid_options: "internal"
     })
+  })
+
+  it("a closed instance (a restart under way) is a try-again-later page, not an internal error", () => {
+    expect(classify(new InstanceClosed({ message: "m" })).code).toBe("unavailable")
   })
 })
