@@ -17,6 +17,9 @@
  *   process) x 50 callers of `accessToken` at once, each process a Latchkey instance on the same
  *   store (the store conformance suite's worker). `stormRefreshCalls`: refresh grants the server saw;
  *   `stormGrantSurvived`: the refresh token left in the store is active and refreshes once more.
+ * - On demand: one caller's `accessToken` on a connection whose token expired just before (store
+ *   read, lease, journal, provider round trip, commit), median of 40 (`onDemandRefreshMs`), against a
+ *   raw openid-client refresh round trip on the same server (`oneRefreshMs`); `onDemandRatio`.
  *
  * `export async function benchStores()` is what `bench/run.ts` calls; a store that cannot be reached
  * is reported as `{ error }` and the others still run.
@@ -45,6 +48,7 @@ import {
   storedRefreshToken
 } from "./common.ts"
 import { type BenchServer, CLIENT_ID, SCOPES, startBenchServer } from "./server.ts"
+import { measureOneRefresh } from "./storm.ts"
 
 export interface StoreBenchResult {
   /** `latchkey.accessToken` on a valid token, awaited one at a time. */
@@ -60,6 +64,15 @@ export interface StoreBenchResult {
   readonly stormCallersFailed: number
   readonly stormDistinctTokens: number
   readonly stormGrantSurvived: boolean
+  /**
+   * One caller's `accessToken` on a connection whose token has expired (the refresh on demand: the
+   * store read, lease, journal, provider round trip and commit), median of 40 after 5 warm-up ones.
+   */
+  readonly onDemandRefreshMs: number
+  /** The raw openid-client refresh round trip on the same server, median (the baseline). */
+  readonly oneRefreshMs: number
+  /** `onDemandRefreshMs / oneRefreshMs`: what the store's round trips add to a refresh a caller waits for. */
+  readonly onDemandRatio: number
 }
 
 export type StoresResult = Record<
@@ -300,6 +313,19 @@ const storm = async (server: BenchServer, opened: Opened, lk: LatchkeyClient) =>
   return { processes, callers, refreshCalls, failed, distinctTokens: tokens.size, grantSurvived }
 }
 
+/** A refresh a caller waits for: `accessToken` on a connection expired just before, one at a time. */
+const onDemandRefresh = async (server: BenchServer, opened: Opened, lk: LatchkeyClient) => {
+  const { id } = await link(lk, `stores-on-demand-${opened.name}`)
+  const times: Array<number> = []
+  for (let i = 0; i < 45; i++) {
+    await expireStored(opened.store, id)
+    const start = performance.now()
+    await lk.accessToken(id)
+    if (i >= 5) times.push(performance.now() - start)
+  }
+  return { ms: round(median(times), 2), rawMs: round(await measureOneRefresh(server), 2) }
+}
+
 const benchOne = async (server: BenchServer, opened: Opened): Promise<StoreBenchResult> => {
   const lk = createLatchkey({ providers: [makeProvider(server)], store: opened.store, vault })
   try {
@@ -324,6 +350,11 @@ const benchOne = async (server: BenchServer, opened: Opened): Promise<StoreBench
       "stores",
       `${opened.name}: ${Math.round(reads.readOpsPerSec)} accessToken/s vs ${Math.round(reads.rawReadOpsPerSec)} raw reads/s`
     )
+    const onDemand = await onDemandRefresh(server, opened, lk)
+    progress(
+      "stores",
+      `${opened.name}: a refresh on demand ${onDemand.ms} ms vs one raw refresh ${onDemand.rawMs} ms`
+    )
     const s = await storm(server, opened, lk)
     progress(
       "stores",
@@ -340,7 +371,10 @@ const benchOne = async (server: BenchServer, opened: Opened): Promise<StoreBench
       stormRefreshCalls: s.refreshCalls,
       stormCallersFailed: s.failed,
       stormDistinctTokens: s.distinctTokens,
-      stormGrantSurvived: s.grantSurvived
+      stormGrantSurvived: s.grantSurvived,
+      onDemandRefreshMs: onDemand.ms,
+      oneRefreshMs: onDemand.rawMs,
+      onDemandRatio: round(onDemand.ms / onDemand.rawMs, 2)
     }
   } finally {
     await lk.close()
