@@ -67,6 +67,19 @@ const slowAndPrompt = (
   }
 }
 
+/** `store` counting its `get`s (`reads`, which a test may reset). */
+const countingReads = (store: ConnectionStore.ConnectionStoreShape) => {
+  const counting = {
+    ...store,
+    reads: 0,
+    get: (id: string) => {
+      counting.reads++
+      return store.get(id)
+    }
+  }
+  return counting
+}
+
 describe("invariant 1: a refresh token is sent at most once", () => {
   it("2,000 concurrent callers on one expired connection cause exactly one refresh", async () => {
     const store = memoryStore()
@@ -235,20 +248,13 @@ describe("invariant 1: the Refresher's claimed record stands in for the re-read 
     const c = await link(lk)
     const before = await lk.accessToken(c.id)
     await expire(store, c.id)
-    let reads = 0
-    const counting: ConnectionStore.ConnectionStoreShape = {
-      ...store,
-      get: (id) => {
-        reads++
-        return store.get(id)
-      }
-    }
+    const counting = countingReads(store)
     const refresher = createLatchkey({ providers: [exampleProvider(server)], store: counting, config: fast })
     const refreshesBefore = server.grants.refresh_token
     const report = await refresher.refresher.sweep()
     expect(report).toMatchObject({ due: 1, refreshed: 1, failed: 0 })
     expect(server.grants.refresh_token - refreshesBefore).toBe(1)
-    expect(reads).toBe(0)
+    expect(counting.reads).toBe(0)
     expect(await lk.accessToken(c.id)).not.toBe(before)
     await Promise.all([lk.close(), refresher.close()])
   })
@@ -257,24 +263,17 @@ describe("invariant 1: the Refresher's claimed record stands in for the re-read 
 describe("invariant 1: an on-demand refresh reads the row once; the copy it read stands in only where the journal fences it", () => {
   it("accessToken on an expired connection reads the stored row once: the record just read stands in for a second read after the lease", async () => {
     const store = memoryStore()
-    let reads = 0
-    const counting: ConnectionStore.ConnectionStoreShape = {
-      ...store,
-      get: (id) => {
-        reads++
-        return store.get(id)
-      }
-    }
+    const counting = countingReads(store)
     const lk = createLatchkey({ providers: [exampleProvider(server)], store: counting, config: fast })
     const c = await link(lk)
     const old = await lk.accessToken(c.id)
     await expire(store, c.id)
     const refreshesBefore = server.grants.refresh_token
-    reads = 0
+    counting.reads = 0
     const fresh = await lk.accessToken(c.id)
     expect(fresh).not.toBe(old)
     expect(server.grants.refresh_token - refreshesBefore).toBe(1)
-    expect(reads).toBe(1)
+    expect(counting.reads).toBe(1)
     await lk.close()
   })
 
@@ -290,7 +289,7 @@ describe("invariant 1: an on-demand refresh reads the row once; the copy it read
     await winner.accessToken(c.id)
     const afterWinner = await stored(store, c.id)
     expect(plain(afterWinner.refreshToken)).not.toBe(Redacted.value(stale.tokens.refreshToken!))
-    // \`refresh\` renews unless a refresh landed since the call: call it after the winner's millisecond.
+    // `refresh` renews unless a refresh landed since the call: call it after the winner's millisecond.
     while (Date.now() <= (afterWinner.lastRefreshAt ?? 0)) await new Promise((r) => setImmediate(r))
     const before = { calls: server.grants.refresh_token, errors: server.grants.refreshErrors }
     // A refresh asked of the loser starts from the copy it knows: the journal's compare-and-set over
