@@ -148,7 +148,17 @@ describe("the demo in a real browser", () => {
     const card = cardOf("jane_doe")
     const unlink = card.getByRole("button", { name: "Unlink" })
     await unlink.click()
-    await card.getByRole("button", { name: "Confirm unlink" }).click()
+    const confirm = card.getByRole("button", { name: "Confirm unlink" })
+    await expect.poll(() => confirm.count()).toBe(1)
+    // The page updates live while the unlink waits for its confirmation (here: another card is
+    // refreshed, and every card is drawn again): the confirmation keeps waiting.
+    const version = Number(await cardOf("alice").getAttribute("data-version"))
+    await cardOf("alice").getByRole("button", { name: "Refresh now" }).click()
+    await expect
+      .poll(async () => Number(await cardOf("alice").getAttribute("data-version")))
+      .toBeGreaterThan(version)
+    expect(await confirm.count()).toBe(1)
+    await confirm.click()
     await expect.poll(() => cards().count()).toBe(3)
     expect(await group("heygen").locator(".empty").textContent()).toContain("No HeyGen account linked yet")
     await expect.poll(() => page.locator(".toast").last().textContent()).toContain("HeyGen revoked the grant")

@@ -69,6 +69,24 @@ const toast = (kind, title, text) => {
   setTimeout(() => el.remove(), kind === "error" ? 9000 : 5000)
 }
 
+// "Unlink" asks once more: the button turns into "Confirm unlink" for 5 s.
+const CONFIRM_MS = 5000
+const confirmTimers = new WeakMap()
+const askToConfirm = (button, ms = CONFIRM_MS) => {
+  button.classList.add("confirming")
+  button.textContent = "Confirm unlink"
+  button.dataset.confirmUntil = String(Date.now() + ms)
+  clearTimeout(confirmTimers.get(button))
+  confirmTimers.set(
+    button,
+    setTimeout(() => {
+      button.classList.remove("confirming")
+      button.textContent = "Unlink"
+      delete button.dataset.confirmUntil
+    }, ms)
+  )
+}
+
 let reloading = Promise.resolve()
 let reloadQueued = false
 
@@ -93,9 +111,12 @@ const reloadAccounts = (highlight) => {
       const kept = new Map()
       for (const card of accountsEl.querySelectorAll("[data-connection-id]")) {
         const result = card.querySelector("[data-api-result]")
+        const confirming = card.querySelector('form[data-js="unlink"] button.confirming')
         kept.set(card.dataset.connectionId, {
           result: result && !result.hidden ? result : undefined,
-          tools: card.querySelector("details.tools")?.open === true
+          tools: card.querySelector("details.tools")?.open === true,
+          // An unlink waiting for its confirmation keeps waiting: a live update does not take it back.
+          confirmLeft: confirming ? Number(confirming.dataset.confirmUntil) - Date.now() : 0
         })
       }
       accountsEl.innerHTML = html
@@ -106,6 +127,8 @@ const reloadAccounts = (highlight) => {
         if (old?.result && !fresh?.dataset.stale)
           card.querySelector("[data-api-result]")?.replaceWith(old.result)
         if (old?.tools) card.querySelector("details.tools")?.setAttribute("open", "")
+        const unlink = card.querySelector('form[data-js="unlink"] button')
+        if (unlink && old?.confirmLeft > 0) askToConfirm(unlink, old.confirmLeft)
         if (highlight && card.dataset.connectionId === highlight) {
           card.classList.add("flash-update")
           setTimeout(() => card.classList.remove("flash-update"), 1200)
@@ -147,8 +170,6 @@ const showApiResult = (form, api) => {
   section.hidden = false
 }
 
-const confirmTimers = new WeakMap()
-
 document.addEventListener("submit", async (event) => {
   const form = event.target
   if (!(form instanceof HTMLFormElement)) return
@@ -157,16 +178,7 @@ document.addEventListener("submit", async (event) => {
   event.preventDefault()
   const button = form.querySelector("button")
   if (kind === "unlink" && button && !button.classList.contains("confirming")) {
-    button.classList.add("confirming")
-    button.textContent = "Confirm unlink"
-    clearTimeout(confirmTimers.get(button))
-    confirmTimers.set(
-      button,
-      setTimeout(() => {
-        button.classList.remove("confirming")
-        button.textContent = "Unlink"
-      }, 5000)
-    )
+    askToConfirm(button)
     return
   }
   button?.setAttribute("aria-busy", "true")
