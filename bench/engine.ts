@@ -211,6 +211,6 @@ export const benchEngine = async (
     rawUsPerRefresh,
     overheadUsPerRefresh: refresherUsPerRefresh - rawUsPerRefresh,
     vaultFloorUsPerRefresh,
-    failed: round(failed, 0)
+    failed
   }
 }

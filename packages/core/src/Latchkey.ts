@@ -305,15 +305,9 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
       message: "This Latchkey instance was closed (close()); make the call on another instance"
     })
   const run = async <A, E>(effect: Effect.Effect<A, E, LatchkeyServices>): Promise<A> => {
+    // A disposed runtime would answer with a defect ("ManagedRuntime disposed"): say why instead.
     if (disposing) throw closed()
-    let exit: Exit.Exit<A, unknown>
-    try {
-      exit = await runtime.runPromiseExit(effect)
-    } catch (error) {
-      // The runtime refuses work once it is disposed.
-      if (disposing) throw closed()
-      throw error
-    }
+    const exit = await runtime.runPromiseExit(effect)
     if (Exit.isSuccess(exit)) return exit.value
     // A call still running when the runtime was disposed is interrupted: say why, with a typed error.
     if (disposing && Cause.hasInterruptsOnly(exit.cause)) throw closed()
