@@ -80,7 +80,12 @@ const dueConnection = (i: number, now: number): Connection.Connection =>
     now
   )
 
-const refresherRound = async (concurrency: number, connections: number) => {
+/**
+ * One Refresher round on `connections` due connections of a fresh memory store, answered in process:
+ * its main-thread CPU per refresh. Also how a fleet process warms the engine's code before its
+ * real warm-up (bench/fleet-worker.ts).
+ */
+export const refresherRound = async (concurrency: number, connections: number) => {
   const store = ConnectionStore.makeMemory()
   const vault = Vault.make(vaultOptions)
   const now = Date.now()

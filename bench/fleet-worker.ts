@@ -10,6 +10,7 @@ import { Generic } from "@latchkey/provider-generic"
 import { PostgresStore } from "@latchkey/store-postgres"
 import { RedisStore } from "@latchkey/store-redis"
 import { Effect } from "effect"
+import { refresherRound } from "./engine.ts"
 
 export interface FleetWorkerSettings {
   readonly store: "postgres" | "redis"
@@ -28,6 +29,8 @@ export interface FleetWorkerSettings {
   readonly vaultKey: string
   readonly concurrency: number
   readonly ratePerSecond: number | null
+  /** Refreshes of the engine alone (memory store, in-process answers) before the real warm-up. */
+  readonly engineWarmUp?: number | undefined
 }
 
 const settings = JSON.parse(process.env.LK_FLEET_WORKER ?? "{}") as FleetWorkerSettings
@@ -88,6 +91,9 @@ const main = async () => {
   // Warm before "go", as a long-running instance is: the refresh path compiled (sweeps of due
   // connections in another namespace of the same server, through the same code), the runtime
   // built, the store's pool connected.
+  if (settings.engineWarmUp !== undefined && settings.engineWarmUp > 0) {
+    await refresherRound(settings.concurrency, settings.engineWarmUp)
+  }
   if (settings.warmStoreSettings !== undefined) {
     const warmStore = await open(settings.warmStoreSettings)
     const warm = instance(warmStore)

@@ -10,7 +10,7 @@
  * - `grantSurvived`: after the storm, the refresh token Latchkey stored is active at the server's
  *   introspection endpoint AND one refresh with it succeeds. A second refresh with the consumed
  *   token would have revoked the grant, and then both checks fail.
- * - `storms` storms (9; quick: 5), each on its own linked connection; one storm is a single
+ * - `storms` storms (15; quick: 5), each on its own linked connection; one storm is a single
  *   measurement of a few milliseconds, so the figures are medians: `wallMs` is the median storm's
  *   wall (`wallsMs` has each), `oneRefreshMs` the median of the raw round trips measured just before
  *   each storm (7 sequential ones after 2 warm-up ones, openid-client alone, on another grant linked
