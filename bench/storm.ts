@@ -19,7 +19,7 @@
  *   consent forms, its refresh token taken from the store).
  *   `mintedRefreshMs`: the same on a minted grant, for comparison (the baseline before).
  * - `wallRatio = wallMs / oneRefreshMs`: what 1,000 callers cost over a single refresh. Like the
- *   raw round trip, the Latchkey instance is warmed up first (5 storms and 195 smaller ones on another
+ *   raw round trip, the Latchkey instance is warmed up first (5 storms and 595 smaller ones on another
  *   linked account; the raw side makes as many refreshes first),
  *   so neither side pays for cold code.
  */
@@ -39,7 +39,7 @@ import type { BenchServer } from "./server.ts"
 
 export const CALLERS = 1_000
 /** Refreshes each side makes before the measured storms (the engine's and openid-client's code warm). */
-const WARM_UP = 200
+const WARM_UP = 600
 
 export interface StormResult {
   readonly callers: number
