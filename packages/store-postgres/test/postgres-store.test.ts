@@ -254,19 +254,119 @@ describe("PostgreSQL specifics", () => {
     expect((await run(store.get("a")))?.version).toBe(2)
     const lease = (await run(store.acquireLease("a", "h", 1_000)))!
     await run(store.releaseLease(lease))
+    await run(store.claimDue!(Date.now(), 5, "h", 1_000))
+    await run(store.takeRateBudget!("k", 10, 1_000))
     await run(store.takePending("nope", 0))
     await run(Effect.flip(store.insert(sampleRecord("a"))))
     await run(store.remove("a"))
     const state = await pool.query(
       "SELECT current_setting('statement_timeout') AS st, current_setting('lock_timeout') AS lt, " +
+        "current_setting('synchronous_commit') AS sc, " +
         "(SELECT count(*)::int FROM pg_prepared_statements) AS prepared, " +
         "(SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS advisory, " +
         "pg_current_xact_id_if_assigned() IS NULL AS idle"
     )
-    expect(state.rows[0]).toEqual({ st: "0", lt: "0", prepared: 0, advisory: 0, idle: true })
+    expect(state.rows[0]).toEqual({ st: "0", lt: "0", sc: "on", prepared: 0, advisory: 0, idle: true })
     // The store never ends a pool it was given.
     await run(store.close())
     expect((await pool.query("SELECT 1 AS one")).rows).toEqual([{ one: 1 }])
+    await pool.end()
+  })
+
+  it("waits for the WAL flush on every write a refresh or a link depends on, and only there", async () => {
+    const s = schema()
+    const pool = new pg.Pool({ connectionString: URL_, max: 1 })
+    pool.on("error", () => {})
+    // Every text the store sends, from the one pooled connection.
+    const sent: Array<string> = []
+    pool.on("connect", (client) => {
+      const query = client.query.bind(client) as (...args: Array<unknown>) => unknown
+      client.query = ((...args: Array<unknown>) => {
+        const first = args[0] as string | { text?: string }
+        sent.push(typeof first === "string" ? first : (first.text ?? ""))
+        return query(...args)
+      }) as typeof client.query
+    })
+    const store = await PostgresStore.make({ pool, schema: s })
+    const now = Date.now()
+    /** Whether the transaction of `effect` commits without waiting for the WAL flush. */
+    const commitsAsync = async (effect: Effect.Effect<unknown, unknown>) => {
+      sent.length = 0
+      await run(effect)
+      const writes = sent.filter((t) => t.includes("BEGIN"))
+      expect(writes.length).toBeGreaterThan(0)
+      return writes.some((t) => /synchronous_commit\s*=\s*off/i.test(t))
+    }
+    const leaseOfA = (await run(store.acquireLease("a", "h", 10_000)))!
+    const durable: Record<string, Effect.Effect<unknown, unknown>> = {
+      insert: store.insert(sampleRecord("a", { refreshDueAt: now - 1_000 })),
+      // The journal write of a refresh: durable before the refresh token is sent.
+      "update (journal)": store.update(
+        sampleRecord("a", {
+          version: 2,
+          refreshDueAt: now - 1_000,
+          journal: { holder: "h", fence: 1, startedAt: now, fingerprint: "f" }
+        }),
+        1
+      ),
+      // The commit of a refresh: the new tokens, the lease released in the same write.
+      "update (new tokens, lease released)": store.update(
+        sampleRecord("a", { version: 3, refreshDueAt: now - 1_000 }),
+        2,
+        [],
+        { releaseLease: leaseOfA }
+      ),
+      putPending: store.putPending({
+        state: "st",
+        providerId: "p",
+        ownerId: "o",
+        redirectUri: "http://127.0.0.1/cb",
+        codeVerifier: null,
+        scopes: [],
+        createdAt: now,
+        expiresAt: now + 60_000,
+        metadata: null
+      }),
+      takePending: store.takePending("st", now),
+      claimOnce: store.claimOnce!("key", now + 60_000, now),
+      appendEvents: store.appendEvents!([
+        {
+          id: "e1",
+          type: "unlinked",
+          at: now,
+          connectionId: "a",
+          ownerId: "o",
+          providerId: "p",
+          data: { revokedAtProvider: false }
+        }
+      ]),
+      setConsumerState: store.setConsumerState!("consumer", "{}"),
+      remove: store.remove("a")
+    }
+    const coordination: Record<string, Effect.Effect<unknown, unknown>> = {
+      acquireLease: store.acquireLease("b", "h", 10_000),
+      renewLease: Effect.flatMap(store.acquireLease("c", "h", 10_000), (lease) =>
+        store.renewLease(lease!, 10_000)
+      ),
+      releaseLease: Effect.flatMap(store.acquireLease("d", "h", 10_000), (lease) =>
+        store.releaseLease(lease!)
+      ),
+      claimDue: store.claimDue!(now, 10, "h", 10_000),
+      takeRateBudget: store.takeRateBudget!("refresh:p", 100, 1_000)
+    }
+    const found: Record<string, boolean> = {}
+    for (const [name, effect] of Object.entries(durable)) found[name] = await commitsAsync(effect)
+    await run(store.insert(sampleRecord("due", { refreshDueAt: now - 1_000 })))
+    for (const [name, effect] of Object.entries(coordination)) found[name] = await commitsAsync(effect)
+    expect(found).toEqual({
+      ...Object.fromEntries(Object.keys(durable).map((name) => [name, false])),
+      ...Object.fromEntries(Object.keys(coordination).map((name) => [name, true]))
+    })
+    // Committed without the flush, a lease is still every other session's to see at once.
+    const other = await admin.query(`SELECT holder FROM "${s}".latchkey_leases WHERE connection_id = 'b'`)
+    expect(other.rows).toEqual([{ holder: "h" }])
+    expect(await run(store.acquireLease("b", "someone-else", 10_000))).toBeUndefined()
+    await run(store.close())
     await pool.end()
   })
 
