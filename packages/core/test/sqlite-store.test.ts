@@ -67,6 +67,27 @@ describe("SQLite store: the file", () => {
     await run(second.close())
   })
 
+  it("adds the claim index to a file that lacks it, and claims in its order", async () => {
+    const path = freshPath()
+    const first = SqliteStore.make({ path })
+    const now = Date.now()
+    for (const id of ["c", "a", "b"]) await run(first.insert(sampleRecord(id, { refreshDueAt: now - 1_000 })))
+    await run(first.close())
+    const raw = new DatabaseSync(path)
+    raw.exec("DROP INDEX IF EXISTS latchkey_connections_claim")
+    raw.close()
+    const again = SqliteStore.make({ path })
+    const check = new DatabaseSync(path)
+    const index = check
+      .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'latchkey_connections_claim'")
+      .all()
+    check.close()
+    expect(index).toEqual([{ name: "latchkey_connections_claim" }])
+    // Equal due times: claimed by id.
+    expect((await run(again.claimDue!(now, 2, "h", 10_000))).map((r) => r.id)).toEqual(["a", "b"])
+    await run(again.close())
+  })
+
   it("as a scoped layer: opened when built, closed when released", async () => {
     const path = freshPath()
     const leaked = await run(

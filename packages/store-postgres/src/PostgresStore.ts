@@ -72,6 +72,19 @@ export interface PostgresStore extends ConnectionStore.ConnectionStoreShape {
   readonly close: () => Effect.Effect<void>
 }
 
+/**
+ * Indexes of the current schema version that only speed statements up (see `migrate`): name and
+ * statement.
+ */
+const performanceIndexes = (s: string): ReadonlyArray<readonly [string, string]> => [
+  // The claim's order (`claimDue`): due rows by due time, then id, read in order up to the limit.
+  [
+    "latchkey_connections_claim",
+    `CREATE INDEX IF NOT EXISTS latchkey_connections_claim ON ${s}.latchkey_connections (refresh_due_at, id)
+       WHERE status = 'active' AND refresh_due_at IS NOT NULL`
+  ]
+]
+
 /** The schema version this release migrates to; kept in `latchkey_meta`. */
 export const SCHEMA_VERSION = 3
 const CONSUMED_TOMBSTONE_MS = 60 * 60 * 1000
@@ -476,6 +489,17 @@ const migrate = (pool: pg.Pool, schemaName: string, lockTimeoutMs: number, state
             if (step.version <= current) continue
             for (const statement of step.statements) await client.query(statement)
           }
+          // Indexes that only make statements faster, which releases of the same schema version work
+          // with or without: created where missing, with no version change (a rolling upgrade leaves
+          // older instances running). Looked up first, so that a start where they exist takes no lock
+          // on the table.
+          for (const [name, statement] of performanceIndexes(s)) {
+            const exists = await client.query(
+              "SELECT 1 FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
+              [schemaName, name]
+            )
+            if (exists.rows.length === 0) await client.query(statement)
+          }
           await client.query(
             `INSERT INTO ${s}.latchkey_meta (key, value) VALUES ('schema_version', $1)
            ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value`,
@@ -626,13 +650,20 @@ const build = (
    * skipped (FOR UPDATE SKIP LOCKED); the claim row's ON CONFLICT ... WHERE is the arbiter for one
    * picked from an older snapshot (another claimer committed it meanwhile), so two claimers never
    * both get a connection.
+   *
+   * Its cost does not grow with the table: the rows are taken in the order of the index
+   * `latchkey_connections_claim` (`refresh_due_at, id`), and each is checked against the leases and
+   * the claims by their primary keys. The ids are compared under the database's default collation, the
+   * one of those keys (the connections' ids are `COLLATE "C"`; with mixed collations no index can be
+   * used, and every claim read every lease and claim row). Before both, a claim read and sorted every
+   * due row and both tables: 15 ms for 3,000 due rows of 5,000 here, against 1-2.5 ms.
    */
   const claimText = `WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now),
    picked AS (
      SELECT c.id, c.version, c.refresh_due_at FROM ${C} c
      WHERE c.status = 'active' AND c.refresh_due_at IS NOT NULL AND c.refresh_due_at <= $1
-       AND NOT EXISTS (SELECT 1 FROM ${L} l, t WHERE l.connection_id = c.id AND l.expires_at > t.now)
-       AND NOT EXISTS (SELECT 1 FROM ${K} k, t WHERE k.connection_id = c.id AND k.expires_at > t.now AND k.version = c.version)
+       AND NOT EXISTS (SELECT 1 FROM ${L} l, t WHERE l.connection_id = c.id COLLATE "default" AND l.expires_at > t.now)
+       AND NOT EXISTS (SELECT 1 FROM ${K} k, t WHERE k.connection_id = c.id COLLATE "default" AND k.expires_at > t.now AND k.version = c.version)
      ORDER BY c.refresh_due_at, c.id
      LIMIT $2
      FOR UPDATE OF c SKIP LOCKED

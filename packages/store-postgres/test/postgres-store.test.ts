@@ -370,6 +370,73 @@ describe("PostgreSQL specifics", () => {
     await pool.end()
   })
 
+  it("claims due connections in index order, checking leases and claims by key: the cost does not grow with the table", async () => {
+    const s = schema()
+    const pool = new pg.Pool({ connectionString: URL_, max: 1 })
+    pool.on("error", () => {})
+    const sent: Array<{ text: string; values: ReadonlyArray<unknown> }> = []
+    pool.on("connect", (client) => {
+      const query = client.query.bind(client) as (...args: Array<unknown>) => unknown
+      client.query = ((...args: Array<unknown>) => {
+        const first = args[0] as string | { text?: string; values?: Array<unknown> }
+        if (typeof first === "string") sent.push({ text: first, values: (args[1] as Array<unknown>) ?? [] })
+        else sent.push({ text: first.text ?? "", values: first.values ?? [] })
+        return query(...args)
+      }) as typeof client.query
+    })
+    const store = await PostgresStore.make({ pool, schema: s })
+    // 3,000 connections, all due, each with an expired lease and claim from an earlier sweep: the
+    // state of a fleet's tables after a while. Analyzed, as autovacuum keeps a live table.
+    const now = Date.now()
+    const record = JSON.stringify(sampleRecord("x", { refreshDueAt: now - 60_000 }))
+    await admin.query(
+      `INSERT INTO "${s}".latchkey_connections (id, owner_id, provider_id, account_id, version, status, refresh_due_at, created_at, record)
+       SELECT 'c' || g, 'o' || g, 'p', 'a' || g, 1, 'active', $1::bigint, $1::bigint, $2 FROM generate_series(1, 3000) g`,
+      [now - 60_000, record]
+    )
+    await admin.query(
+      `INSERT INTO "${s}".latchkey_leases (connection_id, holder, fence, expires_at) SELECT 'c' || g, 'old', 1, 0 FROM generate_series(1, 3000) g`
+    )
+    await admin.query(
+      `INSERT INTO "${s}".latchkey_claims (connection_id, holder, expires_at, version) SELECT 'c' || g, 'old', 0, 1 FROM generate_series(1, 3000) g`
+    )
+    for (const table of ["latchkey_connections", "latchkey_leases", "latchkey_claims"])
+      await admin.query(`ANALYZE "${s}".${table}`)
+    sent.length = 0
+    expect(await run(store.claimDue!(now, 32, "h", 10_000))).toHaveLength(32)
+    const claim = sent.find((q) => q.text.includes("latchkey_claims") && q.text.includes("SKIP LOCKED"))!
+    const plan = (
+      await admin.query<{ "QUERY PLAN": string }>(`EXPLAIN ${claim.text}`, [...claim.values])
+    ).rows
+      .map((row) => row["QUERY PLAN"])
+      .join("\n")
+    // Due rows read in order, up to the limit: no sort of every due row.
+    expect(plan).toContain("latchkey_connections_claim")
+    expect(plan).not.toMatch(/\bSort\b/)
+    // Leases and claims looked up by key, not read whole.
+    expect(plan).toContain("latchkey_leases_pkey")
+    expect(plan).toContain("latchkey_claims_pkey")
+    expect(plan).not.toMatch(/Seq Scan on latchkey_(leases|claims)/)
+    await run(store.close())
+    await pool.end()
+  })
+
+  it("creates the claim index on a schema of the current version that lacks it, with no version change", async () => {
+    const s = schema()
+    const first = await PostgresStore.make({ connectionString: URL_, schema: s })
+    await run(first.close())
+    await admin.query(`DROP INDEX "${s}".latchkey_connections_claim`)
+    const again = await PostgresStore.make({ connectionString: URL_, schema: s })
+    const indexes = await admin.query(
+      "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND indexname = 'latchkey_connections_claim'",
+      [s]
+    )
+    expect(indexes.rows).toHaveLength(1)
+    const version = await admin.query(`SELECT value FROM "${s}".latchkey_meta WHERE key = 'schema_version'`)
+    expect(version.rows).toEqual([{ value: String(PostgresStore.SCHEMA_VERSION) }])
+    await run(again.close())
+  })
+
   it("concurrent gets share statements: each caller gets its own row, a corrupt one fails only its own get", async () => {
     const s = schema()
     const pool = new pg.Pool({ connectionString: URL_, max: 2 })
