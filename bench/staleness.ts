@@ -154,9 +154,28 @@ const pairs: Record<keyof StalenessResult, () => Promise<Pair>> = {
       reader,
       writer,
       close: async () => {
-        for (let i = 0; i < 200; i++) await Effect.runPromise(writer.remove(`stale-${i}`)).catch(() => {})
         await Effect.runPromise(reader.close())
         await Effect.runPromise(writer.close())
+        // Every key of the prefix: the connections, and the event log their writes appended to.
+        const { Redis } = createRequire(fileURLToPath(import.meta.resolve("@latchkey/store-redis")))(
+          "ioredis"
+        ) as {
+          Redis: new (
+            url: string
+          ) => {
+            scan(c: string, ...a: Array<string | number>): Promise<[string, Array<string>]>
+            del(...k: Array<string>): Promise<number>
+            quit(): Promise<unknown>
+          }
+        }
+        const client = new Redis(REDIS_URL)
+        let cursor = "0"
+        do {
+          const [next, keys] = await client.scan(cursor, "MATCH", `${keyPrefix}*`, "COUNT", 1000)
+          if (keys.length > 0) await client.del(...keys)
+          cursor = next
+        } while (cursor !== "0")
+        await client.quit()
       }
     }
   }
