@@ -6,6 +6,8 @@
  */
 
 import { readFileSync } from "node:fs"
+import { createRequire } from "node:module"
+import { fileURLToPath } from "node:url"
 import {
   type Connection,
   type ConnectionStore,
@@ -169,5 +171,30 @@ export const cpuMeter = () => {
           ? undefined
           : round((end.busy - ticks.busy) / (end.total - ticks.total), 3)
     }
+  }
+}
+
+/** Delete every Redis key under `prefix` (a section's own key prefix), with the store package's own driver. */
+export const dropRedisPrefix = async (url: string, prefix: string) => {
+  const require = createRequire(fileURLToPath(import.meta.resolve("@latchkey/store-redis")))
+  const { Redis } = require("ioredis") as {
+    Redis: new (
+      url: string
+    ) => {
+      scan(cursor: string, ...args: Array<string | number>): Promise<[string, Array<string>]>
+      del(...keys: Array<string>): Promise<number>
+      quit(): Promise<unknown>
+    }
+  }
+  const client = new Redis(url)
+  try {
+    let cursor = "0"
+    do {
+      const [next, keys] = await client.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000)
+      if (keys.length > 0) await client.del(...keys)
+      cursor = next
+    } while (cursor !== "0")
+  } finally {
+    await client.quit()
   }
 }

@@ -38,7 +38,7 @@ import { PostgresStore } from "@latchkey/store-postgres"
 import { RedisStore } from "@latchkey/store-redis"
 import { Effect } from "effect"
 import { connectionOf } from "./background.ts"
-import { cpuMeter, PROVIDER_ID, progress, REDIRECT, round } from "./common.ts"
+import { cpuMeter, dropRedisPrefix, PROVIDER_ID, progress, REDIRECT, round } from "./common.ts"
 import type { FleetWorkerSettings } from "./fleet-worker.ts"
 import { type BenchServer, CLIENT_ID, SCOPES } from "./server.ts"
 
@@ -159,29 +159,13 @@ const openRedis = async (): Promise<OpenedFleetStore> => {
   const settings = { url: REDIS_URL, keyPrefix }
   const store = RedisStore.make(settings)
   await Effect.runPromise(store.ready)
-  const { Redis } = createRequire(fileURLToPath(import.meta.resolve("@latchkey/store-redis")))("ioredis") as {
-    Redis: new (
-      url: string
-    ) => {
-      scan(c: string, ...a: Array<string | number>): Promise<[string, Array<string>]>
-      del(...k: Array<string>): Promise<number>
-      quit(): Promise<unknown>
-    }
-  }
   return {
     store,
     settings,
     expire: (ids) => expireAll(store, ids),
     close: async () => {
       await Effect.runPromise(store.close())
-      const client = new Redis(REDIS_URL)
-      let cursor = "0"
-      do {
-        const [next, keys] = await client.scan(cursor, "MATCH", `${keyPrefix}*`, "COUNT", 1000)
-        if (keys.length > 0) await client.del(...keys)
-        cursor = next
-      } while (cursor !== "0")
-      await client.quit()
+      await dropRedisPrefix(REDIS_URL, keyPrefix)
     }
   }
 }

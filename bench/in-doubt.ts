@@ -19,7 +19,7 @@ import { oauthConnection } from "@latchkey/core/testing"
 import { PostgresStore } from "@latchkey/store-postgres"
 import { RedisStore } from "@latchkey/store-redis"
 import { Effect } from "effect"
-import { progress, quantile, round } from "./common.ts"
+import { dropRedisPrefix, progress, quantile, round } from "./common.ts"
 
 const CONNECTIONS = 100
 const CALLERS = 500
@@ -213,29 +213,4 @@ const dropSchema = async (schema: string) => {
   }
 }
 
-/** Delete the bench's keys with the store package's own driver. */
-const dropPrefix = async (prefix: string) => {
-  const { createRequire } = await import("node:module")
-  const { fileURLToPath } = await import("node:url")
-  const require = createRequire(fileURLToPath(import.meta.resolve("@latchkey/store-redis")))
-  const { Redis } = require("ioredis") as {
-    Redis: new (
-      url: string
-    ) => {
-      scan(cursor: string, ...args: Array<string | number>): Promise<[string, Array<string>]>
-      del(...keys: Array<string>): Promise<number>
-      quit(): Promise<unknown>
-    }
-  }
-  const client = new Redis(REDIS_URL)
-  try {
-    let cursor = "0"
-    do {
-      const [next, keys] = await client.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 500)
-      if (keys.length > 0) await client.del(...keys)
-      cursor = next
-    } while (cursor !== "0")
-  } finally {
-    await client.quit()
-  }
-}
+const dropPrefix = (prefix: string) => dropRedisPrefix(REDIS_URL, prefix)

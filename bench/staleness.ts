@@ -35,7 +35,7 @@ import { oauthConnection, unreachableProvider } from "@latchkey/core/testing"
 import { PostgresStore } from "@latchkey/store-postgres"
 import { RedisStore } from "@latchkey/store-redis"
 import { Effect } from "effect"
-import { median, progress, round } from "./common.ts"
+import { dropRedisPrefix, median, progress, round } from "./common.ts"
 
 const POSTGRES_URL = process.env.LATCHKEY_BENCH_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/test"
 const REDIS_URL = process.env.LATCHKEY_BENCH_REDIS_URL ?? "redis://127.0.0.1:6379"
@@ -157,25 +157,7 @@ const pairs: Record<keyof StalenessResult, () => Promise<Pair>> = {
         await Effect.runPromise(reader.close())
         await Effect.runPromise(writer.close())
         // Every key of the prefix: the connections, and the event log their writes appended to.
-        const { Redis } = createRequire(fileURLToPath(import.meta.resolve("@latchkey/store-redis")))(
-          "ioredis"
-        ) as {
-          Redis: new (
-            url: string
-          ) => {
-            scan(c: string, ...a: Array<string | number>): Promise<[string, Array<string>]>
-            del(...k: Array<string>): Promise<number>
-            quit(): Promise<unknown>
-          }
-        }
-        const client = new Redis(REDIS_URL)
-        let cursor = "0"
-        do {
-          const [next, keys] = await client.scan(cursor, "MATCH", `${keyPrefix}*`, "COUNT", 1000)
-          if (keys.length > 0) await client.del(...keys)
-          cursor = next
-        } while (cursor !== "0")
-        await client.quit()
+        await dropRedisPrefix(REDIS_URL, keyPrefix)
       }
     }
   }
