@@ -42,6 +42,21 @@ afterAll(async () => {
   await started?.close()
 })
 
+/**
+ * A screenshot of one element of the live page. The page redraws its parts as the workers' refreshes
+ * land: an element replaced while it is being captured is taken again, as it is now.
+ */
+const shotOf = async (selector: string, name: string) => {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await page.locator(selector).screenshot({ path: join(SCREENSHOTS, `${name}.png`) })
+      return
+    } catch (error) {
+      if (attempt >= 5 || !String(error).includes("not attached to the DOM")) throw error
+    }
+  }
+}
+
 const shot = async (name: string) => {
   await page.evaluate(() => window.scrollTo(0, 0))
   await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true })
@@ -145,8 +160,8 @@ describe("the refresh fleet", () => {
       )
     }
     await page.locator("#group-heygen .group-head").evaluate((el) => el.scrollIntoView())
-    await page.locator("#chart-heygen").screenshot({ path: join(SCREENSHOTS, "26-fleet-chart-heygen.png") })
-    await page.locator(".activity").screenshot({ path: join(SCREENSHOTS, "27-fleet-feed-from-log.png") })
+    await shotOf("#chart-heygen", "26-fleet-chart-heygen")
+    await shotOf(".activity", "27-fleet-feed-from-log")
     expect(await noSeriousViolations()).toEqual([])
     expect(await sidewaysScroll()).toBe(0)
     await shot("20-fleet-steady")
