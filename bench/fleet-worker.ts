@@ -1,8 +1,10 @@
 /**
  * One fleet instance (an OS process) for bench/fleet.ts: a Latchkey instance on the shared store
- * (PostgreSQL or Redis) whose Refresher sweeps until nothing is due. It counts what it did: refreshes,
- * connections it claimed, and lease denials (the lease of a connection another instance was
- * refreshing). Prints "ready", waits for "go" on stdin, then prints one JSON line and exits.
+ * (PostgreSQL or Redis) whose Refresher sweeps until nothing is due. It lives for the whole section,
+ * as a long-running instance does: it warms once, prints "ready", then for each line "go <rate>" on
+ * stdin (`<rate>`: the Refresher's per-provider rate per second, or "none") sweeps until nothing is
+ * due and prints one JSON line of what it did in that run: refreshes, connections it claimed, lease
+ * denials (the lease of a connection another instance was refreshing), its CPU time. "exit" ends it.
  */
 import { createInterface } from "node:readline"
 import { type ConnectionStore, createLatchkey } from "@latchkey/core"
@@ -28,7 +30,6 @@ export interface FleetWorkerSettings {
   readonly vaultKeyId: string
   readonly vaultKey: string
   readonly concurrency: number
-  readonly ratePerSecond: number | null
   /** Refreshes of the engine alone (memory store, in-process answers) before the real warm-up. */
   readonly engineWarmUp?: number | undefined
 }
@@ -77,14 +78,14 @@ const main = async () => {
     endpoints: settings.provider.endpoints as never,
     scopes: [...settings.provider.scopes]
   })
-  const instance = (on: ConnectionStore.ConnectionStoreShape) =>
+  const instance = (on: ConnectionStore.ConnectionStoreShape, ratePerSecond = Number.POSITIVE_INFINITY) =>
     createLatchkey({
       providers: [provider],
       store: on,
       vault: { keys: [{ id: settings.vaultKeyId, key: settings.vaultKey }] },
       refresher: {
         concurrency: settings.concurrency,
-        ratePerSecond: settings.ratePerSecond ?? Number.POSITIVE_INFINITY,
+        ratePerSecond,
         batchSize: 100_000
       }
     })
@@ -104,32 +105,49 @@ const main = async () => {
     await warm.close()
     await Effect.runPromise(warmStore.close?.() ?? Effect.void)
   }
-  const lk = instance(store)
-  await lk.refresher.isRunning()
+  // One instance per rate asked for (the runs without a rate share one: what they compiled stays).
+  const instances = new Map<number, ReturnType<typeof instance>>()
+  const instanceAt = async (rate: number) => {
+    let lk = instances.get(rate)
+    if (lk === undefined) {
+      lk = instance(store, rate)
+      await lk.refresher.isRunning()
+      instances.set(rate, lk)
+    }
+    return lk
+  }
+  await instanceAt(Number.POSITIVE_INFINITY)
   await Effect.runPromise(Effect.ignore(inner.get("warm-up")))
   process.stdout.write("ready\n")
   const lines = createInterface({ input: process.stdin })
-  await new Promise<void>((resolve) => lines.once("line", () => resolve()))
-  const start = performance.now()
-  const cpuStart = process.cpuUsage()
-  let refreshed = 0
-  let failed = 0
-  let storeErrors = 0
-  let sweeps = 0
-  for (; sweeps < 50; ) {
-    const report = await lk.refresher.sweep()
-    sweeps++
-    refreshed += report.refreshed
-    failed += report.failed
-    storeErrors += report.storeErrors ?? 0
-    if (report.due === 0) break
+  for await (const line of lines) {
+    if (line === "exit") break
+    if (!line.startsWith("go")) continue
+    const asked = line.slice(2).trim()
+    const lk = await instanceAt(asked === "" || asked === "none" ? Number.POSITIVE_INFINITY : Number(asked))
+    denials = 0
+    claimed = 0
+    const start = performance.now()
+    const cpuStart = process.cpuUsage()
+    let refreshed = 0
+    let failed = 0
+    let storeErrors = 0
+    let sweeps = 0
+    for (; sweeps < 50; ) {
+      const report = await lk.refresher.sweep()
+      sweeps++
+      refreshed += report.refreshed
+      failed += report.failed
+      storeErrors += report.storeErrors ?? 0
+      if (report.due === 0) break
+    }
+    const ms = performance.now() - start
+    const cpu = process.cpuUsage(cpuStart)
+    process.stdout.write(
+      `${JSON.stringify({ refreshed, failed, storeErrors, denials, claimed, sweeps, ms: Math.round(ms), cpuMs: Math.round((cpu.user + cpu.system) / 1000) })}\n`
+    )
   }
-  const ms = performance.now() - start
-  const cpu = process.cpuUsage(cpuStart)
-  process.stdout.write(
-    `${JSON.stringify({ refreshed, failed, storeErrors, denials, claimed, sweeps, ms: Math.round(ms), cpuMs: Math.round((cpu.user + cpu.system) / 1000) })}\n`
-  )
-  await lk.close()
+  for (const lk of instances.values()) await lk.close()
   await Effect.runPromise(inner.close?.() ?? Effect.void)
   process.exit(0)
 }

@@ -5,15 +5,19 @@
  * process). The Refresher claims due connections a few at a time (`claimDue`), so the processes split
  * the work instead of chasing one batch.
  *
- * Every process is warmed before "go", as a long-running instance is: first the engine alone
- * (`ENGINE_WARM_PER_PROCESS` refreshes on a memory store answered in process), then it sweeps its
- * share of `WARM_PER_PROCESS` due connections in another namespace of the same store server (another
- * schema, another key prefix), so its code is compiled and its pool connected. Without it each
- * process pays its own JIT warm-up inside the measured wall (about twice the CPU per refresh with 4
- * processes of 250 refreshes each), which is a cost of starting processes, not of splitting the work.
- * With the 400 real warm-up refreshes alone, 4 processes (1,250 refreshes each) spent 1.9-2.1 x the
- * CPU per refresh of one on Redis and 2.0-2.4 x on PostgreSQL; with the engine's 3,000 first, 1.4 x
- * and 1.7-1.8 x (the rest is what 4 processes and the store's server sharing 2 cores cost).
+ * The section's 4 processes live through all of its runs, as the instances of a fleet do: they are
+ * started and warmed together once, then the first one sweeps alone, the first two together, all
+ * four, and the first one alone again. Each is warmed as a long-running instance is: first the engine
+ * alone (`ENGINE_WARM_PER_PROCESS` refreshes on a memory store answered in process), then the four
+ * sweep `4 x WARM_PER_PROCESS` due connections in another namespace of the same store server
+ * (another schema, another key prefix), so their code is compiled and their pools connected. Without
+ * it each process pays its own JIT warm-up inside the measured wall (about twice the CPU per refresh
+ * with 4 processes of 250 refreshes each), which is a cost of starting processes, not of splitting
+ * the work. With the 400 real warm-up refreshes alone, 4 processes (1,250 refreshes each) spent
+ * 1.9-2.1 x the CPU per refresh of one on Redis and 2.0-2.4 x on PostgreSQL; with the engine's 3,000
+ * first, 1.4 x and 1.7-1.8 x (the rest is what 4 processes and the store's server sharing 2 cores
+ * cost). Started once instead of for every run (8 process starts and warm-ups per store), the section
+ * takes about 100 s instead of about 140 s.
  *
  * Runs with 1, 2, 4 and again 1 process. Per run: `wallMs` (from "go" to the last process done),
  * `machineBusy` (the share of the machine's cores busy meanwhile: what the machine had left to give),
@@ -25,7 +29,13 @@
  *
  * Provider rates (`providerRates`): the same fleet with the Refresher's per-provider rate set to
  * `rate`/s (taken from the store's shared budget, `takeRateBudget`) on `rateConnections` due
- * connections, with 1 and 4 processes: `seenPerSec` = refresh calls the server saw / wall seconds.
+ * connections, with 1 and 4 processes, from the times the server answered each refresh: `seenPerSec`
+ * = the answers after the first / the seconds from the first answer to the last, `maxInAnySecond` =
+ * the most answers within any 1,000 ms, and `perWallSec` = refresh calls / the run's wall seconds
+ * (from "go" to the last process done: the figure before the server noted its answers). The budget
+ * spaces the slots `1000 / rate` ms apart on the store's clock; each request leaves after its
+ * slot plus the lease and the journal write, whose time varies, so the answers are spaced less evenly
+ * than the slots.
  * Without a shared budget 4 processes would reach 4 x `rate`.
  */
 import { spawn } from "node:child_process"
@@ -90,11 +100,15 @@ export interface FleetStoreResult {
     readonly connections: number
     readonly oneInstance: {
       readonly seenPerSec: number
+      readonly maxInAnySecond: number
+      readonly perWallSec: number
       readonly wallMs: number
       readonly refreshCalls: number
     }
     readonly fourInstances: {
       readonly seenPerSec: number
+      readonly maxInAnySecond: number
+      readonly perWallSec: number
       readonly wallMs: number
       readonly refreshCalls: number
     }
@@ -228,7 +242,15 @@ interface WorkerResult {
   cpuMs: number
 }
 
-const startWorker = (settings: FleetWorkerSettings) => {
+/** A fleet process, alive for the whole store's section: warmed once, then one result per "go". */
+interface FleetWorker {
+  readonly child: ReturnType<typeof spawn>
+  readonly ready: Promise<void>
+  /** Start a run at this rate (per second; `null`: none) and wait for its result. */
+  readonly run: (ratePerSecond: number | null) => Promise<WorkerResult>
+}
+
+const startWorker = (settings: FleetWorkerSettings): FleetWorker => {
   const child = spawn(
     process.execPath,
     [...(process.env.BENCH_WORKER_ARGS ?? "").split(" ").filter(Boolean), workerFile],
@@ -241,67 +263,56 @@ const startWorker = (settings: FleetWorkerSettings) => {
   child.stderr.on("data", (d) => {
     stderr += d
   })
+  let exited: Error | undefined
   const lines = createInterface({ input: child.stdout })
   let onReady: () => void = () => {}
+  const waiting: Array<{ resolve: (r: WorkerResult) => void; reject: (e: Error) => void }> = []
   const ready = new Promise<void>((resolve, reject) => {
     onReady = resolve
     child.once("exit", (code) => reject(new Error(`fleet worker exited (${code}): ${stderr.slice(-500)}`)))
   })
-  const result = new Promise<WorkerResult>((resolve, reject) => {
-    lines.on("line", (line) => {
-      if (line === "ready") onReady()
-      else if (line.startsWith("{")) resolve(JSON.parse(line) as WorkerResult)
-    })
-    child.once("exit", (code) => reject(new Error(`fleet worker exited (${code}): ${stderr.slice(-500)}`)))
+  child.once("exit", (code) => {
+    exited = new Error(`fleet worker exited (${code}): ${stderr.slice(-500)}`)
+    for (const w of waiting.splice(0)) w.reject(exited)
+  })
+  lines.on("line", (line) => {
+    if (line === "ready") onReady()
+    else if (line.startsWith("{")) waiting.shift()?.resolve(JSON.parse(line) as WorkerResult)
   })
   ready.catch(() => {})
-  result.catch(() => {})
-  return { child, ready, result }
+  return {
+    child,
+    ready,
+    run: (ratePerSecond) =>
+      new Promise<WorkerResult>((resolve, reject) => {
+        if (exited !== undefined) {
+          reject(exited)
+          return
+        }
+        waiting.push({ resolve, reject })
+        child.stdin?.write(`go ${ratePerSecond ?? "none"}\n`)
+      })
+  }
 }
 
+/** One run: the first `processes` workers sweep the store until nothing is due. */
 const runFleet = async (
   server: BenchServer,
   opened: OpenedFleetStore,
-  kind: "postgres" | "redis",
+  workers: ReadonlyArray<FleetWorker>,
   processes: number,
-  concurrency: number,
-  ratePerSecond: number | null,
-  warm: OpenedFleetStore | undefined
+  ratePerSecond: number | null
 ) => {
-  const settings: FleetWorkerSettings = {
-    store: kind,
-    storeSettings: opened.settings,
-    warmStoreSettings: warm?.settings,
-    provider: {
-      id: PROVIDER_ID,
-      clientId: CLIENT_ID,
-      clientSecret: server.clientSecret,
-      endpoints: server.endpoints as unknown as Record<string, string>,
-      redirectUri: REDIRECT,
-      scopes: [...SCOPES]
-    },
-    vaultKeyId: VAULT_KEY_ID,
-    vaultKey,
-    concurrency,
-    ratePerSecond,
-    engineWarmUp: warm === undefined ? 0 : ENGINE_WARM_PER_PROCESS
-  }
-  const workers = Array.from({ length: processes }, () => startWorker(settings))
-  try {
-    await Promise.all(workers.map((w) => w.ready))
-    const before = (await server.grants()).refresh_token
-    const start = performance.now()
-    const meter = cpuMeter()
-    for (const w of workers) w.child.stdin.write("go\n")
-    const results = await Promise.all(workers.map((w) => w.result))
-    const wallMs = performance.now() - start
-    const { machineBusy } = meter()
-    const refreshCalls = (await server.grants()).refresh_token - before
-    const stillDue = (await Effect.runPromise(opened.store.listDue(Date.now(), 100_000))).length
-    return { wallMs, results, refreshCalls, stillDue, machineBusy }
-  } finally {
-    for (const w of workers) w.child.kill("SIGKILL")
-  }
+  const taking = workers.slice(0, processes)
+  const before = (await server.grants()).refresh_token
+  const start = performance.now()
+  const meter = cpuMeter()
+  const results = await Promise.all(taking.map((w) => w.run(ratePerSecond)))
+  const wallMs = performance.now() - start
+  const { machineBusy } = meter()
+  const refreshCalls = (await server.grants()).refresh_token - before
+  const stillDue = (await Effect.runPromise(opened.store.listDue(Date.now(), 100_000))).length
+  return { wallMs, results, refreshCalls, stillDue, machineBusy }
 }
 
 const benchFleetStore = async (
@@ -318,6 +329,7 @@ const benchFleetStore = async (
     await opened.close()
     throw error
   })
+  let workers: Array<FleetWorker> = []
   try {
     progress(
       "fleet",
@@ -327,15 +339,36 @@ const benchFleetStore = async (
     const warmIds = await seed(server, warm.store, 4 * WARM_PER_PROCESS, "warm")
     // Due as seeded; made due once more through `expire` so that PostgreSQL's tables are analyzed.
     await opened.expire(ids)
+    await warm.expire(warmIds)
+    const settings: FleetWorkerSettings = {
+      store: kind,
+      storeSettings: opened.settings,
+      warmStoreSettings: warm.settings,
+      provider: {
+        id: PROVIDER_ID,
+        clientId: CLIENT_ID,
+        clientSecret: server.clientSecret,
+        endpoints: server.endpoints as unknown as Record<string, string>,
+        redirectUri: REDIRECT,
+        scopes: [...SCOPES]
+      },
+      vaultKeyId: VAULT_KEY_ID,
+      vaultKey,
+      concurrency,
+      engineWarmUp: ENGINE_WARM_PER_PROCESS
+    }
+    // The 4 processes of the section, started and warmed together (they split the warm-up set as
+    // they split the work), then used by every run: the first one alone, the first two, all four.
+    progress("fleet", `${kind}: starting and warming 4 processes`)
+    workers = Array.from({ length: 4 }, () => startWorker(settings))
+    await Promise.all(workers.map((w) => w.ready))
     const runs: Array<Omit<FleetRun, "wallVsOne">> = []
     // 1, 2, 4, then 1 process again: the baseline is the mean of the two 1-process walls, so a drift
     // of the machine or the token server during the section (its grant store grows with every run)
     // does not land on the runs measured last.
     for (const [n, processes] of [1, 2, 4, 1].entries()) {
       if (n > 0) await opened.expire(ids)
-      // The warm-up set: due again, its share for each process (the rest stays fresh).
-      await warm.expire(warmIds.slice(0, processes * WARM_PER_PROCESS))
-      const r = await runFleet(server, opened, kind, processes, concurrency, null, warm)
+      const r = await runFleet(server, opened, workers, processes, null)
       const run = {
         processes,
         wallMs: Math.round(r.wallMs),
@@ -377,10 +410,22 @@ const benchFleetStore = async (
     // Provider rates: a smaller due set at a configured rate, 1 then 4 processes.
     const rateIds = await seed(server, opened.store, rateConnections, "r")
     // Only the rate set is due now (the big set was refreshed by the last run).
+    // The server notes when it answered each refresh: the rate is that of its answers (calls after
+    // the first / ms from the first to the last), and the most it answered in any second.
     const atRate = async (processes: number) => {
-      const r = await runFleet(server, opened, kind, processes, concurrency, rate, undefined)
+      await server.recordRefreshes()
+      const r = await runFleet(server, opened, workers, processes, rate)
+      const times = [...(await server.takeRefreshes())].sort((a, b) => a - b)
+      let most = 0
+      for (let i = 0, j = 0; i < times.length; i++) {
+        while (times[i]! - times[j]! >= 1_000) j++
+        most = Math.max(most, i - j + 1)
+      }
+      const spanMs = times.length > 1 ? times.at(-1)! - times[0]! : Number.NaN
       return {
-        seenPerSec: round(r.refreshCalls / (r.wallMs / 1000), 1),
+        seenPerSec: round(((times.length - 1) * 1000) / spanMs, 1),
+        maxInAnySecond: most,
+        perWallSec: round(r.refreshCalls / (r.wallMs / 1000), 1),
         wallMs: Math.round(r.wallMs),
         refreshCalls: r.refreshCalls
       }
@@ -390,7 +435,7 @@ const benchFleetStore = async (
     const fourInstances = await atRate(4)
     progress(
       "fleet",
-      `${kind}: provider rate ${rate}/s configured: 1 instance ${oneInstance.seenPerSec}/s, 4 instances ${fourInstances.seenPerSec}/s`
+      `${kind}: provider rate ${rate}/s configured: 1 instance ${oneInstance.seenPerSec}/s (at most ${oneInstance.maxInAnySecond} in a second), 4 instances ${fourInstances.seenPerSec}/s (at most ${fourInstances.maxInAnySecond})`
     )
     return {
       connections,
@@ -399,6 +444,10 @@ const benchFleetStore = async (
       providerRates: { ratePerSec: rate, connections: rateConnections, oneInstance, fourInstances }
     }
   } finally {
+    for (const w of workers) {
+      w.child.stdin?.end("exit\n")
+      w.child.kill("SIGKILL")
+    }
     await opened.close()
     await warm.close()
   }

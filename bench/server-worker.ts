@@ -2,7 +2,8 @@
  * The token server for the benchmarks, in its own worker thread: oidc-provider (through
  * @latchkey/testkit-oidc) with rotating single-use refresh tokens. Running it off the main thread
  * keeps its CPU work (koa, client authentication, ID-token signatures) out of the event loop whose
- * client-side cost the benchmarks measure. Requests from the main thread: `grants` (the counters),
+ * client-side cost the benchmarks measure. Requests from the main thread: `grants` (the counters), `recordRefreshes` / `takeRefreshes`
+ * (when each successful refresh was answered, between the two),
  * `mint` (grants with a refresh token and an access token, written straight into oidc-provider's
  * models: the consent forms would take minutes for thousands of grants) and `close`.
  */
@@ -26,6 +27,13 @@ const server = await startOidcServer({
   adapter: unboundedMemoryAdapter()
 })
 const { provider } = server
+/** When each successful refresh was answered (ms, this thread's clock), kept while `recording`. */
+let refreshTimes: Array<number> = []
+let recording = false
+provider.on("grant.success", (ctx) => {
+  if (recording && (ctx.oidc?.params as { grant_type?: unknown } | undefined)?.grant_type === "refresh_token")
+    refreshTimes.push(performance.now())
+})
 
 const mint = async (count: number, clientId: string, scope: string, prefix: string) => {
   const client = await provider.Client.find(clientId)
@@ -50,6 +58,16 @@ const handle = async (request: WorkerRequest): Promise<unknown> => {
       return { ...server.grants }
     case "mint":
       return mint(request.count, request.clientId, request.scope, request.prefix)
+    case "recordRefreshes":
+      recording = true
+      refreshTimes = []
+      return null
+    case "takeRefreshes": {
+      recording = false
+      const times = refreshTimes
+      refreshTimes = []
+      return times
+    }
     case "close":
       await server.close()
       setImmediate(() => port.close())

@@ -28,6 +28,8 @@ export type WorkerOp =
       readonly scope: string
       readonly prefix: string
     }
+  | { readonly op: "recordRefreshes" }
+  | { readonly op: "takeRefreshes" }
   | { readonly op: "close" }
 
 export type WorkerRequest = { readonly id: number } & WorkerOp
@@ -46,6 +48,10 @@ export const SCOPES = ["openid", "offline_access", "email", "read"] as const
 export interface BenchServer extends ServerInfo {
   readonly clientSecret: string
   grants(): Promise<GrantCounts>
+  /** Start noting when each successful refresh is answered (forgetting earlier ones). */
+  recordRefreshes(): Promise<void>
+  /** The times noted since `recordRefreshes` (ms, one clock), and stop noting. */
+  takeRefreshes(): Promise<ReadonlyArray<number>>
   /** `count` fresh grants, each with an unused refresh token and a valid access token. */
   mint(count: number, prefix: string): Promise<ReadonlyArray<Minted>>
   /** An openid-client configuration for this server (what a user of openid-client alone writes). */
@@ -123,6 +129,8 @@ export const startBenchServer = async (redirectUri: string): Promise<BenchServer
     ...info,
     clientSecret,
     grants: () => call<GrantCounts>({ op: "grants" }),
+    recordRefreshes: () => call<void>({ op: "recordRefreshes" }),
+    takeRefreshes: () => call<ReadonlyArray<number>>({ op: "takeRefreshes" }),
     mint: (count, prefix) =>
       call<ReadonlyArray<Minted>>({
         op: "mint",
