@@ -40,7 +40,7 @@
  * asked again, so they need no journal; the lease still makes one request per expiry across
  * processes. API keys are never renewed.
  */
-import { createHash } from "node:crypto"
+import { hash } from "node:crypto"
 import {
   Clock,
   Context,
@@ -155,8 +155,7 @@ const staleCopy = (id: string) =>
   new StoreError({ reason: "conflict", message: `Connection ${id} changed meanwhile` })
 
 /** A fingerprint of a refresh token for the journal: enough to recognise it, useless to an attacker. */
-export const fingerprint = (token: string): string =>
-  createHash("sha256").update(token).digest("base64url").slice(0, 22)
+export const fingerprint = (token: string): string => hash("sha256", token, "base64url").slice(0, 22)
 
 const iso = (ms: number) => new Date(ms).toISOString()
 

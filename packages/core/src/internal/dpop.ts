@@ -10,7 +10,7 @@
  * or made (`fromResponse`), its tokens' SHA-256 digests are remembered with its key, in a bounded
  * per-process map. The process that refreshes has always just loaded the connection.
  */
-import { createHash, randomUUID } from "node:crypto"
+import { hash, randomUUID } from "node:crypto"
 
 /** Where the sealed key lives in a connection's extras (removed from `tokens.extras` when opened). */
 export const EXTRAS_KEY = "latchkey:dpop"
@@ -64,9 +64,7 @@ export const proof = async (
       htm: method.toUpperCase(),
       htu,
       iat: Math.floor(Date.now() / 1000),
-      ...(accessToken !== undefined
-        ? { ath: createHash("sha256").update(accessToken).digest("base64url") }
-        : {}),
+      ...(accessToken !== undefined ? { ath: hash("sha256", accessToken, "base64url") } : {}),
       ...(nonce !== undefined ? { nonce } : {})
     })
   )
@@ -88,7 +86,7 @@ const remember = <K, V>(map: Map<K, V>, key: K, value: V) => {
 
 /** Token digests → the private JWK of their connection. */
 const byToken = new Map<string, string>()
-const digest = (token: string) => createHash("sha256").update(token).digest("base64url")
+const digest = (token: string) => hash("sha256", token, "base64url")
 
 /** Remember the key of a connection's tokens (when they are opened or made). */
 export const bind = (privateJwk: string, tokens: ReadonlyArray<string | undefined>): void => {
