@@ -29,7 +29,10 @@ export interface LatchkeyConfigShape {
    * `requestTimeoutMs`: a holder's request may still be in flight that long after its lease lapsed.
    */
   readonly inDoubtAfterMs: number
-  /** How long `close()` waits for refreshes in flight to finish their write (default 20 s). */
+  /**
+   * How long `close()` waits, from its call, for refreshes in flight to finish their write and for
+   * the other calls under way to finish (default 20 s).
+   */
   readonly drainTimeoutMs: number
   /** Longest pause between two attempts to write freshly rotated tokens (default 1 s). */
   readonly writeMaxBackoffMs: number

@@ -210,9 +210,11 @@ export interface LatchkeyClient {
   run<A, E>(effect: Effect.Effect<A, E, LatchkeyServices>): Promise<A>
   /**
    * Shut down gracefully: the Refresher takes no new work, refreshes in flight finish their write
-   * (at most `config.drainTimeoutMs`) and release their leases, then everything is released. New
-   * refreshes meanwhile fail with `RefreshError("draining")`; once it has drained, every call (and one
-   * still running, such as a store read, when the runtime is disposed) fails with `InstanceClosed`.
+   * and release their leases, the other calls under way (a store read, an API call, a webhook being
+   * handled) finish too, all within `config.drainTimeoutMs` from the call to `close()`; then
+   * everything is released. New refreshes meanwhile fail with `RefreshError("draining")`; once it
+   * has drained, every call (and one still running when the bound is reached and the runtime is
+   * disposed) fails with `InstanceClosed`.
    * On SIGTERM: `process.once("SIGTERM", () => latchkey.close().finally(() => process.exit(0)))`.
    */
   close(): Promise<void>
@@ -304,14 +306,43 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
     new InstanceClosed({
       message: "This Latchkey instance was closed (close()); make the call on another instance"
     })
+  /**
+   * The calls under way on the runtime (the Promise API's, and `run`'s): `close()` lets them finish
+   * (a store read, a webhook being handled, an API call), within `config.drainTimeoutMs`, before it
+   * disposes the runtime, so that a rolling restart does not fail the app's calls that were running.
+   */
+  const running = new Set<Promise<unknown>>()
   const run = async <A, E>(effect: Effect.Effect<A, E, LatchkeyServices>): Promise<A> => {
     // A disposed runtime would answer with a defect ("ManagedRuntime disposed"): say why instead.
     if (disposing) throw closed()
-    const exit = await runtime.runPromiseExit(effect)
+    const pending = runtime.runPromiseExit(effect)
+    running.add(pending)
+    let exit: Awaited<typeof pending>
+    try {
+      exit = await pending
+    } finally {
+      running.delete(pending)
+    }
     if (Exit.isSuccess(exit)) return exit.value
     // A call still running when the runtime was disposed is interrupted: say why, with a typed error.
     if (disposing && Cause.hasInterruptsOnly(exit.cause)) throw closed()
     throw Cause.squash(exit.cause)
+  }
+
+  const drainTimeoutMs = options.config?.drainTimeoutMs ?? defaults().drainTimeoutMs
+  /** Wait for the calls under way (and any started meanwhile) to settle, until `deadline` at most. */
+  const settleRunning = async (deadline: number): Promise<void> => {
+    while (running.size > 0) {
+      const left = deadline - performance.now()
+      if (left <= 0) return
+      let timer: ReturnType<typeof setTimeout> | undefined
+      const timedOut = new Promise<"timeout">((resolve) => {
+        timer = setTimeout(() => resolve("timeout"), left)
+      })
+      const outcome = await Promise.race([Promise.allSettled([...running]), timedOut])
+      clearTimeout(timer)
+      if (outcome === "timeout") return
+    }
   }
 
   // ---- the token cache of the Promise API (see `LatchkeyOptions.tokenCache`) ----
@@ -460,18 +491,22 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
       unwatch?.()
       unwatch = undefined
       cache?.flush()
-      closing ??= run(
-        Effect.gen(function* () {
-          yield* Effect.promise(() => Promise.all([...subscriptions].map((s) => s.stop())))
-          yield* Refresher.use((r) => r.stop)
-          yield* TokenManager.use((t) => t.drain)
-        })
-      )
-        .catch(() => undefined)
-        .then(() => {
-          disposing = true
-          return runtime.dispose()
-        })
+      if (closing === undefined) {
+        const deadline = performance.now() + drainTimeoutMs
+        closing = run(
+          Effect.gen(function* () {
+            yield* Effect.promise(() => Promise.all([...subscriptions].map((s) => s.stop())))
+            yield* Refresher.use((r) => r.stop)
+            yield* TokenManager.use((t) => t.drain)
+          })
+        )
+          .catch(() => undefined)
+          .then(() => settleRunning(deadline))
+          .then(() => {
+            disposing = true
+            return runtime.dispose()
+          })
+      }
       return closing
     }
   }

@@ -422,29 +422,60 @@ describe("every reason of every error is produced by Latchkey's code", () => {
     }
   }
 
+  /** A store whose reads of "c1" do not answer until the test lets them (a slow store). */
+  const gatedStore = () => {
+    const memory = makeMemory()
+    let release: () => void = () => {}
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    const store: ConnectionStoreShape = {
+      ...memory,
+      get: (id) =>
+        id === "c1"
+          ? Effect.andThen(
+              Effect.promise(() => gate),
+              memory.get(id)
+            )
+          : memory.get(id)
+    }
+    return { store, release: () => release() }
+  }
+
   vit(
-    "InstanceClosed(closed): a call after close(), and one still reading the store when the instance is disposed",
+    "close() lets a call under way finish before it releases the instance (a rolling restart)",
     async () => {
-      // A store whose reads of "c1" do not answer until the test lets them (a slow store).
-      const memory = makeMemory()
-      let release: () => void = () => {}
-      const gate = new Promise<void>((resolve) => {
-        release = resolve
-      })
-      const store: ConnectionStoreShape = {
-        ...memory,
-        get: (id) =>
-          id === "c1"
-            ? Effect.andThen(
-                Effect.promise(() => gate),
-                memory.get(id)
-              )
-            : memory.get(id)
-      }
+      const { store, release } = gatedStore()
       const lk = await instance([sampleRecord("c1", { providerId: "p" })], { store })
+      // The read is under way (the instance is used, so its store is subscribed to first).
+      const reading = lk.connection("c1")
+      await new Promise((r) => setTimeout(r, 20))
+      let closed = false
+      const closing = lk.close().then(() => {
+        closed = true
+      })
+      await new Promise((r) => setTimeout(r, 50))
+      // Still open: the read has not answered yet.
+      expect(closed).toBe(false)
+      release()
+      expect(await reading).toMatchObject({ id: "c1", status: "active" })
+      await closing
+      expect(await failure(lk.accessToken("c1"))).toMatchObject({ _tag: "InstanceClosed", reason: "closed" })
+    }
+  )
+
+  vit(
+    "InstanceClosed(closed): a call after close(), and one still reading the store when config.drainTimeoutMs has passed",
+    async () => {
+      const { store, release } = gatedStore()
+      const lk = await instance([sampleRecord("c1", { providerId: "p" })], {
+        store,
+        config: { drainTimeoutMs: 100 }
+      })
       // The read is under way (the instance is used, so its store is subscribed to first).
       const reading = failure(lk.connection("c1"))
       await new Promise((r) => setTimeout(r, 20))
+      // The read never answers within the bound: close() does not wait for it longer.
       await lk.close()
       release()
       const interrupted = (await reading) as Errors.InstanceClosed
