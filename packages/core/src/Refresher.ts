@@ -82,7 +82,7 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
         const concurrency = options.concurrency ?? 8
         const nextSlot = new Map<string, number>()
 
-        /** Token-bucket-of-one per provider in this process: each refresh takes the next slot 1/rate seconds apart. */
+        /** Token-bucket-of-one per provider in this process: each request takes the next slot 1/rate seconds apart. */
         const takeLocalSlot = (providerId: string, rate: number) =>
           Effect.gen(function* () {
             const now = yield* Clock.currentTimeMillis
@@ -134,16 +134,20 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
             })
 
           const refreshOne = (record: ConnectionRecord) =>
-            takeSlot(record.providerId, (e) => reportStoreError("taking the provider's rate budget", e)).pipe(
-              Effect.andThen(
-                refreshSpan(
-                  "refresher",
-                  record.id,
-                  record.providerId,
-                  // The claimed (or listed) record stands in for the re-read where it is safe.
-                  tokens.refreshIfDue(record.id, record)
+            refreshSpan(
+              "refresher",
+              record.id,
+              record.providerId,
+              // The claimed (or listed) record stands in for the re-read where it is safe. The
+              // provider's rate slot is taken for each request the refresh sends: the first once the
+              // lease is won, just before the journal is written (a refresh waiting for another
+              // holder's lease takes none meanwhile), and each retry of a refused request its own.
+              tokens.refreshIfDue(record.id, record, {
+                beforeRequest: takeSlot(record.providerId, (e) =>
+                  reportStoreError("taking the provider's rate budget", e)
                 )
-              ),
+              })
+            ).pipe(
               Effect.tap(() =>
                 Effect.sync(() => {
                   refreshed++

@@ -92,6 +92,19 @@ export type TokenError =
 /** A predicate deciding, on the freshest stored copy, whether a refresh is still needed. */
 export type RefreshNeed = (connection: Connection, now: number) => boolean
 
+/** How one refresh is made (`refreshIfDue`). */
+export interface RefreshOptions {
+  /**
+   * Runs before each request this refresh sends to the provider: the first once the lease is won
+   * and the copy checked, just before the journal is written; a retry of a request the provider
+   * refused as transient just before it is sent. Not run when the refresh is shared with one already
+   * in flight or needs no request, nor for the one resend of a refresh in doubt. The Refresher takes
+   * its provider's rate slot here. A request whose instance began to shut down meanwhile is not sent
+   * (`RefreshError("draining")`; a journal already written is ended).
+   */
+  readonly beforeRequest?: Effect.Effect<void> | undefined
+}
+
 export interface TokenManagerShape {
   /** A valid access token (or API key) for the connection. */
   readonly accessToken: (connectionId: string) => Effect.Effect<Redacted.Redacted<string>, TokenError>
@@ -116,7 +129,8 @@ export interface TokenManagerShape {
    */
   readonly refreshIfDue: (
     connectionId: string,
-    claimed?: ConnectionRecord | undefined
+    claimed?: ConnectionRecord | undefined,
+    options?: RefreshOptions | undefined
   ) => Effect.Effect<Connection, TokenError>
   /** The decoded connection. */
   readonly get: (
@@ -159,6 +173,13 @@ export const fingerprint = (token: string): string => hash("sha256", token, "bas
 
 const iso = (ms: number) => new Date(ms).toISOString()
 
+const drainingError = (id: string) =>
+  new RefreshError({
+    reason: "draining",
+    connectionId: id,
+    message: `This Latchkey instance is shutting down; connection ${id} is refreshed by another instance or after the restart`
+  })
+
 /** The lease of one refresh, renewed in the background while the refresh is in flight. */
 interface Keeper {
   lease: Lease
@@ -193,6 +214,10 @@ interface Flight {
   readonly waiters: Deferred.Deferred<Connection, TokenError>
   readonly done: Deferred.Deferred<void>
   readonly trace: Trace
+  /** Run before each request to the provider (`RefreshOptions.beforeRequest`). */
+  readonly beforeRequest: Effect.Effect<void> | undefined
+  /** `beforeRequest` has run for the flight's first request. */
+  slotTaken: boolean
 }
 
 /** The attributes of a finished `TokenManager.refresh` span. */
@@ -232,6 +257,8 @@ type Outcome =
     }
   /** The provider answered with an error: it did not rotate the token. */
   | { readonly _tag: "Refused"; readonly failure: OAuth.ProtocolFailure }
+  /** Not sent: the instance began to shut down while the request waited for `beforeRequest`. */
+  | { readonly _tag: "Withdrawn" }
   /** Nothing reached the provider (or nothing in doubt did): the token is as it was. */
   | { readonly _tag: "NotSent"; readonly failure: OAuth.ProtocolFailure }
   /** The request was sent and no answer came back: the provider may have rotated the token. */
@@ -620,9 +647,19 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         provider: Provider,
         c: Connection,
         refreshToken: string,
-        keeper: Keeper
+        keeper: Keeper,
+        resend: boolean
       ): Effect.fn.Return<Outcome> {
         for (let attempt = 0; ; attempt++) {
+          // A retry (the provider refused the last request as transient: the token was not taken)
+          // takes a slot of its own; the first request took its slot before the journal was written.
+          // The one resend of a refresh in doubt waits for nothing.
+          if (flight.beforeRequest !== undefined && !resend && (attempt > 0 || !flight.slotTaken)) {
+            flight.slotTaken = true
+            yield* flight.beforeRequest
+            // Shutting down: the request is withdrawn (the journal is ended by the caller).
+            if (closing) return { _tag: "Withdrawn" }
+          }
           const startedAt = yield* Clock.currentTimeMillis
           const left = leaseLeft(keeper, startedAt)
           if (left < minRequest) {
@@ -797,8 +834,13 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         resend: boolean
       ): Effect.fn.Return<Connection, TokenError> {
         const journal = c.journal!
-        const outcome = yield* callProvider(flight, provider, c, refreshToken, keeper)
+        const outcome = yield* callProvider(flight, provider, c, refreshToken, keeper, resend)
         switch (outcome._tag) {
+          case "Withdrawn": {
+            // Nothing was sent: end the journal (if that write fails, the journal is recovered later).
+            yield* setJournal(c, undefined).pipe(Effect.ignore)
+            return yield* drainingError(c.id)
+          }
           case "Answer": {
             const tokens = yield* Effect.try({
               try: () => TokenSet.fromResponse(provider, outcome.response, outcome.answeredAt, c.tokens),
@@ -1134,6 +1176,12 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       ): Effect.fn.Return<Connection, TokenError> {
         const previous = fingerprint(Redacted.value(c.tokens.accessToken))
         for (let attempt = 0; ; attempt++) {
+          if (flight.beforeRequest !== undefined && (attempt > 0 || !flight.slotTaken)) {
+            flight.slotTaken = true
+            yield* flight.beforeRequest
+            // Shutting down: nothing is spent by this request; it is simply not made.
+            if (closing) return yield* drainingError(c.id)
+          }
           const startedAt = yield* Clock.currentTimeMillis
           if (leaseLeft(keeper, startedAt) < minRequest) {
             return yield* new RefreshError({
@@ -1259,6 +1307,13 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           )
         }
         const refreshToken = Redacted.value(c.tokens.refreshToken)
+        // The request's slot (`beforeRequest`: the Refresher's rate), taken before the journal is
+        // written, so that a stop while waiting for it leaves nothing in doubt.
+        if (flight.beforeRequest !== undefined && !flight.slotTaken) {
+          flight.slotTaken = true
+          yield* flight.beforeRequest
+          if (closing) return yield* drainingError(c.id)
+        }
         // The journal, durable before the token leaves this process. Its compare-and-set also fences
         // a stale read: a copy that is no longer the stored one never gets its token sent.
         const journaled = yield* setJournal(c, {
@@ -1384,7 +1439,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       const refreshIf = (
         id: string,
         need: RefreshNeed,
-        claimed?: ConnectionRecord | undefined
+        claimed?: ConnectionRecord | undefined,
+        options?: RefreshOptions | undefined
       ): Effect.Effect<Connection, TokenError> =>
         Effect.suspend(() => {
           const running = inflight.get(id)
@@ -1392,23 +1448,17 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             return Deferred.await(running.waiters).pipe(
               Effect.flatMap((c) =>
                 Effect.flatMap(Clock.currentTimeMillis, (now) =>
-                  need(c, now) ? refreshIf(id, need) : Effect.succeed(c)
+                  need(c, now) ? refreshIf(id, need, undefined, options) : Effect.succeed(c)
                 )
               )
             )
           }
-          if (closing) {
-            return Effect.fail(
-              new RefreshError({
-                reason: "draining",
-                connectionId: id,
-                message: `This Latchkey instance is shutting down; connection ${id} is refreshed by another instance or after the restart`
-              })
-            )
-          }
+          if (closing) return Effect.fail(drainingError(id))
           const flight: Flight = {
             waiters: Deferred.makeUnsafe(),
             done: Deferred.makeUnsafe(),
+            beforeRequest: options?.beforeRequest,
+            slotTaken: false,
             trace: {
               providerId: undefined,
               kind: undefined,
@@ -1513,8 +1563,11 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         return due !== null && due <= now
       }
 
-      const refreshIfDue = (id: string, claimed?: ConnectionRecord | undefined) =>
-        refreshIf(id, isDue, claimed)
+      const refreshIfDue = (
+        id: string,
+        claimed?: ConnectionRecord | undefined,
+        options?: RefreshOptions | undefined
+      ) => refreshIf(id, isDue, claimed, options)
 
       const drain = Effect.gen(function* () {
         closing = true

@@ -6,7 +6,7 @@
 import type { OidcServer } from "@latchkey/testkit-oidc"
 import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { ConnectionStore, createLatchkey, StoreError } from "../src/index.ts"
+import { Connection, ConnectionStore, createLatchkey, StoreError, TokenManager } from "../src/index.ts"
 import { exampleProvider, expire, link, startServer } from "./support.ts"
 
 let server: OidcServer
@@ -45,6 +45,169 @@ describe("Refresher: claimed batches", () => {
     } finally {
       await Promise.all(instances.map((lk) => lk.close()))
     }
+  })
+})
+
+describe("Refresher: the provider's rate slot", () => {
+  it("is taken once the lease is won, just before the journal is written", async () => {
+    const base = ConnectionStore.makeMemory()
+    const setup = createLatchkey({ providers: [exampleProvider(server)], store: base })
+    const ids: Array<string> = []
+    try {
+      for (let i = 0; i < 3; i++) ids.push((await link(setup, `slot-${i}`, `slot-owner-${i}`)).id)
+      for (const id of ids) await expire(base, id)
+      // What this instance does to the store, in order: leases won, slots taken, journals written.
+      const steps: Array<string> = []
+      let refreshedElsewhere: string | undefined
+      const store: ConnectionStore.ConnectionStoreShape = {
+        ...base,
+        acquireLease: (id, holder, ttlMs) =>
+          Effect.tap(base.acquireLease(id, holder, ttlMs), (lease) =>
+            Effect.sync(() => {
+              if (lease !== undefined) steps.push(`lease ${id}`)
+            })
+          ),
+        takeRateBudget: (key, limit, windowMs, cost) =>
+          Effect.andThen(
+            Effect.sync(() => steps.push("slot")),
+            base.takeRateBudget!(key, limit, windowMs, cost)
+          ),
+        update: (record, expectedVersion, events, options) =>
+          Effect.andThen(
+            Effect.sync(() => {
+              if (record.journal != null) steps.push(`journal ${record.id}`)
+            }),
+            base.update(record, expectedVersion, events, options)
+          ),
+        // Another instance refreshes the first claimed connection before this one gets to it: its
+        // refresh finds it fresh after the lease and sends nothing.
+        claimDue: (now, limit, holder, ttlMs) =>
+          Effect.flatMap(base.claimDue!(now, limit, holder, ttlMs), (rows) => {
+            const first = rows[0]
+            if (first === undefined || refreshedElsewhere !== undefined) return Effect.succeed(rows)
+            refreshedElsewhere = first.id
+            return Effect.as(
+              Effect.promise(() => setup.refresh(first.id)),
+              rows
+            )
+          })
+      }
+      const lk = createLatchkey({
+        providers: [exampleProvider(server)],
+        store,
+        refresher: { concurrency: 1, ratePerSecond: 1_000 }
+      })
+      try {
+        const before = server.grants.refresh_token
+        const report = await lk.refresher.sweep()
+        expect(report).toMatchObject({ due: 3, refreshed: 3, failed: 0 })
+        // The other instance's refresh, and this one's two.
+        expect(server.grants.refresh_token - before).toBe(3)
+        // Each slot between the lease of its connection and its journal. The connection refreshed
+        // elsewhere takes one too: its claimed copy is found stale only by the journal's
+        // compare-and-set, which is refused, and nothing is sent.
+        const order = steps.filter((step) => step.startsWith("lease ")).map((step) => step.slice(6))
+        expect(new Set(order)).toEqual(new Set(ids))
+        expect(steps).toEqual(order.flatMap((id) => [`lease ${id}`, "slot", `journal ${id}`]))
+      } finally {
+        await lk.close()
+      }
+    } finally {
+      await setup.close()
+    }
+  })
+
+  it("a retry of a request the provider refused as transient takes a slot of its own", async () => {
+    const base = ConnectionStore.makeMemory()
+    let slots = 0
+    const store: ConnectionStore.ConnectionStoreShape = {
+      ...base,
+      takeRateBudget: (key, limit, windowMs, cost) =>
+        Effect.andThen(
+          Effect.sync(() => {
+            slots++
+          }),
+          base.takeRateBudget!(key, limit, windowMs, cost)
+        )
+    }
+    // The token endpoint is unavailable for the first refresh request, then answers.
+    let refused = 0
+    let requests = 0
+    const flaky = (async (input: RequestInfo | URL, init?: RequestInit) => {
+      const url = String(input instanceof Request ? input.url : input)
+      if (url === server.endpoints.token && String(init?.body ?? "").includes("grant_type=refresh_token")) {
+        requests++
+        if (refused === 0) {
+          refused++
+          return new Response(JSON.stringify({ error: "temporarily_unavailable" }), {
+            status: 503,
+            headers: { "content-type": "application/json" }
+          })
+        }
+      }
+      return fetch(input, init)
+    }) as typeof fetch
+    const lk = createLatchkey({
+      providers: [exampleProvider(server)],
+      store,
+      config: { fetch: flaky, maxAttempts: 3, baseBackoffMs: 1, maxBackoffMs: 5 },
+      refresher: { concurrency: 1, ratePerSecond: 1_000 }
+    })
+    try {
+      const { id } = await link(lk, "slot-retry", "slot-retry-owner")
+      await expire(store, id)
+      const report = await lk.refresher.sweep()
+      expect(report).toMatchObject({ due: 1, refreshed: 1, failed: 0 })
+      expect({ requests, refused }).toEqual({ requests: 2, refused: 1 })
+      expect(slots).toBe(2)
+    } finally {
+      await lk.close()
+    }
+  })
+
+  it("a refresh still waiting for its slot when the instance shuts down is not sent, and leaves no journal", async () => {
+    const store = ConnectionStore.makeMemory()
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store })
+    const { id } = await link(lk, "slot-drain", "slot-drain-owner")
+    await expire(store, id)
+    const before = await Effect.runPromise(store.get(id))
+    let open: () => void = () => {}
+    const slot = new Promise<void>((resolve) => {
+      open = resolve
+    })
+    let waiting: () => void = () => {}
+    const atSlot = new Promise<void>((resolve) => {
+      waiting = resolve
+    })
+    const requests = server.grants.refresh_token
+    const refreshing = lk
+      .run(
+        TokenManager.TokenManager.use((t) =>
+          t.refreshIfDue(id, undefined, {
+            beforeRequest: Effect.andThen(
+              Effect.sync(() => waiting()),
+              Effect.promise(() => slot)
+            )
+          })
+        )
+      )
+      .then(
+        () => undefined,
+        (e: unknown) => e
+      )
+    await atSlot
+    // The slot comes before the journal: a stop meanwhile leaves nothing in doubt.
+    expect((await Effect.runPromise(store.get(id)))?.journal ?? null).toBeNull()
+    const closing = lk.close()
+    await new Promise((r) => setTimeout(r, 20))
+    open()
+    expect(await refreshing).toMatchObject({ _tag: "RefreshError", reason: "draining" })
+    await closing
+    expect(server.grants.refresh_token - requests).toBe(0)
+    const after = await Effect.runPromise(store.get(id))
+    expect(after?.journal ?? null).toBeNull()
+    expect(after?.refreshToken).toBe(before?.refreshToken)
+    expect(after?.status).toBe("active")
   })
 })
 
