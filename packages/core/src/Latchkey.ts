@@ -330,19 +330,21 @@ export const createLatchkey = (options: LatchkeyOptions): LatchkeyClient => {
   }
 
   const drainTimeoutMs = options.config?.drainTimeoutMs ?? defaults().drainTimeoutMs
-  /** Wait for the calls under way (and any started meanwhile) to settle, until `deadline` at most. */
+  /**
+   * Wait for the calls under way now to settle, until `deadline` at most. Calls started after this
+   * point are not waited for (an app still calling during its shutdown cannot hold it open); they
+   * fail with `InstanceClosed` when the runtime is disposed.
+   */
   const settleRunning = async (deadline: number): Promise<void> => {
-    while (running.size > 0) {
-      const left = deadline - performance.now()
-      if (left <= 0) return
-      let timer: ReturnType<typeof setTimeout> | undefined
-      const timedOut = new Promise<"timeout">((resolve) => {
-        timer = setTimeout(() => resolve("timeout"), left)
-      })
-      const outcome = await Promise.race([Promise.allSettled([...running]), timedOut])
-      clearTimeout(timer)
-      if (outcome === "timeout") return
-    }
+    const pending = [...running]
+    const left = deadline - performance.now()
+    if (pending.length === 0 || left <= 0) return
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const timedOut = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, left)
+    })
+    await Promise.race([Promise.allSettled(pending), timedOut])
+    clearTimeout(timer)
   }
 
   // ---- the token cache of the Promise API (see `LatchkeyOptions.tokenCache`) ----

@@ -422,24 +422,30 @@ describe("every reason of every error is produced by Latchkey's code", () => {
     }
   }
 
-  /** A store whose reads of "c1" do not answer until the test lets them (a slow store). */
+  /** A store whose reads of "c1" (and "c2") do not answer until the test lets them (a slow store). */
   const gatedStore = () => {
     const memory = makeMemory()
-    let release: () => void = () => {}
-    const gate = new Promise<void>((resolve) => {
-      release = resolve
-    })
+    const gates = new Map<string, { open: () => void; opened: Promise<void> }>()
+    for (const id of ["c1", "c2"]) {
+      let open: () => void = () => {}
+      const opened = new Promise<void>((resolve) => {
+        open = resolve
+      })
+      gates.set(id, { open, opened })
+    }
     const store: ConnectionStoreShape = {
       ...memory,
-      get: (id) =>
-        id === "c1"
-          ? Effect.andThen(
-              Effect.promise(() => gate),
+      get: (id) => {
+        const gate = gates.get(id)
+        return gate === undefined
+          ? memory.get(id)
+          : Effect.andThen(
+              Effect.promise(() => gate.opened),
               memory.get(id)
             )
-          : memory.get(id)
+      }
     }
-    return { store, release: () => release() }
+    return { store, release: () => gates.get("c1")!.open(), releaseSecond: () => gates.get("c2")!.open() }
   }
 
   vit(
@@ -461,6 +467,32 @@ describe("every reason of every error is produced by Latchkey's code", () => {
       expect(await reading).toMatchObject({ id: "c1", status: "active" })
       await closing
       expect(await failure(lk.accessToken("c1"))).toMatchObject({ _tag: "InstanceClosed", reason: "closed" })
+    }
+  )
+
+  vit(
+    "close() does not wait for a call started after it (an app still calling cannot hold it open)",
+    async () => {
+      const { store, release, releaseSecond } = gatedStore()
+      // A bound far beyond this test's own timeout: close() must not be waiting for it.
+      const lk = await instance(
+        [sampleRecord("c1", { providerId: "p" }), sampleRecord("c2", { providerId: "p" })],
+        {
+          store,
+          config: { drainTimeoutMs: 120_000 }
+        }
+      )
+      const first = lk.connection("c1")
+      await new Promise((r) => setTimeout(r, 20))
+      const closing = lk.close()
+      await new Promise((r) => setTimeout(r, 20))
+      // Started while close() waits for the first: never answered until after close() is done.
+      const late = failure(lk.connection("c2"))
+      release()
+      expect(await first).toMatchObject({ id: "c1" })
+      await closing
+      releaseSecond()
+      expect(await late).toMatchObject({ _tag: "InstanceClosed", reason: "closed" })
     }
   )
 
