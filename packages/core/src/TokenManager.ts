@@ -639,6 +639,17 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       // ---- the provider call -------------------------------------------------------------------
 
       /**
+       * The flight's `beforeRequest` for its first request (once), or for a `retry`; succeeds with
+       * true when the instance began to shut down meanwhile (the request is then not made).
+       */
+      const awaitSlot = (flight: Flight, retry: boolean): Effect.Effect<boolean> => {
+        const before = flight.beforeRequest
+        if (before === undefined || (!retry && flight.slotTaken)) return Effect.succeed(false)
+        flight.slotTaken = true
+        return Effect.map(before, () => closing)
+      }
+
+      /**
        * Send the refresh token, retrying what the provider answered as transient while the lease
        * leaves room for another request. Never sent without enough lease left.
        */
@@ -653,13 +664,9 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         for (let attempt = 0; ; attempt++) {
           // A retry (the provider refused the last request as transient: the token was not taken)
           // takes a slot of its own; the first request took its slot before the journal was written.
-          // The one resend of a refresh in doubt waits for nothing.
-          if (flight.beforeRequest !== undefined && !resend && (attempt > 0 || !flight.slotTaken)) {
-            flight.slotTaken = true
-            yield* flight.beforeRequest
-            // Shutting down: the request is withdrawn (the journal is ended by the caller).
-            if (closing) return { _tag: "Withdrawn" }
-          }
+          // The one resend of a refresh in doubt waits for nothing. Shutting down meanwhile, the
+          // request is withdrawn (the journal is ended by the caller).
+          if (!resend && (yield* awaitSlot(flight, attempt > 0))) return { _tag: "Withdrawn" }
           const startedAt = yield* Clock.currentTimeMillis
           const left = leaseLeft(keeper, startedAt)
           if (left < minRequest) {
@@ -1176,12 +1183,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       ): Effect.fn.Return<Connection, TokenError> {
         const previous = fingerprint(Redacted.value(c.tokens.accessToken))
         for (let attempt = 0; ; attempt++) {
-          if (flight.beforeRequest !== undefined && (attempt > 0 || !flight.slotTaken)) {
-            flight.slotTaken = true
-            yield* flight.beforeRequest
-            // Shutting down: nothing is spent by this request; it is simply not made.
-            if (closing) return yield* drainingError(c.id)
-          }
+          // Shutting down meanwhile: nothing is spent by this request; it is simply not made.
+          if (yield* awaitSlot(flight, attempt > 0)) return yield* drainingError(c.id)
           const startedAt = yield* Clock.currentTimeMillis
           if (leaseLeft(keeper, startedAt) < minRequest) {
             return yield* new RefreshError({
@@ -1309,11 +1312,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         const refreshToken = Redacted.value(c.tokens.refreshToken)
         // The request's slot (`beforeRequest`: the Refresher's rate), taken before the journal is
         // written, so that a stop while waiting for it leaves nothing in doubt.
-        if (flight.beforeRequest !== undefined && !flight.slotTaken) {
-          flight.slotTaken = true
-          yield* flight.beforeRequest
-          if (closing) return yield* drainingError(c.id)
-        }
+        if (yield* awaitSlot(flight, false)) return yield* drainingError(c.id)
         // The journal, durable before the token leaves this process. Its compare-and-set also fences
         // a stale read: a copy that is no longer the stored one never gets its token sent.
         const journaled = yield* setJournal(c, {
