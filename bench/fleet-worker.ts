@@ -78,10 +78,20 @@ const main = async () => {
     endpoints: settings.provider.endpoints as never,
     scopes: [...settings.provider.scopes]
   })
+  // When each refresh request left this process (ms since the epoch, to compare across processes):
+  // what the rate budget paces, before the network and the server's own queue.
+  let departures: Array<number> = []
+  const noteDepartures = (async (input: RequestInfo | URL, init?: RequestInit) => {
+    if (String(init?.body ?? "").includes("grant_type=refresh_token")) {
+      departures.push(performance.timeOrigin + performance.now())
+    }
+    return fetch(input, init)
+  }) as typeof fetch
   const instance = (on: ConnectionStore.ConnectionStoreShape, ratePerSecond = Number.POSITIVE_INFINITY) =>
     createLatchkey({
       providers: [provider],
       store: on,
+      config: { fetch: noteDepartures },
       vault: { keys: [{ id: settings.vaultKeyId, key: settings.vaultKey }] },
       refresher: {
         concurrency: settings.concurrency,
@@ -127,6 +137,7 @@ const main = async () => {
     const lk = await instanceAt(asked === "" || asked === "none" ? Number.POSITIVE_INFINITY : Number(asked))
     denials = 0
     claimed = 0
+    departures = []
     const start = performance.now()
     const cpuStart = process.cpuUsage()
     let refreshed = 0
@@ -144,7 +155,7 @@ const main = async () => {
     const ms = performance.now() - start
     const cpu = process.cpuUsage(cpuStart)
     process.stdout.write(
-      `${JSON.stringify({ refreshed, failed, storeErrors, denials, claimed, sweeps, ms: Math.round(ms), cpuMs: Math.round((cpu.user + cpu.system) / 1000) })}\n`
+      `${JSON.stringify({ refreshed, failed, storeErrors, denials, claimed, sweeps, ms: Math.round(ms), cpuMs: Math.round((cpu.user + cpu.system) / 1000), departures })}\n`
     )
   }
   for (const lk of instances.values()) await lk.close()

@@ -101,6 +101,9 @@ export interface FleetStoreResult {
     readonly oneInstance: {
       readonly seenPerSec: number
       readonly maxInAnySecond: number
+      readonly departedPerSec: number
+      readonly departedMaxInAnySecond: number
+      readonly answerLagMs: { readonly p50: number; readonly p99: number; readonly max: number }
       readonly perWallSec: number
       readonly wallMs: number
       readonly refreshCalls: number
@@ -108,6 +111,9 @@ export interface FleetStoreResult {
     readonly fourInstances: {
       readonly seenPerSec: number
       readonly maxInAnySecond: number
+      readonly departedPerSec: number
+      readonly departedMaxInAnySecond: number
+      readonly answerLagMs: { readonly p50: number; readonly p99: number; readonly max: number }
       readonly perWallSec: number
       readonly wallMs: number
       readonly refreshCalls: number
@@ -240,6 +246,8 @@ interface WorkerResult {
   sweeps: number
   ms: number
   cpuMs: number
+  /** When each refresh request left the process (ms since the epoch). */
+  departures: Array<number>
 }
 
 /** A fleet process, alive for the whole store's section: warmed once, then one result per "go". */
@@ -416,15 +424,30 @@ const benchFleetStore = async (
       await server.recordRefreshes()
       const r = await runFleet(server, opened, workers, processes, rate)
       const times = [...(await server.takeRefreshes())].sort((a, b) => a - b)
-      let most = 0
-      for (let i = 0, j = 0; i < times.length; i++) {
-        while (times[i]! - times[j]! >= 1_000) j++
-        most = Math.max(most, i - j + 1)
+      const left = r.results.flatMap((w) => w.departures).sort((a, b) => a - b)
+      const mostInASecond = (at: ReadonlyArray<number>) => {
+        let most = 0
+        for (let i = 0, j = 0; i < at.length; i++) {
+          while (at[i]! - at[j]! >= 1_000) j++
+          most = Math.max(most, i - j + 1)
+        }
+        return most
       }
-      const spanMs = times.length > 1 ? times.at(-1)! - times[0]! : Number.NaN
+      const perSec = (at: ReadonlyArray<number>) =>
+        at.length > 1 ? round(((at.length - 1) * 1000) / (at.at(-1)! - at[0]!), 1) : Number.NaN
+      // How much later than the request's departure the server noted its answer: the network, the
+      // server's queue and its work (the k-th departure against the k-th answer, both in order).
+      const lags = times.map((t, k) => t - (left[k] ?? t)).sort((a, b) => a - b)
       return {
-        seenPerSec: round(((times.length - 1) * 1000) / spanMs, 1),
-        maxInAnySecond: most,
+        seenPerSec: perSec(times),
+        maxInAnySecond: mostInASecond(times),
+        departedPerSec: perSec(left),
+        departedMaxInAnySecond: mostInASecond(left),
+        answerLagMs: {
+          p50: round(lags[Math.floor(lags.length * 0.5)] ?? Number.NaN, 1),
+          p99: round(lags[Math.floor(lags.length * 0.99)] ?? Number.NaN, 1),
+          max: round(lags.at(-1) ?? Number.NaN, 1)
+        },
         perWallSec: round(r.refreshCalls / (r.wallMs / 1000), 1),
         wallMs: Math.round(r.wallMs),
         refreshCalls: r.refreshCalls
@@ -435,7 +458,7 @@ const benchFleetStore = async (
     const fourInstances = await atRate(4)
     progress(
       "fleet",
-      `${kind}: provider rate ${rate}/s configured: 1 instance ${oneInstance.seenPerSec}/s (at most ${oneInstance.maxInAnySecond} in a second), 4 instances ${fourInstances.seenPerSec}/s (at most ${fourInstances.maxInAnySecond})`
+      `${kind}: provider rate ${rate}/s configured: answered ${oneInstance.seenPerSec}/s with 1 instance (at most ${oneInstance.maxInAnySecond} in a second), ${fourInstances.seenPerSec}/s with 4 (at most ${fourInstances.maxInAnySecond}); requests left at ${oneInstance.departedPerSec}/s (at most ${oneInstance.departedMaxInAnySecond}) and ${fourInstances.departedPerSec}/s (at most ${fourInstances.departedMaxInAnySecond}); answer after departure p50/p99/max ${fourInstances.answerLagMs.p50}/${fourInstances.answerLagMs.p99}/${fourInstances.answerLagMs.max} ms with 4`
     )
     return {
       connections,

@@ -27,12 +27,12 @@ const server = await startOidcServer({
   adapter: unboundedMemoryAdapter()
 })
 const { provider } = server
-/** When each successful refresh was answered (ms, this thread's clock), kept while `recording`. */
+/** When each successful refresh was answered (ms since the epoch), kept while `recording`. */
 let refreshTimes: Array<number> = []
 let recording = false
 provider.on("grant.success", (ctx) => {
   if (recording && (ctx.oidc?.params as { grant_type?: unknown } | undefined)?.grant_type === "refresh_token")
-    refreshTimes.push(performance.now())
+    refreshTimes.push(performance.timeOrigin + performance.now())
 })
 
 const mint = async (count: number, clientId: string, scope: string, prefix: string) => {

@@ -29,6 +29,15 @@ export interface RefresherOptions {
   readonly ratePerSecond?: number | undefined
   readonly providerRates?: Readonly<Record<string, number>> | undefined
   /**
+   * How late a request may leave after its rate slot with the rate still holding in every second
+   * (default 50 ms). The slots are spaced `(1000 + rateJitterMs) / rate` ms apart: a request leaves
+   * when its wait ends, and timers, a busy event loop or the budget's own answer can make it a few
+   * milliseconds late, which would otherwise put one request more than the rate into some second
+   * (the one before it left late, this one on time). 0 spaces the slots exactly `1000 / rate` apart;
+   * anything but a finite number ≥ 0 counts as the default.
+   */
+  readonly rateJitterMs?: number | undefined
+  /**
    * How long a claimed connection stays this instance's before another may claim it, on the store's
    * clock (default 15 s; stores with `claimDue`). Claims are taken a few at a time (twice the
    * concurrency), so this only needs to cover a few refreshes; a crashed instance's work is picked
@@ -67,6 +76,13 @@ export const storeErrorsMetric = Metric.counter("latchkey_refresher_store_errors
   incremental: true
 })
 
+/** Rate slots given up because the request would have left too late after them (`rateJitterMs`). */
+export const lateSlotsMetric = Metric.counter("latchkey_refresher_late_slots", {
+  description:
+    "Rate slots the Refresher took again because its request would have left more than rateJitterMs late",
+  incremental: true
+})
+
 const isStoreError = (e: unknown): e is StoreError =>
   typeof e === "object" && e !== null && (e as { _tag?: unknown })._tag === "StoreError"
 
@@ -81,31 +97,63 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
         const batchSize = options.batchSize ?? 500
         const concurrency = options.concurrency ?? 8
         const nextSlot = new Map<string, number>()
+        const jitter = options.rateJitterMs
+        const jitterMs = jitter !== undefined && Number.isFinite(jitter) && jitter >= 0 ? jitter : 50
 
-        /** Token-bucket-of-one per provider in this process: each request takes the next slot 1/rate seconds apart. */
-        const takeLocalSlot = (providerId: string, rate: number) =>
-          Effect.gen(function* () {
-            const now = yield* Clock.currentTimeMillis
+        /**
+         * Token-bucket-of-one per provider in this process: each request takes the next slot
+         * `windowMs / limit` apart; succeeds with the wait (ms) before it.
+         */
+        const takeLocalSlot = (providerId: string, limit: number, windowMs: number) =>
+          Effect.map(Clock.currentTimeMillis, (now) => {
             const slot = Math.max(now, nextSlot.get(providerId) ?? 0)
-            nextSlot.set(providerId, slot + 1000 / rate)
-            if (slot > now) yield* Effect.sleep(slot - now)
+            nextSlot.set(providerId, slot + windowMs / limit)
+            return slot - now
           })
 
         /**
-         * The per-provider rate, shared by every instance on the store when it offers `takeRateBudget`
-         * (the budget `refresh:<provider>`), else per process. A failing budget falls back to this
-         * process's own slots (and is reported).
+         * Reserve the next slot of the per-provider rate, shared by every instance on the store when
+         * it offers `takeRateBudget` (the budget `refresh:<provider>`), else per process, and succeed
+         * with the wait (ms) before it. A failing budget falls back to this process's own slots (and
+         * is reported).
+         */
+        const reserveSlot = (
+          providerId: string,
+          perSecond: number,
+          onStoreError: (e: StoreError) => Effect.Effect<void>
+        ): Effect.Effect<number> => {
+          // `perSecond` slots per second and the jitter allowed: a request that leaves up to
+          // `jitterMs` after its slot still keeps every second within the rate.
+          const windowMs = 1_000 + jitterMs
+          const shared = store.takeRateBudget
+          if (shared === undefined) return takeLocalSlot(providerId, perSecond, windowMs)
+          return shared(`refresh:${providerId}`, perSecond, windowMs).pipe(
+            Effect.catch((e) =>
+              Effect.andThen(onStoreError(e), takeLocalSlot(providerId, perSecond, windowMs))
+            )
+          )
+        }
+
+        /**
+         * Wait for this request's slot (`reserveSlot`). A request would leave later than `jitterMs`
+         * after its slot when this process was late to wake (a busy event loop, a descheduled
+         * process) or the budget's answer was slow: counted from before the reservation was asked
+         * for, so that the store's part of the round trip counts as late too. Such a request takes
+         * the next slot instead (at most twice; then it leaves anyway): leaving late next to a later
+         * slot that leaves on time would put one more request than the rate into a second.
          */
         const takeSlot = (providerId: string, onStoreError: (e: StoreError) => Effect.Effect<void>) =>
-          Effect.suspend(() => {
-            const rate = options.providerRates?.[providerId] ?? options.ratePerSecond ?? 10
-            if (!Number.isFinite(rate)) return Effect.void
-            const shared = store.takeRateBudget
-            if (shared === undefined) return takeLocalSlot(providerId, rate)
-            return shared(`refresh:${providerId}`, rate, 1_000).pipe(
-              Effect.flatMap((wait) => (wait > 0 ? Effect.sleep(wait) : Effect.void)),
-              Effect.catch((e) => Effect.andThen(onStoreError(e), takeLocalSlot(providerId, rate)))
-            )
+          Effect.gen(function* () {
+            const perSecond = options.providerRates?.[providerId] ?? options.ratePerSecond ?? 10
+            if (!Number.isFinite(perSecond)) return
+            for (let attempt = 0; ; attempt++) {
+              const asked = yield* Clock.currentTimeMillis
+              const wait = yield* reserveSlot(providerId, perSecond, onStoreError)
+              if (wait > 0) yield* Effect.sleep(wait)
+              const late = (yield* Clock.currentTimeMillis) - asked - wait
+              if (late <= jitterMs || attempt >= 2) return
+              yield* Metric.update(lateSlotsMetric, 1)
+            }
           })
 
         const claimTtlMs = options.claimTtlMs ?? 15_000
@@ -141,7 +189,8 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
               // The claimed (or listed) record stands in for the re-read where it is safe. The
               // provider's rate slot is taken for each request the refresh sends: the first once the
               // lease is won, just before the journal is written (a refresh waiting for another
-              // holder's lease takes none meanwhile), and each retry of a refused request its own.
+              // holder's lease takes none meanwhile; the journal is written while the slot comes),
+              // and each retry of a refused request its own.
               tokens.refreshIfDue(record.id, record, {
                 beforeRequest: takeSlot(record.providerId, (e) =>
                   reportStoreError("taking the provider's rate budget", e)

@@ -95,12 +95,13 @@ export type RefreshNeed = (connection: Connection, now: number) => boolean
 /** How one refresh is made (`refreshIfDue`). */
 export interface RefreshOptions {
   /**
-   * Runs before each request this refresh sends to the provider: the first once the lease is won
-   * and the copy checked, just before the journal is written; a retry of a request the provider
-   * refused as transient just before it is sent. Not run when the refresh is shared with one already
-   * in flight or needs no request, nor for the one resend of a refresh in doubt. The Refresher takes
-   * its provider's rate slot here. A request whose instance began to shut down meanwhile is not sent
-   * (`RefreshError("draining")`; a journal already written is ended).
+   * Runs before each request this refresh sends to the provider, which leaves when it ends: the
+   * first once its journal is written (a copy found stale by the journal's compare-and-set runs
+   * none), a retry of a request the provider refused as transient just before it is sent. Not run
+   * when the refresh is shared with one already in flight or needs no request, nor for the one
+   * resend of a refresh in doubt. The Refresher waits for its provider's rate slot here. Shutting
+   * down ends it at once: the request is not sent (`RefreshError("draining")`) and its journal is
+   * ended.
    */
   readonly beforeRequest?: Effect.Effect<void> | undefined
 }
@@ -293,6 +294,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       const inflight = new Map<string, Flight>()
       /** `close()` was called: no new refresh starts. */
       let closing = false
+      /** Done when `close()` is called: a request waiting for its turn (`beforeRequest`) stops waiting. */
+      const closed = Deferred.makeUnsafe<void>()
       /** The drain timed out: write retries give up (the journal leaves the refresh in doubt). */
       let stopping = false
 
@@ -639,14 +642,18 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       // ---- the provider call -------------------------------------------------------------------
 
       /**
-       * The flight's `beforeRequest` for its first request (once), or for a `retry`; succeeds with
-       * true when the instance began to shut down meanwhile (the request is then not made).
+       * The flight's `beforeRequest` for its first request (once), or for a `retry`. Shutting down
+       * ends it at once. Succeeds with true when the instance began to shut down (the request is
+       * then not made).
        */
       const awaitSlot = (flight: Flight, retry: boolean): Effect.Effect<boolean> => {
         const before = flight.beforeRequest
         if (before === undefined || (!retry && flight.slotTaken)) return Effect.succeed(false)
         flight.slotTaken = true
-        return Effect.map(before, () => closing)
+        return Effect.andThen(
+          closing ? Effect.void : Effect.raceFirst(before, Deferred.await(closed)),
+          Effect.sync(() => closing)
+        )
       }
 
       /**
@@ -662,10 +669,12 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         resend: boolean
       ): Effect.fn.Return<Outcome> {
         for (let attempt = 0; ; attempt++) {
-          // A retry (the provider refused the last request as transient: the token was not taken)
-          // takes a slot of its own; the first request took its slot before the journal was written.
-          // The one resend of a refresh in doubt waits for nothing. Shutting down meanwhile, the
-          // request is withdrawn (the journal is ended by the caller).
+          // Each request waits for its turn (`beforeRequest`: the Refresher's rate slot), taken
+          // once the journal is written, so that the request leaves at its turn and not a store
+          // write later; a retry (the provider refused the last request as transient: the token
+          // was not taken) waits for a turn of its own. The one resend of a refresh in doubt waits for
+          // nothing. Shutting down meanwhile, the request is withdrawn (the journal is ended by
+          // the caller).
           if (!resend && (yield* awaitSlot(flight, attempt > 0))) return { _tag: "Withdrawn" }
           const startedAt = yield* Clock.currentTimeMillis
           const left = leaseLeft(keeper, startedAt)
@@ -1310,9 +1319,6 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           )
         }
         const refreshToken = Redacted.value(c.tokens.refreshToken)
-        // The request's slot (`beforeRequest`: the Refresher's rate), taken before the journal is
-        // written, so that a stop while waiting for it leaves nothing in doubt.
-        if (yield* awaitSlot(flight, false)) return yield* drainingError(c.id)
         // The journal, durable before the token leaves this process. Its compare-and-set also fences
         // a stale read: a copy that is no longer the stored one never gets its token sent.
         const journaled = yield* setJournal(c, {
@@ -1570,6 +1576,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
 
       const drain = Effect.gen(function* () {
         closing = true
+        Deferred.doneUnsafe(closed, Effect.void)
         const flights = [...inflight.values()]
         const all = Effect.forEach(flights, (f) => Deferred.await(f.done), { discard: true })
         const finished = yield* all.pipe(Effect.timeoutOption(config.drainTimeoutMs))

@@ -9,6 +9,7 @@ import { Effect, Fiber, Redacted } from "effect"
 import { TestClock } from "effect/testing"
 import { afterAll, beforeAll } from "vitest"
 import { AuthorizationFlow } from "../src/AuthorizationFlow.ts"
+import { ConnectionStore } from "../src/ConnectionStore.ts"
 import { Events, type LatchkeyEvent } from "../src/Events.ts"
 import { Latchkey } from "../src/index.ts"
 import { Refresher } from "../src/Refresher.ts"
@@ -107,10 +108,14 @@ describe("Refresher (TestClock)", () => {
       yield* TestClock.adjust("51 minutes")
       const refresher = yield* Refresher
       const before = server.grants.refresh_token
-      // Rate 2/s: the third refresh waits for its slot in virtual time.
+      // Rate 2/s with the default 50 ms of jitter allowed: slots 525 ms apart, so the third refresh
+      // waits for its slot (1,050 ms) in virtual time: not there after 1 s, there after 1.05 s.
       const fiber = yield* Effect.forkChild(refresher.sweep)
       yield* settle(() => server.grants.refresh_token - before >= 2)
       yield* TestClock.adjust("1 second")
+      yield* settle(() => false)
+      assert.strictEqual(server.grants.refresh_token - before, 2)
+      yield* TestClock.adjust("50 millis")
       yield* settle(() => server.grants.refresh_token - before >= 3)
       const report = yield* Fiber.join(fiber)
       assert.deepStrictEqual(report, { due: 3, refreshed: 3, failed: 0 })
@@ -124,5 +129,44 @@ describe("Refresher (TestClock)", () => {
         })
       )
     )
+  )
+
+  it.effect("a request takes its turn once its journal is written, and leaves when the turn comes", () =>
+    Effect.gen(function* () {
+      const c = yield* linkAt
+      const store = yield* ConnectionStore
+      const tokens = yield* TokenManager
+      yield* TestClock.adjust("51 minutes")
+      const before = server.grants.refresh_token
+      const stored = yield* store.get(c.id)
+      let reserved = 0
+      // The turn comes in 2 s (the Refresher's rate slot, as `takeRateBudget` answers it).
+      const fiber = yield* Effect.forkChild(
+        tokens.refreshIfDue(c.id, undefined, {
+          beforeRequest: Effect.andThen(
+            Effect.sync(() => {
+              reserved++
+            }),
+            Effect.sleep("2 seconds")
+          )
+        })
+      )
+      // While virtual time stands still, the journal is written, the turn reserved, and the request waits.
+      yield* settle(() => reserved === 1)
+      assert.strictEqual(reserved, 1)
+      assert.isNotNull((yield* store.get(c.id))?.journal ?? null)
+      assert.strictEqual(server.grants.refresh_token, before)
+      yield* TestClock.adjust("1999 millis")
+      yield* settle(() => false)
+      assert.strictEqual(server.grants.refresh_token, before)
+      // The turn comes: the request leaves and its answer is stored.
+      yield* TestClock.adjust("1 milli")
+      yield* Fiber.join(fiber)
+      assert.strictEqual(server.grants.refresh_token - before, 1)
+      assert.strictEqual(reserved, 1)
+      const after = yield* store.get(c.id)
+      assert.isNull(after?.journal ?? null)
+      assert.notStrictEqual(after?.refreshToken, stored?.refreshToken)
+    }).pipe(Effect.provide(services()))
   )
 })

@@ -6,7 +6,7 @@
 import type { OidcServer } from "@latchkey/testkit-oidc"
 import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { Connection, ConnectionStore, createLatchkey, StoreError, TokenManager } from "../src/index.ts"
+import { ConnectionStore, createLatchkey, StoreError, TokenManager } from "../src/index.ts"
 import { exampleProvider, expire, link, startServer } from "./support.ts"
 
 let server: OidcServer
@@ -49,14 +49,14 @@ describe("Refresher: claimed batches", () => {
 })
 
 describe("Refresher: the provider's rate slot", () => {
-  it("is taken once the lease is won, just before the journal is written", async () => {
+  it("is taken once the journal is written, just before the request leaves; a stale copy takes none", async () => {
     const base = ConnectionStore.makeMemory()
     const setup = createLatchkey({ providers: [exampleProvider(server)], store: base })
     const ids: Array<string> = []
     try {
       for (let i = 0; i < 3; i++) ids.push((await link(setup, `slot-${i}`, `slot-owner-${i}`)).id)
       for (const id of ids) await expire(base, id)
-      // What this instance does to the store, in order: leases won, slots taken, journals written.
+      // What this instance does to the store, in order: leases won, journals written, slots taken.
       const steps: Array<string> = []
       let refreshedElsewhere: string | undefined
       const store: ConnectionStore.ConnectionStoreShape = {
@@ -103,12 +103,18 @@ describe("Refresher: the provider's rate slot", () => {
         expect(report).toMatchObject({ due: 3, refreshed: 3, failed: 0 })
         // The other instance's refresh, and this one's two.
         expect(server.grants.refresh_token - before).toBe(3)
-        // Each slot between the lease of its connection and its journal. The connection refreshed
-        // elsewhere takes one too: its claimed copy is found stale only by the journal's
-        // compare-and-set, which is refused, and nothing is sent.
+        // Each slot after the journal of its connection. The connection refreshed elsewhere takes
+        // none: its claimed copy is found stale by the journal's compare-and-set, which is refused,
+        // and nothing is sent.
         const order = steps.filter((step) => step.startsWith("lease ")).map((step) => step.slice(6))
         expect(new Set(order)).toEqual(new Set(ids))
-        expect(steps).toEqual(order.flatMap((id) => [`lease ${id}`, "slot", `journal ${id}`]))
+        expect(steps).toEqual(
+          order.flatMap((id) =>
+            id === refreshedElsewhere
+              ? [`lease ${id}`, `journal ${id}`]
+              : [`lease ${id}`, `journal ${id}`, "slot"]
+          )
+        )
       } finally {
         await lk.close()
       }
@@ -165,7 +171,43 @@ describe("Refresher: the provider's rate slot", () => {
     }
   })
 
-  it("a refresh still waiting for its slot when the instance shuts down is not sent, and leaves no journal", async () => {
+  it("a request that would leave more than rateJitterMs after its slot takes the next one (twice at most)", async () => {
+    // The budget answers 60 ms after it is asked: with 20 ms of jitter allowed, every slot is
+    // counted late (the request might leave 60 ms after it); with 1 s allowed, none is.
+    const slotsTaken = async (rateJitterMs: number) => {
+      const base = ConnectionStore.makeMemory()
+      let slots = 0
+      const store: ConnectionStore.ConnectionStoreShape = {
+        ...base,
+        takeRateBudget: (key, limit, windowMs, cost) =>
+          Effect.andThen(
+            Effect.sync(() => {
+              slots++
+            }),
+            Effect.andThen(Effect.sleep("60 millis"), base.takeRateBudget!(key, limit, windowMs, cost))
+          )
+      }
+      const lk = createLatchkey({
+        providers: [exampleProvider(server)],
+        store,
+        refresher: { concurrency: 1, ratePerSecond: 1_000, rateJitterMs }
+      })
+      try {
+        const { id } = await link(lk, `late-${rateJitterMs}`, `late-owner-${rateJitterMs}`)
+        await expire(store, id)
+        const requests = server.grants.refresh_token
+        expect(await lk.refresher.sweep()).toMatchObject({ due: 1, refreshed: 1, failed: 0 })
+        expect(server.grants.refresh_token - requests).toBe(1)
+        return slots
+      } finally {
+        await lk.close()
+      }
+    }
+    expect(await slotsTaken(20)).toBe(3)
+    expect(await slotsTaken(1_000)).toBe(1)
+  })
+
+  it("a refresh whose slot the store has not yet given when the instance shuts down is not sent, and its journal is ended", async () => {
     const store = ConnectionStore.makeMemory()
     const lk = createLatchkey({ providers: [exampleProvider(server)], store })
     const { id } = await link(lk, "slot-drain", "slot-drain-owner")
@@ -196,13 +238,46 @@ describe("Refresher: the provider's rate slot", () => {
         (e: unknown) => e
       )
     await atSlot
-    // The slot comes before the journal: a stop meanwhile leaves nothing in doubt.
-    expect((await Effect.runPromise(store.get(id)))?.journal ?? null).toBeNull()
+    // The slot is taken once the journal is written: a stop meanwhile ends the journal.
+    expect((await Effect.runPromise(store.get(id)))?.journal ?? null).not.toBeNull()
     const closing = lk.close()
     await new Promise((r) => setTimeout(r, 20))
     open()
     expect(await refreshing).toMatchObject({ _tag: "RefreshError", reason: "draining" })
     await closing
+    expect(server.grants.refresh_token - requests).toBe(0)
+    const after = await Effect.runPromise(store.get(id))
+    expect(after?.journal ?? null).toBeNull()
+    expect(after?.refreshToken).toBe(before?.refreshToken)
+    expect(after?.status).toBe("active")
+  })
+
+  it("a request waiting for its turn after its journal was written is withdrawn at shutdown: not sent, journal ended", async () => {
+    const store = ConnectionStore.makeMemory()
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store })
+    const { id } = await link(lk, "turn-drain", "turn-drain-owner")
+    await expire(store, id)
+    const before = await Effect.runPromise(store.get(id))
+    const requests = server.grants.refresh_token
+    const refreshing = lk
+      .run(
+        TokenManager.TokenManager.use((t) =>
+          // The turn is a minute away: the journal is written, then the request waits.
+          t.refreshIfDue(id, undefined, { beforeRequest: Effect.sleep("1 minute") })
+        )
+      )
+      .then(
+        () => undefined,
+        (e: unknown) => e
+      )
+    for (let i = 0; i < 200; i++) {
+      if (((await Effect.runPromise(store.get(id)))?.journal ?? null) !== null) break
+      await new Promise((r) => setTimeout(r, 5))
+    }
+    expect((await Effect.runPromise(store.get(id)))?.journal ?? null).not.toBeNull()
+    // Shutting down ends the wait at once: the drain does not run out, and nothing is left in doubt.
+    await lk.close()
+    expect(await refreshing).toMatchObject({ _tag: "RefreshError", reason: "draining" })
     expect(server.grants.refresh_token - requests).toBe(0)
     const after = await Effect.runPromise(store.get(id))
     expect(after?.journal ?? null).toBeNull()

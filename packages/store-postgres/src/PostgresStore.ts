@@ -85,6 +85,16 @@ const performanceIndexes = (s: string): ReadonlyArray<readonly [string, string]>
   ]
 ]
 
+/**
+ * Tables that hold only what expires within seconds and that a crash may forget: the Refresher's
+ * claims (a forgotten claim lets another instance claim the row, whose lease still keeps it to one
+ * refresher) and the rate budgets (a forgotten budget starts again from the server's clock).
+ * `UNLOGGED` (see `migrate`): their writes skip the WAL, so a claim or a rate slot does not wait
+ * for a WAL flush, and the slot's answer arrives as evenly as the network allows. PostgreSQL empties
+ * them after a crash, and replicas do not have their rows.
+ */
+const UNLOGGED_TABLES = ["latchkey_claims", "latchkey_rates"] as const
+
 /** The schema version this release migrates to; kept in `latchkey_meta`. */
 export const SCHEMA_VERSION = 3
 const CONSUMED_TOMBSTONE_MS = 60 * 60 * 1000
@@ -499,6 +509,24 @@ const migrate = (pool: pg.Pool, schemaName: string, lockTimeoutMs: number, state
               [schemaName, name]
             )
             if (exists.rows.length === 0) await client.query(statement)
+          }
+          // The coordination tables made UNLOGGED where they are not (`UNLOGGED_TABLES`), with no
+          // version change either: every release works with both. A server that refuses (some
+          // hosted variants do) keeps them logged, which only makes claims and slots slower.
+          for (const table of UNLOGGED_TABLES) {
+            const kind = await client.query<{ relpersistence: string }>(
+              `SELECT c.relpersistence FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = $1 AND c.relname = $2`,
+              [schemaName, table]
+            )
+            if (kind.rows[0]?.relpersistence !== "p") continue
+            await client.query("SAVEPOINT latchkey_unlogged")
+            try {
+              await client.query(`ALTER TABLE ${s}.${table} SET UNLOGGED`)
+              await client.query("RELEASE SAVEPOINT latchkey_unlogged")
+            } catch {
+              await client.query("ROLLBACK TO SAVEPOINT latchkey_unlogged")
+            }
           }
           await client.query(
             `INSERT INTO ${s}.latchkey_meta (key, value) VALUES ('schema_version', $1)

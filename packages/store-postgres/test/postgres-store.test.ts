@@ -437,6 +437,41 @@ describe("PostgreSQL specifics", () => {
     await run(again.close())
   })
 
+  it("keeps claims and rate budgets in UNLOGGED tables, also on a schema an earlier release created logged", async () => {
+    const s = schema()
+    const persistence = async () =>
+      Object.fromEntries(
+        (
+          await admin.query<{ relname: string; relpersistence: string }>(
+            `SELECT c.relname, c.relpersistence FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname`,
+            [s]
+          )
+        ).rows.map((r) => [r.relname, r.relpersistence])
+      )
+    const first = await PostgresStore.make({ connectionString: URL_, schema: s })
+    // u: unlogged; p: permanent (WAL-logged). Connections, leases, events: durable.
+    expect(await persistence()).toMatchObject({
+      latchkey_claims: "u",
+      latchkey_rates: "u",
+      latchkey_connections: "p",
+      latchkey_leases: "p",
+      latchkey_events: "p"
+    })
+    await run(first.takeRateBudget!("refresh:p", 1, 60_000))
+    await run(first.close())
+    // As an earlier release left them: logged, with a budget in use.
+    await admin.query(`ALTER TABLE "${s}".latchkey_claims SET LOGGED`)
+    await admin.query(`ALTER TABLE "${s}".latchkey_rates SET LOGGED`)
+    const again = await PostgresStore.make({ connectionString: URL_, schema: s })
+    expect(await persistence()).toMatchObject({ latchkey_claims: "u", latchkey_rates: "u" })
+    // The budget kept its next slot through the change: the next one waits.
+    expect(await run(again.takeRateBudget!("refresh:p", 1, 60_000))).toBeGreaterThan(0)
+    const version = await admin.query(`SELECT value FROM "${s}".latchkey_meta WHERE key = 'schema_version'`)
+    expect(version.rows).toEqual([{ value: String(PostgresStore.SCHEMA_VERSION) }])
+    await run(again.close())
+  })
+
   it("concurrent gets share statements: each caller gets its own row, a corrupt one fails only its own get", async () => {
     const s = schema()
     const pool = new pg.Pool({ connectionString: URL_, max: 2 })
