@@ -14,6 +14,7 @@ import { LatchkeyConfig } from "./Config.ts"
 import { ConnectionStore } from "./ConnectionStore.ts"
 import { ApiError } from "./Errors.ts"
 import { allowsCredentials, proofsFor, sendScoped } from "./internal/credentialScope.ts"
+import { awaitPacedSlot, jitterOf, paceWindowMs } from "./internal/pace.ts"
 import { metrics, refreshSpan, tagged, traceparent } from "./internal/telemetry.ts"
 import { parseRetryAfter } from "./OAuth.ts"
 import type { ApiResponseInfo, Credential, Provider } from "./Provider.ts"
@@ -108,15 +109,26 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
                 return slot - now
               })
             )
-      /** Wait for this request's slot of the provider's budget (when one is configured). */
+      /**
+       * Wait for this request's slot of the provider's budget (when one is configured), leaving
+       * within the limit's `jitterMs` of it or taking the next one (see `internal/pace.ts`): every
+       * window then holds at most `limit` requests.
+       */
       const awaitBudget = (providerId: string, accountId: string) => {
         const limit = config.apiRateLimits?.[providerId]
         if (limit === undefined) return Effect.void
-        return takeBudget(budgetKey(providerId, accountId), limit.limit, limit.windowMs).pipe(
-          // A budget the store cannot keep does not stop requests: the provider's own 429 still applies.
-          Effect.catch(() => Effect.succeed(0)),
-          Effect.flatMap((wait) => (wait > 0 ? Effect.sleep(wait) : Effect.void))
-        )
+        const jitterMs = jitterOf(limit.jitterMs)
+        return awaitPacedSlot(
+          takeBudget(
+            budgetKey(providerId, accountId),
+            limit.limit,
+            paceWindowMs(limit.windowMs, jitterMs)
+          ).pipe(
+            // A budget the store cannot keep does not stop requests: the provider's own 429 still applies.
+            Effect.catch(() => Effect.succeed(0))
+          ),
+          jitterMs
+        ).pipe(Effect.asVoid)
       }
       /** The provider says the budget is spent until a reset: hold it there for every instance. */
       const holdBudget = (providerId: string, accountId: string, headers: Headers) =>
@@ -124,8 +136,9 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
           const limit = config.apiRateLimits?.[providerId]
           const resetMs = rateLimitResetMs(headers, clock.currentTimeMillisUnsafe())
           if (limit === undefined || resetMs === undefined || resetMs <= 0) return Effect.void
-          const cost = Math.ceil(resetMs / (limit.windowMs / limit.limit))
-          return takeBudget(budgetKey(providerId, accountId), limit.limit, limit.windowMs, cost).pipe(
+          const windowMs = paceWindowMs(limit.windowMs, jitterOf(limit.jitterMs))
+          const cost = Math.ceil(resetMs / (windowMs / limit.limit))
+          return takeBudget(budgetKey(providerId, accountId), limit.limit, windowMs, cost).pipe(
             Effect.catch(() => Effect.succeed(0)),
             Effect.asVoid
           )

@@ -9,6 +9,12 @@ export interface ApiRateLimit {
   readonly windowMs: number
   /** One budget for the provider (default), or one per connected account (e.g. a HighLevel location). */
   readonly per?: "provider" | "account" | undefined
+  /**
+   * How late a request may leave after its slot with every `windowMs` still holding at most `limit`
+   * requests (default 50 ms): slots are spaced `(windowMs + jitterMs) / limit` apart, and a request
+   * that would leave later than that takes the next slot (at most twice). 0 spaces them exactly.
+   */
+  readonly jitterMs?: number | undefined
 }
 
 export interface LatchkeyConfigShape {
@@ -67,9 +73,9 @@ export interface LatchkeyConfigShape {
    * `X-RateLimit-Interval-Milliseconds`) holds the budget until the reset for every instance. Default none.
    */
   readonly apiRateLimits?: Readonly<Record<string, ApiRateLimit>> | undefined
-  /** Identifies this process as a lease holder. */
   /** Decoded connections kept per process (an LRU; default 10,000). */
   readonly decodedCacheSize?: number | undefined
+  /** Identifies this process as a lease holder. */
   readonly holderId: string
   /** The fetch used for every outbound request. */
   readonly fetch: typeof fetch

@@ -15,6 +15,7 @@ import { LatchkeyConfig } from "./Config.ts"
 import type { ConnectionRecord } from "./Connection.ts"
 import { ConnectionStore } from "./ConnectionStore.ts"
 import type { StoreError } from "./Errors.ts"
+import { awaitPacedSlot, jitterOf, paceWindowMs } from "./internal/pace.ts"
 import { refreshSpan } from "./internal/telemetry.ts"
 import { TokenManager } from "./TokenManager.ts"
 
@@ -97,8 +98,7 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
         const batchSize = options.batchSize ?? 500
         const concurrency = options.concurrency ?? 8
         const nextSlot = new Map<string, number>()
-        const jitter = options.rateJitterMs
-        const jitterMs = jitter !== undefined && Number.isFinite(jitter) && jitter >= 0 ? jitter : 50
+        const jitterMs = jitterOf(options.rateJitterMs)
 
         /**
          * Token-bucket-of-one per provider in this process: each request takes the next slot
@@ -124,7 +124,7 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
         ): Effect.Effect<number> => {
           // `perSecond` slots per second and the jitter allowed: a request that leaves up to
           // `jitterMs` after its slot still keeps every second within the rate.
-          const windowMs = 1_000 + jitterMs
+          const windowMs = paceWindowMs(1_000, jitterMs)
           const shared = store.takeRateBudget
           if (shared === undefined) return takeLocalSlot(providerId, perSecond, windowMs)
           return shared(`refresh:${providerId}`, perSecond, windowMs).pipe(
@@ -135,25 +135,16 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
         }
 
         /**
-         * Wait for this request's slot (`reserveSlot`). A request would leave later than `jitterMs`
-         * after its slot when this process was late to wake (a busy event loop, a descheduled
-         * process) or the budget's answer was slow: counted from before the reservation was asked
-         * for, so that the store's part of the round trip counts as late too. Such a request takes
-         * the next slot instead (at most twice; then it leaves anyway): leaving late next to a later
-         * slot that leaves on time would put one more request than the rate into a second.
+         * Wait for this request's slot (`reserveSlot`), leaving within `rateJitterMs` of it or
+         * taking the next one (at most twice; then it leaves anyway): see `internal/pace.ts`.
          */
         const takeSlot = (providerId: string, onStoreError: (e: StoreError) => Effect.Effect<void>) =>
-          Effect.gen(function* () {
+          Effect.suspend(() => {
             const perSecond = options.providerRates?.[providerId] ?? options.ratePerSecond ?? 10
-            if (!Number.isFinite(perSecond)) return
-            for (let attempt = 0; ; attempt++) {
-              const asked = yield* Clock.currentTimeMillis
-              const wait = yield* reserveSlot(providerId, perSecond, onStoreError)
-              if (wait > 0) yield* Effect.sleep(wait)
-              const late = (yield* Clock.currentTimeMillis) - asked - wait
-              if (late <= jitterMs || attempt >= 2) return
-              yield* Metric.update(lateSlotsMetric, 1)
-            }
+            if (!Number.isFinite(perSecond)) return Effect.void
+            return awaitPacedSlot(reserveSlot(providerId, perSecond, onStoreError), jitterMs).pipe(
+              Effect.flatMap((late) => (late > 0 ? Metric.update(lateSlotsMetric, late) : Effect.void))
+            )
           })
 
         const claimTtlMs = options.claimTtlMs ?? 15_000

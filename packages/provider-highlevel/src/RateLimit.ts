@@ -8,8 +8,9 @@
  * 429 waits for `Retry-After`. Pass it as Latchkey's `config.fetch` so the ApiClient goes through it.
  *
  * Across instances: give `shared: sharedRateBudget(store)` and every instance on that store takes
- * its requests from one budget per token (the store's `takeRateBudget`: slots `intervalMs / max`
- * apart on the store's clock), and a spent window or a 429 seen by one holds the budget for all.
+ * its requests from one budget per token (the store's `takeRateBudget`: slots
+ * `(intervalMs + jitterMs) / max` apart on the store's clock, each request leaving within `jitterMs`
+ * of its slot or taking the next), and a spent window or a 429 seen by one holds the budget for all.
  */
 import { createHash } from "node:crypto"
 import type { ConnectionStore } from "@latchkey/core/provider"
@@ -55,6 +56,13 @@ export interface RateLimiterOptions {
   readonly sleep?: (ms: number) => Promise<void>
   /** Buckets kept (least recently used are dropped). Default 10,000. */
   readonly maxKeys?: number
+  /**
+   * With `shared`: how late a request may leave after its fleet slot with every interval still
+   * holding at most `max` requests (default 50 ms). Slots are spaced `(intervalMs + jitterMs) / max`
+   * apart, and a request that would leave later than that after its slot (counted from before the
+   * slot was asked for) takes the next one, at most twice. 0 spaces them exactly.
+   */
+  readonly jitterMs?: number
 }
 
 export interface RateLimiter {
@@ -84,6 +92,10 @@ export const makeRateLimiter = (options: RateLimiterOptions = {}): RateLimiter =
   const now = options.now ?? Date.now
   const sleep = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)))
   const maxKeys = options.maxKeys ?? 10_000
+  const jitterMs =
+    options.jitterMs !== undefined && Number.isFinite(options.jitterMs) && options.jitterMs >= 0
+      ? options.jitterMs
+      : 50
   const buckets = new Map<string, Bucket>()
 
   const bucket = (key: string): Bucket => {
@@ -118,9 +130,17 @@ export const makeRateLimiter = (options: RateLimiterOptions = {}): RateLimiter =
       if (b.sent.length < b.max) {
         b.sent.push(t)
         if (options.shared !== undefined) {
-          // The fleet's budget: our slot among every instance's requests for this token.
-          const wait = await options.shared(`highlevel:${key}`, b.max, b.intervalMs).catch(() => 0)
-          if (wait > 0) await sleep(wait)
+          // The fleet's budget: our slot among every instance's requests for this token, left
+          // within `jitterMs` of it, or the next one taken (a late request next to a later one on
+          // time would put one more than `max` into an interval).
+          for (let attempt = 0; ; attempt++) {
+            const asked = now()
+            const wait = await options
+              .shared(`highlevel:${key}`, b.max, b.intervalMs + jitterMs)
+              .catch(() => 0)
+            if (wait > 0) await sleep(wait)
+            if (now() - asked - wait <= jitterMs || attempt >= 2) break
+          }
         }
         return
       }
@@ -158,8 +178,9 @@ export const makeRateLimiter = (options: RateLimiterOptions = {}): RateLimiter =
     if (options.shared !== undefined && (status === 429 || remaining === 0)) {
       const hold = Math.max(b.blockedUntil - t, remaining === 0 ? b.intervalMs : 0)
       if (hold > 0) {
-        const cost = Math.ceil(hold / (b.intervalMs / b.max))
-        void options.shared(`highlevel:${key}`, b.max, b.intervalMs, cost).catch(() => 0)
+        const windowMs = b.intervalMs + jitterMs
+        const cost = Math.ceil(hold / (windowMs / b.max))
+        void options.shared(`highlevel:${key}`, b.max, windowMs, cost).catch(() => 0)
       }
     }
   }

@@ -121,8 +121,9 @@ describe("HighLevel rate limiter shared by instances (the store's takeRateBudget
       await a.acquire("token")
       await b.acquire("token")
     }
-    // Six requests, one budget of 10 per second: slots 100 ms apart (the first one waits for nothing).
-    expect(waits).toEqual([100, 200, 300, 400, 500])
+    // Six requests, one budget of 10 per second with 50 ms of jitter allowed: slots 105 ms apart
+    // (the first one waits for nothing).
+    expect(waits).toEqual([105, 210, 315, 420, 525])
     // The server says the window is spent: both instances' next slot is a window later.
     a.observe(
       "token",
@@ -132,5 +133,37 @@ describe("HighLevel rate limiter shared by instances (the store's takeRateBudget
     await new Promise((r) => setTimeout(r, 0))
     const next = await Effect.runPromise(store.takeRateBudget!("highlevel:token", 10, 1_000))
     expect(next).toBeGreaterThanOrEqual(1_600)
+  })
+
+  it("a request that would leave more than jitterMs after its fleet slot takes the next one (twice at most)", async () => {
+    const { sharedRateBudget } = await import("../src/RateLimit.ts")
+    const { ConnectionStore } = await import("@latchkey/core")
+    // Each sleep wakes 60 ms late (a busy process): with 20 ms allowed every slot waited for is
+    // given up, twice, then the request leaves; with 100 ms allowed every first slot is kept. (The
+    // first request's slot is now: no wait, nothing late.)
+    const slotsAsked = async (jitterMs: number) => {
+      const store = ConnectionStore.makeMemory({ clock: () => 5_000_000 })
+      const inner = sharedRateBudget(store)!
+      let asked = 0
+      const shared: typeof inner = (key, limit, windowMs, cost) => {
+        asked++
+        return inner(key, limit, windowMs, cost)
+      }
+      let t = 0
+      const limiter = HighLevel.makeRateLimiter({
+        max: 10,
+        intervalMs: 1_000,
+        shared,
+        jitterMs,
+        now: () => t,
+        sleep: async (ms) => {
+          t += ms + 60
+        }
+      })
+      for (let i = 0; i < 3; i++) await limiter.acquire("token")
+      return asked
+    }
+    expect(await slotsAsked(20)).toBe(1 + 3 + 3)
+    expect(await slotsAsked(100)).toBe(3)
   })
 })
