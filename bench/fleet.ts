@@ -32,10 +32,13 @@
  * connections, with 1 and 4 processes, from the times the server answered each refresh: `seenPerSec`
  * = the answers after the first / the seconds from the first answer to the last, `maxInAnySecond` =
  * the most answers within any 1,000 ms, and `perWallSec` = refresh calls / the run's wall seconds
- * (from "go" to the last process done: the figure before the server noted its answers). The budget
- * spaces the slots `1000 / rate` ms apart on the store's clock; each request leaves after its
- * slot plus the lease and the journal write, whose time varies, so the answers are spaced less evenly
- * than the slots.
+ * (from "go" to the last process done: the figure before the server noted its answers); from the
+ * times each request left its process (the workers' `fetch`): `departedPerSec` and
+ * `departedMaxInAnySecond`, what the budget paces; `answerLagMs`, the k-th answer after the k-th
+ * departure (the network, the server's queue and its work). The budget spaces the slots
+ * `(1000 + rateJitterMs) / rate` ms apart on the store's clock (the Refresher's default 50 ms of
+ * jitter), each request leaves when its slot comes, after its journal write, and one that would leave
+ * more than `rateJitterMs` late takes the next slot: no second holds more than `rate` departures.
  * Without a shared budget 4 processes would reach 4 x `rate`.
  */
 import { spawn } from "node:child_process"
