@@ -62,11 +62,10 @@ describe("ApiClient: request budgets shared through the store", () => {
         )
     }
     await insertConnection(store, "c1")
-    const config = { apiRateLimits: { api: { limit: 200, windowMs: 1_000 } } }
-    // The instances' wall clock stands still too (their sleeps are the host's): no request is
-    // counted late after its slot (`jitterMs`), so each takes exactly one.
+    // 950 ms of jitter allowed: no request is counted late after its slot, so each takes one.
+    const config = { apiRateLimits: { api: { limit: 200, windowMs: 1_000, jitterMs: 950 } } }
     const instances = Array.from({ length: 4 }, () =>
-      createLatchkey({ providers: [provider()], store, vault: vaultOptions, config, clock: () => 1_000_000 })
+      createLatchkey({ providers: [provider()], store, vault: vaultOptions, config })
     )
     try {
       seen.length = 0
@@ -75,11 +74,11 @@ describe("ApiClient: request budgets shared through the store", () => {
       )
       expect(responses.every((r) => r.status === 200)).toBe(true)
       expect(seen).toHaveLength(20)
-      // 200 per second with the default 50 ms of jitter allowed: one slot every 1,050 / 200 =
-      // 5.25 ms, each handed out once, across the four instances.
+      // 200 per second with 950 ms of jitter allowed: one slot every 1,950 / 200 = 9.75 ms, each
+      // handed out once, across the four instances.
       expect(waits.map((w) => w.key)).toEqual(Array(20).fill("api:api"))
       expect(waits.map((w) => w.wait).sort((a, b) => a - b)).toEqual(
-        Array.from({ length: 20 }, (_, i) => i * 5.25)
+        Array.from({ length: 20 }, (_, i) => i * 9.75)
       )
       // The provider says the budget is spent for 2 s: the next slot, for any instance, is 2 s later.
       waits.length = 0

@@ -36,10 +36,12 @@ export const awaitPacedSlot = <E, R>(
 ): Effect.Effect<number, E, R> =>
   Effect.gen(function* () {
     for (let attempt = 0; ; attempt++) {
-      const asked = yield* Clock.currentTimeMillis
+      // Elapsed time on the monotonic clock, as the sleep's: a step of the wall clock (NTP) cannot
+      // make a request look early or late.
+      const asked = yield* Clock.monotonicTimeNanos
       const wait = yield* reserve
       if (wait > 0) yield* Effect.sleep(wait)
-      const late = (yield* Clock.currentTimeMillis) - asked - wait
+      const late = Number((yield* Clock.monotonicTimeNanos) - asked) / 1e6 - wait
       if (late <= jitterMs || attempt >= retakes) return attempt
     }
   })
