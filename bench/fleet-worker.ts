@@ -6,6 +6,7 @@
  * due and prints one JSON line of what it did in that run: refreshes, connections it claimed, lease
  * denials (the lease of a connection another instance was refreshing), its CPU time. "exit" ends it.
  */
+import diagnostics from "node:diagnostics_channel"
 import { createInterface } from "node:readline"
 import { type ConnectionStore, createLatchkey } from "@latchkey/core"
 import { Generic } from "@latchkey/provider-generic"
@@ -79,19 +80,19 @@ const main = async () => {
     scopes: [...settings.provider.scopes]
   })
   // When each refresh request left this process (ms since the epoch, to compare across processes):
-  // what the rate budget paces, before the network and the server's own queue.
+  // what the rate budget paces, before the network and the server's own queue. Noted from Node's
+  // HTTP client as the request starts (the only token-endpoint requests of a run are refreshes),
+  // so that the engine keeps its own transport: a `fetch` of ours would replace it.
   let departures: Array<number> = []
-  const noteDepartures = (async (input: RequestInfo | URL, init?: RequestInit) => {
-    if (String(init?.body ?? "").includes("grant_type=refresh_token")) {
-      departures.push(performance.timeOrigin + performance.now())
-    }
-    return fetch(input, init)
-  }) as typeof fetch
+  const tokenPath = new URL(String((settings.provider.endpoints as { token: string }).token)).pathname
+  diagnostics.subscribe("http.client.request.start", (message) => {
+    const request = (message as { request?: { path?: string } }).request
+    if (request?.path === tokenPath) departures.push(performance.timeOrigin + performance.now())
+  })
   const instance = (on: ConnectionStore.ConnectionStoreShape, ratePerSecond = Number.POSITIVE_INFINITY) =>
     createLatchkey({
       providers: [provider],
       store: on,
-      config: { fetch: noteDepartures },
       vault: { keys: [{ id: settings.vaultKeyId, key: settings.vaultKey }] },
       refresher: {
         concurrency: settings.concurrency,

@@ -14,7 +14,7 @@ import { LatchkeyConfig } from "./Config.ts"
 import { ConnectionStore } from "./ConnectionStore.ts"
 import { ApiError } from "./Errors.ts"
 import { allowsCredentials, proofsFor, sendScoped } from "./internal/credentialScope.ts"
-import { awaitPacedSlot, jitterOf, paceWindowMs } from "./internal/pace.ts"
+import { awaitPacedTurn, jitterOf, localBudget, paceWindowMs } from "./internal/pace.ts"
 import { metrics, refreshSpan, tagged, traceparent } from "./internal/telemetry.ts"
 import { parseRetryAfter } from "./OAuth.ts"
 import type { ApiResponseInfo, Credential, Provider } from "./Provider.ts"
@@ -91,8 +91,8 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
       const tokens = yield* TokenManager
       const config = yield* LatchkeyConfig
       const store = yield* ConnectionStore
-      /** Per-process budgets, for stores without `takeRateBudget`: key → next free slot. */
-      const localSlots = new Map<string, number>()
+      /** Per-process budgets, for stores without `takeRateBudget`. */
+      const local = localBudget()
       const budgetKey = (providerId: string, accountId: string) =>
         config.apiRateLimits?.[providerId]?.per === "account"
           ? `api:${providerId}:${accountId}`
@@ -101,14 +101,7 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
       const takeBudget = (key: string, limit: number, windowMs: number, cost = 1) =>
         store.takeRateBudget !== undefined
           ? store.takeRateBudget(key, limit, windowMs, cost)
-          : Effect.clockWith((clock) =>
-              Effect.sync(() => {
-                const now = clock.currentTimeMillisUnsafe()
-                const slot = Math.max(now, localSlots.get(key) ?? 0)
-                localSlots.set(key, slot + (windowMs / limit) * cost)
-                return slot - now
-              })
-            )
+          : local(key, limit, windowMs, cost)
       /**
        * Wait for this request's slot of the provider's budget (when one is configured), leaving
        * within the limit's `jitterMs` of it or taking the next one (see `internal/pace.ts`): every
@@ -118,15 +111,14 @@ export class ApiClient extends Context.Service<ApiClient, ApiClientShape>()("@la
         const limit = config.apiRateLimits?.[providerId]
         if (limit === undefined) return Effect.void
         const jitterMs = jitterOf(limit.jitterMs)
-        return awaitPacedSlot(
-          takeBudget(
-            budgetKey(providerId, accountId),
-            limit.limit,
-            paceWindowMs(limit.windowMs, jitterMs)
-          ).pipe(
-            // A budget the store cannot keep does not stop requests: the provider's own 429 still applies.
-            Effect.catch(() => Effect.succeed(0))
-          ),
+        const key = budgetKey(providerId, accountId)
+        const windowMs = paceWindowMs(limit.windowMs, jitterMs)
+        return awaitPacedTurn(
+          () =>
+            takeBudget(key, limit.limit, windowMs).pipe(
+              // A budget the store cannot keep does not stop requests: the provider's own 429 still applies.
+              Effect.catch(() => Effect.succeed(0))
+            ),
           jitterMs
         ).pipe(Effect.asVoid)
       }

@@ -12,7 +12,8 @@ export interface ApiRateLimit {
   /**
    * How late a request may leave after its slot with every `windowMs` still holding at most `limit`
    * requests (default 50 ms): slots are spaced `(windowMs + jitterMs) / limit` apart, and a request
-   * that would leave later than that takes the next slot (at most twice). 0 spaces them exactly.
+   * that would leave more than `jitterMs` after its slot takes the next one (at most twice, and not
+   * when the budget's own answer takes longer than `jitterMs`). 0 spaces them exactly.
    */
   readonly jitterMs?: number | undefined
 }

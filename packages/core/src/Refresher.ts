@@ -15,9 +15,9 @@ import { LatchkeyConfig } from "./Config.ts"
 import type { ConnectionRecord } from "./Connection.ts"
 import { ConnectionStore } from "./ConnectionStore.ts"
 import type { StoreError } from "./Errors.ts"
-import { awaitPacedSlot, jitterOf, paceWindowMs } from "./internal/pace.ts"
+import { jitterOf, localBudget, paceWindowMs } from "./internal/pace.ts"
 import { refreshSpan } from "./internal/telemetry.ts"
-import { TokenManager } from "./TokenManager.ts"
+import { type RequestPace, TokenManager } from "./TokenManager.ts"
 
 export interface RefresherOptions {
   /** Pause between sweeps when nothing is due (default 30 s). */
@@ -32,10 +32,12 @@ export interface RefresherOptions {
   /**
    * How late a request may leave after its rate slot with the rate still holding in every second
    * (default 50 ms). The slots are spaced `(1000 + rateJitterMs) / rate` ms apart: a request leaves
-   * when its wait ends, and timers, a busy event loop or the budget's own answer can make it a few
-   * milliseconds late, which would otherwise put one request more than the rate into some second
-   * (the one before it left late, this one on time). 0 spaces the slots exactly `1000 / rate` apart;
-   * anything but a finite number ≥ 0 counts as the default.
+   * when its wait ends, and timers, a busy event loop, its journal write or the budget's own answer
+   * can make it a few milliseconds late, which would otherwise put one request more than the rate
+   * into some second (the one before it left late, this one on time). A request that would leave
+   * more than `rateJitterMs` late takes the next slot (at most twice, and not when the budget's own
+   * answer takes longer than that). 0 spaces the slots exactly `1000 / rate` apart; anything but a
+   * finite number ≥ 0 counts as the default.
    */
   readonly rateJitterMs?: number | undefined
   /**
@@ -97,55 +99,39 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
         const intervalMs = options.intervalMs ?? 30_000
         const batchSize = options.batchSize ?? 500
         const concurrency = options.concurrency ?? 8
-        const nextSlot = new Map<string, number>()
         const jitterMs = jitterOf(options.rateJitterMs)
+        /** Per-process budgets: for stores without `takeRateBudget`, or while the store's fails. */
+        const local = localBudget()
+        const retaken = Metric.update(lateSlotsMetric, 1)
 
         /**
-         * Token-bucket-of-one per provider in this process: each request takes the next slot
-         * `windowMs / limit` apart; succeeds with the wait (ms) before it.
+         * The per-provider rate as the pace of a refresh's requests: its slots are shared by every
+         * instance on the store when it offers `takeRateBudget` (the budget `refresh:<provider>`),
+         * else per process; a failing budget falls back to this process's own slots (and is
+         * reported). `perSecond` slots per second and the jitter allowed (`rateJitterMs`): a request
+         * that leaves up to `jitterMs` after its slot still keeps every second within the rate (see
+         * `internal/pace.ts`). None for an unlimited rate.
          */
-        const takeLocalSlot = (providerId: string, limit: number, windowMs: number) =>
-          Effect.map(Clock.currentTimeMillis, (now) => {
-            const slot = Math.max(now, nextSlot.get(providerId) ?? 0)
-            nextSlot.set(providerId, slot + windowMs / limit)
-            return slot - now
-          })
-
-        /**
-         * Reserve the next slot of the per-provider rate, shared by every instance on the store when
-         * it offers `takeRateBudget` (the budget `refresh:<provider>`), else per process, and succeed
-         * with the wait (ms) before it. A failing budget falls back to this process's own slots (and
-         * is reported).
-         */
-        const reserveSlot = (
+        const paceOf = (
           providerId: string,
-          perSecond: number,
           onStoreError: (e: StoreError) => Effect.Effect<void>
-        ): Effect.Effect<number> => {
-          // `perSecond` slots per second and the jitter allowed: a request that leaves up to
-          // `jitterMs` after its slot still keeps every second within the rate.
+        ): RequestPace | undefined => {
+          const perSecond = options.providerRates?.[providerId] ?? options.ratePerSecond ?? 10
+          if (!Number.isFinite(perSecond)) return undefined
+          const key = `refresh:${providerId}`
           const windowMs = paceWindowMs(1_000, jitterMs)
           const shared = store.takeRateBudget
-          if (shared === undefined) return takeLocalSlot(providerId, perSecond, windowMs)
-          return shared(`refresh:${providerId}`, perSecond, windowMs).pipe(
-            Effect.catch((e) =>
-              Effect.andThen(onStoreError(e), takeLocalSlot(providerId, perSecond, windowMs))
-            )
-          )
+          return {
+            reserve: () =>
+              shared === undefined
+                ? local(key, perSecond, windowMs)
+                : shared(key, perSecond, windowMs).pipe(
+                    Effect.catch((e) => Effect.andThen(onStoreError(e), local(key, perSecond, windowMs)))
+                  ),
+            jitterMs,
+            onRetaken: retaken
+          }
         }
-
-        /**
-         * Wait for this request's slot (`reserveSlot`), leaving within `rateJitterMs` of it or
-         * taking the next one (at most twice; then it leaves anyway): see `internal/pace.ts`.
-         */
-        const takeSlot = (providerId: string, onStoreError: (e: StoreError) => Effect.Effect<void>) =>
-          Effect.suspend(() => {
-            const perSecond = options.providerRates?.[providerId] ?? options.ratePerSecond ?? 10
-            if (!Number.isFinite(perSecond)) return Effect.void
-            return awaitPacedSlot(reserveSlot(providerId, perSecond, onStoreError), jitterMs).pipe(
-              Effect.flatMap((late) => (late > 0 ? Metric.update(lateSlotsMetric, late) : Effect.void))
-            )
-          })
 
         const claimTtlMs = options.claimTtlMs ?? 15_000
         const holder = `${(yield* LatchkeyConfig).holderId}:refresher`
@@ -179,11 +165,11 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
               record.providerId,
               // The claimed (or listed) record stands in for the re-read where it is safe. The
               // provider's rate slot is taken for each request the refresh sends: the first once the
-              // lease is won, just before the journal is written (a refresh waiting for another
-              // holder's lease takes none meanwhile; the journal is written while the slot comes),
-              // and each retry of a refused request its own.
+              // lease is won (a refresh waiting for another holder's lease takes none meanwhile),
+              // waited for up to its journal write, and left at; each retry of a refused request
+              // takes its own.
               tokens.refreshIfDue(record.id, record, {
-                beforeRequest: takeSlot(record.providerId, (e) =>
+                pace: paceOf(record.providerId, (e) =>
                   reportStoreError("taking the provider's rate budget", e)
                 )
               })

@@ -50,6 +50,7 @@ import {
   type Fiber,
   Layer,
   Metric,
+  Option,
   Random,
   Redacted,
   Schedule
@@ -75,6 +76,7 @@ import {
 import type { LatchkeyEvent } from "./Events.ts"
 import { refreshDueAt } from "./internal/due.ts"
 import * as Mint from "./internal/mint.ts"
+import * as Pace from "./internal/pace.ts"
 import { refreshSpanOf, tagged, metrics as telemetry, tracing } from "./internal/telemetry.ts"
 import * as OAuth from "./OAuth.ts"
 import type { Credential, MintContext, Provider } from "./Provider.ts"
@@ -92,18 +94,32 @@ export type TokenError =
 /** A predicate deciding, on the freshest stored copy, whether a refresh is still needed. */
 export type RefreshNeed = (connection: Connection, now: number) => boolean
 
+/** A budget the requests of a refresh take their turns from (`RefreshOptions.pace`). */
+export interface RequestPace {
+  /** Reserves the next turn and succeeds with the wait before it (ms); called once for each turn. */
+  readonly reserve: () => Effect.Effect<number>
+  /** How late a request may leave after its turn before it takes the next one (ms). */
+  readonly jitterMs: number
+  /** Run for each turn a request gives up for being late (for a metric). */
+  readonly onRetaken?: Effect.Effect<void> | undefined
+}
+
 /** How one refresh is made (`refreshIfDue`). */
 export interface RefreshOptions {
   /**
-   * Runs before each request this refresh sends to the provider, which leaves when it ends: the
-   * first once its journal is written (a copy found stale by the journal's compare-and-set runs
-   * none), a retry of a request the provider refused as transient just before it is sent. Not run
-   * when the refresh is shared with one already in flight or needs no request, nor for the one
-   * resend of a refresh in doubt. The Refresher waits for its provider's rate slot here. Shutting
-   * down ends it at once: the request is not sent (`RefreshError("draining")`) and its journal is
-   * ended.
+   * The budget each request of this refresh takes a turn of (the Refresher: its provider's rate).
+   * The first request reserves its turn once the lease is won and the copy checked, waits until
+   * shortly before it (the time its journal write is expected to take), writes its journal, and
+   * leaves when the turn comes: a stop or a crash during the wait leaves nothing in doubt, and the
+   * request leaves at its turn, not a store write after it. A request that would leave more than
+   * `jitterMs` after its turn takes the next one (at most twice), unless the budget's own answer
+   * took longer than that. A retry of a request the provider refused as transient takes a turn of
+   * its own. Not used when the refresh is shared with one already in flight or needs no request,
+   * nor for the one resend of a refresh in doubt. Shutting down ends a wait at once: the request is
+   * not sent (`RefreshError("draining")`) and a journal already written is ended. A defect of
+   * `reserve` before the journal fails the refresh; after it, the request leaves without its turn.
    */
-  readonly beforeRequest?: Effect.Effect<void> | undefined
+  readonly pace?: RequestPace | undefined
 }
 
 export interface TokenManagerShape {
@@ -215,10 +231,12 @@ interface Flight {
   readonly waiters: Deferred.Deferred<Connection, TokenError>
   readonly done: Deferred.Deferred<void>
   readonly trace: Trace
-  /** Run before each request to the provider (`RefreshOptions.beforeRequest`). */
-  readonly beforeRequest: Effect.Effect<void> | undefined
-  /** `beforeRequest` has run for the flight's first request. */
+  /** The budget each request takes a turn of (`RefreshOptions.pace`). */
+  readonly pace: RequestPace | undefined
+  /** The first request has taken its turn. */
   slotTaken: boolean
+  /** The first request's turn, reserved before its journal was written, until it leaves. */
+  turn: Pace.Turn | undefined
 }
 
 /** The attributes of a finished `TokenManager.refresh` span. */
@@ -258,7 +276,7 @@ type Outcome =
     }
   /** The provider answered with an error: it did not rotate the token. */
   | { readonly _tag: "Refused"; readonly failure: OAuth.ProtocolFailure }
-  /** Not sent: the instance began to shut down while the request waited for `beforeRequest`. */
+  /** Not sent: the instance began to shut down while the request waited for its turn (`pace`). */
   | { readonly _tag: "Withdrawn" }
   /** Nothing reached the provider (or nothing in doubt did): the token is as it was. */
   | { readonly _tag: "NotSent"; readonly failure: OAuth.ProtocolFailure }
@@ -294,7 +312,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       const inflight = new Map<string, Flight>()
       /** `close()` was called: no new refresh starts. */
       let closing = false
-      /** Done when `close()` is called: a request waiting for its turn (`beforeRequest`) stops waiting. */
+      /** Done when `close()` is called: a request waiting for its turn (`pace`) stops waiting. */
       const closed = Deferred.makeUnsafe<void>()
       /** The drain timed out: write retries give up (the journal leaves the refresh in doubt). */
       let stopping = false
@@ -641,19 +659,69 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
 
       // ---- the provider call -------------------------------------------------------------------
 
+      /** `effect`, ended at once when `close()` is called meanwhile (then none). */
+      const untilClosed = <A>(effect: Effect.Effect<A>): Effect.Effect<Option.Option<A>> =>
+        closing
+          ? Effect.succeedNone
+          : Effect.raceFirst(
+              Effect.map(effect, Option.some),
+              Effect.as(Deferred.await(closed), Option.none())
+            )
+
+      /** How long a journal write takes here (ms, a moving average): the lead a turn is approached with. */
+      let journalMs = 5
+      const noteJournal = (ms: number) => {
+        journalMs = journalMs * 0.8 + Math.min(ms, 1_000) * 0.2
+      }
+
       /**
-       * The flight's `beforeRequest` for its first request (once), or for a `retry`. Shutting down
-       * ends it at once. Succeeds with true when the instance began to shut down (the request is
-       * then not made).
+       * The first request, before its journal is written: reserve its turn (`pace`) and wait until
+       * the journal's expected time before it. Succeeds with true when the instance began to shut
+       * down (nothing is in doubt yet: the refresh ends with `RefreshError("draining")`).
        */
-      const awaitSlot = (flight: Flight, retry: boolean): Effect.Effect<boolean> => {
-        const before = flight.beforeRequest
-        if (before === undefined || (!retry && flight.slotTaken)) return Effect.succeed(false)
+      const approachTurn = (flight: Flight): Effect.Effect<boolean> => {
+        const pace = flight.pace
+        if (pace === undefined || flight.slotTaken) return Effect.succeed(false)
         flight.slotTaken = true
-        return Effect.andThen(
-          closing ? Effect.void : Effect.raceFirst(before, Deferred.await(closed)),
-          Effect.sync(() => closing)
-        )
+        return Effect.gen(function* () {
+          const turn = yield* untilClosed(Pace.reserveTurn(pace.reserve))
+          if (Option.isNone(turn) || closing) return true
+          flight.turn = turn.value
+          yield* untilClosed(Pace.untilTurn(turn.value, Math.min(250, 1 + 2 * journalMs)))
+          return closing
+        })
+      }
+
+      /**
+       * Just before a request leaves: wait for its turn (the first request's, reserved before its
+       * journal; a `retry`'s, or a first request that approached none, reserved now), and take the
+       * next when it would leave late (`Pace.shouldRetake`). Succeeds with true when the instance
+       * began to shut down (the request is then not made). A defect of the budget here lets the
+       * request leave without its turn: whoever wrote a journal ends it by sending.
+       */
+      const awaitTurn = (flight: Flight, retry: boolean): Effect.Effect<boolean> => {
+        const pace = flight.pace
+        if (pace === undefined) return Effect.succeed(false)
+        const approached = retry ? undefined : flight.turn
+        flight.turn = undefined
+        if (!retry && approached === undefined && flight.slotTaken) return Effect.succeed(false)
+        flight.slotTaken = true
+        return Effect.gen(function* () {
+          let turn = approached
+          for (let retaken = 0; ; retaken++) {
+            if (turn === undefined) {
+              const reserved = yield* untilClosed(Pace.reserveTurn(pace.reserve))
+              if (Option.isNone(reserved)) return true
+              turn = reserved.value
+            }
+            yield* untilClosed(Pace.untilTurn(turn))
+            if (closing) return true
+            const late = yield* Pace.latenessOf(turn)
+            if (retaken >= Pace.RETAKES || !Pace.shouldRetake(turn, late, pace.jitterMs)) return false
+            if (pace.onRetaken !== undefined) yield* pace.onRetaken
+            turn = undefined
+          }
+        }).pipe(Effect.catchCause(() => Effect.sync(() => closing)))
       }
 
       /**
@@ -669,13 +737,12 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         resend: boolean
       ): Effect.fn.Return<Outcome> {
         for (let attempt = 0; ; attempt++) {
-          // Each request waits for its turn (`beforeRequest`: the Refresher's rate slot), taken
-          // once the journal is written, so that the request leaves at its turn and not a store
-          // write later; a retry (the provider refused the last request as transient: the token
-          // was not taken) waits for a turn of its own. The one resend of a refresh in doubt waits for
-          // nothing. Shutting down meanwhile, the request is withdrawn (the journal is ended by
-          // the caller).
-          if (!resend && (yield* awaitSlot(flight, attempt > 0))) return { _tag: "Withdrawn" }
+          // Each request leaves at its turn (`pace`: the Refresher's rate slot): the first one's was
+          // reserved and approached before its journal was written, a retry (the provider refused
+          // the last request as transient: the token was not taken) takes a turn of its own. The
+          // one resend of a refresh in doubt waits for nothing. Shutting down meanwhile, the request
+          // is withdrawn (the journal is ended by the caller).
+          if (!resend && (yield* awaitTurn(flight, attempt > 0))) return { _tag: "Withdrawn" }
           const startedAt = yield* Clock.currentTimeMillis
           const left = leaseLeft(keeper, startedAt)
           if (left < minRequest) {
@@ -1193,7 +1260,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         const previous = fingerprint(Redacted.value(c.tokens.accessToken))
         for (let attempt = 0; ; attempt++) {
           // Shutting down meanwhile: nothing is spent by this request; it is simply not made.
-          if (yield* awaitSlot(flight, attempt > 0)) return yield* drainingError(c.id)
+          if (yield* awaitTurn(flight, attempt > 0)) return yield* drainingError(c.id)
           const startedAt = yield* Clock.currentTimeMillis
           if (leaseLeft(keeper, startedAt) < minRequest) {
             return yield* new RefreshError({
@@ -1319,14 +1386,19 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           )
         }
         const refreshToken = Redacted.value(c.tokens.refreshToken)
+        // The request's turn (`pace`: the Refresher's rate slot), reserved and approached before the
+        // journal is written: a stop or a crash during the wait leaves nothing in doubt.
+        if (yield* approachTurn(flight)) return yield* drainingError(c.id)
         // The journal, durable before the token leaves this process. Its compare-and-set also fences
         // a stale read: a copy that is no longer the stored one never gets its token sent.
+        const journalFrom = yield* Clock.monotonicTimeNanos
         const journaled = yield* setJournal(c, {
           holder,
           fence: keeper.lease.fence,
           startedAt: keeper.lease.grantedAt,
           fingerprint: fingerprint(refreshToken)
         }).pipe(Effect.result)
+        noteJournal(Number((yield* Clock.monotonicTimeNanos) - journalFrom) / 1e6)
         if (journaled._tag === "Failure") {
           const error = journaled.failure
           if (!isConflict(error)) return yield* error
@@ -1462,8 +1534,9 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           const flight: Flight = {
             waiters: Deferred.makeUnsafe(),
             done: Deferred.makeUnsafe(),
-            beforeRequest: options?.beforeRequest,
+            pace: options?.pace,
             slotTaken: false,
+            turn: undefined,
             trace: {
               providerId: undefined,
               kind: undefined,

@@ -90,6 +90,39 @@ describe("ApiClient: request budgets shared through the store", () => {
     }
   })
 
+  it("a request that would leave more than jitterMs after its slot takes the next one", async () => {
+    const reservations = async (jitterMs: number) => {
+      const inner = ConnectionStore.makeMemory()
+      let asked = 0
+      const store: ConnectionStore.ConnectionStoreShape = {
+        ...inner,
+        takeRateBudget: () =>
+          Effect.sync(() => {
+            asked++
+            if (asked > 1) return 0
+            // Right after the first slot is given this process is busy for 100 ms (a stalled event
+            // loop): the request, due 10 ms later, wakes about 90 ms after its slot.
+            setTimeout(() => {
+              const end = performance.now() + 100
+              while (performance.now() < end) {}
+            }, 1)
+            return 10
+          })
+      }
+      await insertConnection(store, "c1")
+      const config = { apiRateLimits: { api: { limit: 100, windowMs: 1_000, jitterMs } } }
+      const lk = createLatchkey({ providers: [provider()], store, vault: vaultOptions, config })
+      try {
+        expect((await lk.fetch("c1", "/late")).status).toBe(200)
+        return asked
+      } finally {
+        await lk.close()
+      }
+    }
+    expect(await reservations(20)).toBe(2)
+    expect(await reservations(1_000)).toBe(1)
+  })
+
   it("reads the X-RateLimit headers: remaining 0 with a reset in seconds, an epoch, or HighLevel's interval", () => {
     const h = (entries: Record<string, string>) => new Headers(entries)
     expect(rateLimitResetMs(h({ "x-ratelimit-remaining": "0", "x-ratelimit-reset": "3" }), 0)).toBe(3_000)

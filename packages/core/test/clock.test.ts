@@ -5,11 +5,11 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { consent, type OidcServer } from "@latchkey/testkit-oidc"
-import { Effect, Fiber, Redacted } from "effect"
+import { Effect, Fiber, Layer, Redacted } from "effect"
 import { TestClock } from "effect/testing"
 import { afterAll, beforeAll } from "vitest"
 import { AuthorizationFlow } from "../src/AuthorizationFlow.ts"
-import { ConnectionStore } from "../src/ConnectionStore.ts"
+import { ConnectionStore, makeMemory } from "../src/ConnectionStore.ts"
 import { Events, type LatchkeyEvent } from "../src/Events.ts"
 import { Latchkey } from "../src/index.ts"
 import { Refresher } from "../src/Refresher.ts"
@@ -121,52 +121,75 @@ describe("Refresher (TestClock)", () => {
       assert.deepStrictEqual(report, { due: 3, refreshed: 3, failed: 0 })
       assert.strictEqual(server.grants.refresh_token - before, 3)
     }).pipe(
+      // The store's budgets on the virtual clock too: its slots are handed out on the store's clock.
       Effect.provide(
-        Latchkey.layer({
-          providers: [exampleProvider(server)],
-          refresher: { ratePerSecond: 2 },
-          config: { baseBackoffMs: 5, maxBackoffMs: 50 }
-        })
+        Layer.unwrap(
+          Effect.clockWith((clock) =>
+            Effect.succeed(
+              Latchkey.layer({
+                providers: [exampleProvider(server)],
+                store: makeMemory({ clock: () => clock.currentTimeMillisUnsafe() }),
+                refresher: { ratePerSecond: 2 },
+                config: { baseBackoffMs: 5, maxBackoffMs: 50 }
+              })
+            )
+          )
+        )
       )
     )
   )
 
-  it.effect("a request takes its turn once its journal is written, and leaves when the turn comes", () =>
-    Effect.gen(function* () {
-      const c = yield* linkAt
-      const store = yield* ConnectionStore
-      const tokens = yield* TokenManager
-      yield* TestClock.adjust("51 minutes")
-      const before = server.grants.refresh_token
-      const stored = yield* store.get(c.id)
-      let reserved = 0
-      // The turn comes in 2 s (the Refresher's rate slot, as `takeRateBudget` answers it).
-      const fiber = yield* Effect.forkChild(
-        tokens.refreshIfDue(c.id, undefined, {
-          beforeRequest: Effect.andThen(
-            Effect.sync(() => {
-              reserved++
-            }),
-            Effect.sleep("2 seconds")
-          )
-        })
-      )
-      // While virtual time stands still, the journal is written, the turn reserved, and the request waits.
-      yield* settle(() => reserved === 1)
-      assert.strictEqual(reserved, 1)
-      assert.isNotNull((yield* store.get(c.id))?.journal ?? null)
-      assert.strictEqual(server.grants.refresh_token, before)
-      yield* TestClock.adjust("1999 millis")
-      yield* settle(() => false)
-      assert.strictEqual(server.grants.refresh_token, before)
-      // The turn comes: the request leaves and its answer is stored.
-      yield* TestClock.adjust("1 milli")
-      yield* Fiber.join(fiber)
-      assert.strictEqual(server.grants.refresh_token - before, 1)
-      assert.strictEqual(reserved, 1)
-      const after = yield* store.get(c.id)
-      assert.isNull(after?.journal ?? null)
-      assert.notStrictEqual(after?.refreshToken, stored?.refreshToken)
-    }).pipe(Effect.provide(services()))
+  it.effect(
+    "a request waits for its turn before its journal is written, and leaves when the turn comes",
+    () =>
+      Effect.gen(function* () {
+        const c = yield* linkAt
+        const store = yield* ConnectionStore
+        const tokens = yield* TokenManager
+        yield* TestClock.adjust("51 minutes")
+        const before = server.grants.refresh_token
+        const stored = yield* store.get(c.id)
+        let reserved = 0
+        // The turn comes in 2 s (the Refresher's rate slot, as `takeRateBudget` answers it).
+        const fiber = yield* Effect.forkChild(
+          tokens.refreshIfDue(c.id, undefined, {
+            pace: {
+              reserve: () =>
+                Effect.sync(() => {
+                  reserved++
+                  return 2_000
+                }),
+              jitterMs: 50
+            }
+          })
+        )
+        const journal = () => Effect.map(store.get(c.id), (r) => r?.journal ?? null)
+        // While virtual time stands still the turn is reserved and nothing is in doubt: no journal.
+        yield* settle(() => reserved === 1)
+        yield* settle(() => false)
+        assert.strictEqual(reserved, 1)
+        assert.isNull(yield* journal())
+        // A quarter of a second before the turn, still no journal: a crash now leaves nothing in doubt.
+        yield* TestClock.adjust("1750 millis")
+        yield* settle(() => false)
+        assert.isNull(yield* journal())
+        // Just before the turn the journal is written, and the request waits for the turn itself.
+        yield* TestClock.adjust("249 millis")
+        let journaled = false
+        for (let i = 0; i < 100 && !journaled; i++) {
+          yield* Effect.promise(() => new Promise((r) => setTimeout(r, 10)))
+          journaled = (yield* journal()) !== null
+        }
+        assert.isTrue(journaled)
+        assert.strictEqual(server.grants.refresh_token, before)
+        // The turn comes: the request leaves and its answer is stored.
+        yield* TestClock.adjust("1 milli")
+        yield* Fiber.join(fiber)
+        assert.strictEqual(server.grants.refresh_token - before, 1)
+        assert.strictEqual(reserved, 1)
+        const after = yield* store.get(c.id)
+        assert.isNull(after?.journal ?? null)
+        assert.notStrictEqual(after?.refreshToken, stored?.refreshToken)
+      }).pipe(Effect.provide(services()))
   )
 })

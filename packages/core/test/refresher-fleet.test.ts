@@ -49,14 +49,14 @@ describe("Refresher: claimed batches", () => {
 })
 
 describe("Refresher: the provider's rate slot", () => {
-  it("is taken once the journal is written, just before the request leaves; a stale copy takes none", async () => {
+  it("is taken once the lease is won, before the journal is written", async () => {
     const base = ConnectionStore.makeMemory()
     const setup = createLatchkey({ providers: [exampleProvider(server)], store: base })
     const ids: Array<string> = []
     try {
       for (let i = 0; i < 3; i++) ids.push((await link(setup, `slot-${i}`, `slot-owner-${i}`)).id)
       for (const id of ids) await expire(base, id)
-      // What this instance does to the store, in order: leases won, journals written, slots taken.
+      // What this instance does to the store, in order: leases won, slots taken, journals written.
       const steps: Array<string> = []
       let refreshedElsewhere: string | undefined
       const store: ConnectionStore.ConnectionStoreShape = {
@@ -95,7 +95,8 @@ describe("Refresher: the provider's rate slot", () => {
       const lk = createLatchkey({
         providers: [exampleProvider(server)],
         store,
-        refresher: { concurrency: 1, ratePerSecond: 1_000 }
+        // Jitter allowed far above any stall of the machine: one slot per request.
+        refresher: { concurrency: 1, ratePerSecond: 1_000, rateJitterMs: 60_000 }
       })
       try {
         const before = server.grants.refresh_token
@@ -103,18 +104,12 @@ describe("Refresher: the provider's rate slot", () => {
         expect(report).toMatchObject({ due: 3, refreshed: 3, failed: 0 })
         // The other instance's refresh, and this one's two.
         expect(server.grants.refresh_token - before).toBe(3)
-        // Each slot after the journal of its connection. The connection refreshed elsewhere takes
-        // none: its claimed copy is found stale by the journal's compare-and-set, which is refused,
-        // and nothing is sent.
+        // Each slot between the lease of its connection and its journal. The connection refreshed
+        // elsewhere takes one too: its claimed copy is found stale only by the journal's
+        // compare-and-set, which is refused, and nothing is sent.
         const order = steps.filter((step) => step.startsWith("lease ")).map((step) => step.slice(6))
         expect(new Set(order)).toEqual(new Set(ids))
-        expect(steps).toEqual(
-          order.flatMap((id) =>
-            id === refreshedElsewhere
-              ? [`lease ${id}`, `journal ${id}`]
-              : [`lease ${id}`, `journal ${id}`, "slot"]
-          )
-        )
+        expect(steps).toEqual(order.flatMap((id) => [`lease ${id}`, "slot", `journal ${id}`]))
       } finally {
         await lk.close()
       }
@@ -157,7 +152,8 @@ describe("Refresher: the provider's rate slot", () => {
       providers: [exampleProvider(server)],
       store,
       config: { fetch: flaky, maxAttempts: 3, baseBackoffMs: 1, maxBackoffMs: 5 },
-      refresher: { concurrency: 1, ratePerSecond: 1_000 }
+      // Jitter allowed far above any stall of the machine: one slot per request.
+      refresher: { concurrency: 1, ratePerSecond: 1_000, rateJitterMs: 60_000 }
     })
     try {
       const { id } = await link(lk, "slot-retry", "slot-retry-owner")
@@ -171,10 +167,9 @@ describe("Refresher: the provider's rate slot", () => {
     }
   })
 
-  it("a request that would leave more than rateJitterMs after its slot takes the next one (twice at most)", async () => {
-    // The budget answers 60 ms after it is asked: with 20 ms of jitter allowed, every slot is
-    // counted late (the request might leave 60 ms after it); with 1 s allowed, none is.
-    const slotsTaken = async (rateJitterMs: number) => {
+  it("a request that would leave more than rateJitterMs after its slot takes the next one, unless the budget itself is slow", async () => {
+    // `journalMs`: how long the journal write takes; `budgetMs`: how long the budget takes to answer.
+    const slotsTaken = async (rateJitterMs: number, journalMs: number, budgetMs: number) => {
       const base = ConnectionStore.makeMemory()
       let slots = 0
       const store: ConnectionStore.ConnectionStoreShape = {
@@ -184,7 +179,12 @@ describe("Refresher: the provider's rate slot", () => {
             Effect.sync(() => {
               slots++
             }),
-            Effect.andThen(Effect.sleep("60 millis"), base.takeRateBudget!(key, limit, windowMs, cost))
+            Effect.andThen(Effect.sleep(budgetMs), base.takeRateBudget!(key, limit, windowMs, cost))
+          ),
+        update: (record, expectedVersion, events, options) =>
+          Effect.andThen(
+            record.journal != null ? Effect.sleep(journalMs) : Effect.void,
+            base.update(record, expectedVersion, events, options)
           )
       }
       const lk = createLatchkey({
@@ -193,7 +193,7 @@ describe("Refresher: the provider's rate slot", () => {
         refresher: { concurrency: 1, ratePerSecond: 1_000, rateJitterMs }
       })
       try {
-        const { id } = await link(lk, `late-${rateJitterMs}`, `late-owner-${rateJitterMs}`)
+        const { id } = await link(lk, `late-${rateJitterMs}-${journalMs}-${budgetMs}`, "late-owner")
         await expire(store, id)
         const requests = server.grants.refresh_token
         expect(await lk.refresher.sweep()).toMatchObject({ due: 1, refreshed: 1, failed: 0 })
@@ -203,20 +203,26 @@ describe("Refresher: the provider's rate slot", () => {
         await lk.close()
       }
     }
-    expect(await slotsTaken(20)).toBe(3)
-    expect(await slotsTaken(1_000)).toBe(1)
+    // A journal write of 150 ms makes the request 150 ms late (far more than the lead it was
+    // expected to take): with 20 ms of jitter allowed it takes the next slot, which it leaves on.
+    expect(await slotsTaken(20, 150, 0)).toBe(2)
+    // With 10 s allowed it leaves on its first slot.
+    expect(await slotsTaken(10_000, 150, 0)).toBe(1)
+    // A budget that takes 60 ms to answer would make every slot late: none is taken again.
+    expect(await slotsTaken(20, 0, 60)).toBe(1)
   })
 
-  it("a refresh whose slot the store has not yet given when the instance shuts down is not sent, and its journal is ended", async () => {
+  it("a refresh whose slot the store has not yet given when the instance shuts down is not sent, and leaves no journal", async () => {
     const store = ConnectionStore.makeMemory()
-    const lk = createLatchkey({ providers: [exampleProvider(server)], store })
+    // A drain that never runs out: only ending the wait at once lets close() return.
+    const lk = createLatchkey({
+      providers: [exampleProvider(server)],
+      store,
+      config: { drainTimeoutMs: 600_000 }
+    })
     const { id } = await link(lk, "slot-drain", "slot-drain-owner")
     await expire(store, id)
     const before = await Effect.runPromise(store.get(id))
-    let open: () => void = () => {}
-    const slot = new Promise<void>((resolve) => {
-      open = resolve
-    })
     let waiting: () => void = () => {}
     const atSlot = new Promise<void>((resolve) => {
       waiting = resolve
@@ -226,10 +232,15 @@ describe("Refresher: the provider's rate slot", () => {
       .run(
         TokenManager.TokenManager.use((t) =>
           t.refreshIfDue(id, undefined, {
-            beforeRequest: Effect.andThen(
-              Effect.sync(() => waiting()),
-              Effect.promise(() => slot)
-            )
+            // The budget never answers.
+            pace: {
+              reserve: () =>
+                Effect.andThen(
+                  Effect.sync(() => waiting()),
+                  Effect.never
+                ),
+              jitterMs: 50
+            }
           })
         )
       )
@@ -238,13 +249,10 @@ describe("Refresher: the provider's rate slot", () => {
         (e: unknown) => e
       )
     await atSlot
-    // The slot is taken once the journal is written: a stop meanwhile ends the journal.
-    expect((await Effect.runPromise(store.get(id)))?.journal ?? null).not.toBeNull()
-    const closing = lk.close()
-    await new Promise((r) => setTimeout(r, 20))
-    open()
+    // The slot comes before the journal: a stop meanwhile leaves nothing in doubt.
+    expect((await Effect.runPromise(store.get(id)))?.journal ?? null).toBeNull()
+    await lk.close()
     expect(await refreshing).toMatchObject({ _tag: "RefreshError", reason: "draining" })
-    await closing
     expect(server.grants.refresh_token - requests).toBe(0)
     const after = await Effect.runPromise(store.get(id))
     expect(after?.journal ?? null).toBeNull()
@@ -252,34 +260,61 @@ describe("Refresher: the provider's rate slot", () => {
     expect(after?.status).toBe("active")
   })
 
-  it("a request waiting for its turn after its journal was written is withdrawn at shutdown: not sent, journal ended", async () => {
-    const store = ConnectionStore.makeMemory()
-    const lk = createLatchkey({ providers: [exampleProvider(server)], store })
+  it("a request waiting for a turn after its journal was written is withdrawn at shutdown: not sent, journal ended", async () => {
+    const base = ConnectionStore.makeMemory()
+    // The journal write takes 150 ms: the request is late for its first turn and asks for another,
+    // which the budget never gives.
+    const store: ConnectionStore.ConnectionStoreShape = {
+      ...base,
+      update: (record, expectedVersion, events, options) =>
+        Effect.andThen(
+          record.journal != null ? Effect.sleep("150 millis") : Effect.void,
+          base.update(record, expectedVersion, events, options)
+        )
+    }
+    const lk = createLatchkey({
+      providers: [exampleProvider(server)],
+      store,
+      config: { drainTimeoutMs: 600_000 }
+    })
     const { id } = await link(lk, "turn-drain", "turn-drain-owner")
-    await expire(store, id)
-    const before = await Effect.runPromise(store.get(id))
+    await expire(base, id)
+    const before = await Effect.runPromise(base.get(id))
     const requests = server.grants.refresh_token
+    let reservations = 0
+    let second: () => void = () => {}
+    const atSecond = new Promise<void>((resolve) => {
+      second = resolve
+    })
     const refreshing = lk
       .run(
         TokenManager.TokenManager.use((t) =>
-          // The turn is a minute away: the journal is written, then the request waits.
-          t.refreshIfDue(id, undefined, { beforeRequest: Effect.sleep("1 minute") })
+          t.refreshIfDue(id, undefined, {
+            pace: {
+              reserve: () =>
+                Effect.suspend(() => {
+                  reservations++
+                  if (reservations === 1) return Effect.succeed(0)
+                  second()
+                  return Effect.never
+                }),
+              jitterMs: 20
+            }
+          })
         )
       )
       .then(
         () => undefined,
         (e: unknown) => e
       )
-    for (let i = 0; i < 200; i++) {
-      if (((await Effect.runPromise(store.get(id)))?.journal ?? null) !== null) break
-      await new Promise((r) => setTimeout(r, 5))
-    }
-    expect((await Effect.runPromise(store.get(id)))?.journal ?? null).not.toBeNull()
+    await atSecond
+    expect((await Effect.runPromise(base.get(id)))?.journal ?? null).not.toBeNull()
     // Shutting down ends the wait at once: the drain does not run out, and nothing is left in doubt.
     await lk.close()
     expect(await refreshing).toMatchObject({ _tag: "RefreshError", reason: "draining" })
+    expect(reservations).toBe(2)
     expect(server.grants.refresh_token - requests).toBe(0)
-    const after = await Effect.runPromise(store.get(id))
+    const after = await Effect.runPromise(base.get(id))
     expect(after?.journal ?? null).toBeNull()
     expect(after?.refreshToken).toBe(before?.refreshToken)
     expect(after?.status).toBe("active")

@@ -59,8 +59,9 @@ export interface RateLimiterOptions {
   /**
    * With `shared`: how late a request may leave after its fleet slot with every interval still
    * holding at most `max` requests (default 50 ms). Slots are spaced `(intervalMs + jitterMs) / max`
-   * apart, and a request that would leave later than that after its slot (counted from before the
-   * slot was asked for) takes the next one, at most twice. 0 spaces them exactly.
+   * apart, and a request that would leave more than `jitterMs` after its slot (counted from before
+   * the slot was asked for) takes the next one, at most twice, unless the budget's own answer took
+   * longer than `jitterMs`. 0 spaces them exactly.
    */
   readonly jitterMs?: number
 }
@@ -133,13 +134,16 @@ export const makeRateLimiter = (options: RateLimiterOptions = {}): RateLimiter =
           // The fleet's budget: our slot among every instance's requests for this token, left
           // within `jitterMs` of it, or the next one taken (a late request next to a later one on
           // time would put one more than `max` into an interval).
+          // (`internal/pace.ts` in @latchkey/core is the same rule for Effect code.)
           for (let attempt = 0; ; attempt++) {
             const asked = now()
             const wait = await options
               .shared(`highlevel:${key}`, b.max, b.intervalMs + jitterMs)
               .catch(() => 0)
+            // A budget whose own answer takes longer than the jitter would make every slot late.
+            const roundTrip = now() - asked
             if (wait > 0) await sleep(wait)
-            if (now() - asked - wait <= jitterMs || attempt >= 2) break
+            if (now() - asked - wait <= jitterMs || roundTrip > jitterMs || attempt >= 2) break
           }
         }
         return

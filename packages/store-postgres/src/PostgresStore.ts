@@ -512,7 +512,8 @@ const migrate = (pool: pg.Pool, schemaName: string, lockTimeoutMs: number, state
           }
           // The coordination tables made UNLOGGED where they are not (`UNLOGGED_TABLES`), with no
           // version change either: every release works with both. A server that refuses (some
-          // hosted variants do) keeps them logged, which only makes claims and slots slower.
+          // hosted variants do), or a table busy for more than a second, keeps them logged (a
+          // warning says so), which only makes claims and slots slower.
           for (const table of UNLOGGED_TABLES) {
             const kind = await client.query<{ relpersistence: string }>(
               `SELECT c.relpersistence FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -520,12 +521,30 @@ const migrate = (pool: pg.Pool, schemaName: string, lockTimeoutMs: number, state
               [schemaName, table]
             )
             if (kind.rows[0]?.relpersistence !== "p") continue
+            const lockTimeout = (
+              await client.query<{ v: string }>("SELECT current_setting('lock_timeout') AS v")
+            ).rows[0]!.v
             await client.query("SAVEPOINT latchkey_unlogged")
             try {
+              // The ALTER needs the table to itself, and every session of the fleet that touches it
+              // queues behind an ALTER waiting for its lock: wait a second at most, and leave it to
+              // the next start otherwise. The rewrite copies the live rows only: expired claims,
+              // which no claim honours, are dropped first.
+              await client.query("SET LOCAL lock_timeout = '1s'")
+              if (table === "latchkey_claims") {
+                await client.query(
+                  `DELETE FROM ${s}.latchkey_claims WHERE expires_at <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint`
+                )
+              }
               await client.query(`ALTER TABLE ${s}.${table} SET UNLOGGED`)
               await client.query("RELEASE SAVEPOINT latchkey_unlogged")
-            } catch {
+              await client.query("SELECT set_config('lock_timeout', $1, true)", [lockTimeout])
+            } catch (error) {
               await client.query("ROLLBACK TO SAVEPOINT latchkey_unlogged")
+              process.emitWarning(
+                `Latchkey PostgreSQL store: ${schemaName}.${table} stays WAL-logged for now (${describeError(error)}); the next start tries again`,
+                { code: "LATCHKEY_PG_LOGGED" }
+              )
             }
           }
           await client.query(

@@ -472,6 +472,50 @@ describe("PostgreSQL specifics", () => {
     await run(again.close())
   })
 
+  it("leaves a coordination table logged, with a warning, when it is busy for more than a second, and opens all the same", async () => {
+    const s = schema()
+    const first = await PostgresStore.make({ connectionString: URL_, schema: s })
+    await run(first.close())
+    await admin.query(`ALTER TABLE "${s}".latchkey_claims SET LOGGED`)
+    await admin.query(`ALTER TABLE "${s}".latchkey_rates SET LOGGED`)
+    // Another session holds the claims table (a long claim, say) while an instance starts.
+    const blocker = await admin.connect()
+    const warnings: Array<Error> = []
+    const onWarning = (w: Error) => warnings.push(w)
+    process.on("warning", onWarning)
+    try {
+      await blocker.query("BEGIN")
+      await blocker.query(`LOCK TABLE "${s}".latchkey_claims IN ACCESS SHARE MODE`)
+      const again = await PostgresStore.make({ connectionString: URL_, schema: s })
+      await new Promise((r) => setImmediate(r))
+      const kinds = await admin.query<{ relname: string; relpersistence: string }>(
+        `SELECT c.relname, c.relpersistence FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname IN ('latchkey_claims', 'latchkey_rates') ORDER BY c.relname`,
+        [s]
+      )
+      expect(kinds.rows).toEqual([
+        { relname: "latchkey_claims", relpersistence: "p" },
+        { relname: "latchkey_rates", relpersistence: "u" }
+      ])
+      expect(warnings.map((w) => (w as Error & { code?: string }).code)).toContain("LATCHKEY_PG_LOGGED")
+      expect(await run(again.takeRateBudget!("refresh:p", 100, 1_000))).toBeGreaterThanOrEqual(0)
+      await run(again.close())
+    } finally {
+      process.off("warning", onWarning)
+      await blocker.query("ROLLBACK")
+      blocker.release()
+    }
+    // Free again: the next start switches it.
+    const third = await PostgresStore.make({ connectionString: URL_, schema: s })
+    const claims = await admin.query<{ relpersistence: string }>(
+      `SELECT c.relpersistence FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE n.nspname = $1 AND c.relname = 'latchkey_claims'`,
+      [s]
+    )
+    expect(claims.rows).toEqual([{ relpersistence: "u" }])
+    await run(third.close())
+  })
+
   it("concurrent gets share statements: each caller gets its own row, a corrupt one fails only its own get", async () => {
     const s = schema()
     const pool = new pg.Pool({ connectionString: URL_, max: 2 })

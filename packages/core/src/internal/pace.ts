@@ -1,22 +1,30 @@
 /**
- * Waiting for a slot of a rate budget (`ConnectionStore.takeRateBudget`, or a process's own) so that
- * every window holds at most the budget's limit of departures, not just on average.
+ * Waiting for a turn of a rate budget (`ConnectionStore.takeRateBudget`, or a process's own
+ * `localBudget`) so that a window holds at most the budget's limit of departures, not just on average.
  *
  * A budget hands out slots `windowMs / limit` apart and says how long to wait for each. A request
  * leaves when its wait ends, but it can leave late: the answer giving the slot comes back after the
  * store's round trip, and a busy event loop or a descheduled process wakes late. With slots exactly
  * `window / limit` apart, one request leaving late next to a later one leaving on time puts
  * `limit + 1` requests into some window. So budgets are asked for over `window + jitterMs`
- * (`paceWindowMs`), and a request that would leave more than `jitterMs` after its slot, counted from
- * before the slot was asked for (the store's part of the round trip counts as late), takes the next
- * slot instead, at most `retakes` times. Every request then leaves within `[slot, slot + jitterMs]`
- * on the budget's clock, and slots `limit` apart are `window + jitterMs` apart, so their departures
- * are at least `window` apart.
+ * (`paceWindowMs`), and a request that would leave more than `jitterMs` after its slot, counted on
+ * the monotonic clock from before the slot was asked for (the store's part of the round trip counts
+ * as late), takes the next slot instead (`retakes`). A request that leaves within `[slot, slot +
+ * jitterMs]` on the budget's clock keeps every window within the limit: slots `limit` apart are
+ * `window + jitterMs` apart, so their departures are at least `window` apart.
+ *
+ * What this cannot hold: a budget whose own answer takes longer than `jitterMs` (every turn would be
+ * late again, so none is taken again: `shouldRetake`), a request still late after the last retake
+ * (it leaves anyway), and a budget the store lost or could not keep (a PostgreSQL crash empties it;
+ * a failing store falls back to per-process budgets).
  */
 import { Clock, Effect } from "effect"
 
 /** The jitter allowed when none is configured (ms). */
 export const DEFAULT_JITTER_MS = 50
+
+/** Turns given up for being late, at most, before a request leaves anyway. */
+export const RETAKES = 2
 
 /** A configured jitter allowance: a finite number ≥ 0, else the default. */
 export const jitterOf = (configured: number | undefined): number =>
@@ -26,22 +34,71 @@ export const jitterOf = (configured: number | undefined): number =>
 export const paceWindowMs = (windowMs: number, jitterMs: number): number => windowMs + jitterMs
 
 /**
- * Reserve a slot (`reserve` succeeds with the wait before it, ms) and wait for it; take the next
- * one when this one would be left more than `jitterMs` late. Succeeds with the slots given up.
+ * A process's own budgets (for stores without `takeRateBudget`, or while the store's fails): key →
+ * the next free slot, on this process's clock; `take` reserves `cost` slots and says the wait.
  */
-export const awaitPacedSlot = <E, R>(
-  reserve: Effect.Effect<number, E, R>,
-  jitterMs: number,
-  retakes = 2
+export const localBudget = () => {
+  const next = new Map<string, number>()
+  return (key: string, limit: number, windowMs: number, cost = 1): Effect.Effect<number> =>
+    Effect.clockWith((clock) =>
+      Effect.sync(() => {
+        const now = clock.currentTimeMillisUnsafe()
+        const slot = Math.max(now, next.get(key) ?? 0)
+        next.set(key, slot + (windowMs / Math.max(1e-9, limit)) * Math.max(1, cost))
+        if (next.size > 10_000) for (const [k, at] of next) if (at < now) next.delete(k)
+        return slot - now
+      })
+    )
+}
+
+/** A reserved turn: when it was asked for (monotonic ns), the wait the budget answered, its round trip. */
+export interface Turn {
+  readonly askedNs: bigint
+  readonly waitMs: number
+  readonly roundTripMs: number
+}
+
+const elapsedMs = (fromNs: bigint) =>
+  Effect.map(Clock.monotonicTimeNanos, (now) => Number(now - fromNs) / 1e6)
+
+/** Reserve a turn (`take` succeeds with the wait before it, ms). */
+export const reserveTurn = <E, R>(take: () => Effect.Effect<number, E, R>): Effect.Effect<Turn, E, R> =>
+  Effect.flatMap(Clock.monotonicTimeNanos, (askedNs) =>
+    Effect.flatMap(take(), (wait) =>
+      Effect.map(elapsedMs(askedNs), (roundTripMs) => ({ askedNs, waitMs: Math.max(0, wait), roundTripMs }))
+    )
+  )
+
+/** Sleep until `leadMs` before the turn (at once when that is past). */
+export const untilTurn = (turn: Turn, leadMs = 0): Effect.Effect<void> =>
+  Effect.flatMap(elapsedMs(turn.askedNs), (elapsed) => {
+    const left = turn.waitMs - leadMs - elapsed
+    return left > 0 ? Effect.sleep(left) : Effect.void
+  })
+
+/** How late it is now after the turn, ms (negative: early). */
+export const latenessOf = (turn: Turn): Effect.Effect<number> =>
+  Effect.map(elapsedMs(turn.askedNs), (elapsed) => elapsed - turn.waitMs)
+
+/**
+ * Whether a request `lateMs` after its turn takes another: later than the jitter allowed, and the
+ * budget answered within it (when its answer alone takes longer, the next turn would be late too).
+ */
+export const shouldRetake = (turn: Turn, lateMs: number, jitterMs: number): boolean =>
+  lateMs > jitterMs && turn.roundTripMs <= jitterMs
+
+/**
+ * Reserve a turn and wait for it; take the next one when this one would be left more than `jitterMs`
+ * late (`shouldRetake`), at most `RETAKES` times. Succeeds with the turns given up.
+ */
+export const awaitPacedTurn = <E, R>(
+  take: () => Effect.Effect<number, E, R>,
+  jitterMs: number
 ): Effect.Effect<number, E, R> =>
   Effect.gen(function* () {
-    for (let attempt = 0; ; attempt++) {
-      // Elapsed time on the monotonic clock, as the sleep's: a step of the wall clock (NTP) cannot
-      // make a request look early or late.
-      const asked = yield* Clock.monotonicTimeNanos
-      const wait = yield* reserve
-      if (wait > 0) yield* Effect.sleep(wait)
-      const late = Number((yield* Clock.monotonicTimeNanos) - asked) / 1e6 - wait
-      if (late <= jitterMs || attempt >= retakes) return attempt
+    for (let retaken = 0; ; retaken++) {
+      const turn = yield* reserveTurn(take)
+      yield* untilTurn(turn)
+      if (retaken >= RETAKES || !shouldRetake(turn, yield* latenessOf(turn), jitterMs)) return retaken
     }
   })
