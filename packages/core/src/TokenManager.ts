@@ -668,11 +668,19 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
               Effect.as(Deferred.await(closed), Option.none())
             )
 
-      /** How long a journal write takes here (ms, a moving average): the lead a turn is approached with. */
+      /**
+       * How long a journal write takes here: a moving average and its mean deviation (ms), as TCP
+       * estimates a round trip. A turn is approached with the average and four deviations to spare,
+       * so that the journal is nearly always written before the turn comes.
+       */
       let journalMs = 5
+      let journalDevMs = 2.5
       const noteJournal = (ms: number) => {
-        journalMs = journalMs * 0.8 + Math.min(ms, 1_000) * 0.2
+        const error = Math.min(ms, 1_000) - journalMs
+        journalMs += error / 8
+        journalDevMs += (Math.abs(error) - journalDevMs) / 4
       }
+      const journalLeadMs = () => Math.min(250, 1 + journalMs + 4 * journalDevMs)
 
       /**
        * The first request, before its journal is written: reserve its turn (`pace`) and wait until
@@ -687,7 +695,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           const turn = yield* untilClosed(Pace.reserveTurn(pace.reserve))
           if (Option.isNone(turn) || closing) return true
           flight.turn = turn.value
-          yield* untilClosed(Pace.untilTurn(turn.value, Math.min(250, 1 + 2 * journalMs)))
+          yield* untilClosed(Pace.untilTurn(turn.value, journalLeadMs()))
           return closing
         })
       }
