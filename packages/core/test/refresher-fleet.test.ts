@@ -48,6 +48,31 @@ describe("Refresher: claimed batches", () => {
   })
 })
 
+/**
+ * A memory store that counts the rate slots taken, whose budget answers `budgetMs` after it is asked
+ * and whose journal writes take `journalMs`.
+ */
+const pacedStore = (options: { readonly budgetMs?: number; readonly journalMs?: number } = {}) => {
+  const base = ConnectionStore.makeMemory()
+  let slots = 0
+  const store: ConnectionStore.ConnectionStoreShape = {
+    ...base,
+    takeRateBudget: (key, limit, windowMs, cost) =>
+      Effect.andThen(
+        Effect.sync(() => {
+          slots++
+        }),
+        Effect.andThen(Effect.sleep(options.budgetMs ?? 0), base.takeRateBudget!(key, limit, windowMs, cost))
+      ),
+    update: (record, expectedVersion, events, updateOptions) =>
+      Effect.andThen(
+        record.journal != null ? Effect.sleep(options.journalMs ?? 0) : Effect.void,
+        base.update(record, expectedVersion, events, updateOptions)
+      )
+  }
+  return { base, store, slots: () => slots }
+}
+
 describe("Refresher: the provider's rate slot", () => {
   it("is taken once the lease is won, before the journal is written", async () => {
     const base = ConnectionStore.makeMemory()
@@ -119,18 +144,7 @@ describe("Refresher: the provider's rate slot", () => {
   })
 
   it("a retry of a request the provider refused as transient takes a slot of its own", async () => {
-    const base = ConnectionStore.makeMemory()
-    let slots = 0
-    const store: ConnectionStore.ConnectionStoreShape = {
-      ...base,
-      takeRateBudget: (key, limit, windowMs, cost) =>
-        Effect.andThen(
-          Effect.sync(() => {
-            slots++
-          }),
-          base.takeRateBudget!(key, limit, windowMs, cost)
-        )
-    }
+    const { store, slots } = pacedStore()
     // The token endpoint is unavailable for the first refresh request, then answers.
     let refused = 0
     let requests = 0
@@ -161,7 +175,7 @@ describe("Refresher: the provider's rate slot", () => {
       const report = await lk.refresher.sweep()
       expect(report).toMatchObject({ due: 1, refreshed: 1, failed: 0 })
       expect({ requests, refused }).toEqual({ requests: 2, refused: 1 })
-      expect(slots).toBe(2)
+      expect(slots()).toBe(2)
     } finally {
       await lk.close()
     }
@@ -170,23 +184,7 @@ describe("Refresher: the provider's rate slot", () => {
   it("a request that would leave more than rateJitterMs after its slot takes the next one, unless the budget itself is slow", async () => {
     // `journalMs`: how long the journal write takes; `budgetMs`: how long the budget takes to answer.
     const slotsTaken = async (rateJitterMs: number, journalMs: number, budgetMs: number) => {
-      const base = ConnectionStore.makeMemory()
-      let slots = 0
-      const store: ConnectionStore.ConnectionStoreShape = {
-        ...base,
-        takeRateBudget: (key, limit, windowMs, cost) =>
-          Effect.andThen(
-            Effect.sync(() => {
-              slots++
-            }),
-            Effect.andThen(Effect.sleep(budgetMs), base.takeRateBudget!(key, limit, windowMs, cost))
-          ),
-        update: (record, expectedVersion, events, options) =>
-          Effect.andThen(
-            record.journal != null ? Effect.sleep(journalMs) : Effect.void,
-            base.update(record, expectedVersion, events, options)
-          )
-      }
+      const { store, slots } = pacedStore({ journalMs, budgetMs })
       const lk = createLatchkey({
         providers: [exampleProvider(server)],
         store,
@@ -198,7 +196,7 @@ describe("Refresher: the provider's rate slot", () => {
         const requests = server.grants.refresh_token
         expect(await lk.refresher.sweep()).toMatchObject({ due: 1, refreshed: 1, failed: 0 })
         expect(server.grants.refresh_token - requests).toBe(1)
-        return slots
+        return slots()
       } finally {
         await lk.close()
       }
@@ -212,112 +210,79 @@ describe("Refresher: the provider's rate slot", () => {
     expect(await slotsTaken(20, 0, 60)).toBe(1)
   })
 
-  it("a refresh whose slot the store has not yet given when the instance shuts down is not sent, and leaves no journal", async () => {
-    const store = ConnectionStore.makeMemory()
-    // A drain that never runs out: only ending the wait at once lets close() return.
+  /**
+   * A refresh of an expired connection with `pace`, on an instance whose drain never runs out (only
+   * ending the wait at once lets `close()` return); `close()` is called once `pace` signals, after
+   * `whileWaiting` saw the stored journal. Then: `RefreshError("draining")`, no request sent, no
+   * journal left, the stored refresh token unchanged.
+   */
+  const closeDuring = async (
+    setup: ReturnType<typeof pacedStore>,
+    name: string,
+    pace: (signal: () => void) => TokenManager.RequestPace,
+    whileWaiting: (journal: unknown) => void
+  ) => {
     const lk = createLatchkey({
       providers: [exampleProvider(server)],
-      store,
+      store: setup.store,
       config: { drainTimeoutMs: 600_000 }
     })
-    const { id } = await link(lk, "slot-drain", "slot-drain-owner")
-    await expire(store, id)
-    const before = await Effect.runPromise(store.get(id))
-    let waiting: () => void = () => {}
-    const atSlot = new Promise<void>((resolve) => {
-      waiting = resolve
-    })
+    const { id } = await link(lk, name, `${name}-owner`)
+    await expire(setup.base, id)
+    const before = await Effect.runPromise(setup.base.get(id))
     const requests = server.grants.refresh_token
+    let signal: () => void = () => {}
+    const waiting = new Promise<void>((resolve) => {
+      signal = resolve
+    })
     const refreshing = lk
-      .run(
-        TokenManager.TokenManager.use((t) =>
-          t.refreshIfDue(id, undefined, {
-            // The budget never answers.
-            pace: {
-              reserve: () =>
-                Effect.andThen(
-                  Effect.sync(() => waiting()),
-                  Effect.never
-                ),
-              jitterMs: 50
-            }
-          })
-        )
-      )
+      .run(TokenManager.TokenManager.use((t) => t.refreshIfDue(id, undefined, { pace: pace(signal) })))
       .then(
         () => undefined,
         (e: unknown) => e
       )
-    await atSlot
-    // The slot comes before the journal: a stop meanwhile leaves nothing in doubt.
-    expect((await Effect.runPromise(store.get(id)))?.journal ?? null).toBeNull()
+    await waiting
+    whileWaiting((await Effect.runPromise(setup.base.get(id)))?.journal ?? null)
     await lk.close()
     expect(await refreshing).toMatchObject({ _tag: "RefreshError", reason: "draining" })
     expect(server.grants.refresh_token - requests).toBe(0)
-    const after = await Effect.runPromise(store.get(id))
+    const after = await Effect.runPromise(setup.base.get(id))
     expect(after?.journal ?? null).toBeNull()
     expect(after?.refreshToken).toBe(before?.refreshToken)
     expect(after?.status).toBe("active")
+  }
+
+  it("a refresh whose slot the store has not yet given when the instance shuts down is not sent, and leaves no journal", async () => {
+    await closeDuring(
+      pacedStore(),
+      "slot-drain",
+      // The budget never answers.
+      (signal) => ({ reserve: () => Effect.andThen(Effect.sync(signal), Effect.never), jitterMs: 50 }),
+      // The slot comes before the journal: a stop meanwhile leaves nothing in doubt.
+      (journal) => expect(journal).toBeNull()
+    )
   })
 
   it("a request waiting for a turn after its journal was written is withdrawn at shutdown: not sent, journal ended", async () => {
-    const base = ConnectionStore.makeMemory()
-    // The journal write takes 150 ms: the request is late for its first turn and asks for another,
-    // which the budget never gives.
-    const store: ConnectionStore.ConnectionStoreShape = {
-      ...base,
-      update: (record, expectedVersion, events, options) =>
-        Effect.andThen(
-          record.journal != null ? Effect.sleep("150 millis") : Effect.void,
-          base.update(record, expectedVersion, events, options)
-        )
-    }
-    const lk = createLatchkey({
-      providers: [exampleProvider(server)],
-      store,
-      config: { drainTimeoutMs: 600_000 }
-    })
-    const { id } = await link(lk, "turn-drain", "turn-drain-owner")
-    await expire(base, id)
-    const before = await Effect.runPromise(base.get(id))
-    const requests = server.grants.refresh_token
     let reservations = 0
-    let second: () => void = () => {}
-    const atSecond = new Promise<void>((resolve) => {
-      second = resolve
-    })
-    const refreshing = lk
-      .run(
-        TokenManager.TokenManager.use((t) =>
-          t.refreshIfDue(id, undefined, {
-            pace: {
-              reserve: () =>
-                Effect.suspend(() => {
-                  reservations++
-                  if (reservations === 1) return Effect.succeed(0)
-                  second()
-                  return Effect.never
-                }),
-              jitterMs: 20
-            }
-          })
-        )
-      )
-      .then(
-        () => undefined,
-        (e: unknown) => e
-      )
-    await atSecond
-    expect((await Effect.runPromise(base.get(id)))?.journal ?? null).not.toBeNull()
-    // Shutting down ends the wait at once: the drain does not run out, and nothing is left in doubt.
-    await lk.close()
-    expect(await refreshing).toMatchObject({ _tag: "RefreshError", reason: "draining" })
+    await closeDuring(
+      // The journal write takes 150 ms: the request is late for its first turn and asks for
+      // another, which the budget never gives.
+      pacedStore({ journalMs: 150 }),
+      "turn-drain",
+      (signal) => ({
+        reserve: () =>
+          Effect.suspend(() => {
+            reservations++
+            if (reservations === 1) return Effect.succeed(0)
+            signal()
+            return Effect.never
+          }),
+        jitterMs: 20
+      }),
+      (journal) => expect(journal).not.toBeNull()
+    )
     expect(reservations).toBe(2)
-    expect(server.grants.refresh_token - requests).toBe(0)
-    const after = await Effect.runPromise(base.get(id))
-    expect(after?.journal ?? null).toBeNull()
-    expect(after?.refreshToken).toBe(before?.refreshToken)
-    expect(after?.status).toBe("active")
   })
 })
 
