@@ -714,22 +714,15 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
         flight.turn = undefined
         if (!retry && approached === undefined && flight.slotTaken) return Effect.succeed(false)
         flight.slotTaken = true
-        return Effect.gen(function* () {
-          let turn = approached
-          for (let retaken = 0; ; retaken++) {
-            if (turn === undefined) {
-              const reserved = yield* untilClosed(Pace.reserveTurn(pace.reserve))
-              if (Option.isNone(reserved)) return true
-              turn = reserved.value
-            }
-            yield* untilClosed(Pace.untilTurn(turn))
-            if (closing) return true
-            const late = yield* Pace.latenessOf(turn)
-            if (retaken >= Pace.RETAKES || !Pace.shouldRetake(turn, late, pace.jitterMs)) return false
-            if (pace.onRetaken !== undefined) yield* pace.onRetaken
-            turn = undefined
-          }
-        }).pipe(Effect.catchCause(() => Effect.sync(() => closing)))
+        if (closing) return Effect.succeed(true)
+        return Pace.awaitPacedTurn(pace.reserve, pace.jitterMs, {
+          first: approached,
+          stop: Deferred.await(closed),
+          onRetaken: pace.onRetaken
+        }).pipe(
+          Effect.map(() => closing),
+          Effect.catchCause(() => Effect.sync(() => closing))
+        )
       }
 
       /**

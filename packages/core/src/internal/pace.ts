@@ -18,7 +18,7 @@
  * (it leaves anyway), and a budget the store lost or could not keep (a PostgreSQL crash empties it;
  * a failing store falls back to per-process budgets).
  */
-import { Clock, Effect } from "effect"
+import { Clock, Effect, Option } from "effect"
 
 /** The jitter allowed when none is configured (ms). */
 export const DEFAULT_JITTER_MS = 50
@@ -87,18 +87,46 @@ export const latenessOf = (turn: Turn): Effect.Effect<number> =>
 export const shouldRetake = (turn: Turn, lateMs: number, jitterMs: number): boolean =>
   lateMs > jitterMs && turn.roundTripMs <= jitterMs
 
+/** How `awaitPacedTurn` waits (all optional). */
+export interface PacedTurnOptions {
+  /** A turn already reserved (and approached) to wait for first. */
+  readonly first?: Turn | undefined
+  /** Done when the wait must end at once (a shutdown): `awaitPacedTurn` then succeeds with false. */
+  readonly stop?: Effect.Effect<void> | undefined
+  /** Run for each turn given up for being late (for a metric). */
+  readonly onRetaken?: Effect.Effect<void> | undefined
+}
+
 /**
- * Reserve a turn and wait for it; take the next one when this one would be left more than `jitterMs`
- * late (`shouldRetake`), at most `RETAKES` times. Succeeds with the turns given up.
+ * Reserve a turn (or take `options.first`) and wait for it; take the next one when this one would be
+ * left more than `jitterMs` late (`shouldRetake`), at most `RETAKES` times. Succeeds with true when
+ * the request may leave, false when `options.stop` ended the wait.
  */
 export const awaitPacedTurn = <E, R>(
   take: () => Effect.Effect<number, E, R>,
-  jitterMs: number
-): Effect.Effect<number, E, R> =>
-  Effect.gen(function* () {
+  jitterMs: number,
+  options: PacedTurnOptions = {}
+): Effect.Effect<boolean, E, R> => {
+  const stop = options.stop
+  /** `effect`, or none when `stop` comes first. */
+  const unlessStopped = <A, E1, R1>(
+    effect: Effect.Effect<A, E1, R1>
+  ): Effect.Effect<Option.Option<A>, E1, R1> =>
+    stop === undefined
+      ? Effect.map(effect, Option.some)
+      : Effect.raceFirst(Effect.map(effect, Option.some), Effect.as(stop, Option.none<A>()))
+  return Effect.gen(function* () {
+    let turn = options.first
     for (let retaken = 0; ; retaken++) {
-      const turn = yield* reserveTurn(take)
-      yield* untilTurn(turn)
-      if (retaken >= RETAKES || !shouldRetake(turn, yield* latenessOf(turn), jitterMs)) return retaken
+      if (turn === undefined) {
+        const reserved = yield* unlessStopped(reserveTurn(take))
+        if (Option.isNone(reserved)) return false
+        turn = reserved.value
+      }
+      if (Option.isNone(yield* unlessStopped(untilTurn(turn)))) return false
+      if (retaken >= RETAKES || !shouldRetake(turn, yield* latenessOf(turn), jitterMs)) return true
+      if (options.onRetaken !== undefined) yield* options.onRetaken
+      turn = undefined
     }
   })
+}
