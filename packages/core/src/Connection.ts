@@ -456,22 +456,53 @@ export const toRecord = (
   }
 }
 
-export const fromRecord = (vault: VaultShape, r: ConnectionRecord): Effect.Effect<Connection, VaultError> =>
+/**
+ * The connection of a record, its sealed fields opened by the vault. With `base` (an earlier record of
+ * the same connection and its decoded form), a field whose ciphertext is the very one `base` holds is
+ * taken from `base` without opening it again: the same ciphertext under the same key, connection and
+ * field (all bound into it) can only open to the same value. A write that changes no token (a journal,
+ * a failure streak, a status, an expiry) then costs its readers no decryption.
+ */
+export const fromRecord = (
+  vault: VaultShape,
+  r: ConnectionRecord,
+  base?: Stored | undefined
+): Effect.Effect<Connection, VaultError> =>
   Effect.gen(function* () {
     const ctx = (field: string) => ({ connectionId: r.id, field })
-    const accessToken = yield* vault.open(r.accessToken, ctx("accessToken"))
+    const prior = base !== undefined && base.record.id === r.id ? base : undefined
+    const priorTokens = prior?.connection.tokens
+    const accessToken =
+      prior !== undefined && prior.record.accessToken === r.accessToken
+        ? priorTokens!.accessToken
+        : Redacted.make(yield* vault.open(r.accessToken, ctx("accessToken")))
     const refreshToken =
-      r.refreshToken === null ? undefined : yield* vault.open(r.refreshToken, ctx("refreshToken"))
-    const extrasText = yield* vault.open(r.extras, ctx("extras"))
-    const { [Dpop.EXTRAS_KEY]: dpopKey, ...extras } = yield* Effect.try({
-      try: () => JSON.parse(extrasText) as Record<string, unknown>,
-      catch: () =>
-        new VaultError({
-          reason: "malformed",
-          connectionId: r.id,
-          message: `Cannot open extras of connection ${r.id}: not valid JSON`
-        })
-    })
+      r.refreshToken === null
+        ? undefined
+        : prior !== undefined &&
+            prior.record.refreshToken === r.refreshToken &&
+            priorTokens!.refreshToken !== undefined
+          ? priorTokens!.refreshToken
+          : Redacted.make(yield* vault.open(r.refreshToken, ctx("refreshToken")))
+    let extras: Record<string, unknown>
+    let dpopKey: unknown
+    if (prior !== undefined && prior.record.extras === r.extras) {
+      extras = priorTokens!.extras
+      dpopKey = priorTokens!.dpopKey
+    } else {
+      const extrasText = yield* vault.open(r.extras, ctx("extras"))
+      const { [Dpop.EXTRAS_KEY]: key, ...rest } = yield* Effect.try({
+        try: () => JSON.parse(extrasText) as Record<string, unknown>,
+        catch: () =>
+          new VaultError({
+            reason: "malformed",
+            connectionId: r.id,
+            message: `Cannot open extras of connection ${r.id}: not valid JSON`
+          })
+      })
+      extras = rest
+      dpopKey = key
+    }
     return {
       id: r.id,
       ownerId: r.ownerId,
@@ -490,15 +521,23 @@ export const fromRecord = (vault: VaultShape, r: ConnectionRecord): Effect.Effec
       ...(typeof r.parentId === "string" ? { parentId: r.parentId } : {}),
       ...optionalHealthFields(r),
       tokens: {
-        accessToken: Redacted.make(accessToken),
-        refreshToken: refreshToken === undefined ? undefined : Redacted.make(refreshToken),
+        accessToken,
+        refreshToken,
         tokenType: r.tokenType,
         obtainedAt: r.obtainedAt,
         expiresAt: r.expiresAt ?? undefined,
         refreshExpiresAt: r.refreshExpiresAt ?? undefined,
         scopes: r.scopes,
         extras,
-        ...(typeof dpopKey === "string" ? { dpopKey: bindDpop(dpopKey, accessToken, refreshToken) } : {})
+        ...(typeof dpopKey === "string"
+          ? {
+              dpopKey: bindDpop(
+                dpopKey,
+                Redacted.value(accessToken),
+                refreshToken === undefined ? undefined : Redacted.value(refreshToken)
+              )
+            }
+          : {})
       }
     }
   })

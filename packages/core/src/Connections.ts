@@ -298,7 +298,7 @@ export class Connections extends Context.Service<Connections, ConnectionsShape>(
         ) {
           return Effect.succeed(hit.connection)
         }
-        return ConnectionModule.fromRecord(vault, record).pipe(
+        return ConnectionModule.fromRecord(vault, record, hit).pipe(
           Effect.tap((connection) => Effect.sync(() => remember(record, connection)))
         )
       }

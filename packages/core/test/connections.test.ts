@@ -7,7 +7,7 @@
 import { Effect, Layer, Redacted, Schedule } from "effect"
 import { describe, expect, it } from "vitest"
 import { defaults, LatchkeyConfig } from "../src/Config.ts"
-import type { Connection } from "../src/Connection.ts"
+import type { Connection, ConnectionRecord } from "../src/Connection.ts"
 import * as ConnectionStore from "../src/ConnectionStore.ts"
 import * as Connections from "../src/Connections.ts"
 import { StoreError } from "../src/Errors.ts"
@@ -53,7 +53,8 @@ const harness = (
       attempt: number
     ) => Effect.Effect<void, StoreError>
     afterUpdate?: (attempt: number) => StoreError | undefined
-  } = {}
+  } = {},
+  vault: Vault.VaultShape = Vault.make({ keys: [{ id: "k1", key: Vault.generateKey() }] })
 ) => {
   const inner = ConnectionStore.makeMemory()
   let updates = 0
@@ -76,7 +77,7 @@ const harness = (
     Layer.provideMerge(
       Layer.mergeAll(
         Layer.succeed(ConnectionStore.ConnectionStore, store),
-        Layer.succeed(Vault.Vault, Vault.make({ keys: [{ id: "k1", key: Vault.generateKey() }] })),
+        Layer.succeed(Vault.Vault, vault),
         Events.layer,
         Layer.succeed(LatchkeyConfig, defaults())
       )
@@ -227,6 +228,62 @@ describe("Connections", () => {
         expect(Redacted.value(opened.tokens.refreshToken!)).toBe("refresh-rotated")
         expect(opened.tokens.extras).toEqual({ id_token: "x" })
         expect(Redacted.value(opened.tokens.accessToken)).toBe("access-c1")
+      })
+    )
+  })
+
+  it("a record changed elsewhere opens only the fields whose ciphertext changed; a changed field is opened (and checked) again", async () => {
+    const inner = Vault.make({ keys: [{ id: "k1", key: Vault.generateKey() }] })
+    const opened: Array<string> = []
+    const vault: Vault.VaultShape = {
+      ...inner,
+      open: (sealed, context) => {
+        opened.push(context.field)
+        return inner.open(sealed, context)
+      }
+    }
+    const h = harness({}, vault)
+    const now = Date.now()
+    await h.run(
+      Effect.gen(function* () {
+        const c = yield* Connections.Connections
+        yield* c.insert(sample("c1", "oauth", now))
+        yield* c.insert(sample("c2", "oauth", now))
+        const elsewhere = (id: string, change: (r: ConnectionRecord) => object) =>
+          Effect.gen(function* () {
+            const r = (yield* h.inner.get(id))!
+            yield* h.inner.update({ ...r, ...change(r), version: r.version + 1 }, r.version)
+            return (yield* h.inner.get(id))!
+          }).pipe(Effect.orDie)
+        // Another instance moved the expiry (no token changed): nothing is opened.
+        const moved = yield* elsewhere("c1", () => ({ expiresAt: now - HOUR }))
+        opened.length = 0
+        const a = yield* c.decode(moved)
+        expect(opened).toEqual([])
+        expect(a.tokens.expiresAt).toBe(now - HOUR)
+        expect(Redacted.value(a.tokens.accessToken)).toBe("access-c1")
+        expect(Redacted.value(a.tokens.refreshToken!)).toBe("refresh-c1")
+        // It stored a new refresh token: that field alone is opened, to its new value.
+        const rotated = yield* elsewhere("c1", () => ({
+          refreshToken: inner.seal("refresh-elsewhere", { connectionId: "c1", field: "refreshToken" })
+        }))
+        opened.length = 0
+        const b = yield* c.decode(rotated)
+        expect(opened).toEqual(["refreshToken"])
+        expect(Redacted.value(b.tokens.refreshToken!)).toBe("refresh-elsewhere")
+        expect(Redacted.value(b.tokens.accessToken)).toBe("access-c1")
+        // A changed field that does not open (tampered) fails as it always did: nothing is taken on trust.
+        const tampered = yield* elsewhere("c1", (r) => ({
+          accessToken: `${r.accessToken.slice(0, -4)}AAAA`
+        }))
+        const failed = yield* Effect.flip(c.decode(tampered))
+        expect(failed).toMatchObject({ _tag: "VaultError", reason: "tampered" })
+        // Another connection's ciphertext copied over this one's is not reused: it is opened, and
+        // fails (the connection is bound into it).
+        const c1 = (yield* h.inner.get("c1"))!
+        const planted = yield* elsewhere("c2", () => ({ refreshToken: c1.refreshToken }))
+        const refused = yield* Effect.flip(c.decode(planted))
+        expect(refused).toMatchObject({ _tag: "VaultError", reason: "tampered" })
       })
     )
   })
