@@ -596,8 +596,11 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           keeping?.fiber?.interruptUnsafe()
           const self: Ticking = { fiber: undefined, wakeAt: keeper.renewAt }
           keeping = self
+          // Started on the scheduler's next turn, not in this one: the refresh that armed it goes on
+          // to its journal and request first (the keeper sleeps until an absolute time, so starting
+          // it a moment later changes nothing of when it renews).
           return Effect.map(
-            Effect.forkDetach(Effect.interruptible(tick(self)), { startImmediately: true }),
+            Effect.forkDetach(Effect.interruptible(tick(self))),
             (fiber) => {
               self.fiber = fiber
             }
