@@ -599,12 +599,9 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
           // Started on the scheduler's next turn, not in this one: the refresh that armed it goes on
           // to its journal and request first (the keeper sleeps until an absolute time, so starting
           // it a moment later changes nothing of when it renews).
-          return Effect.map(
-            Effect.forkDetach(Effect.interruptible(tick(self))),
-            (fiber) => {
-              self.fiber = fiber
-            }
-          )
+          return Effect.map(Effect.forkDetach(Effect.interruptible(tick(self))), (fiber) => {
+            self.fiber = fiber
+          })
         })
 
       /** Keep `first` renewed until `stop`; a failed renewal leaves the deadline. */
@@ -786,7 +783,11 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             return { _tag: "Refused", failure }
           }
           yield* noteRetry(c, failure, now, wait, failure.message)
-          yield* Effect.sleep(wait)
+          // The provider refused the token (it was not taken): shutting down during the wait, the
+          // next request is withdrawn rather than waited for (the journal is ended by the caller).
+          // A resend keeps its journal whatever happens, so it waits the delay out.
+          if (resend) yield* Effect.sleep(wait)
+          else if (Option.isNone(yield* untilClosed(Effect.sleep(wait)))) return { _tag: "Withdrawn" }
         }
       })
 
@@ -1316,7 +1317,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             const wait = yield* backoff(attempt, failure.details.retryAfterMs)
             if (now + wait + minRequest < keeper.deadline - margin) {
               yield* noteRetry(c, failure, now, wait, `${provider.name}: ${failure.message}`)
-              yield* Effect.sleep(wait)
+              // Nothing is in doubt here: shutting down during the wait ends the renewal at once.
+              if (Option.isNone(yield* untilClosed(Effect.sleep(wait)))) return yield* drainingError(c.id)
               continue
             }
           }

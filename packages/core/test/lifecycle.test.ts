@@ -484,6 +484,40 @@ describe("invariant 4: transient failures are retried and never mark needs_reaut
     await Promise.all([lk.close(), lk2.close()])
   })
 
+  it("close() during a Retry-After wait withdraws the refresh at once: draining, nothing sent again, no journal left", async () => {
+    const store = memoryStore()
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(lk)
+    await lk.close()
+    await expire(store, c.id)
+    const before = await stored(store, c.id)
+    // A 20 s Retry-After, well within the lease; a drain that would wait ten minutes for it.
+    const limited = faultyFetch(["429"], undefined, "20")
+    const lk2 = createLatchkey({
+      providers: [exampleProvider(server)],
+      store,
+      config: { ...fast, maxBackoffMs: 60_000, drainTimeoutMs: 600_000, fetch: limited.fetch }
+    })
+    const retrying = new Promise<void>((resolve) => {
+      lk2.on((e) => {
+        if (e.type === "refresh_failed" && e.retryable) resolve()
+      })
+    })
+    const calling = lk2.accessToken(c.id).then(
+      () => undefined,
+      (e: unknown) => e
+    )
+    await retrying
+    // Returns without waiting the 20 s out (the test's timeout is shorter).
+    await lk2.close()
+    expect(await calling).toMatchObject({ _tag: "RefreshError", reason: "draining" })
+    expect(limited.sent.length).toBe(1)
+    const after = await stored(store, c.id)
+    expect(after.journal ?? null).toBeNull()
+    expect(after.refreshToken).toBe(before.refreshToken)
+    expect(after.status).toBe("active")
+  }, 15_000)
+
   it("when every attempt fails, the caller gets a retryable RefreshError and the connection stays active", async () => {
     const store = memoryStore()
     const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
