@@ -6,7 +6,7 @@
  *
  * `--quick`: CI-sized runs (fewer connections, trials and sizes; every figure still present, each
  * section says its sizes). Environment: BENCH_CONCURRENCY (a comma-separated list of background
- * refresh concurrencies, default 8,32,128).
+ * refresh concurrencies, default 8,32,128), BENCH_STORMS (storms in the storm section, default 31).
  *
  * `--only <sections>`: run only these sections (comma-separated, e.g. `--only storm,background`),
  * for profiling and quick comparisons; the figures go to bench/results.only.json (results.json
@@ -50,6 +50,10 @@ if (only !== undefined) {
     throw new Error(`--only takes a comma-separated list of sections among ${SECTIONS.join(", ")}`)
 }
 const want = (section: Section) => only === undefined || only.has(section)
+/** Storms in the storm section (BENCH_STORMS; quick: 5): one lasts a few ms, so the figure is a median of many. */
+const stormCount = Number(process.env.BENCH_STORMS ?? 31)
+if (!Number.isInteger(stormCount) || stormCount < 1)
+  throw new Error("BENCH_STORMS must be a positive integer")
 const concurrencies = (process.env.BENCH_CONCURRENCY ?? "8,32,128").split(",").map(Number)
 if (concurrencies.some((c) => !Number.isInteger(c) || c < 1)) {
   throw new Error("BENCH_CONCURRENCY must be a comma-separated list of positive integers")
@@ -105,7 +109,7 @@ if (want("hotPath") || want("storm") || want("naive") || want("background") || w
     }
     if (want("storm")) {
       progress("storm", "1,000 concurrent callers on one expired connection")
-      results = { ...results, storm: await benchStorm(server, quick ? 5 : Number(process.env.BENCH_STORMS ?? 15)) }
+      results = { ...results, storm: await benchStorm(server, quick ? 5 : stormCount) }
     }
     if (want("naive")) {
       progress("naive", "the same storm with openid-client alone and with simple-oauth2")

@@ -11,7 +11,7 @@
  * - `grantSurvived`: after the storm, the refresh token Latchkey stored is active at the server's
  *   introspection endpoint AND one refresh with it succeeds. A second refresh with the consumed
  *   token would have revoked the grant, and then both checks fail.
- * - `storms` storms (15; quick: 5), each on its own linked connection; one storm is a single
+ * - `storms` storms (31, BENCH_STORMS; quick: 5), each on its own linked connection; one storm is a single
  *   measurement of a few milliseconds, so the figures are medians: `wallMs` is the median storm's
  *   wall (`wallsMs` has each), `leaderSyncMs` and `issueMs` the medians of the first call's own time
  *   and of the time to issue all the calls (the leader's request leaves only after that), and
