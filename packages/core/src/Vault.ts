@@ -240,8 +240,12 @@ export const make = (
     }
   }
 
-  const keyIdOf = (sealed: string): string | undefined =>
-    sealed.startsWith("lk1.") ? sealed.split(".")[1] : undefined
+  // The key id alone, without splitting the whole ciphertext (every write asks it of each sealed field).
+  const keyIdOf = (sealed: string): string | undefined => {
+    if (!sealed.startsWith("lk1.")) return undefined
+    const end = sealed.indexOf(".", 4)
+    return end === -1 ? sealed.slice(4) : sealed.slice(4, end)
+  }
 
   return { encrypts: writeKey !== undefined, writeKeyId, seal, open, keyIdOf }
 }

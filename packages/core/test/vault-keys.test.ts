@@ -42,6 +42,15 @@ describe("vault keys", () => {
     expect(() => Vault.make({ keys: [{ id: "k1", key }] })).toThrow(/must be 32 bytes/)
   })
 
+  it("keyIdOf names the key a value was sealed with, and nothing for a value in plain", () => {
+    const vault = Vault.make({ keys: [{ id: "2026-11_a", key: Vault.generateKey() }] })
+    const sealed = vault.seal("token", { connectionId: "c1", field: "accessToken" })
+    expect(vault.keyIdOf(sealed)).toBe("2026-11_a")
+    expect(vault.keyIdOf("plain.token")).toBeUndefined()
+    expect(vault.keyIdOf("lk1.other")).toBe("other")
+    expect(vault.keyIdOf("lk1.")).toBe("")
+  })
+
   it("refuses a key id with other characters", () => {
     expect(() => Vault.make({ keys: [{ id: "key one", key: Vault.generateKey() }] })).toThrow(
       /letters, digits/
