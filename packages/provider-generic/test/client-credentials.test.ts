@@ -109,6 +109,52 @@ describe("client-credentials connections against oidc-provider", () => {
     expect((await lk.connection(connection.id)).lastRefreshAt).toBe(now)
   })
 
+  it("close() during a Retry-After wait ends the renewal at once: RefreshError(draining), nothing more sent", async () => {
+    now = Date.now()
+    const store = ConnectionStore.makeMemory()
+    const linker = createLatchkey({
+      providers: [makeProvider()],
+      store,
+      vault: { plaintext: true },
+      clock: () => now
+    })
+    const { connection } = await linker.linkClientCredentials({ providerId: "machine", ownerId: "svc" })
+    await linker.close()
+    // The token endpoint answers 429 with a 20 s Retry-After (within the lease); the drain would wait ten minutes.
+    let tokenRequests = 0
+    const limited: typeof fetch = async (input, init) => {
+      const url = typeof input === "string" ? input : input instanceof URL ? input.href : input.url
+      if (url !== server.endpoints.token) return fetch(input, init)
+      tokenRequests++
+      return new Response(JSON.stringify({ error: "slow_down" }), {
+        status: 429,
+        headers: { "content-type": "application/json", "retry-after": "20" }
+      })
+    }
+    const lk = createLatchkey({
+      providers: [makeProvider()],
+      store,
+      vault: { plaintext: true },
+      clock: () => now,
+      config: { maxBackoffMs: 60_000, drainTimeoutMs: 600_000, fetch: limited }
+    })
+    const retrying = new Promise<void>((resolve) => {
+      lk.on((e) => {
+        if (e.type === "refresh_failed" && e.retryable) resolve()
+      })
+    })
+    now += 11 * 60_000
+    const calling = lk.accessToken(connection.id).then(
+      () => undefined,
+      (e: unknown) => e
+    )
+    await retrying
+    // Returns without waiting the 20 s out (the test's timeout is shorter).
+    await lk.close()
+    expect(await calling).toMatchObject({ _tag: "RefreshError", reason: "draining" })
+    expect(tokenRequests).toBe(1)
+  }, 15_000)
+
   it("a client whose secret the server no longer accepts: RefreshError(invalid_client), not retryable, the connection kept", async () => {
     now = Date.now()
     const store = ConnectionStore.makeMemory()
