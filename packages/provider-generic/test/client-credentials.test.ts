@@ -55,6 +55,20 @@ const latchkey = (provider = makeProvider()) => {
   return lk
 }
 
+/** A client-credentials connection linked into a fresh store by an instance of its own (`linker`, closed after the test). */
+const linkedInStore = async () => {
+  const store = ConnectionStore.makeMemory()
+  const linker = createLatchkey({
+    providers: [makeProvider()],
+    store,
+    vault: { plaintext: true },
+    clock: () => now
+  })
+  closing.push(linker)
+  const { connection } = await linker.linkClientCredentials({ providerId: "machine", ownerId: "svc" })
+  return { store, connection, linker }
+}
+
 describe("client-credentials connections against oidc-provider", () => {
   it("links the client's own token: no user, no refresh token, due for renewal before it expires", async () => {
     now = Date.now()
@@ -111,15 +125,7 @@ describe("client-credentials connections against oidc-provider", () => {
 
   it("close() during a Retry-After wait ends the renewal at once: RefreshError(draining), nothing more sent", async () => {
     now = Date.now()
-    const store = ConnectionStore.makeMemory()
-    const linker = createLatchkey({
-      providers: [makeProvider()],
-      store,
-      vault: { plaintext: true },
-      clock: () => now
-    })
-    const { connection } = await linker.linkClientCredentials({ providerId: "machine", ownerId: "svc" })
-    await linker.close()
+    const { store, connection } = await linkedInStore()
     // The token endpoint answers 429 with a 20 s Retry-After (within the lease); the drain would wait ten minutes.
     let tokenRequests = 0
     const limited: typeof fetch = async (input, init) => {
@@ -157,15 +163,7 @@ describe("client-credentials connections against oidc-provider", () => {
 
   it("a client whose secret the server no longer accepts: RefreshError(invalid_client), not retryable, the connection kept", async () => {
     now = Date.now()
-    const store = ConnectionStore.makeMemory()
-    const linker = createLatchkey({
-      providers: [makeProvider()],
-      store,
-      vault: { plaintext: true },
-      clock: () => now
-    })
-    closing.push(linker)
-    const { connection } = await linker.linkClientCredentials({ providerId: "machine", ownerId: "svc" })
+    const { store, connection, linker } = await linkedInStore()
     const wrong = createLatchkey({
       providers: [makeProvider({ clientSecret: "not-the-secret-0123456789" })],
       store,
