@@ -316,6 +316,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
       const closed = Deferred.makeUnsafe<void>()
       /** The drain timed out: write retries give up (the journal leaves the refresh in doubt). */
       let stopping = false
+      /** When the drain stops waiting for the refreshes in flight (set by `close()`, this instance's clock). */
+      let drainDeadline: number | undefined
 
       const load = connections.get
 
@@ -669,6 +671,22 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             )
 
       /**
+       * The wait before a retry, `ms`: `true` once it is over. When `close()` is called meanwhile (or
+       * was), the wait goes on only if the retried request can still be sent and answered before the
+       * drain stops waiting (`drainTimeoutMs`); otherwise `false` at once, and the retry is not made:
+       * a rolling restart is not held for a provider's `Retry-After`, and the refresh ends cleanly
+       * instead of being abandoned mid-wait.
+       */
+      const waitToRetry = (ms: number): Effect.Effect<boolean> =>
+        Effect.gen(function* () {
+          const until = (yield* Clock.currentTimeMillis) + ms
+          if (Option.isSome(yield* untilClosed(Effect.sleep(ms)))) return true
+          if (drainDeadline === undefined || until + config.requestTimeoutMs > drainDeadline) return false
+          yield* Effect.sleep(Math.max(0, until - (yield* Clock.currentTimeMillis)))
+          return true
+        })
+
+      /**
        * How long a journal write takes here: a moving average and its mean deviation (ms), as TCP
        * estimates a round trip. A turn is approached with the average and four deviations to spare,
        * so that the journal is nearly always written before the turn comes.
@@ -783,11 +801,11 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             return { _tag: "Refused", failure }
           }
           yield* noteRetry(c, failure, now, wait, failure.message)
-          // The provider refused the token (it was not taken): shutting down during the wait, the
-          // next request is withdrawn rather than waited for (the journal is ended by the caller).
-          // A resend keeps its journal whatever happens, so it waits the delay out.
+          // The provider refused the token (it was not taken): a retry that a shutdown leaves no time
+          // for is withdrawn (the journal is ended by the caller). A resend keeps its journal whatever
+          // happens, so it waits the delay out.
           if (resend) yield* Effect.sleep(wait)
-          else if (Option.isNone(yield* untilClosed(Effect.sleep(wait)))) return { _tag: "Withdrawn" }
+          else if (!(yield* waitToRetry(wait))) return { _tag: "Withdrawn" }
         }
       })
 
@@ -1317,8 +1335,8 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             const wait = yield* backoff(attempt, failure.details.retryAfterMs)
             if (now + wait + minRequest < keeper.deadline - margin) {
               yield* noteRetry(c, failure, now, wait, `${provider.name}: ${failure.message}`)
-              // Nothing is in doubt here: shutting down during the wait ends the renewal at once.
-              if (Option.isNone(yield* untilClosed(Effect.sleep(wait)))) return yield* drainingError(c.id)
+              // Nothing is in doubt here: a retry that a shutdown leaves no time for ends the renewal.
+              if (!(yield* waitToRetry(wait))) return yield* drainingError(c.id)
               continue
             }
           }
@@ -1655,6 +1673,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
 
       const drain = Effect.gen(function* () {
         closing = true
+        drainDeadline = (yield* Clock.currentTimeMillis) + config.drainTimeoutMs
         Deferred.doneUnsafe(closed, Effect.void)
         const flights = [...inflight.values()]
         const all = Effect.forEach(flights, (f) => Deferred.await(f.done), { discard: true })
