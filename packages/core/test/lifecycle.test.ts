@@ -484,19 +484,23 @@ describe("invariant 4: transient failures are retried and never mark needs_reaut
     await Promise.all([lk.close(), lk2.close()])
   })
 
-  it("close() during a Retry-After wait that outlasts the drain withdraws the refresh at once: draining, nothing sent again, no journal left", async () => {
+  /**
+   * A refresh of an expired connection whose first request gets a 429 with a `retryAfter` (seconds), on an
+   * instance draining for `drainTimeoutMs`: `close()` is called once the retry is announced. What the caller
+   * got, the requests sent, and the stored record before and after.
+   */
+  const closeDuringRetryAfter = async (retryAfter: string, drainTimeoutMs: number) => {
     const store = memoryStore()
     const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
     const c = await link(lk)
     await lk.close()
     await expire(store, c.id)
     const before = await stored(store, c.id)
-    // A 20 s Retry-After, well within the lease, and a drain of 5 s: the retry could not be answered in time.
-    const limited = faultyFetch(["429"], undefined, "20")
+    const limited = faultyFetch(["429"], undefined, retryAfter)
     const lk2 = createLatchkey({
       providers: [exampleProvider(server)],
       store,
-      config: { ...fast, maxBackoffMs: 60_000, drainTimeoutMs: 5_000, fetch: limited.fetch }
+      config: { ...fast, maxBackoffMs: 60_000, drainTimeoutMs, fetch: limited.fetch }
     })
     const retrying = new Promise<void>((resolve) => {
       lk2.on((e) => {
@@ -504,47 +508,31 @@ describe("invariant 4: transient failures are retried and never mark needs_reaut
       })
     })
     const calling = lk2.accessToken(c.id).then(
-      () => undefined,
-      (e: unknown) => e
+      (token) => ({ token }),
+      (error: unknown) => ({ error })
     )
     await retrying
-    // Returns at once: neither the 20 s nor the drain's 5 s are waited out (a refresh abandoned by a
-    // drain that ran out would be interrupted, and its journal left behind).
     await lk2.close()
-    expect(await calling).toMatchObject({ _tag: "RefreshError", reason: "draining" })
-    expect(limited.sent.length).toBe(1)
-    const after = await stored(store, c.id)
+    return { outcome: await calling, sent: limited.sent.length, before, after: await stored(store, c.id) }
+  }
+
+  it("close() during a Retry-After wait that outlasts the drain withdraws the refresh at once: draining, nothing sent again, no journal left", async () => {
+    // A 20 s Retry-After (well within the lease) and a drain of 5 s: the retry could not be answered in time.
+    // close() returns at once (a refresh abandoned by a drain that ran out would be interrupted: the
+    // caller would get InstanceClosed, and the journal would be left behind).
+    const { outcome, sent, before, after } = await closeDuringRetryAfter("20", 5_000)
+    expect(outcome).toMatchObject({ error: { _tag: "RefreshError", reason: "draining" } })
+    expect(sent).toBe(1)
     expect(after.journal ?? null).toBeNull()
     expect(after.refreshToken).toBe(before.refreshToken)
     expect(after.status).toBe("active")
   }, 15_000)
 
   it("close() during a Retry-After wait that the drain has time for lets the retry finish: the caller gets the new token", async () => {
-    const store = memoryStore()
-    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
-    const c = await link(lk)
-    await lk.close()
-    await expire(store, c.id)
-    const before = await stored(store, c.id)
-    // A 1 s Retry-After, and a 20 s drain: the retry can be sent and answered before the drain ends.
-    const limited = faultyFetch(["429"], undefined, "1")
-    const lk2 = createLatchkey({
-      providers: [exampleProvider(server)],
-      store,
-      config: { ...fast, maxBackoffMs: 5_000, drainTimeoutMs: 20_000, fetch: limited.fetch }
-    })
-    const retrying = new Promise<void>((resolve) => {
-      lk2.on((e) => {
-        if (e.type === "refresh_failed" && e.retryable) resolve()
-      })
-    })
-    const calling = lk2.accessToken(c.id)
-    await retrying
-    await lk2.close()
-    const token = await calling
-    expect(limited.sent.length).toBe(2)
-    const after = await stored(store, c.id)
-    expect(plain(after.accessToken)).toBe(token)
+    // A 1 s Retry-After and a 20 s drain: the retry can be sent and answered before the drain ends.
+    const { outcome, sent, before, after } = await closeDuringRetryAfter("1", 20_000)
+    expect(sent).toBe(2)
+    expect(outcome).toEqual({ token: plain(after.accessToken) })
     expect(after.refreshToken).not.toBe(before.refreshToken)
     expect(after.journal ?? null).toBeNull()
   }, 15_000)
