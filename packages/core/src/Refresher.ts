@@ -6,7 +6,8 @@
  *
  * With a store that offers `claimDue` (every built-in one), instances split the due work: each
  * claims small batches (on the store's clock, for `claimTtlMs`), so N instances never chase the same
- * batch; a claimer that dies leaves its claims to lapse. Other stores fall back to `listDue`.
+ * batch; a claimer that dies leaves its claims to lapse. Other stores fall back to `listDue`. A
+ * connection whose lease another instance holds is not waited for: the sweep moves on (`skipped`).
  * A store that fails is never hidden: the sweep reports it (`storeErrors`, `storeError`), logs a
  * warning, counts it in the `latchkey_refresher_store_errors` metric and calls `onStoreError`.
  */
@@ -55,6 +56,11 @@ export interface SweepReport {
   readonly due: number
   readonly refreshed: number
   readonly failed: number
+  /**
+   * Due connections left to the instance that held their refresh lease, not waited for (present only
+   * when there were some): that instance refreshes them, and a later sweep finds any still due.
+   */
+  readonly skipped?: number | undefined
   /** Store failures met by this sweep (present only when there were some). */
   readonly storeErrors?: number | undefined
   /** The first of them. */
@@ -141,6 +147,7 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
           let due = 0
           let refreshed = 0
           let failed = 0
+          let skipped = 0
           let storeErrors = 0
           let storeError: StoreError | undefined
           const reportStoreError = (what: string, error: StoreError) =>
@@ -158,8 +165,9 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
               }
             })
 
-          const refreshOne = (record: ConnectionRecord) =>
-            refreshSpan(
+          const refreshOne = (record: ConnectionRecord) => {
+            let held = false
+            return refreshSpan(
               "refresher",
               record.id,
               record.providerId,
@@ -171,12 +179,18 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
               tokens.refreshIfDue(record.id, record, {
                 pace: paceOf(record.providerId, (e) =>
                   reportStoreError("taking the provider's rate budget", e)
-                )
+                ),
+                // Another instance is refreshing it (it held the lease before this claim was
+                // taken, or there are no claims): move on rather than wait out its refresh.
+                onLeaseHeld: () => {
+                  held = true
+                }
               })
             ).pipe(
               Effect.tap(() =>
                 Effect.sync(() => {
-                  refreshed++
+                  if (held) skipped++
+                  else refreshed++
                 })
               ),
               // Provider failures are already recorded on the connection and published as events;
@@ -190,6 +204,7 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
                 )
               )
             )
+          }
 
           const claimDue = store.claimDue
           if (claimDue === undefined) {
@@ -252,11 +267,11 @@ export class Refresher extends Context.Service<Refresher, RefresherShape>()("@la
             "latchkey.sweep.due": due,
             "latchkey.sweep.refreshed": refreshed,
             "latchkey.sweep.failed": failed,
+            "latchkey.sweep.skipped": skipped,
             "latchkey.sweep.store_errors": storeErrors
           })
-          return storeErrors === 0
-            ? { due, refreshed, failed }
-            : { due, refreshed, failed, storeErrors, storeError }
+          const report: SweepReport = { due, refreshed, failed, ...(skipped > 0 ? { skipped } : {}) }
+          return storeErrors === 0 ? report : { ...report, storeErrors, storeError }
         }).pipe(Effect.withSpan("Refresher.sweep"))
 
         const run: Effect.Effect<never> = Effect.gen(function* () {

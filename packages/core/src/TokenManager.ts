@@ -120,6 +120,17 @@ export interface RefreshOptions {
    * `reserve` before the journal fails the refresh; after it, the request leaves without its turn.
    */
   readonly pace?: RequestPace | undefined
+  /**
+   * Do not wait for another process's refresh of the same connection. When another process holds
+   * the connection's refresh lease, the refresh reads the row once: if that process's result has
+   * landed it is shared as usual; otherwise `onLeaseHeld` is called and the refresh ends at once with
+   * the connection as stored, still due (sending nothing: the connection is that process's to
+   * refresh, and a later sweep finds it again should the holder die). Callers in this process that
+   * joined the refresh look again at what they need, and wait for the lease themselves if they must.
+   * The Refresher uses it: a worker moves on to the next due connection instead of waiting out a
+   * refresh another instance is making.
+   */
+  readonly onLeaseHeld?: (() => void) | undefined
 }
 
 export interface TokenManagerShape {
@@ -216,8 +227,11 @@ interface Keeper {
 interface Trace {
   providerId: string | undefined
   kind: Connection["kind"] | undefined
-  /** This refresh wrote new tokens (`refreshed`) or found them written by another (`shared`). */
-  outcome: "refreshed" | "shared" | undefined
+  /**
+   * This refresh wrote new tokens (`refreshed`), found them written by another (`shared`), or left
+   * the connection to the process holding its lease (`skipped`, `RefreshOptions.onLeaseHeld`).
+   */
+  outcome: "refreshed" | "shared" | "skipped" | undefined
   /** Requests made to the token endpoint (or mints), retries and a resend included. */
   attempts: number
   /** From the start of the refresh until the lease was won (or the wait ended). */
@@ -233,6 +247,8 @@ interface Flight {
   readonly trace: Trace
   /** The budget each request takes a turn of (`RefreshOptions.pace`). */
   readonly pace: RequestPace | undefined
+  /** Called instead of waiting for another process's lease (`RefreshOptions.onLeaseHeld`). */
+  readonly onLeaseHeld: (() => void) | undefined
   /** The first request has taken its turn. */
   slotTaken: boolean
   /** The first request's turn, reserved before its journal was written, until it leaves. */
@@ -1524,6 +1540,12 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             flight.trace.outcome = "shared"
             return current
           }
+          if (flight.onLeaseHeld !== undefined) {
+            // The holder's to refresh: not waited for (see `RefreshOptions.onLeaseHeld`).
+            flight.trace.outcome = "skipped"
+            flight.onLeaseHeld()
+            return current
+          }
           if (now - startedAt > 2 * ttl) {
             return yield* new RefreshError({
               reason: "lease_timeout",
@@ -1559,6 +1581,7 @@ export class TokenManager extends Context.Service<TokenManager, TokenManagerShap
             waiters: Deferred.makeUnsafe(),
             done: Deferred.makeUnsafe(),
             pace: options?.pace,
+            onLeaseHeld: options?.onLeaseHeld,
             slotTaken: false,
             turn: undefined,
             trace: {

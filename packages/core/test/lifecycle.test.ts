@@ -260,6 +260,70 @@ describe("invariant 1: the Refresher's claimed record stands in for the re-read 
   })
 })
 
+describe("the Refresher and another instance's lease", () => {
+  // How the sweep came to the connection although another instance holds its lease: a store without
+  // claims (every instance lists every due connection), or a claim taken on a snapshot from before
+  // the lease was won (the claim's statement did not see it yet).
+  const ways = {
+    "listed (a store without claimDue)": (
+      store: ConnectionStore.ConnectionStoreShape
+    ): ConnectionStore.ConnectionStoreShape => {
+      const { claimDue: _, ...withoutClaims } = store
+      return withoutClaims
+    },
+    "claimed on a snapshot from before the lease": (
+      store: ConnectionStore.ConnectionStoreShape
+    ): ConnectionStore.ConnectionStoreShape => {
+      let first = true
+      return {
+        ...store,
+        // The first claim hands out what was due before the lease; later ones are the store's own.
+        claimDue: (now: number, limit: number, holder: string, ttlMs: number) => {
+          if (!first) return store.claimDue!(now, limit, holder, ttlMs)
+          first = false
+          return store.listDue(now, limit)
+        }
+      }
+    }
+  }
+  it.each(Object.keys(ways))(
+    "moves on from a due connection %s whose lease another instance holds, sends nothing for it, and refreshes it in a later sweep once the lease is gone",
+    async (way) => {
+      const store = memoryStore()
+      const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+      const c = await link(lk)
+      await expire(store, c.id)
+      const before = await stored(store, c.id)
+      // Another instance won the lease (its refresh is under way; it holds it for a minute).
+      const held = (await Effect.runPromise(store.acquireLease(c.id, "another-instance", 60_000)))!
+      expect(held).toBeDefined()
+      // This instance's leases last 1 s: a sweep that waited for the holder would give up after 2 s
+      // (RefreshError "lease_timeout", counted as failed) instead of moving on.
+      const refresher = createLatchkey({
+        providers: [exampleProvider(server)],
+        store: ways[way as keyof typeof ways](store),
+        config: { ...fast, leaseTtlMs: 1_000 }
+      })
+      const refreshesBefore = server.grants.refresh_token
+      const report = await refresher.refresher.sweep()
+      expect(report).toEqual({ due: 1, refreshed: 0, failed: 0, skipped: 1 })
+      expect(server.grants.refresh_token - refreshesBefore).toBe(0)
+      // Nothing was written: the row is the holder's to refresh.
+      const after = await stored(store, c.id)
+      expect(after.version).toBe(before.version)
+      expect(after.journal ?? null).toBeNull()
+      expect(after.status).toBe("active")
+      // The holder let go without refreshing (it stopped): the next sweep refreshes the connection.
+      await Effect.runPromise(store.releaseLease(held))
+      const next = await refresher.refresher.sweep()
+      expect(next).toEqual({ due: 1, refreshed: 1, failed: 0 })
+      expect(server.grants.refresh_token - refreshesBefore).toBe(1)
+      expect((await stored(store, c.id)).version).toBeGreaterThan(before.version)
+      await Promise.all([lk.close(), refresher.close()])
+    }
+  )
+})
+
 describe("invariant 1: an on-demand refresh reads the row once; the copy it read stands in only where the journal fences it", () => {
   it("accessToken on an expired connection reads the stored row once: the record just read stands in for a second read after the lease", async () => {
     const store = memoryStore()
