@@ -23,7 +23,7 @@ import { benchHotPath, type HotPathResult } from "./hot-path.ts"
 import { benchInDoubtWindow, type InDoubtResult } from "./in-doubt.ts"
 import { benchNaiveOpenidClient, benchNaiveSimpleOauth2, type NaiveResult } from "./naive.ts"
 import { benchScale, type ScaleResult } from "./scale.ts"
-import { startBenchServer } from "./server.ts"
+import { type BenchServer, startBenchServer } from "./server.ts"
 import { benchStaleness, type StalenessResult } from "./staleness.ts"
 import { benchStorm, type StormResult } from "./storm.ts"
 
@@ -100,57 +100,74 @@ let results: Results = {
     ...(only !== undefined ? { only: [...only] } : {})
   }
 }
-if (want("hotPath") || want("storm") || want("naive") || want("background") || want("fleet")) {
+/**
+ * A fresh token server for each measurement that uses one: oidc-provider keeps every grant and every
+ * token it issued (consumed refresh tokens included, so that a replay is caught), so a server that
+ * served the sections before holds tens of thousands of them, and its heap and collections grow with
+ * them. Its thread shares the two cores with the side being measured: on a server grown by the
+ * sections before it, the 4-process fleet on PostgreSQL took 1.005 x one process where a fresh
+ * server gave 0.866 (one run each, same commit). Each figure is a comparison within one section,
+ * on one server; no section inherits another's.
+ */
+const withServer = async <A>(f: (server: BenchServer) => Promise<A>): Promise<A> => {
   const server = await startBenchServer(REDIRECT)
   try {
-    if (want("hotPath")) {
-      progress("hotPath", "accessToken on a valid token vs a raw read of the same store")
-      results = { ...results, hotPath: await benchHotPath(server) }
-    }
-    if (want("storm")) {
-      progress("storm", "1,000 concurrent callers on one expired connection")
-      results = { ...results, storm: await benchStorm(server, quick ? 5 : stormCount) }
-    }
-    if (want("naive")) {
-      progress("naive", "the same storm with openid-client alone and with simple-oauth2")
-      const openidClient = await benchNaiveOpenidClient(server)
-      const simpleOauth2 = await benchNaiveSimpleOauth2(server)
-      results = { ...results, naive: { openidClient, simpleOauth2 } }
-    }
-    if (want("background")) {
-      const byConcurrency: Record<string, BackgroundResult> = {}
-      for (const c of concurrencies) {
-        progress(
-          "background",
-          `the Refresher on ${backgroundConnections} due connections vs a raw refresh loop, concurrency ${c}`
-        )
-        byConcurrency[c] = await benchBackground(server, c, backgroundConnections, backgroundRounds)
-      }
-      const engineConcurrency = Math.max(...concurrencies)
-      progress(
-        "background",
-        `the engine alone: the Refresher vs raw openid-client on an in-process answer, concurrency ${engineConcurrency}`
-      )
-      const engine = await benchEngine(engineConcurrency, backgroundConnections, backgroundRounds)
-      progress(
-        "background",
-        `engine: ${engine.refresherUsPerRefresh} µs vs ${engine.rawUsPerRefresh} µs CPU per refresh: the engine adds ${engine.overheadUsPerRefresh} µs (of which the vault's floor, 1 open and 2 seals: ${engine.vaultFloorUsPerRefresh} µs)`
-      )
-      const background = {
-        connections: backgroundConnections,
-        rounds: backgroundRounds,
-        ratios: Object.fromEntries(Object.entries(byConcurrency).map(([c, r]) => [c, r.throughputRatio])),
-        byConcurrency,
-        engine
-      }
-      results = { ...results, background }
-    }
-    if (want("fleet")) {
-      progress("fleet", "1, 2 and 4 processes sweeping one PostgreSQL / Redis store")
-      results = { ...results, fleet: await benchFleet(server, quick, availableParallelism()) }
-    }
+    return await f(server)
   } finally {
     await server.close()
+  }
+}
+if (want("hotPath")) {
+  progress("hotPath", "accessToken on a valid token vs a raw read of the same store")
+  results = { ...results, hotPath: await withServer(benchHotPath) }
+}
+if (want("storm")) {
+  progress("storm", "1,000 concurrent callers on one expired connection")
+  results = { ...results, storm: await withServer((server) => benchStorm(server, quick ? 5 : stormCount)) }
+}
+if (want("naive")) {
+  progress("naive", "the same storm with openid-client alone and with simple-oauth2")
+  const naive = await withServer(async (server) => ({
+    openidClient: await benchNaiveOpenidClient(server),
+    simpleOauth2: await benchNaiveSimpleOauth2(server)
+  }))
+  results = { ...results, naive }
+}
+if (want("background")) {
+  const byConcurrency: Record<string, BackgroundResult> = {}
+  for (const c of concurrencies) {
+    progress(
+      "background",
+      `the Refresher on ${backgroundConnections} due connections vs a raw refresh loop, concurrency ${c}`
+    )
+    byConcurrency[c] = await withServer((server) =>
+      benchBackground(server, c, backgroundConnections, backgroundRounds)
+    )
+  }
+  const engineConcurrency = Math.max(...concurrencies)
+  progress(
+    "background",
+    `the engine alone: the Refresher vs raw openid-client on an in-process answer, concurrency ${engineConcurrency}`
+  )
+  const engine = await benchEngine(engineConcurrency, backgroundConnections, backgroundRounds)
+  progress(
+    "background",
+    `engine: ${engine.refresherUsPerRefresh} µs vs ${engine.rawUsPerRefresh} µs CPU per refresh: the engine adds ${engine.overheadUsPerRefresh} µs (of which the vault's floor, 1 open and 2 seals: ${engine.vaultFloorUsPerRefresh} µs)`
+  )
+  const background = {
+    connections: backgroundConnections,
+    rounds: backgroundRounds,
+    ratios: Object.fromEntries(Object.entries(byConcurrency).map(([c, r]) => [c, r.throughputRatio])),
+    byConcurrency,
+    engine
+  }
+  results = { ...results, background }
+}
+if (want("fleet")) {
+  progress("fleet", "1, 2 and 4 processes sweeping one PostgreSQL / Redis store")
+  results = {
+    ...results,
+    fleet: await withServer((server) => benchFleet(server, quick, availableParallelism()))
   }
 }
 
