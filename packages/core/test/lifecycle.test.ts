@@ -322,6 +322,59 @@ describe("the Refresher and another instance's lease", () => {
       await Promise.all([lk.close(), refresher.close()])
     }
   )
+
+  it("an on-demand caller that joined the skipped refresh never gets the expired token: it waits for the lease itself", async () => {
+    const store = memoryStore()
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(lk)
+    const old = await lk.accessToken(c.id)
+    await expire(store, c.id)
+    const held = (await Effect.runPromise(store.acquireLease(c.id, "another-instance", 60_000)))!
+    // The sweep's refresh stops at its lease request until the on-demand caller has joined it: the
+    // caller reads the row, finds the token expired and joins the refresh in flight in the same step
+    // of its fiber, so the gate opens on the next turn of the event loop after that read.
+    const reached = Deferred.makeUnsafe<void>()
+    const gate = Deferred.makeUnsafe<void>()
+    let asked = 0
+    // Without claims (the memory store's would skip the held connection): every due one is listed.
+    const { claimDue: _, ...withoutClaims } = store
+    const gated: ConnectionStore.ConnectionStoreShape = {
+      ...withoutClaims,
+      get: (id) =>
+        Effect.tap(store.get(id), () =>
+          Effect.sync(() => {
+            if (Deferred.isDoneUnsafe(reached))
+              setImmediate(() => Effect.runSync(Deferred.succeed(gate, undefined)))
+          })
+        ),
+      acquireLease: (id, holder, ttlMs) =>
+        asked++ === 0
+          ? Effect.andThen(
+              Effect.andThen(Deferred.succeed(reached, undefined), Deferred.await(gate)),
+              store.acquireLease(id, holder, ttlMs)
+            )
+          : store.acquireLease(id, holder, ttlMs)
+    }
+    const refresher = createLatchkey({
+      providers: [exampleProvider(server)],
+      store: gated,
+      config: { ...fast, leaseTtlMs: 1_000 }
+    })
+    const refreshesBefore = server.grants.refresh_token
+    const sweep = refresher.refresher.sweep()
+    await Effect.runPromise(Deferred.await(reached))
+    const onDemand = refresher.accessToken(c.id)
+    expect(await sweep).toEqual({ due: 1, refreshed: 0, failed: 0, skipped: 1 })
+    // The caller is still waiting (for the lease another instance holds): nothing was sent yet.
+    expect(server.grants.refresh_token - refreshesBefore).toBe(0)
+    // The holder goes away without refreshing: the caller wins the lease and refreshes.
+    await Effect.runPromise(store.releaseLease(held))
+    const token = await onDemand
+    expect(token).not.toBe(old)
+    expect(plain((await stored(store, c.id)).accessToken)).toBe(token)
+    expect(server.grants.refresh_token - refreshesBefore).toBe(1)
+    await Promise.all([lk.close(), refresher.close()])
+  })
 })
 
 describe("invariant 1: an on-demand refresh reads the row once; the copy it read stands in only where the journal fences it", () => {
