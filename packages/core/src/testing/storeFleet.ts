@@ -116,6 +116,43 @@ export const storeFleet = (
       })
     })
 
+    it("a Refresher's sweep sends nothing for a connection another instance holds the lease on, and never waits it out", async () => {
+      await withStore(options, async (store) => {
+        const vaultOptions = { keys: [{ id: "sweep", key: Vault.generateKey() }] }
+        const now = Date.now()
+        // Expired an hour ago: due.
+        const c = connectionAt("held", now - 2 * HOUR, "token-held")
+        await run(store.insert(ConnectionModule.toRecord(Vault.make(vaultOptions), c, now - HOUR)))
+        const lease = await run(store.acquireLease("held", "another-instance", 60_000))
+        expect(lease).toBeDefined()
+        const sweepWith = async (through: ConnectionStoreShape) => {
+          // Leases of 1 s: a sweep that waited for the holder would give up after 2 s, counted as failed.
+          const lk = createLatchkey({
+            providers: [unreachableProvider("Sweep test provider")],
+            store: through,
+            vault: vaultOptions,
+            config: { maxAttempts: 1, requestTimeoutMs: 2_000, leaseTtlMs: 1_000 }
+          })
+          try {
+            return await lk.refresher.sweep()
+          } finally {
+            await lk.close()
+          }
+        }
+        // Listed (as on a store without claims): the sweep leaves it to the holder and moves on.
+        const { claimDue: _, ...listing } = store
+        expect(await sweepWith(listing)).toEqual({ due: 1, refreshed: 0, failed: 0, skipped: 1 })
+        // With the store's claims: not handed out at all.
+        if (store.claimDue !== undefined)
+          expect(await sweepWith(store)).toEqual({ due: 0, refreshed: 0, failed: 0 })
+        // Nothing was written: the row is the holder's to refresh.
+        const after = await run(store.get("held"))
+        expect(after?.version).toBe(1)
+        expect(after?.journal ?? null).toBeNull()
+        expect(after?.status).toBe("active")
+      })
+    })
+
     it("lets a claim lapse by the store's clock (a claimer that died), then hands the connection out again", async () => {
       await withStore(options, async (store) => {
         if (store.claimDue === undefined) return
