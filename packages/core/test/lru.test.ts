@@ -39,6 +39,50 @@ describe("Lru", () => {
     expect(lru.get(4_999)).toBe(4_999)
   })
 
+  it("agrees with a plain model of least-recently-used over 20,000 random operations", () => {
+    // The model: keys from the least to the most recent in an array, values in a Map.
+    const model = { order: [] as Array<number>, values: new Map<number, number>() }
+    const toEnd = (key: number) => {
+      model.order.splice(model.order.indexOf(key), 1)
+      model.order.push(key)
+    }
+    const lru = new Lru<number, number>(50)
+    let seed = 42
+    const next = (n: number) => {
+      seed = (seed * 1_103_515_245 + 12_345) % 2_147_483_648
+      return seed % n
+    }
+    for (let step = 0; step < 20_000; step++) {
+      const key = next(120)
+      const op = next(10)
+      if (op < 4) {
+        lru.set(key, step)
+        if (model.values.has(key)) toEnd(key)
+        else model.order.push(key)
+        model.values.set(key, step)
+        while (model.order.length > 50) model.values.delete(model.order.shift()!)
+      } else if (op < 7) {
+        expect(lru.get(key)).toBe(model.values.get(key))
+        if (model.values.has(key)) toEnd(key)
+      } else if (op < 8) {
+        expect(lru.peek(key)).toBe(model.values.get(key))
+      } else if (op < 9) {
+        const had = model.values.delete(key)
+        if (had) model.order.splice(model.order.indexOf(key), 1)
+        expect(lru.delete(key)).toBe(had)
+      } else if (next(200) === 0) {
+        lru.clear()
+        model.order.length = 0
+        model.values.clear()
+      } else {
+        expect(lru.has(key)).toBe(model.values.has(key))
+      }
+      expect(lru.size).toBe(model.order.length)
+      if (step % 97 === 0) expect([...lru.keys()]).toEqual(model.order)
+    }
+    expect([...lru.keys()]).toEqual(model.order)
+  })
+
   it("refuses a size that is not a positive integer", () => {
     expect(() => new Lru(0)).toThrow(RangeError)
     expect(() => new Lru(1.5)).toThrow(RangeError)
