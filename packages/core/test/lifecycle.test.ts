@@ -261,16 +261,33 @@ describe("invariant 1: the Refresher's claimed record stands in for the re-read 
 })
 
 describe("the Refresher and another instance's lease", () => {
+  /** A linked connection, its token read, then expired, and its lease won by another instance for a minute. */
+  const heldElsewhere = async () => {
+    const store = memoryStore()
+    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
+    const c = await link(lk)
+    const old = await lk.accessToken(c.id)
+    await expire(store, c.id)
+    const held = (await Effect.runPromise(store.acquireLease(c.id, "another-instance", 60_000)))!
+    expect(held).toBeDefined()
+    return { store, lk, c, old, held }
+  }
+  // This instance's leases last 1 s: a sweep that waited for the holder would give up after 2 s
+  // (RefreshError "lease_timeout", counted as failed) instead of moving on.
+  const refresherOn = (store: ConnectionStore.ConnectionStoreShape) =>
+    createLatchkey({ providers: [exampleProvider(server)], store, config: { ...fast, leaseTtlMs: 1_000 } })
+  /** The store as one without claims: every due connection is listed to every instance. */
+  const withoutClaims = (
+    store: ConnectionStore.ConnectionStoreShape
+  ): ConnectionStore.ConnectionStoreShape => {
+    const { claimDue: _, ...rest } = store
+    return rest
+  }
   // How the sweep came to the connection although another instance holds its lease: a store without
-  // claims (every instance lists every due connection), or a claim taken on a snapshot from before
-  // the lease was won (the claim's statement did not see it yet).
+  // claims, or a claim taken on a snapshot from before the lease was won (the claim's statement did
+  // not see it yet).
   const ways = {
-    "listed (a store without claimDue)": (
-      store: ConnectionStore.ConnectionStoreShape
-    ): ConnectionStore.ConnectionStoreShape => {
-      const { claimDue: _, ...withoutClaims } = store
-      return withoutClaims
-    },
+    "listed (a store without claimDue)": withoutClaims,
     "claimed on a snapshot from before the lease": (
       store: ConnectionStore.ConnectionStoreShape
     ): ConnectionStore.ConnectionStoreShape => {
@@ -289,21 +306,10 @@ describe("the Refresher and another instance's lease", () => {
   it.each(Object.keys(ways))(
     "moves on from a due connection %s whose lease another instance holds, sends nothing for it, and refreshes it in a later sweep once the lease is gone",
     async (way) => {
-      const store = memoryStore()
-      const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
-      const c = await link(lk)
-      await expire(store, c.id)
+      // Another instance won the lease (its refresh is under way).
+      const { store, lk, c, held } = await heldElsewhere()
       const before = await stored(store, c.id)
-      // Another instance won the lease (its refresh is under way; it holds it for a minute).
-      const held = (await Effect.runPromise(store.acquireLease(c.id, "another-instance", 60_000)))!
-      expect(held).toBeDefined()
-      // This instance's leases last 1 s: a sweep that waited for the holder would give up after 2 s
-      // (RefreshError "lease_timeout", counted as failed) instead of moving on.
-      const refresher = createLatchkey({
-        providers: [exampleProvider(server)],
-        store: ways[way as keyof typeof ways](store),
-        config: { ...fast, leaseTtlMs: 1_000 }
-      })
+      const refresher = refresherOn(ways[way as keyof typeof ways](store))
       const refreshesBefore = server.grants.refresh_token
       const report = await refresher.refresher.sweep()
       expect(report).toEqual({ due: 1, refreshed: 0, failed: 0, skipped: 1 })
@@ -324,12 +330,7 @@ describe("the Refresher and another instance's lease", () => {
   )
 
   it("an on-demand caller that joined the skipped refresh never gets the expired token: it waits for the lease itself", async () => {
-    const store = memoryStore()
-    const lk = createLatchkey({ providers: [exampleProvider(server)], store, config: fast })
-    const c = await link(lk)
-    const old = await lk.accessToken(c.id)
-    await expire(store, c.id)
-    const held = (await Effect.runPromise(store.acquireLease(c.id, "another-instance", 60_000)))!
+    const { store, lk, c, old, held } = await heldElsewhere()
     // The sweep's refresh stops at its lease request until the on-demand caller has joined it: the
     // caller reads the row, finds the token expired and joins the refresh in flight in the same step
     // of its fiber, so the gate opens on the next turn of the event loop after that read.
@@ -337,9 +338,8 @@ describe("the Refresher and another instance's lease", () => {
     const gate = Deferred.makeUnsafe<void>()
     let asked = 0
     // Without claims (the memory store's would skip the held connection): every due one is listed.
-    const { claimDue: _, ...withoutClaims } = store
     const gated: ConnectionStore.ConnectionStoreShape = {
-      ...withoutClaims,
+      ...withoutClaims(store),
       get: (id) =>
         Effect.tap(store.get(id), () =>
           Effect.sync(() => {
@@ -355,11 +355,7 @@ describe("the Refresher and another instance's lease", () => {
             )
           : store.acquireLease(id, holder, ttlMs)
     }
-    const refresher = createLatchkey({
-      providers: [exampleProvider(server)],
-      store: gated,
-      config: { ...fast, leaseTtlMs: 1_000 }
-    })
+    const refresher = refresherOn(gated)
     const refreshesBefore = server.grants.refresh_token
     const sweep = refresher.refresher.sweep()
     await Effect.runPromise(Deferred.await(reached))
